@@ -1,0 +1,88 @@
+"""``roxxel-aggregator`` (also ``python -m aggregator``): the collector as a daemon.
+
+It binds, prints one line containing ``ready`` on stdout once it accepts
+connections, then writes ``{log-dir}/{prefix}_system.log`` (echoed to stdout
+unless ``--no-echo``), ``_metrics.csv`` and ``_metrics.jsonl``. SIGTERM or
+SIGINT: it writes everything that has arrived, acknowledges it, exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from .collector import Collector, default_sinks
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="roxxel-aggregator",
+        description="Collect every rank's log lines and metrics of a roxxel run into one "
+        "log directory. Clients connect with Logger(..., aggregator=ENDPOINT) or "
+        "ROXXEL_AGGREGATOR=ENDPOINT.",
+        epilog="Example: roxxel-aggregator --bind tcp://0.0.0.0:5555 --log-dir ./logs "
+        "--prefix run_alpha",
+    )
+    parser.add_argument(
+        "--bind",
+        required=True,
+        metavar="ENDPOINT",
+        help="ZeroMQ endpoint to listen on, e.g. tcp://0.0.0.0:5555, tcp://127.0.0.1:0 "
+        "(a free port; the ready line names it) or ipc:///tmp/roxxel.sock",
+    )
+    parser.add_argument("--log-dir", required=True, help="directory of the run's files")
+    parser.add_argument(
+        "--prefix", default="roxxel", help="file name prefix, as Logger's filename_prefix "
+        "(default: %(default)s)"
+    )
+    parser.add_argument(
+        "--no-echo", action="store_true", help="do not echo system-log lines to stdout"
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="do not print the ready line"
+    )
+    # Set by an embedding Logger: exit (after writing what arrived) when that process ends.
+    parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        sinks = default_sinks(args.log_dir, args.prefix, None if args.no_echo else sys.stdout)
+    except OSError as exc:
+        print(f"roxxel-aggregator: cannot open the log files in {args.log_dir}: {exc}",
+              file=sys.stderr)
+        return 2
+    try:
+        collector = Collector(args.bind, sinks)
+    except OSError as exc:
+        sinks.close()
+        print(exc, file=sys.stderr)
+        return 2
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: collector.stop())
+    parent_alive = None
+    if args.parent_pid is not None:
+        parent = args.parent_pid
+        parent_alive = lambda: os.getppid() == parent  # noqa: E731
+    if not args.quiet:
+        print(
+            f"roxxel-aggregator ready on {collector.endpoint} "
+            f"(log dir {os.path.abspath(args.log_dir)}, prefix {args.prefix}, pid {os.getpid()})",
+            flush=True,
+        )
+    try:
+        collector.run(parent_alive)
+    finally:
+        collector.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""``{prefix}_system.log``: one line per record (see :mod:`roxxel.lines`), echoed to stdout."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TextIO
+
+from roxxel.codec import RECORD_LOG
+from roxxel.lines import format_line
+
+from .base import FileSink, Origin
+
+__all__ = ["SystemLogSink"]
+
+class SystemLogSink(FileSink):
+    def __init__(self, path: str, echo: TextIO | None = None):
+        self.path = path
+        self._file = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+        self._echo = echo
+
+    def write(self, origin: Origin, records: Sequence[list]) -> None:
+        tag = origin.tag
+        text = "".join(
+            [format_line(ts, level, msg, tag) for kind, ts, level, msg in records if kind == RECORD_LOG]
+        )
+        if text:
+            self._file.write(text)
+            if self._echo is not None:
+                try:
+                    self._echo.write(text)
+                except (OSError, ValueError):
+                    self._echo = None  # a closed stdout must not stop the log file
+
+    def flush(self) -> None:
+        self._file.flush()
+        if self._echo is not None:
+            try:
+                self._echo.flush()
+            except (OSError, ValueError):
+                self._echo = None  # a closed stdout must not stop the log file

@@ -1,0 +1,245 @@
+"""The roxxel wire codec: pure functions between frames (events) and bytes.
+
+No socket is imported here (the h11 "sans-IO" split): the client and the
+collector decide where bytes go. Every message is one msgpack array::
+
+    [PROTO_VERSION, kind, sender_id, seq, body]
+
+``kind`` is one of ``hello``, ``batch``, ``bye`` (client to collector) and
+``ack`` (collector to client). ``sender_id`` is 16 random bytes per client.
+In a ``batch``, ``seq`` counts the sender's batches from 1; a ``hello``
+carries there the highest seq the client has seen acked, a ``bye`` the last
+seq it sent, an ``ack`` the highest contiguous seq the collector has written.
+
+Records inside a batch are small arrays:
+
+* ``["l", ts, level, text]`` -- a system-log line (``level`` is a stdlib
+  logging level number);
+* ``["m", ts, step, {key: value}]`` -- a metrics row.
+
+:func:`decode` never raises anything but :class:`CodecError`, whatever the
+bytes; it uses msgpack's explicit size limits and refuses ext types.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+__all__ = [
+    "PROTO_VERSION",
+    "SENDER_ID_LEN",
+    "MAX_FRAME_BYTES",
+    "CodecError",
+    "Hello",
+    "Batch",
+    "Bye",
+    "Ack",
+    "Frame",
+    "encode",
+    "encode_batch",
+    "decode",
+    "check_record",
+]
+
+PROTO_VERSION = 1
+SENDER_ID_LEN = 16
+
+# Limits a decoder applies before it allocates anything. A client never
+# builds a frame past them: batches are cut at MAX_BATCH_RECORDS records.
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+MAX_STR_LEN = 1024 * 1024
+MAX_BIN_LEN = 1024
+MAX_ARRAY_LEN = 65536
+MAX_MAP_LEN = 4096
+MAX_BATCH_RECORDS = 4096
+
+RECORD_LOG = "l"
+RECORD_METRICS = "m"
+
+
+class CodecError(ValueError):
+    """Bytes that are not a valid roxxel frame, or a frame that cannot be encoded."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """A client introduces itself; ``acked`` is the highest seq it has seen acked."""
+
+    sender_id: bytes
+    host: str
+    rank: int
+    pid: int
+    process_count: int
+    prefix: str
+    acked: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A numbered list of records from one sender."""
+
+    sender_id: bytes
+    seq: int
+    records: list
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    """The client is closing; ``seq`` is the last batch it sent."""
+
+    sender_id: bytes
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Every batch of ``sender_id`` up to and including ``seq`` is written."""
+
+    sender_id: bytes
+    seq: int
+
+
+Frame = Hello | Batch | Bye | Ack
+
+_HELLO_FIELDS = ("host", "rank", "pid", "process_count", "prefix")
+
+
+def encode(frame: Frame) -> bytes:
+    """Encode one frame. Raises :class:`CodecError` for a malformed frame."""
+    if not isinstance(frame, (Hello, Batch, Bye, Ack)):
+        raise CodecError(f"not a roxxel frame: {type(frame).__name__}")
+    if isinstance(frame, Batch):
+        return encode_batch(frame.sender_id, frame.seq, frame.records)
+    if isinstance(frame, Hello):
+        _check_sender_and_seq(frame.sender_id, frame.acked)
+        body = {name: getattr(frame, name) for name in _HELLO_FIELDS}
+        return _pack([PROTO_VERSION, "hello", frame.sender_id, frame.acked, body])
+    _check_sender_and_seq(frame.sender_id, frame.seq)
+    if isinstance(frame, Bye):
+        return _pack([PROTO_VERSION, "bye", frame.sender_id, frame.seq, None])
+    return _pack([PROTO_VERSION, "ack", frame.sender_id, frame.seq, None])
+
+
+def encode_batch(
+    sender_id: bytes,
+    seq: int,
+    records: Sequence[Sequence[Any]],
+    default: Callable[[Any], Any] | None = None,
+) -> bytes:
+    """Encode a batch. ``default`` converts values msgpack does not know
+    (NumPy/JAX scalars); it runs here, on the thread that encodes."""
+    _check_sender_and_seq(sender_id, seq)
+    if seq < 1:
+        raise CodecError("batch seq starts at 1")
+    if len(records) > MAX_ARRAY_LEN:
+        raise CodecError(f"a batch holds at most {MAX_ARRAY_LEN} records")
+    return _pack([PROTO_VERSION, "batch", sender_id, seq, records], default)
+
+
+def decode(data: bytes) -> Frame:
+    """Decode one frame; anything wrong raises :class:`CodecError`."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CodecError(f"expected bytes, got {type(data).__name__}")
+    if len(data) > MAX_FRAME_BYTES:
+        raise CodecError(f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=MAX_STR_LEN,
+            max_bin_len=MAX_BIN_LEN,
+            max_array_len=MAX_ARRAY_LEN,
+            max_map_len=MAX_MAP_LEN,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises many types for bad input
+        raise CodecError(f"not msgpack: {type(exc).__name__}: {exc}") from None
+    if not isinstance(obj, list) or len(obj) != 5:
+        raise CodecError("a frame is an array of 5 items")
+    version, kind, sender_id, seq, body = obj
+    if version != PROTO_VERSION or type(version) is not int:
+        raise CodecError(f"unsupported protocol version {version!r}")
+    _check_sender_and_seq(sender_id, seq)
+    if kind == "batch":
+        if seq < 1:
+            raise CodecError("batch seq starts at 1")
+        if not isinstance(body, list):
+            raise CodecError("batch body is an array of records")
+        return Batch(sender_id, seq, body)
+    if kind == "hello":
+        return _decode_hello(sender_id, seq, body)
+    if kind == "bye":
+        return Bye(sender_id, seq)
+    if kind == "ack":
+        return Ack(sender_id, seq)
+    raise CodecError(f"unknown frame kind {kind!r}")
+
+
+def check_record(record: Any) -> str | None:
+    """Return why ``record`` is not a valid record, or ``None`` when it is.
+
+    Metric *values* are not judged here: a non-scalar value is the
+    collector's to report by key, without refusing the rest of the row.
+    """
+    if not isinstance(record, list) or len(record) != 4:
+        return "a record is an array of 4 items"
+    kind, ts, a, b = record
+    if not _is_real(ts):
+        return "record timestamp is not a finite number"
+    if kind == RECORD_LOG:
+        if type(a) is not int:
+            return "log level is not an integer"
+        if not isinstance(b, str):
+            return "log text is not a string"
+        return None
+    if kind == RECORD_METRICS:
+        if type(a) is not int:
+            return "metrics step is not an integer"
+        if not isinstance(b, dict):
+            return "metrics are not a map"
+        return None
+    return f"unknown record kind {kind!r}"
+
+
+def _decode_hello(sender_id: bytes, acked: int, body: Any) -> Hello:
+    if not isinstance(body, dict):
+        raise CodecError("hello body is a map")
+    try:
+        host, rank, pid, count, prefix = (
+            body["host"], body["rank"], body["pid"], body["process_count"], body["prefix"]
+        )
+    except KeyError as exc:
+        raise CodecError(f"hello lacks {exc.args[0]!r}") from None
+    if not isinstance(host, str) or not isinstance(prefix, str):
+        raise CodecError("hello host and prefix are strings")
+    for name, value in (("rank", rank), ("pid", pid), ("process_count", count)):
+        if type(value) is not int or value < 0:
+            raise CodecError(f"hello {name} is a non-negative integer")
+    return Hello(sender_id, host, rank, pid, count, prefix, acked)
+
+
+def _check_sender_and_seq(sender_id: Any, seq: Any) -> None:
+    if not isinstance(sender_id, bytes) or len(sender_id) != SENDER_ID_LEN:
+        raise CodecError(f"sender id is {SENDER_ID_LEN} bytes")
+    if type(seq) is not int or not 0 <= seq < 2**63:
+        raise CodecError("seq is a non-negative 64-bit integer")
+
+
+def _is_real(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _pack(obj: Any, default: Callable[[Any], Any] | None = None) -> bytes:
+    try:
+        data = msgpack.packb(obj, use_bin_type=True, default=default)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CodecError(f"cannot encode: {exc}") from None
+    if len(data) > MAX_FRAME_BYTES:
+        raise CodecError(f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
+    return data

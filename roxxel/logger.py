@@ -1,0 +1,261 @@
+"""``roxxel.Logger``: the original API, on a ZeroMQ client.
+
+The caller's cost of ``log_message`` and ``log_metrics_summary`` is about a
+``deque.append`` of a small tuple: the metrics dict is copied (a snapshot),
+the rest -- value conversion, encoding, sending, retrying -- happens on the
+client's sender thread, and formatting and disk I/O in the collector.
+
+A Logger is safe to call from several threads; records of one thread keep
+their order. Records a rank does not forward (INFO on ranks other than 0)
+are dropped in the call itself.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import operator
+import os
+import secrets
+import socket
+import sys
+import time
+import traceback
+import weakref
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from . import codec
+from .client import Sender
+from .lines import format_line
+from .embedded import EmbeddedCollector, start_embedded
+from .ranks import detect_rank
+from .transport import DealerTransport
+
+__all__ = ["Logger", "CRASH_HEADLINE"]
+
+CRASH_HEADLINE = "❌ CRITICAL: Uncaught exception occurred during execution!"
+ENV_AGGREGATOR = "ROXXEL_AGGREGATOR"
+_TRUNCATED = " …[truncated by roxxel]"
+
+
+class Logger:
+    """Log lines and metrics of a (multi-process) run into one place.
+
+    ``Logger(log_dir, filename_prefix="roxxel", logger_name="RoxxelCore")``
+    writes ``{log_dir}/{filename_prefix}_system.log``, ``..._metrics.csv``
+    and ``..._metrics.jsonl`` through a collector. Keyword-only options:
+
+    * ``aggregator``: a collector endpoint (``tcp://host:port``); default
+      ``$ROXXEL_AGGREGATOR``; with neither, rank 0 starts its own collector
+      (``collector="process"``, or ``"thread"`` where spawning is not allowed).
+      With an endpoint every rank, rank 0 included, is only a client and the
+      files are written where that collector runs.
+    * ``level`` (default ``logging.INFO``): lines below it are dropped.
+    * ``forward_level`` (default ``logging.WARNING``): ranks other than 0
+      forward only lines at or above it (and always their crash tracebacks).
+    * ``flush_interval`` (default 5 ms): how long records may wait in this
+      process before they are sent.
+    * ``close_timeout`` (default 30 s): how long ``close()`` waits for the
+      collector to acknowledge everything.
+    """
+
+    def __init__(
+        self,
+        log_dir: str,
+        filename_prefix: str = "roxxel",
+        logger_name: str = "RoxxelCore",
+        *,
+        aggregator: str | None = None,
+        collector: str = "process",
+        level: int = logging.INFO,
+        forward_level: int = logging.WARNING,
+        flush_interval: float = 0.005,
+        close_timeout: float = 30.0,
+    ) -> None:
+        if not isinstance(log_dir, (str, os.PathLike)):
+            raise TypeError(f"log_dir must be a path, not {type(log_dir).__name__}")
+        if not isinstance(filename_prefix, str) or not filename_prefix or os.sep in filename_prefix:
+            raise ValueError(f"filename_prefix must be a non-empty file name, not {filename_prefix!r}")
+        if collector not in ("process", "thread"):
+            raise ValueError(f"collector must be 'process' or 'thread', not {collector!r}")
+        if close_timeout < 0 or flush_interval <= 0:
+            raise ValueError("close_timeout must be >= 0 and flush_interval > 0")
+        self.log_dir = os.fspath(log_dir)
+        self.filename_prefix = filename_prefix
+        self.logger_name = logger_name
+        self.sys_log_path = os.path.join(self.log_dir, f"{filename_prefix}_system.log")
+        self.metrics_csv_path = os.path.join(self.log_dir, f"{filename_prefix}_metrics.csv")
+        self.metrics_jsonl_path = os.path.join(self.log_dir, f"{filename_prefix}_metrics.jsonl")
+        rank = detect_rank()
+        self.rank = rank.rank
+        self.world_size = rank.world_size
+        self.is_rank_zero = rank.rank == 0
+        self._level = _level_number(level)
+        self._close_timeout = close_timeout
+        self._closed = False
+        self._embedded: EmbeddedCollector | None = None
+        self._sender: Sender | None = None
+
+        endpoint = aggregator or os.environ.get(ENV_AGGREGATOR) or None
+        if endpoint is None and self.is_rank_zero:
+            os.makedirs(self.log_dir, exist_ok=True)
+            self._embedded = start_embedded(collector, self.log_dir, filename_prefix)
+            endpoint = self._embedded.endpoint
+        self.endpoint = endpoint
+
+        if not self.is_rank_zero:
+            self._level = max(self._level, _level_number(forward_level))
+            self.log_metrics_summary = self._drop_metrics  # type: ignore[method-assign]
+        if endpoint is None:
+            # A rank other than 0 with nowhere to send: its forwarded lines go
+            # to its own stderr rather than nowhere.
+            self._append = self._to_stderr
+            print(
+                f"roxxel: rank {self.rank} has no collector endpoint (aggregator= or "
+                f"{ENV_AGGREGATOR}); its warnings go to stderr",
+                file=sys.stderr,
+            )
+        else:
+            sender_id = secrets.token_bytes(codec.SENDER_ID_LEN)
+            hello = codec.Hello(
+                sender_id=sender_id,
+                host=socket.gethostname(),
+                rank=self.rank,
+                pid=os.getpid(),
+                process_count=self.world_size,
+                prefix=filename_prefix,
+            )
+            self._sender = Sender(
+                DealerTransport(endpoint, sender_id), hello, flush_interval=flush_interval
+            )
+            self._append = self._sender.records.append
+        atexit.register(_close_at_exit, weakref.ref(self))
+
+    # -- the hot path ---------------------------------------------------------
+
+    def log_message(self, message: str, level: int = logging.INFO) -> None:
+        """Log one line at ``level`` (a ``logging`` level number or name)."""
+        if type(level) is not int:
+            level = _level_number(level)
+        if level < self._level:
+            return
+        if type(message) is not str:
+            message = str(message)
+        if len(message) > _MAX_TEXT:
+            message = message[:_MAX_TEXT] + _TRUNCATED
+        self._append((codec.RECORD_LOG, time.time(), level, message))
+
+    def log_metrics_summary(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Log one metrics row for ``step``; the dict is copied now, values converted later."""
+        if type(step) is not int:
+            step = _step_number(step)
+        if type(metrics) is not dict:
+            metrics = _metrics_dict(metrics)
+        elif len(metrics) > codec.MAX_MAP_LEN:
+            raise ValueError(f"at most {codec.MAX_MAP_LEN} metrics per call")
+        self._append((codec.RECORD_METRICS, time.time(), step, metrics.copy()))
+
+    def _drop_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Ranks other than 0 do not log metrics."""
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the collector has written every record logged so far."""
+        if self._sender is None:
+            return True
+        return self._sender.flush(self._close_timeout if timeout is None else timeout)
+
+    def close(self) -> None:
+        """Deliver everything, stop the client (and an embedded collector). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.log_message = self._after_close  # type: ignore[method-assign]
+        self.log_metrics_summary = self._after_close  # type: ignore[method-assign]
+        try:
+            if self._sender is not None:
+                missing = self._sender.close(self._close_timeout)
+                if missing:
+                    print(
+                        f"roxxel: {missing} record(s) were not acknowledged by the collector at "
+                        f"{self._sender.endpoint} within {self._close_timeout} s",
+                        file=sys.stderr,
+                    )
+        finally:
+            if self._embedded is not None:
+                code = self._embedded.stop(self._close_timeout)
+                if code not in (0, None):
+                    print(f"roxxel: the embedded collector exited with code {code}",
+                          file=sys.stderr)
+
+    def _after_close(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("this roxxel Logger is closed")
+
+    def __enter__(self) -> Logger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is not None:
+                self.log_crash(exc_type, exc, tb)
+        finally:
+            self.close()
+
+    def log_crash(
+        self,
+        exc_type: type[BaseException],
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Log the CRITICAL headline and the full traceback, on every rank."""
+        text = "".join(traceback.format_exception(exc_type, exc, tb)).rstrip("\n")
+        self._append(
+            (codec.RECORD_LOG, time.time(), logging.CRITICAL, f"{CRASH_HEADLINE}\n{text}")
+        )
+
+    def _to_stderr(self, record: tuple[Any, ...]) -> None:
+        if record[0] == codec.RECORD_LOG:
+            _, ts, level, text = record
+            sys.stderr.write(format_line(ts, level, text, f"[rank {self.rank}] "))
+
+
+_MAX_TEXT = codec.MAX_STR_LEN // 4 - len(_TRUNCATED)  # UTF-8 takes up to 4 bytes a character
+
+
+def _level_number(level: int | str) -> int:
+    if type(level) is int:
+        return level
+    if isinstance(level, str):
+        number = logging.getLevelName(level.upper())
+        if isinstance(number, int):
+            return number
+    raise ValueError(f"unknown logging level {level!r}")
+
+
+def _step_number(step: Any) -> int:
+    try:
+        return operator.index(step)
+    except TypeError:
+        raise TypeError(f"step must be an integer, not {type(step).__name__}") from None
+
+
+def _metrics_dict(metrics: Any) -> dict[str, Any]:
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"metrics must be a mapping of name to value, not {type(metrics).__name__}")
+    if len(metrics) > codec.MAX_MAP_LEN:
+        raise ValueError(f"at most {codec.MAX_MAP_LEN} metrics per call")
+    return dict(metrics)
+
+
+def _close_at_exit(ref: weakref.ref[Logger]) -> None:
+    logger = ref()
+    if logger is not None:
+        logger.close()

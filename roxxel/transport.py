@@ -1,0 +1,54 @@
+"""The client's one ZeroMQ socket: a DEALER connected to a collector's ROUTER.
+
+This is the only module of ``roxxel`` that touches sockets. It is used from
+the sender thread alone (ZeroMQ sockets are not thread-safe).
+"""
+
+from __future__ import annotations
+
+import zmq
+
+__all__ = ["DealerTransport"]
+
+
+class DealerTransport:
+    """Send frames without ever blocking; receive the collector's replies.
+
+    The routing id is the sender id, so that with ``ROUTER_HANDOVER`` on the
+    collector an ack reaches this client even after it reconnected.
+    """
+
+    def __init__(self, endpoint: str, sender_id: bytes, context: zmq.Context | None = None):
+        self.endpoint = endpoint
+        self._context = context or zmq.Context.instance()
+        self._socket = self._context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.ROUTING_ID, sender_id)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        # Frames wait in the sender's own bounded buffer, not in ZeroMQ's.
+        self._socket.setsockopt(zmq.SNDHWM, 64)
+        self._socket.setsockopt(zmq.RCVHWM, 0)
+        self._socket.connect(endpoint)
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+
+    def send(self, frame: bytes) -> bool:
+        """Queue ``frame`` for sending; ``False`` when ZeroMQ cannot take it now."""
+        try:
+            self._socket.send(frame, zmq.NOBLOCK, copy=len(frame) < 65536)
+        except zmq.Again:
+            return False
+        return True
+
+    def receive(self, timeout: float) -> list[bytes]:
+        """Every frame that arrives within ``timeout`` seconds (at least one wait)."""
+        frames: list[bytes] = []
+        if not self._poller.poll(max(0, int(timeout * 1000))):
+            return frames
+        while True:
+            try:
+                frames.append(self._socket.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                return frames
+
+    def close(self) -> None:
+        self._socket.close(linger=0)

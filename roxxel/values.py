@@ -1,0 +1,57 @@
+"""Turning the caller's metric values into what travels on the wire.
+
+:func:`to_wire` is the msgpack ``default`` hook of the client's sender
+thread, so a ``jax.Array`` that the device is still computing is waited for
+there, never on the training loop's thread. Python ``int``/``float``/``bool``/
+``str``/``None`` (and ``float`` subclasses such as ``numpy.float64``) never
+reach it: msgpack packs them itself.
+
+A value that is not a scalar becomes a small ``{NON_SCALAR: description}``
+map; the collector reports it once per key and writes nothing for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["NON_SCALAR", "to_wire", "describe"]
+
+NON_SCALAR = "__roxxel_non_scalar__"
+
+
+def to_wire(value: Any) -> Any:
+    """Convert a NumPy/JAX (or any array-like) scalar to a Python scalar."""
+    shape = getattr(value, "shape", None)
+    item = getattr(value, "item", None)
+    if shape is not None and item is not None:
+        size = 1
+        for dim in shape:
+            size *= dim
+        if size == 1:
+            return _python_scalar(item())
+        return {NON_SCALAR: describe(value)}
+    if isinstance(value, (bytes, bytearray)):
+        return {NON_SCALAR: describe(value)}
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return {NON_SCALAR: describe(value)}
+
+
+def describe(value: Any) -> str:
+    """A short human description of a value's type (and shape, for arrays)."""
+    cls = type(value)
+    name = f"{cls.__module__}.{cls.__qualname__}" if cls.__module__ != "builtins" else cls.__name__
+    shape = getattr(value, "shape", None)
+    dtype = getattr(value, "dtype", None)
+    if shape is not None:
+        return f"{name} of shape {tuple(shape)} and dtype {dtype}"
+    return name
+
+
+def _python_scalar(value: Any) -> Any:
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, complex):
+        return {NON_SCALAR: "complex number"}
+    return float(value)
