@@ -37,15 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-dir", required=True, help="directory of the run's files")
     parser.add_argument(
-        "--prefix", default="roxxel", help="file name prefix, as Logger's filename_prefix "
-        "(default: %(default)s)"
+        "--prefix",
+        default="roxxel",
+        help="file name prefix, as Logger's filename_prefix (default: %(default)s)",
     )
     parser.add_argument(
         "--no-echo", action="store_true", help="do not echo system-log lines to stdout"
     )
-    parser.add_argument(
-        "--quiet", action="store_true", help="do not print the ready line"
-    )
+    parser.add_argument("--quiet", action="store_true", help="do not print the ready line")
     # Set by an embedding Logger: exit (after writing what arrived) when that process ends.
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     return parser
@@ -56,8 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         sinks = default_sinks(args.log_dir, args.prefix, None if args.no_echo else sys.stdout)
     except OSError as exc:
-        print(f"roxxel-aggregator: cannot open the log files in {args.log_dir}: {exc}",
-              file=sys.stderr)
+        print(
+            f"roxxel-aggregator: cannot open the log files in {args.log_dir}: {exc}",
+            file=sys.stderr,
+        )
         return 2
     try:
         collector = Collector(args.bind, sinks)

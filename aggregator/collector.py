@@ -177,7 +177,9 @@ class Collector:
             problem = codec.check_record(record)
             if problem is not None:
                 self.stats["bad_records"] += 1
-                self._report(batch.sender_id, "record", f"{state.origin.tag}invalid record: {problem}")
+                self._report(
+                    batch.sender_id, "record", f"{state.origin.tag}invalid record: {problem}"
+                )
                 continue
             if record[0] == codec.RECORD_METRICS:
                 warnings += self._drop_non_scalars(record[3], state)

@@ -212,7 +212,11 @@ def _decode_hello(sender_id: bytes, acked: int, body: Any) -> Hello:
         raise CodecError("hello body is a map")
     try:
         host, rank, pid, count, prefix = (
-            body["host"], body["rank"], body["pid"], body["process_count"], body["prefix"]
+            body["host"],
+            body["rank"],
+            body["pid"],
+            body["process_count"],
+            body["prefix"],
         )
     except KeyError as exc:
         raise CodecError(f"hello lacks {exc.args[0]!r}") from None

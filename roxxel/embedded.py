@@ -42,9 +42,18 @@ class ProcessCollector:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "aggregator", "--bind", self.endpoint,
-                "--log-dir", log_dir, "--prefix", prefix,
-                "--parent-pid", str(os.getpid()), "--quiet",
+                sys.executable,
+                "-m",
+                "aggregator",
+                "--bind",
+                self.endpoint,
+                "--log-dir",
+                log_dir,
+                "--prefix",
+                prefix,
+                "--parent-pid",
+                str(os.getpid()),
+                "--quiet",
             ],
             env=env,
             stdin=subprocess.DEVNULL,

@@ -28,8 +28,8 @@ from typing import Any
 
 from . import codec
 from .client import Sender
-from .lines import format_line
 from .embedded import EmbeddedCollector, start_embedded
+from .lines import format_line
 from .ranks import detect_rank
 from .transport import DealerTransport
 
@@ -77,7 +77,9 @@ class Logger:
         if not isinstance(log_dir, (str, os.PathLike)):
             raise TypeError(f"log_dir must be a path, not {type(log_dir).__name__}")
         if not isinstance(filename_prefix, str) or not filename_prefix or os.sep in filename_prefix:
-            raise ValueError(f"filename_prefix must be a non-empty file name, not {filename_prefix!r}")
+            raise ValueError(
+                f"filename_prefix must be a non-empty file name, not {filename_prefix!r}"
+            )
         if collector not in ("process", "thread"):
             raise ValueError(f"collector must be 'process' or 'thread', not {collector!r}")
         if close_timeout < 0 or flush_interval <= 0:
@@ -188,8 +190,9 @@ class Logger:
             if self._embedded is not None:
                 code = self._embedded.stop(self._close_timeout)
                 if code not in (0, None):
-                    print(f"roxxel: the embedded collector exited with code {code}",
-                          file=sys.stderr)
+                    print(
+                        f"roxxel: the embedded collector exited with code {code}", file=sys.stderr
+                    )
 
     def _after_close(self, *args: Any, **kwargs: Any) -> None:
         raise RuntimeError("this roxxel Logger is closed")
@@ -217,9 +220,7 @@ class Logger:
     ) -> None:
         """Log the CRITICAL headline and the full traceback, on every rank."""
         text = "".join(traceback.format_exception(exc_type, exc, tb)).rstrip("\n")
-        self._append(
-            (codec.RECORD_LOG, time.time(), logging.CRITICAL, f"{CRASH_HEADLINE}\n{text}")
-        )
+        self._append((codec.RECORD_LOG, time.time(), logging.CRITICAL, f"{CRASH_HEADLINE}\n{text}"))
 
     def _to_stderr(self, record: tuple[Any, ...]) -> None:
         if record[0] == codec.RECORD_LOG:

@@ -36,8 +36,11 @@ class RankInfo:
 def detect_rank(environ: Mapping[str, str] | None = None) -> RankInfo:
     """Return this process's rank and the run's process count."""
     env = os.environ if environ is None else environ
-    return _from_jax_distributed() or _from_launcher(env) or _from_jax_backend() or RankInfo(
-        0, 1, "default"
+    return (
+        _from_jax_distributed()
+        or _from_launcher(env)
+        or _from_jax_backend()
+        or RankInfo(0, 1, "default")
     )
 
 

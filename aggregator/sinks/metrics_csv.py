@@ -80,9 +80,10 @@ class MetricsCsvSink(FileSink):
         directory, name = os.path.split(self.path)
         tmp = os.path.join(directory, f".{name}.widen.tmp")
         width = len(self.keys) + 1
-        with open(self.path, encoding="utf-8", newline="") as old, open(
-            tmp, "w", encoding="utf-8", newline=""
-        ) as new:
+        with (
+            open(self.path, encoding="utf-8", newline="") as old,
+            open(tmp, "w", encoding="utf-8", newline="") as new,
+        ):
             reader = csv.reader(old)
             next(reader, None)
             writer = csv.writer(new, lineterminator="\n")

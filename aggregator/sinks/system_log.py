@@ -12,6 +12,7 @@ from .base import FileSink, Origin
 
 __all__ = ["SystemLogSink"]
 
+
 class SystemLogSink(FileSink):
     def __init__(self, path: str, echo: TextIO | None = None):
         self.path = path
@@ -21,7 +22,11 @@ class SystemLogSink(FileSink):
     def write(self, origin: Origin, records: Sequence[list]) -> None:
         tag = origin.tag
         text = "".join(
-            [format_line(ts, level, msg, tag) for kind, ts, level, msg in records if kind == RECORD_LOG]
+            [
+                format_line(ts, level, msg, tag)
+                for kind, ts, level, msg in records
+                if kind == RECORD_LOG
+            ]
         )
         if text:
             self._file.write(text)
