@@ -1,8 +1,8 @@
 """``{prefix}_metrics.csv``: header ``step,<keys>``, one row per metrics record.
 
 * Floats are written ``.5f`` (``10,1.23456,3.45600``), except a non-zero value
-  below 1e-3 or at least 1e16 in magnitude, which is written in Python's
-  shortest round-trip form (``1e-06``) so it keeps its significant digits;
+  below 1e-3 or at least 1e16 in magnitude, which is written with six
+  significant digits (``1e-06``, ``0.000297``) so it keeps them;
   NaN and infinities are ``nan``, ``inf``, ``-inf``; integers are exact;
   ``None`` and a key missing from a row are an empty cell.
 * Cells are quoted by the ``csv`` module (commas, quotes, newlines).
@@ -31,7 +31,7 @@ def format_value(value: object) -> str:
     if type(value) is float:
         magnitude = abs(value)
         if magnitude != 0.0 and (magnitude < 1e-3 or 1e16 <= magnitude) and math.isfinite(value):
-            return repr(value)
+            return f"{value:.6g}"
         return f"{value:.5f}"
     return str(value)
 
