@@ -1,0 +1,372 @@
+"""The user's contract of roxxel.Logger, checked against the real files.
+
+Each test runs a real Logger: its client thread, a real ZeroMQ socket and an
+embedded collector in a child process (or a thread where the test says so).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from roxxel import CRASH_HEADLINE, Logger
+
+from .conftest import read, run_python, wait_for
+
+LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] \[(\w+)\] (.*)$")
+
+
+def csv_rows(path: str) -> list[list[str]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.reader(f))
+
+
+def log_lines(path: str) -> list[tuple[str, str]]:
+    out = []
+    for line in read(path).splitlines():
+        m = LINE.match(line)
+        if m:
+            out.append((m.group(1), m.group(2)))
+    return out
+
+
+def test_defaults_attributes_and_file_names(tmp_path: Path) -> None:
+    with Logger(str(tmp_path)) as logger:
+        assert logger.log_dir == str(tmp_path)
+        assert logger.is_rank_zero is True
+        assert logger.logger_name == "RoxxelCore"
+        assert logger.sys_log_path == str(tmp_path / "roxxel_system.log")
+        assert logger.metrics_csv_path == str(tmp_path / "roxxel_metrics.csv")
+        logger.log_message("Initializing...")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "roxxel_metrics.csv",
+        "roxxel_metrics.jsonl",
+        "roxxel_system.log",
+    ]
+    assert log_lines(logger.sys_log_path) == [("INFO", "Initializing...")]
+
+
+def test_system_log_line_format_and_levels(tmp_path: Path) -> None:
+    with Logger(tmp_path, "run_alpha") as logger:
+        logger.log_message("hello")
+        logger.log_message("careful", level=logging.WARNING)
+        logger.log_message("by name", level="ERROR")
+        logger.log_message("too quiet", level=logging.DEBUG)
+    text = read(tmp_path / "run_alpha_system.log")
+    assert all(LINE.match(line) for line in text.splitlines()), text
+    assert log_lines(tmp_path / "run_alpha_system.log") == [
+        ("INFO", "hello"),
+        ("WARNING", "careful"),
+        ("ERROR", "by name"),
+    ]
+
+
+def test_system_log_lines_are_echoed_to_stdout(tmp_path: Path) -> None:
+    result = run_python(
+        "from roxxel import Logger\n"
+        f"with Logger({str(tmp_path)!r}, 'echo') as lg:\n"
+        "    lg.log_message('seen on stdout')\n"
+    )
+    assert result.returncode == 0, result.stderr
+    file_lines = read(tmp_path / "echo_system.log").splitlines()
+    assert file_lines and file_lines[0].endswith("[INFO] seen on stdout")
+    assert file_lines[0] in result.stdout.splitlines()
+
+
+def test_metrics_csv_header_and_five_decimals(tmp_path: Path) -> None:
+    with Logger(tmp_path, "m") as logger:
+        logger.log_metrics_summary(step=10, metrics={"loss": 1.234564, "lr": 3.456})
+        logger.log_metrics_summary(step=11, metrics={"loss": 2, "lr": 0.5})
+    assert read(tmp_path / "m_metrics.csv") == "step,loss,lr\n10,1.23456,3.45600\n11,2,0.50000\n"
+
+
+def test_exception_inside_with_logs_critical_traceback_and_propagates(tmp_path: Path) -> None:
+    def fail() -> None:
+        raise ValueError("boom in step 7")
+
+    with pytest.raises(ValueError, match="boom in step 7"):
+        with Logger(tmp_path, "crash") as logger:
+            logger.log_message("before")
+            fail()
+    text = read(tmp_path / "crash_system.log")
+    lines = text.splitlines()
+    headline = next(i for i, ln in enumerate(lines) if CRASH_HEADLINE in ln)
+    assert lines[headline].split("] ", 2)[1] == "[CRITICAL"
+    assert lines[headline + 1] == "Traceback (most recent call last):"
+    assert any("in fail" in ln for ln in lines[headline:])
+    assert lines[-1] == "ValueError: boom in step 7"
+    assert log_lines(tmp_path / "crash_system.log")[0] == ("INFO", "before")
+
+
+def test_close_is_idempotent_and_later_calls_fail_clearly(tmp_path: Path) -> None:
+    logger = Logger(tmp_path)
+    logger.log_message("once")
+    logger.close()
+    logger.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        logger.log_message("after close")
+    with pytest.raises(RuntimeError, match="closed"):
+        logger.log_metrics_summary(1, {"x": 1.0})
+    assert log_lines(logger.sys_log_path) == [("INFO", "once")]
+
+
+def test_reopening_a_log_dir_appends_and_keeps_header_order(tmp_path: Path) -> None:
+    with Logger(tmp_path, "again") as logger:
+        logger.log_message("first run")
+        logger.log_metrics_summary(1, {"a": 1.0, "b": 2.0})
+    with Logger(tmp_path, "again") as logger:
+        logger.log_message("second run")
+        logger.log_metrics_summary(2, {"b": 20.0, "a": 10.0})
+    assert csv_rows(logger.metrics_csv_path) == [
+        ["step", "a", "b"],
+        ["1", "1.00000", "2.00000"],
+        ["2", "10.00000", "20.00000"],
+    ]
+    assert [m for _, m in log_lines(logger.sys_log_path)] == ["first run", "second run"]
+
+
+# -- the defects of the original, one test each ----------------------------------
+
+
+def test_new_key_mid_run_widens_header_and_older_rows_get_empty_cells(tmp_path: Path) -> None:
+    with Logger(tmp_path, "widen") as logger:
+        logger.log_metrics_summary(1, {"loss": 1.0})
+        assert logger.flush(30)
+        logger.log_metrics_summary(2, {"loss": 0.5, "acc": 0.25})
+        logger.log_metrics_summary(3, {"acc": 0.75})
+    assert csv_rows(logger.metrics_csv_path) == [
+        ["step", "loss", "acc"],
+        ["1", "1.00000", ""],
+        ["2", "0.50000", "0.25000"],
+        ["3", "", "0.75000"],
+    ]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_text_values_use_real_csv_quoting(tmp_path: Path) -> None:
+    nasty = 'a,b "quoted"\nnext line'
+    with Logger(tmp_path, "quote") as logger:
+        logger.log_metrics_summary(1, {"note": nasty, "loss": 1.5})
+    assert csv_rows(logger.metrics_csv_path) == [["step", "note", "loss"], ["1", nasty, "1.50000"]]
+
+
+def test_small_values_keep_significant_digits_normal_values_keep_5f(tmp_path: Path) -> None:
+    with Logger(tmp_path, "small") as logger:
+        logger.log_metrics_summary(1, {"lr": 1e-6, "tiny": 2.5e-4, "loss": 0.5, "zero": 0.0})
+    header, row = csv_rows(logger.metrics_csv_path)
+    values = dict(zip(header, row))
+    assert values == {
+        "step": "1",
+        "lr": "1e-06",
+        "tiny": "0.00025",
+        "loss": "0.50000",
+        "zero": "0.00000",
+    }
+    assert float(values["lr"]) == 1e-6
+
+
+def test_metrics_dict_is_snapshotted_at_call_time(tmp_path: Path) -> None:
+    metrics = {"loss": 0.0}
+    with Logger(tmp_path, "snap") as logger:
+        for step in range(200):
+            metrics["loss"] = float(step)
+            logger.log_metrics_summary(step, metrics)
+        metrics.clear()
+    rows = csv_rows(logger.metrics_csv_path)[1:]
+    assert rows == [[str(s), f"{s:.5f}"] for s in range(200)]
+
+
+def test_nan_and_infinities_are_written_as_nan_and_inf(tmp_path: Path) -> None:
+    with Logger(tmp_path, "nan") as logger:
+        logger.log_metrics_summary(1, {"a": math.nan, "b": math.inf, "c": -math.inf})
+    assert csv_rows(logger.metrics_csv_path)[1] == ["1", "nan", "inf", "-inf"]
+    record = json.loads(read(tmp_path / "nan_metrics.jsonl"))
+    assert record["metrics"] == {"a": "nan", "b": "inf", "c": "-inf"}
+
+
+def test_numpy_scalars_are_accepted(tmp_path: Path) -> None:
+    with Logger(tmp_path, "np") as logger:
+        logger.log_metrics_summary(
+            np.int64(4),
+            {
+                "f32": np.float32(0.25),
+                "i64": np.int64(7),
+                "f64": np.float64(1.5),
+                "zero_d": np.array(2.0),
+            },
+        )
+    assert csv_rows(logger.metrics_csv_path) == [
+        ["step", "f32", "i64", "f64", "zero_d"],
+        ["4", "0.25000", "7", "1.50000", "2.00000"],
+    ]
+
+
+def test_non_scalar_values_get_one_warning_and_are_not_written(tmp_path: Path) -> None:
+    with Logger(tmp_path, "ns") as logger:
+        for step in range(3):
+            logger.log_metrics_summary(step, {"loss": 1.0, "hist": np.zeros(5), "seq": [1, 2]})
+    assert csv_rows(logger.metrics_csv_path) == [["step", "loss"]] + [
+        [str(s), "1.00000"] for s in range(3)
+    ]
+    warnings = [m for lvl, m in log_lines(logger.sys_log_path) if lvl == "WARNING"]
+    assert len(warnings) == 2, warnings
+    assert any("'hist'" in w and "shape (5,)" in w for w in warnings)
+    assert any("'seq'" in w and "list" in w for w in warnings)
+
+
+class _LazyScalar:
+    """Array-like that records which thread asked for its value (as jax.Array.item would)."""
+
+    shape = ()
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+        self.threads: list[str] = []
+
+    def item(self) -> float:
+        self.threads.append(threading.current_thread().name)
+        return self.value
+
+
+def test_array_values_are_converted_on_the_sender_thread(tmp_path: Path) -> None:
+    lazy = _LazyScalar(3.5)
+    with Logger(tmp_path, "lazy") as logger:
+        logger.log_metrics_summary(1, {"v": lazy})
+        assert lazy.threads in ([], ["roxxel-sender"])
+    assert lazy.threads == ["roxxel-sender"]
+    assert csv_rows(logger.metrics_csv_path)[1] == ["1", "3.50000"]
+
+
+def test_jax_scalars_and_arrays_are_written(tmp_path: Path) -> None:
+    result = run_python(
+        "import jax, jax.numpy as jnp\n"
+        "from roxxel import Logger\n"
+        f"with Logger({str(tmp_path)!r}, 'jax') as lg:\n"
+        "    x = jnp.arange(4.0)\n"
+        "    lg.log_metrics_summary(jnp.int32(2), {'s': jnp.float32(0.5), 'sum': x.sum(),\n"
+        "                            'vec': x})\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert csv_rows(str(tmp_path / "jax_metrics.csv")) == [
+        ["step", "s", "sum"],
+        ["2", "0.50000", "6.00000"],
+    ]
+    assert "'vec'" in read(tmp_path / "jax_system.log")
+
+
+def test_constructing_a_logger_does_not_start_jax_backend(tmp_path: Path) -> None:
+    result = run_python(
+        "import socket, jax\n"
+        "from jax._src import xla_bridge\n"
+        "from roxxel import Logger\n"
+        f"lg = Logger({str(tmp_path)!r}, 'jd')\n"
+        "assert not xla_bridge.backends_are_initialized(), 'backend started'\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]; s.close()\n"
+        "jax.distributed.initialize(coordinator_address=f'127.0.0.1:{port}', num_processes=1,"
+        " process_id=0)\n"
+        "lg.log_message(f'devices {jax.device_count()}')\n"
+        "lg.close()\n"
+        "jax.distributed.shutdown()\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "[INFO] devices 1" in read(tmp_path / "jd_system.log")
+
+
+def test_thread_mode_collector_writes_the_same_files(tmp_path: Path) -> None:
+    with Logger(tmp_path, "thr", collector="thread") as logger:
+        logger.log_message("from a thread collector")
+        logger.log_metrics_summary(1, {"loss": 0.5})
+    assert log_lines(logger.sys_log_path) == [("INFO", "from a thread collector")]
+    assert read(logger.metrics_csv_path) == "step,loss\n1,0.50000\n"
+
+
+def test_bad_arguments_fail_clearly_at_the_caller(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="collector"):
+        Logger(tmp_path, collector="fork")
+    with pytest.raises(ValueError, match="filename_prefix"):
+        Logger(tmp_path, filename_prefix="")
+    with Logger(tmp_path, "bad") as logger:
+        with pytest.raises(TypeError, match="step must be an integer"):
+            logger.log_metrics_summary(1.5, {"x": 1.0})
+        with pytest.raises(TypeError, match="metrics must be a mapping"):
+            logger.log_metrics_summary(1, [("x", 1.0)])
+        with pytest.raises(ValueError, match="unknown logging level"):
+            logger.log_message("x", level="LOUD")
+        logger.log_metrics_summary(2, {"x": 1.0})
+    assert read(logger.metrics_csv_path) == "step,x\n2,1.00000\n"
+
+
+def test_many_records_from_several_threads_all_arrive_in_order(tmp_path: Path) -> None:
+    n = 20_000
+
+    def work(tag: str) -> None:
+        for i in range(n):
+            logger.log_message(f"{tag} {i}")
+
+    with Logger(tmp_path, "many") as logger:
+        threads = [threading.Thread(target=work, args=(t,)) for t in "ab"]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    msgs = [m for _, m in log_lines(logger.sys_log_path)]
+    for tag in "ab":
+        assert [m for m in msgs if m.startswith(tag + " ")] == [f"{tag} {i}" for i in range(n)]
+
+
+def test_embedded_collector_exits_after_parent_is_killed(tmp_path: Path) -> None:
+    import psutil
+
+    result = run_python(
+        "import os, signal\n"
+        "from roxxel import Logger\n"
+        f"lg = Logger({str(tmp_path)!r}, 'orphan')\n"
+        "for i in range(100): lg.log_message(f'line {i}')\n"
+        "assert lg.flush(30)\n"
+        "print(lg._embedded.process.pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    assert result.returncode == -9, result.stderr
+    # run_python returns once stdout closes, and the orphaned collector holds it too.
+    pid = next(int(line) for line in result.stdout.splitlines() if line.isdigit())
+    try:
+        collector = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        collector = None
+    if collector is not None:
+        try:
+            wait_for(lambda: _ended(collector), 30, "the orphaned collector to exit")
+        finally:
+            if not _ended(collector):
+                collector.kill()
+    assert [m for _, m in log_lines(tmp_path / "orphan_system.log")][:100] == [
+        f"line {i}" for i in range(100)
+    ]
+    assert "parent process ended" in read(tmp_path / "orphan_system.log")
+
+
+def test_csv_stays_parseable_after_many_widenings(tmp_path: Path) -> None:
+    with Logger(tmp_path, "wide") as logger:
+        for step in range(20):
+            logger.log_metrics_summary(step, {f"k{step}": float(step)})
+    rows = csv_rows(logger.metrics_csv_path)
+    assert rows[0] == ["step"] + [f"k{s}" for s in range(20)]
+    for step, row in enumerate(rows[1:]):
+        assert len(row) == 21 and row[0] == str(step) and row[1 + step] == f"{step:.5f}"
+
+
+def _ended(process) -> bool:
+    import psutil
+
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
