@@ -162,7 +162,7 @@ def test_small_values_keep_significant_digits_normal_values_keep_5f(tmp_path: Pa
     with Logger(tmp_path, "small") as logger:
         logger.log_metrics_summary(1, {"lr": 1e-6, "tiny": 2.5e-4, "loss": 0.5, "zero": 0.0})
     header, row = csv_rows(logger.metrics_csv_path)
-    values = dict(zip(header, row))
+    values = dict(zip(header, row, strict=True))
     assert values == {
         "step": "1",
         "lr": "1e-06",
