@@ -1,0 +1,176 @@
+"""The roxxel-aggregator daemon as a real process, with real client processes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import zmq
+
+from roxxel import codec
+
+from .conftest import Daemon, python_env, read, run_python
+
+CLIENT = """
+import logging, os, sys
+from roxxel import Logger
+with Logger(sys.argv[1], "run") as lg:
+    lg.log_message(f"info from rank {lg.rank}")
+    lg.log_message(f"warning from rank {lg.rank}", level=logging.WARNING)
+    lg.log_metrics_summary(1, {"loss": 0.5 + lg.rank})
+    if lg.rank == 2:
+        raise RuntimeError("rank 2 crashed")
+"""
+
+
+def test_help_reads_like_a_daemon() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "aggregator", "--help"],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=60,
+    )
+    assert result.returncode == 0
+    for option in ("--bind", "--log-dir", "--prefix", "--no-echo"):
+        assert option in result.stdout
+    assert "roxxel-aggregator" in result.stdout
+
+
+def test_unusable_log_dir_fails_with_a_clear_message(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aggregator",
+            "--bind",
+            "tcp://127.0.0.1:0",
+            "--log-dir",
+            str(not_a_dir),
+            "--prefix",
+            "run",
+        ],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "cannot open the log files" in result.stderr and str(not_a_dir) in result.stderr
+
+
+def test_client_process_logs_through_daemon_and_writes_no_files(
+    tmp_path: Path, daemon: Daemon
+) -> None:
+    client_dir = tmp_path / "client"
+    result = run_python(
+        "from roxxel import Logger\n"
+        f"with Logger({str(client_dir)!r}, 'run') as lg:\n"
+        "    lg.log_message('through the daemon')\n"
+        "    lg.log_metrics_summary(3, {'loss': 0.25})\n",
+        ROXXEL_AGGREGATOR=daemon.endpoint,
+    )
+    assert result.returncode == 0, result.stderr
+    assert not client_dir.exists()
+    assert "[INFO] through the daemon" in daemon.file("system.log")
+    assert daemon.file("metrics.csv") == "step,loss\n3,0.25000\n"
+    assert "[INFO] through the daemon" in daemon.stdout
+    assert daemon.terminate() == 0
+
+
+def test_sigterm_writes_everything_then_exits_zero(tmp_path: Path, daemon: Daemon) -> None:
+    result = run_python(
+        "import sys\n"
+        "from roxxel import Logger\n"
+        f"lg = Logger({str(tmp_path)!r}, 'run', aggregator={daemon.endpoint!r})\n"
+        "for i in range(5000): lg.log_message(f'line {i}')\n"
+        "assert lg.flush(60)\n"
+        "lg.close()\n"
+    )
+    assert result.returncode == 0, result.stderr
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(30) == 0
+    lines = daemon.file("system.log").splitlines()
+    assert [ln.split("] ", 2)[2] for ln in lines] == [f"line {i}" for i in range(5000)]
+
+
+def test_ranks_are_tagged_and_info_from_other_ranks_is_not_written(daemon: Daemon) -> None:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLIENT, str(daemon.log_dir.parent / f"r{rank}")],
+            env=python_env(
+                SLURM_PROCID=str(rank), SLURM_NTASKS="3", ROXXEL_AGGREGATOR=daemon.endpoint
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(3)
+    ]
+    try:
+        results = [(p.wait(120), *p.communicate()) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [code for code, _, _ in results] == [0, 0, 1], results
+    assert "rank 2 crashed" in results[2][2]
+    log = daemon.file("system.log")
+    assert "[INFO] info from rank 0" in log
+    assert "[WARNING] warning from rank 0" in log
+    assert "[WARNING] [rank 1] warning from rank 1" in log
+    assert "[WARNING] [rank 2] warning from rank 2" in log
+    assert "info from rank 1" not in log and "info from rank 2" not in log
+    assert "[CRITICAL] [rank 2] ❌ CRITICAL: Uncaught exception occurred" in log
+    assert "RuntimeError: rank 2 crashed" in log
+    assert daemon.file("metrics.csv") == "step,loss\n1,0.50000\n"
+
+
+def test_bad_frames_are_counted_and_a_good_client_is_still_served(
+    tmp_path: Path, daemon: Daemon
+) -> None:
+    ctx = zmq.Context()
+    garbage = [
+        b"",
+        b"\xc1",
+        b"not msgpack at all",
+        b"\x95\x02\xa5batch\xc4\x10" + b"x" * 16 + b"\x01\x90",  # version 2
+        b"\x91" * 5000 + b"\xc0",
+        codec.encode(codec.Batch(b"y" * 16, 1, [["l", 1.0, 20, "no hello first"]])),
+    ]
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(daemon.endpoint)
+    for frame in garbage:
+        sock.send(frame)
+    sock.send_multipart([b"two", b"frames"])
+    result = run_python(
+        "from roxxel import Logger\n"
+        f"with Logger({str(tmp_path)!r}, 'run', aggregator={daemon.endpoint!r}) as lg:\n"
+        "    lg.log_message('good client')\n"
+    )
+    sock.close()
+    ctx.term()
+    assert result.returncode == 0, result.stderr
+    log = daemon.file("system.log")
+    assert "[INFO] good client" in log
+    assert "no hello first" not in log
+    assert "malformed frame" in log
+    assert daemon.process.poll() is None, "the daemon died on bad input"
+    assert daemon.terminate() == 0
+
+
+def test_ready_line_names_the_bound_port(tmp_path: Path) -> None:
+    d = Daemon(tmp_path / "logs", prefix="ready")
+    try:
+        assert d.endpoint.startswith("tcp://127.0.0.1:")
+        assert int(d.endpoint.rsplit(":", 1)[1]) > 0
+        assert str(tmp_path / "logs") in d.stdout
+    finally:
+        assert d.terminate() == 0
+    assert read(tmp_path / "logs" / "ready_system.log") == ""
