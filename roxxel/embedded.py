@@ -26,6 +26,9 @@ __all__ = ["EmbeddedCollector", "ProcessCollector", "ThreadCollector", "start_em
 class EmbeddedCollector(Protocol):
     endpoint: str
 
+    def running(self) -> bool:
+        """Whether the collector is still serving."""
+
     def stop(self, timeout: float) -> int | None:
         """Stop after writing everything received; return the exit code if known."""
 
@@ -59,6 +62,9 @@ class ProcessCollector:
             stdin=subprocess.DEVNULL,
         )
 
+    def running(self) -> bool:
+        return self.process.poll() is None
+
     def stop(self, timeout: float) -> int | None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -85,6 +91,9 @@ class ThreadCollector:
             self.collector.run()
         finally:
             self.collector.close()
+
+    def running(self) -> bool:
+        return self._thread.is_alive()
 
     def stop(self, timeout: float) -> int | None:
         self.collector.stop()

@@ -165,10 +165,21 @@ class Logger:
     # -- lifecycle --------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until the collector has written every record logged so far."""
+        """Wait until the collector has written every record logged so far.
+
+        Returns ``False`` if ``timeout`` (default ``close_timeout``) seconds
+        passed first, or if the embedded collector is no longer running.
+        """
         if self._sender is None:
             return True
-        return self._sender.flush(self._close_timeout if timeout is None else timeout)
+        deadline = time.monotonic() + (self._close_timeout if timeout is None else timeout)
+        while True:
+            left = deadline - time.monotonic()
+            # Short waits, so a dead embedded collector is noticed in time.
+            if self._sender.flush(max(0.0, min(left, 0.25))):
+                return True
+            if left <= 0 or (self._embedded is not None and not self._embedded.running()):
+                return False
 
     def close(self) -> None:
         """Deliver everything, stop the client (and an embedded collector). Idempotent."""
@@ -179,7 +190,8 @@ class Logger:
         self.log_metrics_summary = self._after_close  # type: ignore[method-assign]
         try:
             if self._sender is not None:
-                missing = self._sender.close(self._close_timeout)
+                self.flush()
+                missing = self._sender.close(0)
                 if missing:
                     print(
                         f"roxxel: {missing} record(s) were not acknowledged by the collector at "

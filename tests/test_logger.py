@@ -370,3 +370,43 @@ def _ended(process) -> bool:
         return process.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def test_a_logger_never_closed_is_drained_at_exit(tmp_path: Path) -> None:
+    result = run_python(
+        "from roxxel import Logger\n"
+        f"lg = Logger({str(tmp_path)!r}, 'atexit')\n"
+        "for i in range(1000): lg.log_message(f'line {i}')\n"
+        "lg.log_metrics_summary(1, {'loss': 0.5})\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert [m for _, m in log_lines(tmp_path / "atexit_system.log")] == [
+        f"line {i}" for i in range(1000)
+    ]
+    assert read(tmp_path / "atexit_metrics.csv") == "step,loss\n1,0.50000\n"
+
+
+def test_multi_line_message_cannot_forge_a_record(tmp_path: Path) -> None:
+    with Logger(tmp_path, "forge") as logger:
+        logger.log_message("real\n[2026-01-01 00:00:00] [INFO] fake\r\nmore")
+    assert log_lines(logger.sys_log_path) == [("INFO", "real")]
+    assert read(logger.sys_log_path).splitlines()[1:] == [
+        " [2026-01-01 00:00:00] [INFO] fake",
+        "more",
+    ]
+
+
+def test_close_reports_records_a_dead_embedded_collector_never_wrote(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    logger = Logger(tmp_path, "dead", close_timeout=60)
+    logger.log_message("written")
+    assert logger.flush(30)
+    logger._embedded.process.kill()
+    logger._embedded.process.wait()
+    logger.log_message("never written")
+    logger.close()  # returns once it sees the collector is gone, not after 60 s
+    err = capfd.readouterr().err
+    assert "1 record(s) were not acknowledged" in err
+    assert "exited with code -9" in err
+    assert log_lines(logger.sys_log_path) == [("INFO", "written")]
