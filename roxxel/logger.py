@@ -38,6 +38,11 @@ __all__ = ["Logger", "CRASH_HEADLINE"]
 CRASH_HEADLINE = "❌ CRITICAL: Uncaught exception occurred during execution!"
 ENV_AGGREGATOR = "ROXXEL_AGGREGATOR"
 _TRUNCATED = " …[truncated by roxxel]"
+# Module-level names for the hot path: one dict lookup instead of two.
+_now = time.time
+_LOG = codec.RECORD_LOG
+_METRICS = codec.RECORD_METRICS
+_MAX_KEYS = codec.MAX_MAP_LEN
 
 
 class Logger:
@@ -147,7 +152,7 @@ class Logger:
             message = str(message)
         if len(message) > _MAX_TEXT:
             message = message[:_MAX_TEXT] + _TRUNCATED
-        self._append((codec.RECORD_LOG, time.time(), level, message))
+        self._append((_LOG, _now(), level, message))
 
     def log_metrics_summary(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Log one metrics row for ``step``; the dict is copied now, values converted later."""
@@ -155,9 +160,9 @@ class Logger:
             step = _step_number(step)
         if type(metrics) is not dict:
             metrics = _metrics_dict(metrics)
-        elif len(metrics) > codec.MAX_MAP_LEN:
-            raise ValueError(f"at most {codec.MAX_MAP_LEN} metrics per call")
-        self._append((codec.RECORD_METRICS, time.time(), step, metrics.copy()))
+        elif len(metrics) > _MAX_KEYS:
+            raise ValueError(f"at most {_MAX_KEYS} metrics per call")
+        self._append((_METRICS, _now(), step, metrics.copy()))
 
     def _drop_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Ranks other than 0 do not log metrics."""
@@ -263,8 +268,8 @@ def _step_number(step: Any) -> int:
 def _metrics_dict(metrics: Any) -> dict[str, Any]:
     if not isinstance(metrics, Mapping):
         raise TypeError(f"metrics must be a mapping of name to value, not {type(metrics).__name__}")
-    if len(metrics) > codec.MAX_MAP_LEN:
-        raise ValueError(f"at most {codec.MAX_MAP_LEN} metrics per call")
+    if len(metrics) > _MAX_KEYS:
+        raise ValueError(f"at most {_MAX_KEYS} metrics per call")
     return dict(metrics)
 
 

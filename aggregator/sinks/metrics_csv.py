@@ -26,13 +26,13 @@ __all__ = ["MetricsCsvSink", "format_value"]
 
 
 def format_value(value: object) -> str:
-    if value is None:
-        return ""
     if type(value) is float:
         magnitude = abs(value)
-        if magnitude != 0.0 and (magnitude < 1e-3 or 1e16 <= magnitude) and math.isfinite(value):
-            return f"{value:.6g}"
-        return f"{value:.5f}"
+        if 1e-3 <= magnitude < 1e16 or magnitude == 0.0 or magnitude == math.inf or value != value:
+            return f"{value:.5f}"
+        return f"{value:.6g}"
+    if value is None:
+        return ""
     return str(value)
 
 
@@ -66,8 +66,7 @@ class MetricsCsvSink(FileSink):
             self._widen(new_keys)
         keys = self.keys
         self._writer.writerows(
-            [step, *[format_value(metrics[k]) if k in metrics else "" for k in keys]]
-            for _, _, step, metrics in rows
+            [step, *[format_value(metrics.get(k)) for k in keys]] for _, _, step, metrics in rows
         )
 
     def _widen(self, new_keys: list[str]) -> None:
