@@ -117,6 +117,7 @@ def encode(frame: Frame) -> bytes:
         return encode_batch(frame.sender_id, frame.seq, frame.records)
     if isinstance(frame, Hello):
         _check_sender_and_seq(frame.sender_id, frame.acked)
+        _check_hello_fields(frame.host, frame.prefix, frame.rank, frame.pid, frame.process_count)
         body = {name: getattr(frame, name) for name in _HELLO_FIELDS}
         return _pack([PROTO_VERSION, "hello", frame.sender_id, frame.acked, body])
     _check_sender_and_seq(frame.sender_id, frame.seq)
@@ -157,6 +158,7 @@ def decode(data: bytes) -> Frame:
             max_array_len=MAX_ARRAY_LEN,
             max_map_len=MAX_MAP_LEN,
             max_ext_len=0,
+            ext_hook=_refuse_ext,
         )
     except Exception as exc:  # msgpack raises many types for bad input
         raise CodecError(f"not msgpack: {type(exc).__name__}: {exc}") from None
@@ -220,12 +222,21 @@ def _decode_hello(sender_id: bytes, acked: int, body: Any) -> Hello:
         )
     except KeyError as exc:
         raise CodecError(f"hello lacks {exc.args[0]!r}") from None
+    _check_hello_fields(host, prefix, rank, pid, count)
+    return Hello(sender_id, host, rank, pid, count, prefix, acked)
+
+
+def _check_hello_fields(host: Any, prefix: Any, rank: Any, pid: Any, count: Any) -> None:
     if not isinstance(host, str) or not isinstance(prefix, str):
         raise CodecError("hello host and prefix are strings")
     for name, value in (("rank", rank), ("pid", pid), ("process_count", count)):
         if type(value) is not int or value < 0:
             raise CodecError(f"hello {name} is a non-negative integer")
-    return Hello(sender_id, host, rank, pid, count, prefix, acked)
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    # max_ext_len=0 still lets zero-length ext types through.
+    raise ValueError(f"ext type {code} is not allowed")
 
 
 def _check_sender_and_seq(sender_id: Any, seq: Any) -> None:

@@ -69,9 +69,11 @@ def _from_jax_backend() -> RankInfo | None:
 def _int(env: Mapping[str, str], name: str) -> int | None:
     value = env.get(name, "").strip()
     try:
-        return int(value) if value else None
+        number = int(value) if value else None
     except ValueError:
         return None
+    # Some launch scripts say -1 for "not distributed": not a rank.
+    return number if number is not None and number >= 0 else None
 
 
 def _from_launcher(env: Mapping[str, str]) -> RankInfo | None:
@@ -81,7 +83,8 @@ def _from_launcher(env: Mapping[str, str]) -> RankInfo | None:
         per_slice = max(len(hosts), worker + 1)
         slice_id = _int(env, "MEGASCALE_SLICE_ID") or 0
         slices = _int(env, "MEGASCALE_NUM_SLICES") or 1
-        return RankInfo(slice_id * per_slice + worker, slices * per_slice, "TPU")
+        rank = slice_id * per_slice + worker
+        return RankInfo(rank, max(slices * per_slice, rank + 1), "TPU")
     pairs = (
         ("torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK"),
         ("Open MPI", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", None),

@@ -6,8 +6,10 @@ there, never on the training loop's thread. Python ``int``/``float``/``bool``/
 ``str``/``None`` (and ``float`` subclasses such as ``numpy.float64``) never
 reach it: msgpack packs them itself.
 
-A value that is not a scalar becomes a small ``{NON_SCALAR: description}``
-map; the collector reports it once per key and writes nothing for it.
+An array with exactly one element (shape ``()``, ``(1,)``, ``(1, 1)``...) is
+logged as that element. Any other value that is not a scalar becomes a small
+``{NON_SCALAR: description}`` map; the collector reports it once per key and
+writes nothing for it. :func:`to_wire` never raises.
 """
 
 from __future__ import annotations
@@ -32,10 +34,7 @@ def to_wire(value: Any) -> Any:
         return {NON_SCALAR: describe(value)}
     if isinstance(value, (bytes, bytearray)):
         return {NON_SCALAR: describe(value)}
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return {NON_SCALAR: describe(value)}
+    return _as_float(value)
 
 
 def describe(value: Any) -> str:
@@ -54,4 +53,13 @@ def _python_scalar(value: Any) -> Any:
         return value
     if isinstance(value, complex):
         return {NON_SCALAR: "complex number"}
-    return float(value)
+    return _as_float(value)
+
+
+def _as_float(value: Any) -> Any:
+    # Anything may arrive here (dates, objects, ints past 2**64): never raise,
+    # or the whole batch would be lost for one value.
+    try:
+        return float(value)
+    except Exception:
+        return {NON_SCALAR: describe(value)}

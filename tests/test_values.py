@@ -1,0 +1,227 @@
+"""Tests of metric value conversion (roxxel.values).
+
+JAX is only ever imported in a subprocess: other tests in this pytest
+process need JAX's backend not to be initialised.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from decimal import Decimal
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from roxxel.values import NON_SCALAR, describe, to_wire
+
+
+def _exact(actual, expected) -> None:
+    """Equal and of the same type (1 == 1.0 == True would hide a wrong type)."""
+    assert actual == expected
+    assert type(actual) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param(np.float32(0.5), 0.5, id="float32"),
+        pytest.param(np.float16(-2.0), -2.0, id="float16"),
+        pytest.param(np.float64(0.1), 0.1, id="float64"),
+        pytest.param(np.longdouble(1.5), 1.5, id="longdouble"),
+        pytest.param(np.int64(-7), -7, id="int64"),
+        pytest.param(np.int8(5), 5, id="int8"),
+        pytest.param(np.uint64(2**64 - 1), 2**64 - 1, id="uint64-max"),
+        pytest.param(np.bool_(True), True, id="bool-true"),
+        pytest.param(np.bool_(False), False, id="bool-false"),
+    ],
+)
+def test_to_wire_turns_numpy_scalars_into_python_scalars(value, expected):
+    _exact(to_wire(value), expected)
+
+
+def test_to_wire_keeps_float32_value_exactly():
+    # float32(0.1) is not 0.1: the wire carries the float32's own value.
+    _exact(to_wire(np.float32(0.1)), float(np.float32(0.1)))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param(np.array(1.5), 1.5, id="float64"),
+        pytest.param(np.array(3, dtype=np.int32), 3, id="int32"),
+        pytest.param(np.array(True), True, id="bool"),
+        pytest.param(np.array(2.5, dtype=np.float32), 2.5, id="float32"),
+    ],
+)
+def test_to_wire_turns_a_zero_d_array_into_a_python_scalar(value, expected):
+    _exact(to_wire(value), expected)
+
+
+def test_to_wire_keeps_non_finite_floats():
+    assert to_wire(np.float32("inf")) == math.inf
+    assert math.isnan(to_wire(np.float64("nan")))
+    assert math.isnan(to_wire(np.array(np.nan, dtype=np.float32)))
+
+
+def test_to_wire_turns_a_vector_into_the_non_scalar_marker_naming_its_shape():
+    result = to_wire(np.arange(3))
+    assert set(result) == {NON_SCALAR}
+    assert "(3,)" in result[NON_SCALAR]
+    assert "numpy.ndarray" in result[NON_SCALAR]
+    assert result[NON_SCALAR] == describe(np.arange(3))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(np.zeros((2, 3)), id="matrix"),
+        pytest.param(np.zeros((0,)), id="empty-vector"),
+        pytest.param(np.zeros((4, 0)), id="empty-matrix"),
+    ],
+)
+def test_to_wire_marks_arrays_of_more_or_less_than_one_element(value):
+    result = to_wire(value)
+    assert result == {NON_SCALAR: describe(value)}
+    assert str(value.shape) in result[NON_SCALAR]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param(Decimal("1.25"), 1.25, id="decimal"),
+        pytest.param(Decimal("-0.5"), -0.5, id="negative-decimal"),
+        pytest.param(Fraction(1, 4), 0.25, id="fraction"),
+        pytest.param(10**30, 1e30, id="int-past-uint64"),
+    ],
+)
+def test_to_wire_turns_number_like_objects_into_floats(value, expected):
+    _exact(to_wire(value), expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "description"),
+    [
+        pytest.param(object(), "object", id="object"),
+        pytest.param(1 + 2j, "complex", id="python-complex"),
+        pytest.param(b"bytes", "bytes", id="bytes"),
+        pytest.param(bytearray(b"x"), "bytearray", id="bytearray"),
+        pytest.param({1, 2}, "set", id="set"),
+        pytest.param([1.0], "list", id="list"),
+        pytest.param(int, "type", id="a-class"),
+    ],
+)
+def test_to_wire_turns_non_numbers_into_the_non_scalar_marker(value, description):
+    assert to_wire(value) == {NON_SCALAR: description}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(np.complex64(1 + 2j), id="complex64"),
+        pytest.param(np.complex128(0j), id="complex128-zero"),
+        pytest.param(np.array(1 - 1j), id="zero-d-complex-array"),
+    ],
+)
+def test_to_wire_marks_numpy_complex_numbers(value):
+    result = to_wire(value)
+    assert set(result) == {NON_SCALAR}
+    assert "complex" in result[NON_SCALAR]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(np.datetime64("2020-01-01"), id="datetime64"),
+        pytest.param(np.timedelta64(5, "s"), id="timedelta64"),
+        pytest.param(np.array(object()), id="zero-d-object-array"),
+        pytest.param(10**400, id="int-too-big-for-float"),
+    ],
+)
+def test_to_wire_never_raises_for_scalars_it_cannot_convert(value):
+    result = to_wire(value)
+    assert set(result) == {NON_SCALAR}
+
+
+def test_describe_names_builtins_without_module():
+    assert describe(object()) == "object"
+    assert describe(1.5) == "float"
+    assert describe(b"") == "bytes"
+
+
+def test_describe_names_other_classes_with_module_and_qualname():
+    assert describe(Decimal(1)) == "decimal.Decimal"
+
+    class Local:
+        pass
+
+    assert describe(Local()) == (
+        f"{__name__}.test_describe_names_other_classes_with_module_and_qualname.<locals>.Local"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (np.zeros((3,)), "numpy.ndarray of shape (3,) and dtype float64"),
+        (np.zeros((2, 4), dtype=np.int8), "numpy.ndarray of shape (2, 4) and dtype int8"),
+        (np.array(1.0), "numpy.ndarray of shape () and dtype float64"),
+        (np.float32(1), "numpy.float32 of shape () and dtype float32"),
+    ],
+)
+def test_describe_gives_shape_and_dtype_of_arrays(value, expected):
+    assert describe(value) == expected
+
+
+def test_describe_shows_shape_of_array_likes_without_dtype():
+    class ShapeOnly:
+        shape = [2, 2]
+
+    assert describe(ShapeOnly()).endswith(" of shape (2, 2) and dtype None")
+
+
+_JAX_SCRIPT = textwrap.dedent(
+    """
+    import json
+
+    import jax.numpy as jnp
+
+    from roxxel import codec
+    from roxxel.values import NON_SCALAR, to_wire
+
+    results = {
+        "float32": to_wire(jnp.float32(2.5)),
+        "int32": to_wire(jnp.int32(-4)),
+        "bool": to_wire(jnp.bool_(True)),
+        "vector": to_wire(jnp.arange(3)),
+    }
+    sid = bytes(16)
+    data = codec.encode_batch(sid, 1, [["m", 0.0, 1, {"loss": jnp.float32(0.25)}]], to_wire)
+    results["decoded"] = codec.decode(data).records[0][3]
+    print(json.dumps(results))
+    """
+)
+
+
+def test_to_wire_converts_jax_scalars_in_a_subprocess():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", _JAX_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["float32"] == 2.5
+    assert out["int32"] == -4 and type(out["int32"]) is int
+    assert out["bool"] is True
+    assert list(out["vector"]) == [NON_SCALAR]
+    assert "(3,)" in out["vector"][NON_SCALAR]
+    assert out["decoded"] == {"loss": 0.25}
