@@ -27,7 +27,11 @@ class DealerTransport:
         # Frames wait in the sender's own bounded buffer, not in ZeroMQ's.
         self._socket.setsockopt(zmq.SNDHWM, 64)
         self._socket.setsockopt(zmq.RCVHWM, 0)
-        self._socket.connect(endpoint)
+        try:
+            self._socket.connect(endpoint)
+        except zmq.ZMQError as exc:
+            self._socket.close(linger=0)
+            raise ValueError(f"cannot connect to collector endpoint {endpoint!r}: {exc}") from None
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
 

@@ -293,6 +293,8 @@ def test_bad_arguments_fail_clearly_at_the_caller(tmp_path: Path) -> None:
         Logger(tmp_path, collector="fork")
     with pytest.raises(ValueError, match="filename_prefix"):
         Logger(tmp_path, filename_prefix="")
+    with pytest.raises(ValueError, match="cannot connect to collector endpoint 'tcp:/x'"):
+        Logger(tmp_path, aggregator="tcp:/x")
     with Logger(tmp_path, "bad") as logger:
         with pytest.raises(TypeError, match="step must be an integer"):
             logger.log_metrics_summary(1.5, {"x": 1.0})
