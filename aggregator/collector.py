@@ -87,12 +87,21 @@ class Collector:
             self._socket.close(linger=0)
             raise OSError(f"roxxel-aggregator cannot bind {bind}: {exc}") from None
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        # stop() writes a byte here to end a poll at once; os.write is safe
+        # from a signal handler and from any thread, unlike a ZeroMQ socket.
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
+        self._poller.register(self._wake_read, zmq.POLLIN)
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish: it drains what has arrived, then returns."""
         self._stop.set()
+        try:
+            os.write(self._wake_write, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full: a wake-up is already pending
 
     def run(self, parent_alive: Callable[[], bool] | None = None, poll: float = 0.1) -> None:
         """Serve until :meth:`stop` (or until ``parent_alive()`` turns false), then drain."""
@@ -104,7 +113,7 @@ class Collector:
                 if not parent_alive():
                     self._log(logging.WARNING, "parent process ended; writing what arrived")
                     break
-        while self.serve_once(0.05):
+        while self.serve_once(0.01):
             pass
 
     def close(self) -> None:
@@ -112,10 +121,15 @@ class Collector:
             self.sinks.close()
         finally:
             self._socket.close(linger=1000)
+            os.close(self._wake_read)
+            os.close(self._wake_write)
 
     def serve_once(self, timeout: float) -> int:
         """Wait up to ``timeout`` s, apply what arrived, flush, ack. Returns messages handled."""
-        if not self._poller.poll(int(timeout * 1000)):
+        ready = dict(self._poller.poll(int(timeout * 1000)))
+        if self._wake_read in ready:
+            os.read(self._wake_read, 4096)
+        if self._socket not in ready:
             return 0
         acks: dict[bytes, bytes] = {}
         handled = 0
