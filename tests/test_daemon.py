@@ -7,11 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import zmq
 
 from roxxel import codec
 
-from .conftest import Daemon, python_env, read, run_python
+from .conftest import Daemon, free_port, python_env, read, run_python
 
 CLIENT = """
 import logging, os, sys
@@ -25,9 +26,14 @@ with Logger(sys.argv[1], "run") as lg:
 """
 
 
-def test_help_reads_like_a_daemon() -> None:
+@pytest.mark.parametrize("program", ["module", "console-script"])
+def test_help_reads_like_a_daemon(program: str) -> None:
+    script = Path(sys.executable).parent / "roxxel-aggregator"
+    if program == "console-script" and not script.exists():
+        pytest.fail(f"the console script is not installed next to {sys.executable}")
+    argv = [str(script)] if program == "console-script" else [sys.executable, "-m", "aggregator"]
     result = subprocess.run(
-        [sys.executable, "-m", "aggregator", "--help"],
+        [*argv, "--help"],
         capture_output=True,
         text=True,
         env=python_env(),
@@ -174,3 +180,23 @@ def test_ready_line_names_the_bound_port(tmp_path: Path) -> None:
     finally:
         assert d.terminate() == 0
     assert read(tmp_path / "logs" / "ready_system.log") == ""
+
+
+def test_roxxel_check_reports_a_live_collector_and_a_missing_one(daemon: Daemon) -> None:
+    cmd = [sys.executable, "-m", "roxxel.cli", "check"]
+    live = subprocess.run(
+        [*cmd, daemon.endpoint], capture_output=True, text=True, env=python_env(), timeout=60
+    )
+    assert live.returncode == 0, live.stderr
+    assert f"collector at {daemon.endpoint} answered" in live.stdout
+    nobody = f"tcp://127.0.0.1:{free_port()}"
+    dead = subprocess.run(
+        [*cmd, nobody, "--timeout", "0.5"],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=60,
+    )
+    assert dead.returncode == 1
+    assert f"no answer from a collector at {nobody}" in dead.stderr
+    assert "roxxel-check" not in daemon.file("system.log")
