@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .collector import Collector, default_sinks
+from .collector import Collector
 
 __all__ = ["main", "build_parser"]
 
@@ -52,19 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    echo = None if args.no_echo else sys.stdout
     try:
-        sinks = default_sinks(args.log_dir, args.prefix, None if args.no_echo else sys.stdout)
-    except OSError as exc:
-        print(
-            f"roxxel-aggregator: cannot open the log files in {args.log_dir}: {exc}",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        collector = Collector(args.bind, sinks)
-    except OSError as exc:
-        sinks.close()
-        print(exc, file=sys.stderr)
+        collector = Collector.for_log_dir(args.bind, args.log_dir, args.prefix, echo)
+    except (OSError, ValueError) as exc:
+        print(f"roxxel-aggregator: cannot serve {args.log_dir}: {exc}", file=sys.stderr)
         return 2
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: collector.stop())

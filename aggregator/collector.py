@@ -3,37 +3,49 @@
 Threading: a :class:`Collector` is driven by one thread (``run`` or repeated
 ``serve_once``); ``stop`` may be called from any thread or a signal handler.
 
-Ordering and delivery: a sender's batch is applied only if its seq is the
-next one expected from that sender; a duplicate is only re-acknowledged, a
-gap writes nothing and re-acknowledges the last applied seq (the client then
-resends). Each cycle drains what is waiting on the socket, writes it, flushes
-every sink and only then sends one cumulative ack per sender touched.
+Ordering and delivery (exactly once into the files): a sender's batch is
+applied only if its seq is the next one expected from that sender; a
+duplicate is only re-acknowledged, a gap writes nothing and re-acknowledges
+the last applied seq (the client then resends). Each cycle drains what is
+waiting on the socket and writes it; then it group-commits -- every sink
+synced to disk, then the checkpoint (:mod:`aggregator.checkpoint`) replaced
+atomically -- and only then sends one cumulative ack per sender touched. If
+writing fails (``OSError``: disk full, unwritable), the files are rewound to
+the last checkpoint and nothing is acknowledged: the clients keep the
+batches and resend them. On start the collector loads its checkpoint and
+rewinds the files to it, so what a killed collector wrote after its last
+commit is written again once, from the resent batches.
 
 Malformed input (bad msgpack, wrong shapes, batches from a sender that never
 said hello, invalid records, non-scalar metric values) is counted in
 :attr:`Collector.stats` and reported once per sender in the system log; it
-never stops the loop.
+never stops the loop. A batch with a valid envelope but a body that can never
+be applied, and each invalid record, is acknowledged once and saved to the
+quarantine dot-file ``.{prefix}_quarantine.jsonl``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import IO, Any, TextIO
 
 import zmq
 
 from roxxel import codec
 from roxxel.values import NON_SCALAR
 
+from .checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
 from .sinks import FanOut, MetricsCsvSink, MetricsJsonlSink, Origin, Sink, SystemLogSink
 
-__all__ = ["Collector", "SenderState", "default_sinks"]
+__all__ = ["Collector", "SenderState", "default_sinks", "quarantine_path"]
 
 # A cycle takes at most this many messages before it commits and acks, so
 # acks keep flowing under a flood.
@@ -49,8 +61,29 @@ COLLECTOR_ORIGIN = Origin(rank=0, host="", pid=os.getpid())
 class SenderState:
     origin: Origin
     prefix: str
-    committed: int
+    committed: int  # highest seq applied
+    durable: int  # highest seq in the last checkpoint
     warned_keys: set[str] = field(default_factory=set)
+
+    def saved(self) -> dict[str, Any]:
+        o = self.origin
+        return {
+            "committed": self.durable,
+            "rank": o.rank,
+            "host": o.host,
+            "pid": o.pid,
+            "prefix": self.prefix,
+        }
+
+    @classmethod
+    def restored(cls, saved: dict[str, Any]) -> SenderState:
+        origin = Origin(rank=int(saved["rank"]), host=str(saved["host"]), pid=int(saved["pid"]))
+        committed = int(saved["committed"])
+        return cls(origin, str(saved["prefix"]), committed, committed)
+
+
+def quarantine_path(log_dir: str, prefix: str) -> str:
+    return os.path.join(log_dir, f".{prefix}_quarantine.jsonl")
 
 
 def default_sinks(log_dir: str, prefix: str, echo: TextIO | None) -> FanOut:
@@ -67,13 +100,33 @@ def default_sinks(log_dir: str, prefix: str, echo: TextIO | None) -> FanOut:
 
 
 class Collector:
-    """Receive batches on ``bind``, write them through ``sinks``."""
+    """Receive batches on ``bind``, write them through ``sinks``.
 
-    def __init__(self, bind: str, sinks: Sink, *, context: zmq.Context | None = None):
+    With ``checkpoint`` (a file path) delivery is exactly once across
+    restarts; without it, acks follow a flush only (for tests and tools).
+    """
+
+    def __init__(
+        self,
+        bind: str,
+        sinks: Sink,
+        *,
+        checkpoint: str | None = None,
+        quarantine: str | None = None,
+        context: zmq.Context | None = None,
+    ):
         self.sinks = sinks
         self.senders: dict[bytes, SenderState] = {}
         self.stats: Counter[str] = Counter()
         self._reported: set[tuple[bytes, str]] = set()
+        self._checkpoint_path = checkpoint
+        self._quarantine_path = quarantine
+        self._quarantine: IO[str] | None = None
+        self._dirty = False
+        self._needs_rewind = False
+        self._marks: Any = None
+        if checkpoint is not None:
+            self._resume(checkpoint)
         self._stop = threading.Event()
         self._context = context or zmq.Context.instance()
         self._socket = self._context.socket(zmq.ROUTER)
@@ -95,6 +148,32 @@ class Collector:
         self._poller.register(self._socket, zmq.POLLIN)
         self._poller.register(self._wake_read, zmq.POLLIN)
 
+    @classmethod
+    def for_log_dir(
+        cls, bind: str, log_dir: str, prefix: str, echo: TextIO | None = None
+    ) -> Collector:
+        """A collector owning the run ``{log_dir}/{prefix}_*``, its checkpoint and quarantine."""
+        sinks = default_sinks(log_dir, prefix, echo)
+        try:
+            return cls(
+                bind,
+                sinks,
+                checkpoint=checkpoint_path(log_dir, prefix),
+                quarantine=quarantine_path(log_dir, prefix),
+            )
+        except BaseException:
+            sinks.close()
+            raise
+
+    def _resume(self, path: str) -> None:
+        saved = load_checkpoint(path)
+        if saved is not None:
+            for hex_id, state in saved.senders.items():
+                self.senders[bytes.fromhex(hex_id)] = SenderState.restored(state)
+            if saved.marks is not None:
+                self.sinks.rewind(saved.marks)
+        self._commit()
+
     def stop(self) -> None:
         """Ask :meth:`run` to finish: it drains what has arrived, then returns."""
         self._stop.set()
@@ -115,45 +194,111 @@ class Collector:
                     break
         while self.serve_once(0.01):
             pass
+        self._commit_or_roll_back()
 
     def close(self) -> None:
         try:
             self.sinks.close()
+            if self._quarantine is not None:
+                self._quarantine.close()
         finally:
             self._socket.close(linger=1000)
             os.close(self._wake_read)
             os.close(self._wake_write)
 
     def serve_once(self, timeout: float) -> int:
-        """Wait up to ``timeout`` s, apply what arrived, flush, ack. Returns messages handled."""
+        """Wait up to ``timeout`` s, apply what arrived, commit, ack. Returns messages handled."""
         ready = dict(self._poller.poll(int(timeout * 1000)))
         if self._wake_read in ready:
             os.read(self._wake_read, 4096)
         if self._socket not in ready:
             return 0
+        if self._needs_rewind and not self._roll_back():
+            return 0
         acks: dict[bytes, bytes] = {}
         handled = 0
-        while handled < _MAX_MESSAGES_PER_CYCLE:
-            try:
-                parts = self._socket.recv_multipart(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                break
-            handled += 1
-            if len(parts) != 2:
-                self._bad(parts[0] if parts else b"", f"message of {len(parts)} frames")
-                continue
-            self._handle(parts[0], parts[1], acks)
-        if acks:
-            self.sinks.flush()
-            for peer, sender_id in acks.items():
-                state = self.senders[sender_id]
-                reply = codec.encode(codec.Ack(sender_id, state.committed))
+        try:
+            while handled < _MAX_MESSAGES_PER_CYCLE:
+                try:
+                    parts = self._socket.recv_multipart(zmq.NOBLOCK, copy=True)
+                except zmq.Again:
+                    break
+                handled += 1
+                if len(parts) != 2:
+                    self._bad(parts[0] if parts else b"", f"message of {len(parts)} frames")
+                    continue
+                self._handle(parts[0], parts[1], acks)
+        except OSError as exc:
+            self._failed(exc)
+        self._commit_or_roll_back()
+        for peer, sender_id in acks.items():
+            state = self.senders.get(sender_id)
+            if state is not None:
+                reply = codec.encode(codec.Ack(sender_id, state.durable))
                 self._socket.send_multipart([peer, reply], zmq.NOBLOCK)
         return handled
+
+    # -- commit and roll back ------------------------------------------------------
+
+    def _commit_or_roll_back(self) -> None:
+        if not self._dirty or self._needs_rewind:
+            return
+        try:
+            self._commit()
+        except OSError as exc:
+            self._failed(exc)
+
+    def _commit(self) -> None:
+        """Sync the sinks, then replace the checkpoint; only then is anything durable."""
+        self.sinks.sync()
+        if self._quarantine is not None:
+            self._quarantine.flush()
+        if self._checkpoint_path is not None:
+            self._marks = self.sinks.mark()
+            senders = {sid.hex(): state for sid, state in self.senders.items()}
+            for state in senders.values():
+                state.durable = state.committed
+            save_checkpoint(
+                self._checkpoint_path,
+                Checkpoint({h: st.saved() for h, st in senders.items()}, self._marks),
+            )
+        else:
+            for state in self.senders.values():
+                state.durable = state.committed
+        self._dirty = False
+
+    def _failed(self, exc: OSError) -> None:
+        self.stats["write_errors"] += 1
+        print(
+            f"roxxel-aggregator: writing failed ({exc}); the batches since the last checkpoint "
+            "stay unacknowledged and will be written when the clients resend them",
+            file=sys.stderr,
+        )
+        self._needs_rewind = True
+        self._roll_back()
+
+    def _roll_back(self) -> bool:
+        """Forget everything after the last checkpoint, in memory and in the files."""
+        for state in self.senders.values():
+            state.committed = state.durable
+        self._dirty = False
+        try:
+            if self._marks is not None:
+                self.sinks.rewind(self._marks)
+        except OSError as exc:
+            print(f"roxxel-aggregator: cannot rewind the files yet ({exc})", file=sys.stderr)
+            return False
+        self._needs_rewind = False
+        return True
+
+    # -- frames ----------------------------------------------------------------
 
     def _handle(self, peer: bytes, data: bytes, acks: dict[bytes, bytes]) -> None:
         try:
             frame = codec.decode(data)
+        except codec.BatchError as exc:
+            self._poison(peer, exc, data, acks)
+            return
         except codec.CodecError as exc:
             self._bad(peer, str(exc))
             return
@@ -171,7 +316,9 @@ class Collector:
                 self.stats["duplicate" if frame.seq <= state.committed else "gap"] += 1
             acks[peer] = frame.sender_id
         elif isinstance(frame, codec.Bye):
-            self.senders.pop(frame.sender_id, None)
+            # Everything of this sender is acknowledged: no resend or replay can follow.
+            if self.senders.pop(frame.sender_id, None) is not None:
+                self._dirty = True
         else:
             self._bad(peer, f"unexpected {type(frame).__name__} frame")
 
@@ -179,10 +326,48 @@ class Collector:
         state = self.senders.get(hello.sender_id)
         if state is None:
             origin = Origin(rank=hello.rank, host=hello.host, pid=hello.pid)
-            self.senders[hello.sender_id] = SenderState(origin, hello.prefix, hello.acked)
+            state = SenderState(origin, hello.prefix, hello.acked, hello.acked)
+            self.senders[hello.sender_id] = state
             self.stats["senders"] += 1
-        else:
-            state.committed = max(state.committed, hello.acked)
+        elif hello.acked > state.committed:
+            # The client saw acks we no longer remember (a checkpoint of
+            # another log dir): trust it, it never resends below that.
+            state.committed = state.durable = hello.acked
+
+    def _poison(
+        self, peer: bytes, exc: codec.BatchError, data: bytes, acks: dict[bytes, bytes]
+    ) -> None:
+        state = self.senders.get(exc.sender_id)
+        if state is None:
+            self._bad(peer, f"batch from a sender that has not said hello: {exc}")
+            return
+        acks[peer] = exc.sender_id
+        if exc.seq != state.committed + 1:
+            return
+        self.stats["poison_batches"] += 1
+        self._quarantine_write(exc.sender_id, exc.seq, str(exc), data[:65536].hex())
+        self._report(
+            exc.sender_id,
+            "batch",
+            f"{state.origin.tag}batch {exc.seq} can never be applied ({exc}); "
+            "it is acknowledged and saved to the quarantine file",
+        )
+        state.committed = exc.seq
+        self._dirty = True
+
+    def _quarantine_write(self, sender_id: bytes, seq: int, reason: str, content: Any) -> None:
+        if self._quarantine_path is None:
+            return
+        if self._quarantine is None:
+            self._quarantine = open(self._quarantine_path, "a", encoding="utf-8")  # noqa: SIM115
+        item = {
+            "ts": time.time(),
+            "sender": sender_id.hex(),
+            "seq": seq,
+            "reason": reason,
+            "content": content,
+        }
+        self._quarantine.write(json.dumps(item, default=repr) + "\n")
 
     def _apply(self, batch: codec.Batch, state: SenderState) -> None:
         good = []
@@ -191,17 +376,23 @@ class Collector:
             problem = codec.check_record(record)
             if problem is not None:
                 self.stats["bad_records"] += 1
+                self._quarantine_write(batch.sender_id, batch.seq, problem, record)
                 self._report(
                     batch.sender_id, "record", f"{state.origin.tag}invalid record: {problem}"
                 )
                 continue
-            if record[0] == codec.RECORD_METRICS:
+            kind = record[0]
+            if kind == codec.RECORD_METRICS:
                 warnings += self._drop_non_scalars(record[3], state)
+            elif kind == codec.RECORD_DROPPED:
+                self.stats["client_dropped"] += record[2] + record[3]
+                record = [codec.RECORD_LOG, record[1], logging.WARNING, _dropped_text(record)]
             good.append(record)
         self.sinks.write(state.origin, good)
         for text in warnings:
             self._log(logging.WARNING, text)
         state.committed = batch.seq
+        self._dirty = True
         self.stats["batches"] += 1
         self.stats["records"] += len(good)
 
@@ -242,3 +433,12 @@ class Collector:
 
     def _log(self, level: int, text: str) -> None:
         self.sinks.write(COLLECTOR_ORIGIN, [[codec.RECORD_LOG, time.time(), level, text]])
+        self._dirty = True
+
+
+def _dropped_text(record: list) -> str:
+    _, _, metrics, lines = record
+    return (
+        f"roxxel dropped {metrics} metrics row(s) and {lines} log line(s) in this process: "
+        "its buffer was full while the collector did not acknowledge them"
+    )

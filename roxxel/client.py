@@ -1,13 +1,23 @@
 """The background sender: records in, acknowledged batches out.
 
-The training thread only appends a tuple to :attr:`Sender.records` (a
-``collections.deque``, whose ``append`` is atomic and lock-free under the
-GIL). One sender thread, the only user of the socket, takes records off the
-deque in order, cuts them into numbered batches, encodes them (converting
-NumPy/JAX values there, not on the caller's thread) and sends them without
-blocking. Every batch is kept until the collector acknowledges its seq;
-acks are cumulative. Unacknowledged batches are sent again, after a fresh
-``hello``, when no ack has arrived for ``resend_after`` seconds.
+The training thread only appends a tuple to :attr:`Sender.lines` or
+:attr:`Sender.metrics` (``collections.deque``: ``append`` is atomic and
+lock-free under the GIL). One sender thread, the only user of the socket:
+
+1. *cuts*: every ``flush_interval`` it takes what the deques hold and encodes
+   it (converting NumPy/JAX values there, never on the caller's thread) into
+   batch bodies of one kind each -- *pending* batches, not yet numbered;
+2. *bounds*: while pending and in-flight batches hold more than
+   ``max_buffer_bytes``, it drops the oldest pending metrics batch (then the
+   oldest pending log batch) and counts the records; the next log batch
+   carries a ``["d", ts, metrics, lines]`` report of them, so the collector
+   writes a WARNING once it is reachable again;
+3. *sends*: a pending batch gets its seq when it is first sent (so dropping
+   never leaves a gap), at most ``window`` batches are in flight;
+4. *retains*: an in-flight batch is kept until the collector acknowledges its
+   seq (acks are cumulative). After a reconnect, or when no ack came for
+   ``resend_after`` seconds, it says hello again and resends them all; the
+   collector keeps only what it had not written yet.
 
 Errors of the sender thread never surface inside a ``log_*`` call; they are
 re-raised by :meth:`Sender.flush` and :meth:`Sender.close`.
@@ -16,20 +26,24 @@ re-raised by :meth:`Sender.flush` and :meth:`Sender.close`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import sys
 import threading
 import time
 from collections import deque
 from typing import Any, Protocol
 
+import msgpack
+
 from . import codec
 from .values import to_wire
 
-__all__ = ["Transport", "Sender"]
+__all__ = ["Transport", "Sender", "Unsent"]
 
 
 class Transport(Protocol):
     endpoint: str
+    connects: int
 
     def send(self, frame: bytes) -> bool: ...
 
@@ -38,8 +52,30 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+@dataclasses.dataclass(slots=True)
+class _Batch:
+    body: bytes
+    metrics: int
+    lines: int
+    order: int
+    dropped: tuple[int, int] = (0, 0)  # the drop report this batch carries
+    frame: bytes = b""  # set once numbered
+
+
+@dataclasses.dataclass(frozen=True)
+class Unsent:
+    """What a closing client could not deliver: in-flight batches keep their seq."""
+
+    hello: codec.Hello
+    batches: list[tuple[int | None, list]]
+
+    @property
+    def records(self) -> int:
+        return sum(len(records) for _, records in self.batches)
+
+
 class Sender:
-    """Batches records from :attr:`records` and delivers them through ``transport``."""
+    """Batches records from :attr:`lines` and :attr:`metrics` and delivers them."""
 
     def __init__(
         self,
@@ -48,34 +84,71 @@ class Sender:
         *,
         flush_interval: float = 0.005,
         resend_after: float = 5.0,
+        max_buffer_bytes: int = 256 * 1024 * 1024,
         max_batch: int = codec.MAX_BATCH_RECORDS,
+        window: int = 64,
+        resume: Unsent | None = None,
     ) -> None:
-        self.records: deque[tuple[Any, ...]] = deque()
+        self.lines: deque[tuple[Any, ...]] = deque()
+        self.metrics: deque[tuple[Any, ...]] = deque()
+        self.dropped_total = 0
         self._transport = transport
         self._hello = hello
         self._sender_id = hello.sender_id
         self._flush_interval = flush_interval
         self._resend_after = resend_after
+        self._max_bytes = max_buffer_bytes
         self._max_batch = max_batch
-        self._unacked: dict[int, tuple[bytes, int]] = {}  # seq -> (frame, records)
+        self._window = window
+        self._order = itertools.count()
+        self._pending_metrics: deque[_Batch] = deque()
+        self._pending_lines: deque[_Batch] = deque()
+        self._in_flight: dict[int, _Batch] = {}
+        self._bytes = 0
+        self._unreported = [0, 0]  # dropped metrics, lines not yet reported
         self._next_seq = 1
         self._sent_upto = 0
         self._acked = 0
+        self._connects_seen = 0
         self._last_progress = time.monotonic()
         self._changed = threading.Condition()
         self._stopping = False
         self._error: BaseException | None = None
+        if resume is not None:
+            self._resume(resume)
         self._thread = threading.Thread(target=self._run, name="roxxel-sender", daemon=True)
         self._thread.start()
+
+    def _resume(self, unsent: Unsent) -> None:
+        """Take over what an earlier client with this sender id left undelivered."""
+        self._acked = self._sent_upto = unsent.hello.acked
+        self._next_seq = self._acked + 1
+        for seq, records in unsent.batches:
+            body = codec.encode_records(records)
+            is_metrics = bool(records) and records[0][0] == codec.RECORD_METRICS
+            batch = _Batch(
+                body, len(records) * is_metrics, len(records) * (not is_metrics), next(self._order)
+            )
+            self._bytes += len(body)
+            if seq is None:
+                (self._pending_metrics if is_metrics else self._pending_lines).append(batch)
+            elif seq >= self._next_seq:
+                self._next_seq = seq + 1
+                batch.frame = codec.batch_frame(self._sender_id, seq, body)
+                self._in_flight[seq] = batch
 
     @property
     def endpoint(self) -> str:
         return self._transport.endpoint
 
-    def pending(self) -> int:
-        """Records not yet acknowledged by the collector."""
-        with self._changed:
-            return len(self.records) + sum(n for _, n in self._unacked.values())
+    def _idle(self) -> bool:
+        return not (
+            self.lines
+            or self.metrics
+            or self._pending_metrics
+            or self._pending_lines
+            or self._in_flight
+        )
 
     def flush(self, timeout: float) -> bool:
         """Wait until every record appended so far is acknowledged.
@@ -84,7 +157,7 @@ class Sender:
         """
         deadline = time.monotonic() + timeout
         with self._changed:
-            while self.records or self._unacked:
+            while not self._idle():
                 self._raise_error()
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._thread.is_alive():
@@ -93,57 +166,134 @@ class Sender:
         self._raise_error()
         return True
 
-    def close(self, timeout: float) -> int:
+    def close(self, timeout: float) -> Unsent:
         """Flush (bounded by ``timeout``), stop the thread, close the socket.
 
-        Returns the number of records the collector did not acknowledge.
+        Returns what the collector did not acknowledge.
         """
         try:
-            self.flush(timeout)
+            delivered = self.flush(timeout)
         finally:
             with self._changed:
                 self._stopping = True
             self._thread.join()
-            self._transport.close()
+        if delivered:
+            self._transport.send(codec.encode(codec.Bye(self._sender_id, self._next_seq - 1)))
+        self._transport.close()
         self._raise_error()
-        return len(self.records) + sum(n for _, n in self._unacked.values())
+        return self._unsent()
+
+    def _unsent(self) -> Unsent:
+        self._cut()  # the deques' leftovers, as batches
+        batches: list[tuple[int | None, list]] = [
+            (seq, msgpack.unpackb(batch.body, raw=False))
+            for seq, batch in sorted(self._in_flight.items())
+        ]
+        pending = sorted(
+            itertools.chain(self._pending_metrics, self._pending_lines), key=lambda b: b.order
+        )
+        batches += [(None, msgpack.unpackb(batch.body, raw=False)) for batch in pending]
+        hello = dataclasses.replace(self._hello, acked=self._acked)
+        return Unsent(hello, batches)
 
     def _raise_error(self) -> None:
         if self._error is not None:
             error, self._error = self._error, None
             raise RuntimeError("roxxel sender thread failed") from error
 
+    # -- the sender thread ------------------------------------------------------
+
     def _run(self) -> None:
         try:
             self._transport.send(codec.encode(self._hello))
             while not self._stopping:
-                self._cut_batches()
-                self._send_pending()
+                self._cut()
+                self._bound()
+                self._send()
                 for frame in self._transport.receive(self._flush_interval):
                     self._on_reply(frame)
-                self._resend_if_stalled()
+                self._resend_if_needed()
         except BaseException as exc:  # surfaced by flush()/close()
             self._error = exc
+        finally:
             with self._changed:
                 self._changed.notify_all()
 
-    def _cut_batches(self) -> None:
-        records = self.records
-        while records:
-            # Held from popleft to insert, so flush() never sees a batch in neither place.
-            with self._changed:
-                n = min(len(records), self._max_batch)
-                batch = [records.popleft() for _ in range(n)]
-                frame = codec.encode_batch(self._sender_id, self._next_seq, batch, to_wire)
-                self._unacked[self._next_seq] = (frame, n)
-            self._next_seq += 1
+    def _cut(self) -> None:
+        # Held from popleft to append, so flush() never sees a record in neither place.
+        with self._changed:
+            self._cut_kind(self.metrics, self._pending_metrics, is_metrics=True)
+            self._cut_kind(self.lines, self._pending_lines, is_metrics=False)
+            if any(self._unreported):
+                dropped = (self._unreported[0], self._unreported[1])
+                self._unreported = [0, 0]
+                body = codec.encode_records([(codec.RECORD_DROPPED, time.time(), *dropped)])
+                self._pending_lines.append(_Batch(body, 0, 0, next(self._order), dropped))
+                self._bytes += len(body)
 
-    def _send_pending(self) -> None:
+    def _cut_kind(self, source: deque, pending: deque[_Batch], is_metrics: bool) -> None:
+        while source:
+            records = [source.popleft() for _ in range(min(len(source), self._max_batch))]
+            for body, count in self._encode(records, is_metrics):
+                batch = _Batch(
+                    body,
+                    metrics=count if is_metrics else 0,
+                    lines=0 if is_metrics else count,
+                    order=next(self._order),
+                )
+                pending.append(batch)
+                self._bytes += len(body)
+
+    def _encode(self, records: list, is_metrics: bool) -> list[tuple[bytes, int]]:
+        """Bodies for ``records``, split until each fits in a frame."""
+        try:
+            return [(codec.encode_records(records, to_wire), len(records))]
+        except codec.CodecError:
+            if len(records) > 1:
+                half = len(records) // 2
+                return self._encode(records[:half], is_metrics) + self._encode(
+                    records[half:], is_metrics
+                )
+            # One record too large for any frame: dropped, and counted.
+            self._unreported[0 if is_metrics else 1] += 1
+            self.dropped_total += 1
+            return []
+
+    def _bound(self) -> None:
+        with self._changed:
+            while self._bytes > self._max_bytes:
+                pending = self._pending_metrics or self._pending_lines
+                if not pending:
+                    return  # only in-flight batches left: they are never dropped
+                batch = pending.popleft()
+                self._bytes -= len(batch.body)
+                self._unreported[0] += batch.metrics + batch.dropped[0]
+                self._unreported[1] += batch.lines + batch.dropped[1]
+                self.dropped_total += batch.metrics + batch.lines
+            self._changed.notify_all()
+
+    def _send(self) -> None:
+        # First what must be (re)sent of the in-flight batches, in seq order.
         while self._sent_upto + 1 < self._next_seq:
-            entry = self._unacked.get(self._sent_upto + 1)
-            if entry is not None and not self._transport.send(entry[0]):
+            batch = self._in_flight.get(self._sent_upto + 1)
+            if batch is not None and not self._transport.send(batch.frame):
                 return
             self._sent_upto += 1
+        while len(self._in_flight) < self._window:
+            heads = [p for p in (self._pending_metrics, self._pending_lines) if p]
+            if not heads:
+                return
+            pending = min(heads, key=lambda p: p[0].order)
+            batch = pending[0]
+            frame = codec.batch_frame(self._sender_id, self._next_seq, batch.body)
+            if not self._transport.send(frame):
+                return
+            with self._changed:
+                pending.popleft()
+                batch.frame = frame
+                self._in_flight[self._next_seq] = batch
+            self._sent_upto = self._next_seq
+            self._next_seq += 1
 
     def _on_reply(self, data: bytes) -> None:
         try:
@@ -155,17 +305,22 @@ class Sender:
             return
         if frame.seq > self._acked:
             with self._changed:
-                for seq in range(self._acked + 1, frame.seq + 1):
-                    self._unacked.pop(seq, None)
+                for seq in range(self._acked + 1, min(frame.seq, self._next_seq - 1) + 1):
+                    batch = self._in_flight.pop(seq, None)
+                    if batch is not None:
+                        self._bytes -= len(batch.body)
                 self._acked = frame.seq
                 self._changed.notify_all()
         self._last_progress = time.monotonic()
 
-    def _resend_if_stalled(self) -> None:
-        if not self._unacked:
+    def _resend_if_needed(self) -> None:
+        reconnected = self._transport.connects > max(self._connects_seen, 1)
+        self._connects_seen = self._transport.connects
+        if not self._in_flight:
             self._last_progress = time.monotonic()
-            return
-        if time.monotonic() - self._last_progress < self._resend_after:
+            if not reconnected:
+                return
+        elif not reconnected and time.monotonic() - self._last_progress < self._resend_after:
             return
         # The collector may have restarted or lost us: introduce ourselves
         # again and resend from the first unacknowledged batch.

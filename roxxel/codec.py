@@ -15,7 +15,9 @@ Records inside a batch are small arrays:
 
 * ``["l", ts, level, text]`` -- a system-log line (``level`` is a stdlib
   logging level number);
-* ``["m", ts, step, {key: value}]`` -- a metrics row.
+* ``["m", ts, step, {key: value}]`` -- a metrics row;
+* ``["d", ts, metrics, lines]`` -- how many records the client dropped
+  (its buffer was full) since its last such report.
 
 :func:`decode` never raises anything but :class:`CodecError`, whatever the
 bytes; it uses msgpack's explicit size limits and refuses ext types.
@@ -35,6 +37,7 @@ __all__ = [
     "SENDER_ID_LEN",
     "MAX_FRAME_BYTES",
     "CodecError",
+    "BatchError",
     "Hello",
     "Batch",
     "Bye",
@@ -42,6 +45,8 @@ __all__ = [
     "Frame",
     "encode",
     "encode_batch",
+    "encode_records",
+    "batch_frame",
     "decode",
     "check_record",
 ]
@@ -60,10 +65,25 @@ MAX_BATCH_RECORDS = 4096
 
 RECORD_LOG = "l"
 RECORD_METRICS = "m"
+RECORD_DROPPED = "d"
+_BATCH_HEAD = b"\x95"
 
 
 class CodecError(ValueError):
     """Bytes that are not a valid roxxel frame, or a frame that cannot be encoded."""
+
+
+class BatchError(CodecError):
+    """A batch whose envelope is valid (sender, seq) but whose body is not.
+
+    The collector acknowledges such a batch once and quarantines it, so the
+    client does not resend it forever.
+    """
+
+    def __init__(self, message: str, sender_id: bytes, seq: int):
+        super().__init__(message)
+        self.sender_id = sender_id
+        self.seq = seq
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,12 +154,29 @@ def encode_batch(
 ) -> bytes:
     """Encode a batch. ``default`` converts values msgpack does not know
     (NumPy/JAX scalars); it runs here, on the thread that encodes."""
+    return batch_frame(sender_id, seq, encode_records(records, default))
+
+
+def encode_records(
+    records: Sequence[Sequence[Any]], default: Callable[[Any], Any] | None = None
+) -> bytes:
+    """Encode the body of a batch on its own, before it has a seq.
+
+    A client numbers a batch only when it first sends it, so that batches
+    it never sent can still be dropped without leaving a gap.
+    """
+    if len(records) > MAX_ARRAY_LEN:
+        raise CodecError(f"a batch holds at most {MAX_ARRAY_LEN} records")
+    return _pack(records, default)
+
+
+def batch_frame(sender_id: bytes, seq: int, body: bytes) -> bytes:
+    """A batch frame around a body from :func:`encode_records`."""
     _check_sender_and_seq(sender_id, seq)
     if seq < 1:
         raise CodecError("batch seq starts at 1")
-    if len(records) > MAX_ARRAY_LEN:
-        raise CodecError(f"a batch holds at most {MAX_ARRAY_LEN} records")
-    return _pack([PROTO_VERSION, "batch", sender_id, seq, records], default)
+    # A msgpack array of 5 is its header byte followed by the 5 items' bytes.
+    return _BATCH_HEAD + _pack([PROTO_VERSION, "batch", sender_id, seq])[1:] + body
 
 
 def decode(data: bytes) -> Frame:
@@ -172,7 +209,7 @@ def decode(data: bytes) -> Frame:
         if seq < 1:
             raise CodecError("batch seq starts at 1")
         if not isinstance(body, list):
-            raise CodecError("batch body is an array of records")
+            raise BatchError("batch body is not an array of records", sender_id, seq)
         return Batch(sender_id, seq, body)
     if kind == "hello":
         return _decode_hello(sender_id, seq, body)
@@ -205,6 +242,10 @@ def check_record(record: Any) -> str | None:
             return "metrics step is not an integer"
         if not isinstance(b, dict):
             return "metrics are not a map"
+        return None
+    if kind == RECORD_DROPPED:
+        if type(a) is not int or type(b) is not int or a < 0 or b < 0:
+            return "dropped counts are not non-negative integers"
         return None
     return f"unknown record kind {kind!r}"
 

@@ -77,10 +77,10 @@ class ProcessCollector:
 
 class ThreadCollector:
     def __init__(self, log_dir: str, prefix: str):
-        from aggregator import Collector, default_sinks
+        from aggregator import Collector
 
-        self.collector = Collector(
-            f"inproc://roxxel-{secrets.token_hex(8)}", default_sinks(log_dir, prefix, sys.stdout)
+        self.collector = Collector.for_log_dir(
+            f"inproc://roxxel-{secrets.token_hex(8)}", log_dir, prefix, sys.stdout
         )
         self.endpoint = self.collector.endpoint
         self._thread = threading.Thread(target=self._serve, name="roxxel-collector", daemon=True)

@@ -12,26 +12,26 @@ are dropped in the call itself.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import operator
 import os
 import secrets
+import signal
 import socket
 import sys
 import time
 import traceback
-import weakref
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from . import codec
+from . import codec, exits
 from .client import Sender
 from .embedded import EmbeddedCollector, start_embedded
 from .lines import format_line
 from .ranks import detect_rank
 from .transport import DealerTransport
+from .undelivered import undelivered_path, write_unsent
 
 __all__ = ["Logger", "CRASH_HEADLINE"]
 
@@ -63,7 +63,14 @@ class Logger:
     * ``flush_interval`` (default 5 ms): how long records may wait in this
       process before they are sent.
     * ``close_timeout`` (default 30 s): how long ``close()`` waits for the
-      collector to acknowledge everything.
+      collector to acknowledge everything; what is still unacknowledged then
+      is written to ``{log_dir}/{prefix}_undelivered_rank{N}.jsonl`` (replay
+      it with ``roxxel replay FILE --aggregator ENDPOINT``).
+    * ``max_buffer_bytes`` (default 256 MiB): what this process keeps while
+      the collector has not acknowledged it; past it the oldest unsent
+      metrics (then lines) are dropped and counted, never the caller blocked.
+    * ``handle_sigterm`` (default ``True``): on SIGTERM, log it, drain every
+      Logger, then end the process by SIGTERM (or run the previous handler).
     """
 
     def __init__(
@@ -78,6 +85,8 @@ class Logger:
         forward_level: int = logging.WARNING,
         flush_interval: float = 0.005,
         close_timeout: float = 30.0,
+        max_buffer_bytes: int = 256 * 1024 * 1024,
+        handle_sigterm: bool = True,
     ) -> None:
         if not isinstance(log_dir, (str, os.PathLike)):
             raise TypeError(f"log_dir must be a path, not {type(log_dir).__name__}")
@@ -87,8 +96,8 @@ class Logger:
             )
         if collector not in ("process", "thread"):
             raise ValueError(f"collector must be 'process' or 'thread', not {collector!r}")
-        if close_timeout < 0 or flush_interval <= 0:
-            raise ValueError("close_timeout must be >= 0 and flush_interval > 0")
+        if close_timeout < 0 or flush_interval <= 0 or max_buffer_bytes <= 0:
+            raise ValueError("close_timeout must be >= 0, flush_interval and max_buffer_bytes > 0")
         self.log_dir = os.fspath(log_dir)
         self.filename_prefix = filename_prefix
         self.logger_name = logger_name
@@ -101,7 +110,10 @@ class Logger:
         self.is_rank_zero = rank.rank == 0
         self._level = _level_number(level)
         self._close_timeout = close_timeout
+        self._flush_interval = flush_interval
+        self._max_buffer_bytes = max_buffer_bytes
         self._closed = False
+        self._last_crash: BaseException | None = None
         self._embedded: EmbeddedCollector | None = None
         self._sender: Sender | None = None
 
@@ -118,27 +130,35 @@ class Logger:
         if endpoint is None:
             # A rank other than 0 with nowhere to send: its forwarded lines go
             # to its own stderr rather than nowhere.
-            self._append = self._to_stderr
+            self._append_line = self._append_metrics = self._to_stderr
             print(
                 f"roxxel: rank {self.rank} has no collector endpoint (aggregator= or "
                 f"{ENV_AGGREGATOR}); its warnings go to stderr",
                 file=sys.stderr,
             )
         else:
-            sender_id = secrets.token_bytes(codec.SENDER_ID_LEN)
-            hello = codec.Hello(
-                sender_id=sender_id,
-                host=socket.gethostname(),
-                rank=self.rank,
-                pid=os.getpid(),
-                process_count=self.world_size,
-                prefix=filename_prefix,
-            )
-            self._sender = Sender(
-                DealerTransport(endpoint, sender_id), hello, flush_interval=flush_interval
-            )
-            self._append = self._sender.records.append
-        atexit.register(_close_at_exit, weakref.ref(self))
+            self._start_sender()
+        exits.register(self, handle_sigterm)
+
+    def _start_sender(self) -> None:
+        assert self.endpoint is not None
+        sender_id = secrets.token_bytes(codec.SENDER_ID_LEN)
+        hello = codec.Hello(
+            sender_id=sender_id,
+            host=socket.gethostname(),
+            rank=self.rank,
+            pid=os.getpid(),
+            process_count=self.world_size,
+            prefix=self.filename_prefix,
+        )
+        self._sender = Sender(
+            DealerTransport(self.endpoint, sender_id),
+            hello,
+            flush_interval=self._flush_interval,
+            max_buffer_bytes=self._max_buffer_bytes,
+        )
+        self._append_line = self._sender.lines.append
+        self._append_metrics = self._sender.metrics.append
 
     # -- the hot path ---------------------------------------------------------
 
@@ -152,7 +172,7 @@ class Logger:
             message = str(message)
         if len(message) > _MAX_TEXT:
             message = message[:_MAX_TEXT] + _TRUNCATED
-        self._append((_LOG, _now(), level, message))
+        self._append_line((_LOG, _now(), level, message))
 
     def log_metrics_summary(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Log one metrics row for ``step``; the dict is copied now, values converted later."""
@@ -162,10 +182,46 @@ class Logger:
             metrics = _metrics_dict(metrics)
         elif len(metrics) > _MAX_KEYS:
             raise ValueError(f"at most {_MAX_KEYS} metrics per call")
-        self._append((_METRICS, _now(), step, metrics.copy()))
+        self._append_metrics((_METRICS, _now(), step, metrics.copy()))
 
     def _drop_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Ranks other than 0 do not log metrics."""
+
+    # -- crashes and signals ------------------------------------------------------
+
+    def log_crash(
+        self,
+        exc_type: type[BaseException],
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        *,
+        thread: str | None = None,
+    ) -> None:
+        """Log the CRITICAL headline and the full traceback, on every rank (once per exception)."""
+        if self._closed or (exc is not None and exc is self._last_crash):
+            return
+        self._last_crash = exc
+        headline = (
+            CRASH_HEADLINE
+            if thread is None
+            else f"❌ CRITICAL: Uncaught exception in thread {thread!r}!"
+        )
+        text = "".join(traceback.format_exception(exc_type, exc, tb)).rstrip("\n")
+        self._append_line((_LOG, _now(), logging.CRITICAL, f"{headline}\n{text}"))
+
+    def log_signal(self, signum: int) -> None:
+        """Log (on every rank) that the process received ``signum`` and is draining."""
+        if not self._closed:
+            name = signal.Signals(signum).name
+            text = f"received {name}; draining the log before the process ends"
+            self._append_line((_LOG, _now(), logging.WARNING, text))
+
+    def _after_fork(self) -> None:
+        """In a forked child: a sender of its own; the parent's records stay the parent's."""
+        if self._closed or self._sender is None:
+            return
+        self._embedded = None  # the collector belongs to the parent
+        self._start_sender()
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -187,7 +243,12 @@ class Logger:
                 return False
 
     def close(self) -> None:
-        """Deliver everything, stop the client (and an embedded collector). Idempotent."""
+        """Deliver everything, stop the client (and an embedded collector). Idempotent.
+
+        What the collector has not acknowledged within ``close_timeout`` is
+        written to ``{log_dir}/{prefix}_undelivered_rank{N}.jsonl`` on this
+        host, and the path printed on stderr.
+        """
         if self._closed:
             return
         self._closed = True
@@ -196,13 +257,9 @@ class Logger:
         try:
             if self._sender is not None:
                 self.flush()
-                missing = self._sender.close(0)
-                if missing:
-                    print(
-                        f"roxxel: {missing} record(s) were not acknowledged by the collector at "
-                        f"{self._sender.endpoint} within {self._close_timeout} s",
-                        file=sys.stderr,
-                    )
+                unsent = self._sender.close(0)
+                if unsent.records:
+                    self._save_unsent(unsent)
         finally:
             if self._embedded is not None:
                 code = self._embedded.stop(self._close_timeout)
@@ -210,6 +267,16 @@ class Logger:
                     print(
                         f"roxxel: the embedded collector exited with code {code}", file=sys.stderr
                     )
+
+    def _save_unsent(self, unsent: Any) -> None:
+        path = undelivered_path(self.log_dir, self.filename_prefix, self.rank)
+        write_unsent(path, unsent)
+        print(
+            f"roxxel: {unsent.records} record(s) were not acknowledged by the collector at "
+            f"{self.endpoint} within {self._close_timeout} s; they are in {path} "
+            f"(deliver them with: roxxel replay {path} --aggregator ENDPOINT)",
+            file=sys.stderr,
+        )
 
     def _after_close(self, *args: Any, **kwargs: Any) -> None:
         raise RuntimeError("this roxxel Logger is closed")
@@ -228,16 +295,6 @@ class Logger:
                 self.log_crash(exc_type, exc, tb)
         finally:
             self.close()
-
-    def log_crash(
-        self,
-        exc_type: type[BaseException],
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Log the CRITICAL headline and the full traceback, on every rank."""
-        text = "".join(traceback.format_exception(exc_type, exc, tb)).rstrip("\n")
-        self._append((codec.RECORD_LOG, time.time(), logging.CRITICAL, f"{CRASH_HEADLINE}\n{text}"))
 
     def _to_stderr(self, record: tuple[Any, ...]) -> None:
         if record[0] == codec.RECORD_LOG:
@@ -271,9 +328,3 @@ def _metrics_dict(metrics: Any) -> dict[str, Any]:
     if len(metrics) > _MAX_KEYS:
         raise ValueError(f"at most {_MAX_KEYS} metrics per call")
     return dict(metrics)
-
-
-def _close_at_exit(ref: weakref.ref[Logger]) -> None:
-    logger = ref()
-    if logger is not None:
-        logger.close()

@@ -7,6 +7,7 @@ the sender thread alone (ZeroMQ sockets are not thread-safe).
 from __future__ import annotations
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 __all__ = ["DealerTransport"]
 
@@ -16,10 +17,13 @@ class DealerTransport:
 
     The routing id is the sender id, so that with ``ROUTER_HANDOVER`` on the
     collector an ack reaches this client even after it reconnected.
+    :attr:`connects` counts completed connections (from ZeroMQ's socket
+    monitor): when it grows past 1, the collector may have restarted.
     """
 
     def __init__(self, endpoint: str, sender_id: bytes, context: zmq.Context | None = None):
         self.endpoint = endpoint
+        self.connects = 0
         self._context = context or zmq.Context.instance()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.ROUTING_ID, sender_id)
@@ -27,13 +31,17 @@ class DealerTransport:
         # Frames wait in the sender's own bounded buffer, not in ZeroMQ's.
         self._socket.setsockopt(zmq.SNDHWM, 64)
         self._socket.setsockopt(zmq.RCVHWM, 0)
+        self._socket.setsockopt(zmq.RECONNECT_IVL, 100)
+        self._socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED)
         try:
             self._socket.connect(endpoint)
         except zmq.ZMQError as exc:
-            self._socket.close(linger=0)
+            self.close()
             raise ValueError(f"cannot connect to collector endpoint {endpoint!r}: {exc}") from None
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
 
     def send(self, frame: bytes) -> bool:
         """Queue ``frame`` for sending; ``False`` when ZeroMQ cannot take it now."""
@@ -46,7 +54,12 @@ class DealerTransport:
     def receive(self, timeout: float) -> list[bytes]:
         """Every frame that arrives within ``timeout`` seconds (at least one wait)."""
         frames: list[bytes] = []
-        if not self._poller.poll(max(0, int(timeout * 1000))):
+        ready = dict(self._poller.poll(max(0, int(timeout * 1000))))
+        if self._monitor in ready:
+            while self._monitor.poll(0):
+                if recv_monitor_message(self._monitor)["event"] == zmq.EVENT_CONNECTED:
+                    self.connects += 1
+        if self._socket not in ready:
             return frames
         while True:
             try:
@@ -55,4 +68,6 @@ class DealerTransport:
                 return frames
 
     def close(self) -> None:
+        self._socket.disable_monitor()
+        self._monitor.close(linger=0)
         self._socket.close(linger=0)

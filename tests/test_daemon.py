@@ -66,7 +66,7 @@ def test_unusable_log_dir_fails_with_a_clear_message(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 2
-    assert "cannot open the log files" in result.stderr and str(not_a_dir) in result.stderr
+    assert "cannot serve" in result.stderr and str(not_a_dir) in result.stderr
 
 
 def test_client_process_logs_through_daemon_and_writes_no_files(

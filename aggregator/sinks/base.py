@@ -1,20 +1,33 @@
 """The one interface every sink implements, and the fan-out over several.
 
 Contract: the collector calls ``write`` with the records of one applied batch
-(already validated, in the sender's order), ``flush`` before it acknowledges
+(already validated, in the sender's order), ``sync`` before it acknowledges
 anything, and ``close`` once at the end. A sink keeps its files open between
 calls; ``flush`` must leave everything written so far in the operating
-system's hands. Calling anything after ``close`` is undefined.
+system's hands, ``sync`` on the disk. ``mark`` returns a JSON-able position
+(taken right after ``sync``) and ``rewind`` drops everything written after
+such a position: the collector's checkpoint stores marks, and a restarted
+collector rewinds to them. Calling anything after ``close`` is undefined.
 """
 
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
-__all__ = ["Origin", "Sink", "FileSink", "FanOut"]
+__all__ = ["Origin", "Sink", "FileSink", "FanOut", "truncate_to"]
+
+
+def truncate_to(path: str, fd: int, size: int) -> None:
+    """Cut the file open as ``fd`` back to ``size`` bytes; it must not be shorter."""
+    actual = os.fstat(fd).st_size
+    if actual < size:
+        raise OSError(f"{path} holds {actual} bytes, less than the {size} its checkpoint recorded")
+    if actual > size:
+        os.ftruncate(fd, size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,14 +57,42 @@ class Sink(abc.ABC):
     def close(self) -> None:
         """Flush and release the sink's files."""
 
+    def sync(self) -> None:
+        """Flush, then make what was written durable."""
+        self.flush()
+
+    def mark(self) -> Any:
+        """A position to :meth:`rewind` to (JSON-able); ``None`` when not rewindable."""
+        return None
+
+    def rewind(self, mark: Any) -> None:
+        """Drop what was written after ``mark``."""
+        if mark is not None:
+            raise ValueError(f"{type(self).__name__} cannot rewind to {mark!r}")
+
 
 class FileSink(Sink):
-    """A sink that owns one open file, ``self._file``."""
+    """A sink that owns one append-only file, ``self._file`` at ``self.path``.
 
+    Its mark is the file's size; rewinding truncates the file to it.
+    """
+
+    path: str
     _file: IO[str]
 
     def flush(self) -> None:
         self._file.flush()
+
+    def sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def mark(self) -> Any:
+        return {"size": os.fstat(self._file.fileno()).st_size}
+
+    def rewind(self, mark: Any) -> None:
+        self._file.flush()
+        truncate_to(self.path, self._file.fileno(), mark["size"])
 
     def close(self) -> None:
         try:
@@ -75,6 +116,19 @@ class FanOut(Sink):
 
     def close(self) -> None:
         self._each("close")
+
+    def sync(self) -> None:
+        for sink in self.sinks:
+            sink.sync()
+
+    def mark(self) -> Any:
+        return [sink.mark() for sink in self.sinks]
+
+    def rewind(self, mark: Any) -> None:
+        if not isinstance(mark, list) or len(mark) != len(self.sinks):
+            raise ValueError(f"a mark for {len(self.sinks)} sinks expected, got {mark!r}")
+        for sink, position in zip(self.sinks, mark, strict=True):
+            sink.rewind(position)
 
     def _each(self, method: str) -> None:
         error: BaseException | None = None

@@ -9,18 +9,23 @@
 * A key first seen mid-run widens the header: the file is rewritten once, to
   a temporary dot-file that replaces it atomically, older rows getting empty
   cells. A file that already holds a run is appended to, keeping its header.
+* Its mark is the file size and the header's keys; rewinding past a widening
+  keeps the rows that were within the mark (now with the wider header).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from roxxel.codec import RECORD_METRICS
 
-from .base import FileSink, Origin
+from ..checkpoint import fsync_dir
+from .base import FileSink, Origin, truncate_to
 
 __all__ = ["MetricsCsvSink", "format_value"]
 
@@ -76,30 +81,57 @@ class MetricsCsvSink(FileSink):
             self._writer.writerow(["step", *self.keys])
             return
         self._file.flush()
+        with open(self.path, encoding="utf-8", newline="") as old:
+            reader = csv.reader(old)
+            next(reader, None)
+            self._rewrite(list(reader))
+
+    def _rewrite(self, rows: list[list[str]]) -> None:
+        """Replace the file atomically with the current header and ``rows`` padded to it."""
         directory, name = os.path.split(self.path)
         tmp = os.path.join(directory, f".{name}.widen.tmp")
         width = len(self.keys) + 1
-        with (
-            open(self.path, encoding="utf-8", newline="") as old,
-            open(tmp, "w", encoding="utf-8", newline="") as new,
-        ):
-            reader = csv.reader(old)
-            next(reader, None)
+        with open(tmp, "w", encoding="utf-8", newline="") as new:
             writer = csv.writer(new, lineterminator="\n")
             writer.writerow(["step", *self.keys])
-            writer.writerows(row + [""] * (width - len(row)) for row in reader)
+            writer.writerows(row + [""] * (width - len(row)) for row in rows)
             new.flush()
             os.fsync(new.fileno())
         self._file.close()
         os.replace(tmp, self.path)
-        _fsync_dir(directory)
+        fsync_dir(directory)
         self._file = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115
         self._writer = csv.writer(self._file, lineterminator="\n")
 
+    def mark(self) -> Any:
+        return {"size": os.fstat(self._file.fileno()).st_size, "keys": list(self.keys)}
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    def rewind(self, mark: Any) -> None:
+        self._file.flush()
+        keys, size = list(mark["keys"]), mark["size"]
+        if keys == self.keys or size == 0:
+            truncate_to(self.path, self._file.fileno(), size)
+            self.keys = keys if size else []
+            return
+        if self.keys[: len(keys)] != keys:
+            raise OSError(f"{self.path}: header {self.keys} does not extend {keys}")
+        # Widened since the mark: keep the rows that then fitted in `size` bytes.
+        used = len(_csv_line(["step", *keys]))
+        kept: list[list[str]] = []
+        with open(self.path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f)
+            next(reader, None)
+            for row in reader:
+                if used >= size:
+                    break
+                used += len(_csv_line(row[: len(keys) + 1]))
+                kept.append(row)
+        if used != size:
+            raise OSError(f"{self.path}: its rows do not add up to the {size} bytes recorded")
+        self._rewrite(kept)
+
+
+def _csv_line(row: list[str]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(row)
+    return buffer.getvalue().encode("utf-8")

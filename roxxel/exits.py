@@ -1,0 +1,117 @@
+"""Process-wide hooks that drain every live Logger before the process ends.
+
+Installed once, the first time a Logger is created, and chained to whatever
+was there before:
+
+* ``SIGTERM`` (how TPU/Kubernetes preemption arrives): a WARNING line, every
+  Logger closed (drained), then the previous handler runs -- or, if there was
+  none, the signal is re-delivered with the default action so the process
+  ends *by SIGTERM*, as it would have. Installed only from the main thread
+  (Python allows no other), and only for a Logger created with
+  ``handle_sigterm=True`` (the default);
+* ``sys.excepthook`` / ``threading.excepthook``: the CRITICAL line and the
+  traceback of an uncaught exception, from any rank, then the previous hook;
+* ``atexit``: every Logger never closed is closed;
+* ``os.register_at_fork``: a forked child's Loggers get a new sender id and
+  fresh sockets, and the child's records are kept.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+import threading
+import weakref
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .logger import Logger
+
+__all__ = ["register"]
+
+_loggers: weakref.WeakSet[Logger] = weakref.WeakSet()
+_lock = threading.Lock()
+_installed = False
+_previous_sigterm: Any = None
+_sigterm_installed = False
+_previous_excepthook = sys.excepthook
+_previous_threading_excepthook = threading.excepthook
+
+
+def register(logger: Logger, handle_sigterm: bool) -> None:
+    global _installed
+    with _lock:
+        _loggers.add(logger)
+        if not _installed:
+            _installed = True
+            _install_once()
+    if handle_sigterm:
+        _install_sigterm()
+
+
+def _live() -> list[Logger]:
+    return list(_loggers)
+
+
+def _install_once() -> None:
+    global _previous_excepthook, _previous_threading_excepthook
+    _previous_excepthook = sys.excepthook
+    _previous_threading_excepthook = threading.excepthook
+    sys.excepthook = _excepthook
+    threading.excepthook = _threading_excepthook
+    atexit.register(_close_all)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _install_sigterm() -> None:
+    global _previous_sigterm, _sigterm_installed
+    if _sigterm_installed or threading.current_thread() is not threading.main_thread():
+        return
+    _previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+    _sigterm_installed = True
+
+
+def _close_all() -> None:
+    for logger in _live():
+        try:
+            logger.close()
+        except Exception as exc:  # one failing Logger must not keep the others open
+            print(f"roxxel: closing a Logger failed: {exc!r}", file=sys.stderr)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    for logger in _live():
+        logger.log_signal(signum)
+    _close_all()
+    previous = _previous_sigterm
+    if callable(previous):
+        previous(signum, frame)
+    elif previous != signal.SIG_IGN:
+        # Nothing else wanted SIGTERM: end the process by it, as without us.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _excepthook(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
+    if not issubclass(exc_type, KeyboardInterrupt):
+        for logger in _live():
+            logger.log_crash(exc_type, exc, tb)
+    _previous_excepthook(exc_type, exc, tb)
+
+
+def _threading_excepthook(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is not SystemExit:
+        name = args.thread.name if args.thread is not None else "?"
+        for logger in _live():
+            logger.log_crash(args.exc_type, args.exc_value, args.exc_traceback, thread=name)
+    _previous_threading_excepthook(args)
+
+
+def _after_fork_in_child() -> None:
+    for logger in _live():
+        logger._after_fork()

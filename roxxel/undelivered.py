@@ -1,0 +1,108 @@
+"""Records a closing client could not deliver: written to a file, replayed later.
+
+``{log_dir}/{prefix}_undelivered_rank{N}.jsonl`` holds one or more sections:
+a header line ``{"roxxel_undelivered": 1, "sender_id": HEX, "host": ...,
+"rank": ..., "pid": ..., "process_count": ..., "prefix": ..., "acked": N}``,
+then one line per batch ``{"seq": N or null, "records": [...]}``. A batch that
+was in flight keeps its seq; the rest are numbered after it on replay.
+
+Replaying sends every section under its original sender id and seqs, so a
+collector that had written some of it (its ack was lost) skips those:
+replaying twice, or a batch that did arrive, never writes twice -- as long as
+the collector's checkpoint in that log dir still knows the sender.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from . import codec
+from .client import Sender, Unsent
+from .transport import DealerTransport
+
+__all__ = ["undelivered_path", "write_unsent", "read_unsent", "replay"]
+
+_HEADER_KEY = "roxxel_undelivered"
+
+
+def undelivered_path(log_dir: str, prefix: str, rank: int) -> str:
+    return os.path.join(log_dir, f"{prefix}_undelivered_rank{rank}.jsonl")
+
+
+def write_unsent(path: str, unsent: Unsent) -> None:
+    """Append ``unsent`` as a section of ``path`` and fsync it."""
+    hello = unsent.hello
+    header = {
+        _HEADER_KEY: 1,
+        "sender_id": hello.sender_id.hex(),
+        "host": hello.host,
+        "rank": hello.rank,
+        "pid": hello.pid,
+        "process_count": hello.process_count,
+        "prefix": hello.prefix,
+        "acked": hello.acked,
+    }
+    lines = [json.dumps(header)]
+    # NaN/inf travel as JSON's NaN/Infinity tokens: only roxxel reads this file back.
+    lines += [json.dumps({"seq": seq, "records": records}) for seq, records in unsent.batches]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_unsent(path: str) -> list[Unsent]:
+    """The sections of an undelivered file. Raises ``ValueError`` naming the line."""
+    sections: list[Unsent] = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                if _HEADER_KEY in item:
+                    hello = codec.Hello(
+                        bytes.fromhex(item["sender_id"]),
+                        item["host"],
+                        item["rank"],
+                        item["pid"],
+                        item["process_count"],
+                        item["prefix"],
+                        item["acked"],
+                    )
+                    codec.encode(hello)  # validates every field
+                    sections.append(Unsent(hello, []))
+                    continue
+                if not sections:
+                    raise ValueError("a batch before any header")
+                seq, records = item["seq"], item["records"]
+                if seq is not None and (type(seq) is not int or seq < 1):
+                    raise ValueError(f"bad seq {seq!r}")
+                sections[-1].batches.append((seq, records))
+            except (ValueError, KeyError, TypeError, codec.CodecError) as exc:
+                problem = f"{path}:{number}: not an undelivered-records line: {exc}"
+                raise ValueError(problem) from None
+    return sections
+
+
+def replay(path: str, endpoint: str, timeout: float = 60.0) -> int:
+    """Deliver every section of ``path`` to the collector at ``endpoint``.
+
+    Returns the number of records the collector has acknowledged; raises
+    ``TimeoutError`` if it did not acknowledge everything within ``timeout``
+    seconds (per section). Nothing is deleted: the caller decides.
+    """
+    delivered = 0
+    for unsent in read_unsent(path):
+        transport = DealerTransport(endpoint, unsent.hello.sender_id)
+        sender = Sender(transport, unsent.hello, resume=unsent)
+        left = sender.close(timeout)
+        if left.records:
+            raise TimeoutError(
+                f"the collector at {endpoint} did not acknowledge {left.records} record(s) "
+                f"of sender {unsent.hello.sender_id.hex()} within {timeout} s"
+            )
+        delivered += unsent.records
+    return delivered
