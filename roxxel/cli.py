@@ -3,6 +3,10 @@
 ``roxxel check ENDPOINT`` introduces itself to a collector and reports
 whether (and how fast) it answered: the first thing to try when ranks'
 lines do not arrive.
+
+``roxxel replay FILE --aggregator ENDPOINT`` delivers the records a closing
+Logger could not (its ``*_undelivered_rank{N}.jsonl``), exactly once, and
+renames the file to ``FILE.replayed`` when every record is acknowledged.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Sequence
 
 from . import __version__, codec
 from .transport import DealerTransport
+from .undelivered import replay
 
 __all__ = ["main"]
 
@@ -28,9 +33,11 @@ def _check(endpoint: str, timeout: float) -> int:
     try:
         started = time.monotonic()
         deadline = started + timeout
-        transport.send(codec.encode(hello))
+        sent = False
         while time.monotonic() < deadline:
-            for data in transport.receive(deadline - time.monotonic()):
+            # The socket takes the hello only once a connection is up.
+            sent = sent or transport.send(codec.encode(hello))
+            for data in transport.receive(min(0.05, max(0.0, deadline - time.monotonic()))):
                 try:
                     reply = codec.decode(data)
                 except codec.CodecError:
@@ -46,6 +53,18 @@ def _check(endpoint: str, timeout: float) -> int:
         transport.close()
 
 
+def _replay(path: str, endpoint: str, timeout: float) -> int:
+    try:
+        delivered = replay(path, endpoint, timeout)
+    except (OSError, ValueError, TimeoutError) as exc:
+        print(f"roxxel replay: {exc}", file=sys.stderr)
+        return 1
+    done = f"{path}.replayed"
+    os.replace(path, done)
+    print(f"delivered {delivered} record(s) from {path} to {endpoint}; the file is now {done}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="roxxel", description="Tools for roxxel runs.")
     parser.add_argument("--version", action="version", version=f"roxxel {__version__}")
@@ -53,7 +72,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = commands.add_parser("check", help="check that a collector answers")
     check.add_argument("endpoint", help="e.g. tcp://127.0.0.1:5555")
     check.add_argument("--timeout", type=float, default=5.0, help="seconds (default: 5)")
+    again = commands.add_parser(
+        "replay", help="deliver a Logger's undelivered-records file to a collector"
+    )
+    again.add_argument("file", help="a {prefix}_undelivered_rank{N}.jsonl file")
+    again.add_argument(
+        "--aggregator",
+        required=True,
+        metavar="ENDPOINT",
+        help="the collector to deliver to, e.g. tcp://127.0.0.1:5555",
+    )
+    again.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for acknowledgements (default: 60)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "replay":
+        return _replay(args.file, args.aggregator, args.timeout)
     return _check(args.endpoint, args.timeout)
 
 

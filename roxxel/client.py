@@ -104,12 +104,14 @@ class Sender:
         self._pending_metrics: deque[_Batch] = deque()
         self._pending_lines: deque[_Batch] = deque()
         self._in_flight: dict[int, _Batch] = {}
-        self._bytes = 0
+        self._bytes = 0  # pending and in flight
+        self._flight_bytes = 0
         self._unreported = [0, 0]  # dropped metrics, lines not yet reported
         self._next_seq = 1
         self._sent_upto = 0
         self._acked = 0
         self._connects_seen = 0
+        self._need_hello = True
         self._last_progress = time.monotonic()
         self._changed = threading.Condition()
         self._stopping = False
@@ -129,13 +131,16 @@ class Sender:
             batch = _Batch(
                 body, len(records) * is_metrics, len(records) * (not is_metrics), next(self._order)
             )
-            self._bytes += len(body)
             if seq is None:
                 (self._pending_metrics if is_metrics else self._pending_lines).append(batch)
             elif seq >= self._next_seq:
                 self._next_seq = seq + 1
                 batch.frame = codec.batch_frame(self._sender_id, seq, body)
                 self._in_flight[seq] = batch
+                self._flight_bytes += len(body)
+            else:
+                continue  # acknowledged already
+            self._bytes += len(body)
 
     @property
     def endpoint(self) -> str:
@@ -205,7 +210,6 @@ class Sender:
 
     def _run(self) -> None:
         try:
-            self._transport.send(codec.encode(self._hello))
             while not self._stopping:
                 self._cut()
                 self._bound()
@@ -273,13 +277,19 @@ class Sender:
             self._changed.notify_all()
 
     def _send(self) -> None:
-        # First what must be (re)sent of the in-flight batches, in seq order.
+        if self._need_hello:
+            hello = dataclasses.replace(self._hello, acked=self._acked)
+            if not self._transport.send(codec.encode(hello)):
+                return  # not connected: nothing else may go before the hello
+            self._need_hello = False
+        # Then what must be (re)sent of the in-flight batches, in seq order.
         while self._sent_upto + 1 < self._next_seq:
             batch = self._in_flight.get(self._sent_upto + 1)
             if batch is not None and not self._transport.send(batch.frame):
                 return
             self._sent_upto += 1
-        while len(self._in_flight) < self._window:
+        # In flight is bounded too (half the buffer), so pending keeps room to drop from.
+        while len(self._in_flight) < self._window and self._flight_bytes < self._max_bytes // 2:
             heads = [p for p in (self._pending_metrics, self._pending_lines) if p]
             if not heads:
                 return
@@ -292,6 +302,7 @@ class Sender:
                 pending.popleft()
                 batch.frame = frame
                 self._in_flight[self._next_seq] = batch
+                self._flight_bytes += len(batch.body)
             self._sent_upto = self._next_seq
             self._next_seq += 1
 
@@ -309,6 +320,7 @@ class Sender:
                     batch = self._in_flight.pop(seq, None)
                     if batch is not None:
                         self._bytes -= len(batch.body)
+                        self._flight_bytes -= len(batch.body)
                 self._acked = frame.seq
                 self._changed.notify_all()
         self._last_progress = time.monotonic()
@@ -324,7 +336,6 @@ class Sender:
             return
         # The collector may have restarted or lost us: introduce ourselves
         # again and resend from the first unacknowledged batch.
-        hello = dataclasses.replace(self._hello, acked=self._acked)
-        if self._transport.send(codec.encode(hello)):
-            self._sent_upto = self._acked
+        self._need_hello = True
+        self._sent_upto = self._acked
         self._last_progress = time.monotonic()

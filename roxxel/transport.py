@@ -31,6 +31,9 @@ class DealerTransport:
         # Frames wait in the sender's own bounded buffer, not in ZeroMQ's.
         self._socket.setsockopt(zmq.SNDHWM, 64)
         self._socket.setsockopt(zmq.RCVHWM, 0)
+        # Queue only to a connected collector: what ZeroMQ would hold for an
+        # absent one is the sender's to keep (and count against its bound).
+        self._socket.setsockopt(zmq.IMMEDIATE, 1)
         self._socket.setsockopt(zmq.RECONNECT_IVL, 100)
         self._socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED)
