@@ -171,10 +171,11 @@ class Sender:
         self._raise_error()
         return True
 
-    def close(self, timeout: float) -> Unsent:
+    def close(self, timeout: float, *, bye: bool = True) -> Unsent:
         """Flush (bounded by ``timeout``), stop the thread, close the socket.
 
-        Returns what the collector did not acknowledge.
+        With everything delivered and ``bye``, the collector is told it may
+        forget this sender. Returns what the collector did not acknowledge.
         """
         try:
             delivered = self.flush(timeout)
@@ -182,7 +183,7 @@ class Sender:
             with self._changed:
                 self._stopping = True
             self._thread.join()
-        if delivered:
+        if delivered and bye:
             self._transport.send(codec.encode(codec.Bye(self._sender_id, self._next_seq - 1)))
         self._transport.close()
         self._raise_error()

@@ -98,7 +98,9 @@ def replay(path: str, endpoint: str, timeout: float = 60.0) -> int:
     for unsent in read_unsent(path):
         transport = DealerTransport(endpoint, unsent.hello.sender_id)
         sender = Sender(transport, unsent.hello, resume=unsent)
-        left = sender.close(timeout)
+        # No bye: the collector must remember the sender, so that replaying
+        # this file again is recognised as duplicates.
+        left = sender.close(timeout, bye=False)
         if left.records:
             raise TimeoutError(
                 f"the collector at {endpoint} did not acknowledge {left.records} record(s) "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -60,13 +61,16 @@ def run_python(code: str, timeout: float = 120.0, **env: str) -> subprocess.Comp
     )
 
 
+_daemons = itertools.count()
+
+
 class Daemon:
     """A real ``roxxel-aggregator`` process, its stdout in a file, ended by PID."""
 
     def __init__(self, log_dir: Path, prefix: str = "run", bind: str = "tcp://127.0.0.1:0"):
         self.log_dir = log_dir
         self.prefix = prefix
-        self.stdout_path = log_dir.parent / f"{log_dir.name}-daemon.out"
+        self.stdout_path = log_dir.parent / f"{log_dir.name}-daemon-{next(_daemons)}.out"
         self._out = open(self.stdout_path, "w")  # noqa: SIM115
         self.process = subprocess.Popen(
             [

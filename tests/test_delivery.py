@@ -1,0 +1,364 @@
+"""Nothing lost, nothing twice: real processes, real signals, real broken connections."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from roxxel import CRASH_HEADLINE
+
+from .conftest import REPO, Daemon, free_port, python_env, read, run_python, wait_for
+
+RECORD = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] \[(\w+)\] (.*)$")
+
+# A client that streams numbered warnings (and, on rank 0, metrics), paced so
+# that faults land in the middle of the stream.
+STREAM = """
+import logging, sys, time
+from roxxel import Logger
+n = int(sys.argv[2])
+with Logger(sys.argv[1], "run", close_timeout=120) as lg:
+    for i in range(n):
+        lg.log_message(f"{sys.argv[3]} {i}", level=logging.WARNING)
+        lg.log_metrics_summary(i, {"i": float(i)})
+        if i % 10 == 9:
+            time.sleep(0.002)
+"""
+
+
+def messages(text: str) -> list[str]:
+    """The message of every record line; fails on a line that is neither record nor continuation."""
+    out = []
+    for line in text.splitlines():
+        m = RECORD.match(line)
+        assert m is not None, f"torn or foreign line in the system log: {line!r}"
+        out.append(m.group(2))
+    return out
+
+
+def assert_exactly_once(log: str, expected: list[str]) -> None:
+    counts = Counter(messages(log))
+    missing = [e for e in expected if counts[e] == 0]
+    doubled = [e for e in expected if counts[e] > 1]
+    assert not missing and not doubled, (
+        f"{len(missing)} lost (e.g. {missing[:3]}), {len(doubled)} duplicated (e.g. {doubled[:3]})"
+    )
+
+
+def csv_steps(path: Path) -> list[int]:
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["step", "i"]
+    for row in rows[1:]:
+        assert len(row) == 2 and float(row[1]) == int(row[0]), f"torn row {row}"
+    return [int(r[0]) for r in rows[1:]]
+
+
+def start_clients(endpoint: str, n: int, ranks: int, workdir: Path) -> list[subprocess.Popen]:
+    return [
+        subprocess.Popen(
+            [sys.executable, "-c", STREAM, str(workdir / f"client{rank}"), str(n), f"c{rank}"],
+            env=python_env(
+                SLURM_PROCID=str(rank), SLURM_NTASKS=str(ranks), ROXXEL_AGGREGATOR=endpoint
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(ranks)
+    ]
+
+
+def wait_all(procs: list[subprocess.Popen], timeout: float = 180) -> list[tuple[int, str]]:
+    try:
+        return [(p.wait(timeout), p.stderr.read()) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_kill_9_of_the_daemon_and_restart_lose_and_duplicate_nothing(tmp_path: Path) -> None:
+    n, ranks = 3000, 3
+    bind = f"tcp://127.0.0.1:{free_port()}"
+    log_dir = tmp_path / "logs"
+    first = Daemon(log_dir, "run", bind)
+    clients = start_clients(first.endpoint, n, ranks, tmp_path)
+    try:
+        wait_for(lambda: len(first.file("system.log").splitlines()) >= 300, 60, "300 lines")
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(30)
+        at_kill = len(first.file("system.log").splitlines())
+        second = Daemon(log_dir, "run", bind)
+        try:
+            results = wait_all(clients)
+            assert [code for code, _ in results] == [0] * ranks, results
+            assert second.terminate() == 0
+        finally:
+            second.kill()
+    finally:
+        first.kill()
+        wait_all(clients, 1)
+    assert at_kill < n * ranks, "the kill came after everything was written: no fault tested"
+    tags = [f"[rank {r}] " if r else "" for r in range(ranks)]
+    expected = [f"{tags[r]}c{r} {i}" for r in range(ranks) for i in range(n)]
+    assert_exactly_once(second.file("system.log"), expected)
+    assert sorted(csv_steps(log_dir / "run_metrics.csv")) == list(range(n))
+    assert not list(tmp_path.glob("client*/*undelivered*"))
+
+
+def test_broken_connections_and_dropped_acks_lose_and_duplicate_nothing(
+    tmp_path: Path, daemon: Daemon
+) -> None:
+    port = daemon.endpoint.rsplit(":", 1)[1]
+    proxy_out = tmp_path / "proxy.out"
+    with open(proxy_out, "w") as out:
+        proxy = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "fault_proxy.py"), port, "4", "7"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        ready = wait_for(
+            lambda: re.search(r"proxy ready on (\d+)", read(proxy_out)), 30, "the proxy"
+        )
+        clients = start_clients(f"tcp://127.0.0.1:{ready.group(1)}", 2000, 2, tmp_path)
+        results = wait_all(clients)
+        assert [code for code, _ in results] == [0, 0], results
+    finally:
+        proxy.send_signal(signal.SIGTERM)
+        try:
+            proxy.wait(30)
+        finally:
+            if proxy.poll() is None:
+                proxy.kill()
+                proxy.wait()
+    faults = read(proxy_out).splitlines()
+    assert sum(line == "closed" for line in faults) >= 3, faults[:20]
+    assert any(line.startswith("dropped ") for line in faults), "no ack was dropped"
+    expected = [f"c0 {i}" for i in range(2000)] + [f"[rank 1] c1 {i}" for i in range(2000)]
+    assert_exactly_once(daemon.file("system.log"), expected)
+    assert sorted(csv_steps(daemon.log_dir / "run_metrics.csv")) == list(range(2000))
+
+
+def test_sigterm_mid_burst_drains_then_ends_the_process_by_sigterm(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from roxxel import Logger\n"
+        f"lg = Logger({str(tmp_path)!r}, 'burst')\n"
+        "for i in range(10_000_000):\n"
+        "    lg.log_message(f'burst {i}')\n"
+        "    if i == 20_000:\n"
+        f"        open({str(tmp_path / 'marker')!r}, 'w').close()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=python_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: (tmp_path / "marker").exists() or proc.poll() is not None, 60, "logging")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == -signal.SIGTERM, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    got = messages(read(tmp_path / "burst_system.log"))
+    assert got[-1] == "received SIGTERM; draining the log before the process ends"
+    burst = got[:-1]
+    assert len(burst) > 20_000
+    assert burst == [f"burst {i}" for i in range(len(burst))]
+
+
+def test_sigterm_handler_chains_to_the_previous_handler(tmp_path: Path) -> None:
+    result = run_python(
+        "import os, signal\n"
+        "from roxxel import Logger\n"
+        "seen = []\n"
+        "signal.signal(signal.SIGTERM, lambda *a: seen.append('mine'))\n"
+        f"lg = Logger({str(tmp_path)!r}, 'chain')\n"
+        "lg.log_message('before')\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "print('handlers ran:', seen, flush=True)\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "handlers ran: ['mine']" in result.stdout
+    assert messages(read(tmp_path / "chain_system.log")) == [
+        "before",
+        "received SIGTERM; draining the log before the process ends",
+    ]
+
+
+def test_unreachable_collector_at_close_writes_a_file_replayed_exactly_once(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    client_dir = tmp_path / "client"
+    result = run_python(
+        "from roxxel import Logger\n"
+        f"lg = Logger({str(client_dir)!r}, 'run', aggregator='tcp://127.0.0.1:{port}',"
+        " close_timeout=0.5)\n"
+        "for i in range(500):\n"
+        "    lg.log_message(f'kept {i}')\n"
+        "    lg.log_metrics_summary(i, {'i': float(i), 'nan': float('nan')})\n"
+        "lg.close()\n"
+    )
+    assert result.returncode == 0, result.stderr
+    path = client_dir / "run_undelivered_rank0.jsonl"
+    assert str(path) in result.stderr and "roxxel replay" in result.stderr
+    assert path.exists()
+    daemon = Daemon(tmp_path / "logs", "run", f"tcp://127.0.0.1:{port}")
+    try:
+        replay = [sys.executable, "-m", "roxxel.cli", "replay"]
+        first = subprocess.run(
+            [*replay, str(path), "--aggregator", daemon.endpoint],
+            capture_output=True,
+            text=True,
+            env=python_env(),
+            timeout=120,
+        )
+        assert first.returncode == 0, first.stderr
+        assert "delivered 1000 record(s)" in first.stdout
+        done = Path(f"{path}.replayed")
+        assert done.exists() and not path.exists()
+        again = subprocess.run(
+            [*replay, str(done), "--aggregator", daemon.endpoint],
+            capture_output=True,
+            text=True,
+            env=python_env(),
+            timeout=120,
+        )
+        assert again.returncode == 0, again.stderr
+        assert daemon.terminate() == 0
+    finally:
+        daemon.kill()
+    assert messages(daemon.file("system.log")) == [f"kept {i}" for i in range(500)]
+    rows = daemon.file("metrics.csv").splitlines()
+    assert rows == ["step,i,nan"] + [f"{i},{i:.5f},nan" for i in range(500)]
+
+
+def test_records_logged_before_and_after_fork_all_arrive(tmp_path: Path) -> None:
+    result = run_python(
+        "import os\n"
+        "from roxxel import Logger\n"
+        f"lg = Logger({str(tmp_path)!r}, 'fork')\n"
+        "lg.log_message('parent before fork')\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    for i in range(100): lg.log_message(f'child {i}')\n"
+        "    lg.close()\n"
+        "    os._exit(0)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "assert status == 0, status\n"
+        "for i in range(100): lg.log_message(f'after {i}')\n"
+        "lg.close()\n"
+    )
+    assert result.returncode == 0, result.stderr
+    got = messages(read(tmp_path / "fork_system.log"))
+    assert got.count("parent before fork") == 1
+    assert [m for m in got if m.startswith("child ")] == [f"child {i}" for i in range(100)]
+    assert [m for m in got if m.startswith("after ")] == [f"after {i}" for i in range(100)]
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_uncaught_exception_outside_with_is_logged_from_any_rank(
+    tmp_path: Path, daemon: Daemon, rank: int
+) -> None:
+    result = run_python(
+        "from roxxel import Logger\n"
+        f"lg = Logger({str(tmp_path)!r}, 'run')\n"
+        "def train():\n"
+        "    raise ValueError('diverged at step 9')\n"
+        "train()\n",
+        ROXXEL_AGGREGATOR=daemon.endpoint,
+        SLURM_PROCID=str(rank),
+        SLURM_NTASKS="2",
+    )
+    assert result.returncode == 1
+    assert "ValueError: diverged at step 9" in result.stderr  # the default hook still ran
+    log = daemon.file("system.log")
+    tag = f"[rank {rank}] " if rank else ""
+    assert f"[CRITICAL] {tag}{CRASH_HEADLINE}" in log
+    assert "in train" in log and log.rstrip().endswith("ValueError: diverged at step 9")
+    assert log.count(CRASH_HEADLINE) == 1
+
+
+def test_uncaught_exception_in_a_thread_is_logged(tmp_path: Path) -> None:
+    result = run_python(
+        "import threading\n"
+        "from roxxel import Logger\n"
+        f"with Logger({str(tmp_path)!r}, 'thr') as lg:\n"
+        "    def work():\n"
+        "        raise KeyError('missing shard')\n"
+        "    t = threading.Thread(target=work, name='loader')\n"
+        "    t.start(); t.join()\n"
+    )
+    assert result.returncode == 0, result.stderr
+    log = read(tmp_path / "thr_system.log")
+    assert "[CRITICAL] ❌ CRITICAL: Uncaught exception in thread 'loader'!" in log
+    assert "KeyError: 'missing shard'" in log
+
+
+def test_a_full_buffer_drops_metrics_first_and_reports_the_count(tmp_path: Path) -> None:
+    port = free_port()
+    code = (
+        "import sys, time\n"
+        "from roxxel import Logger\n"
+        f"lg = Logger({str(tmp_path / 'c')!r}, 'run', aggregator='tcp://127.0.0.1:{port}',"
+        " max_buffer_bytes=200_000, close_timeout=120)\n"
+        "for i in range(20_000):\n"
+        "    lg.log_metrics_summary(i, {'i': float(i)})\n"
+        "for i in range(1000):\n"
+        "    lg.log_message(f'line {i}')\n"
+        "deadline = time.monotonic() + 60\n"
+        "while lg._sender.dropped_total == 0 and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "print('dropped', lg._sender.dropped_total, flush=True)\n"
+        "sys.stdin.readline()\n"
+        "lg.close()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=python_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    daemon = None
+    try:
+        dropped = int(proc.stdout.readline().split()[1])
+        assert dropped > 0
+        daemon = Daemon(tmp_path / "logs", "run", f"tcp://127.0.0.1:{port}")
+        proc.stdin.write("go\n")
+        proc.stdin.close()
+        assert proc.wait(180) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if daemon is not None:
+            daemon.kill()
+    got = messages(daemon.file("system.log"))
+    assert [m for m in got if m.startswith("line ")] == [f"line {i}" for i in range(1000)]
+    reports = [m for m in got if m.startswith("roxxel dropped")]
+    assert len(reports) == 1, got[-5:]
+    dropped_rows = int(re.search(r"dropped (\d+) metrics row", reports[0]).group(1))
+    assert re.search(r"and 0 log line", reports[0])
+    steps = csv_steps(daemon.log_dir / "run_metrics.csv")
+    assert len(steps) == len(set(steps))
+    assert len(steps) + dropped_rows == 20_000
+    assert steps[-1] == 19_999  # the newest rows are kept, the oldest dropped
+    assert not os.path.exists(tmp_path / "c" / "run_undelivered_rank0.jsonl")
