@@ -9,9 +9,9 @@ lock-free under the GIL). One sender thread, the only user of the socket:
    batch bodies of one kind each -- *pending* batches, not yet numbered;
 2. *bounds*: while pending and in-flight batches hold more than
    ``max_buffer_bytes``, it drops the oldest pending metrics batch (then the
-   oldest pending log batch) and counts the records; the next log batch
-   carries a ``["d", ts, metrics, lines]`` report of them, so the collector
-   writes a WARNING once it is reachable again;
+   oldest pending log batch) and counts the records; once the collector takes
+   frames again, a ``["d", ts, metrics, lines]`` batch reports them, and the
+   collector writes it as one WARNING;
 3. *sends*: a pending batch gets its seq when it is first sent (so dropping
    never leaves a gap), at most ``window`` batches are in flight;
 4. *retains*: an in-flight batch is kept until the collector acknowledges its
@@ -58,7 +58,6 @@ class _Batch:
     metrics: int
     lines: int
     order: int
-    dropped: tuple[int, int] = (0, 0)  # the drop report this batch carries
     frame: bytes = b""  # set once numbered
 
 
@@ -229,12 +228,6 @@ class Sender:
         with self._changed:
             self._cut_kind(self.metrics, self._pending_metrics, is_metrics=True)
             self._cut_kind(self.lines, self._pending_lines, is_metrics=False)
-            if any(self._unreported):
-                dropped = (self._unreported[0], self._unreported[1])
-                self._unreported = [0, 0]
-                body = codec.encode_records([(codec.RECORD_DROPPED, time.time(), *dropped)])
-                self._pending_lines.append(_Batch(body, 0, 0, next(self._order), dropped))
-                self._bytes += len(body)
 
     def _cut_kind(self, source: deque, pending: deque[_Batch], is_metrics: bool) -> None:
         while source:
@@ -272,8 +265,8 @@ class Sender:
                     return  # only in-flight batches left: they are never dropped
                 batch = pending.popleft()
                 self._bytes -= len(batch.body)
-                self._unreported[0] += batch.metrics + batch.dropped[0]
-                self._unreported[1] += batch.lines + batch.dropped[1]
+                self._unreported[0] += batch.metrics
+                self._unreported[1] += batch.lines
                 self.dropped_total += batch.metrics + batch.lines
             self._changed.notify_all()
 
@@ -291,21 +284,38 @@ class Sender:
             self._sent_upto += 1
         # In flight is bounded too (half the buffer), so pending keeps room to drop from.
         while len(self._in_flight) < self._window and self._flight_bytes < self._max_bytes // 2:
+            if any(self._unreported):
+                # Sent only now that the collector takes frames again: one
+                # report for everything dropped while it did not.
+                dropped = (codec.RECORD_DROPPED, time.time(), *self._unreported)
+                batch = _Batch(codec.encode_records([dropped]), 0, 0, next(self._order))
+                if not self._send_new(batch, None):
+                    return
+                self._unreported = [0, 0]
+                continue
             heads = [p for p in (self._pending_metrics, self._pending_lines) if p]
             if not heads:
                 return
             pending = min(heads, key=lambda p: p[0].order)
-            batch = pending[0]
-            frame = codec.batch_frame(self._sender_id, self._next_seq, batch.body)
-            if not self._transport.send(frame):
+            if not self._send_new(pending[0], pending):
                 return
-            with self._changed:
+
+    def _send_new(self, batch: _Batch, pending: deque[_Batch] | None) -> bool:
+        """Number ``batch``, send it and keep it in flight (taking it off ``pending``)."""
+        frame = codec.batch_frame(self._sender_id, self._next_seq, batch.body)
+        if not self._transport.send(frame):
+            return False
+        with self._changed:
+            if pending is not None:
                 pending.popleft()
-                batch.frame = frame
-                self._in_flight[self._next_seq] = batch
-                self._flight_bytes += len(batch.body)
-            self._sent_upto = self._next_seq
-            self._next_seq += 1
+            else:
+                self._bytes += len(batch.body)
+            batch.frame = frame
+            self._in_flight[self._next_seq] = batch
+            self._flight_bytes += len(batch.body)
+        self._sent_upto = self._next_seq
+        self._next_seq += 1
+        return True
 
     def _on_reply(self, data: bytes) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ import pytest
 import zmq
 
 from aggregator import Collector, default_sinks
+from aggregator.sinks import MetricsCsvSink, Origin
 from roxxel import codec
 
 from .conftest import read
@@ -34,8 +36,8 @@ def collector(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Collec
 class RawClient:
     """A DEALER speaking the codec by hand, to drive the collector's edge cases."""
 
-    def __init__(self, endpoint: str):
-        self.sender_id = secrets.token_bytes(codec.SENDER_ID_LEN)
+    def __init__(self, endpoint: str, sender_id: bytes | None = None):
+        self.sender_id = sender_id or secrets.token_bytes(codec.SENDER_ID_LEN)
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.ROUTING_ID, self.sender_id)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -119,3 +121,103 @@ def test_invalid_records_are_skipped_counted_and_reported_once(
     lines = messages(collector)
     assert "[rank 3] fine" in lines
     assert sum("invalid record" in ln for ln in lines) == 1
+
+
+# -- checkpoint, rewind and quarantine (a collector owning a log dir) ----------------
+
+
+def durable_collector(log_dir: Path) -> tuple[Collector, threading.Thread]:
+    c = Collector.for_log_dir("tcp://127.0.0.1:0", str(log_dir), "run")
+    thread = threading.Thread(target=c.run, kwargs={"poll": 0.02})
+    thread.start()
+    return c, thread
+
+
+def stop(c: Collector, thread: threading.Thread) -> None:
+    c.stop()
+    thread.join(30)
+    c.close()
+    assert not thread.is_alive()
+
+
+def test_restart_rewinds_what_was_written_after_the_checkpoint(tmp_path: Path) -> None:
+    log_dir = tmp_path / "logs"
+    c, thread = durable_collector(log_dir)
+    client = RawClient(c.endpoint)
+    try:
+        client.hello()
+        assert client.batch(1, "committed") == 1
+    finally:
+        client.close()
+        stop(c, thread)
+    checkpoint = json.loads((log_dir / ".run_checkpoint.json").read_text())
+    assert checkpoint["senders"][client.sender_id.hex()]["committed"] == 1
+    log = log_dir / "run_system.log"
+    with open(log, "a") as f:
+        f.write("[2026-01-01 00:00:00] [INFO] written after the checkpoint, never acked\n[2026")
+    c, thread = durable_collector(log_dir)
+    try:
+        assert read(log).splitlines()[-1].endswith("[INFO] committed")
+        again = RawClient(c.endpoint, client.sender_id)
+        assert again.batch(1, "committed") == 1  # known from the checkpoint: a duplicate
+        assert again.batch(2, "next") == 2
+        again.close()
+    finally:
+        stop(c, thread)
+    assert [ln.split("] ", 2)[2] for ln in read(log).splitlines()] == ["committed", "next"]
+
+
+def test_csv_rewind_across_a_widening_keeps_the_committed_rows(tmp_path: Path) -> None:
+    sink = MetricsCsvSink(str(tmp_path / "m.csv"))
+    origin = Origin(0, "h", 1)
+    sink.write(origin, [["m", 1.0, 1, {"a": 1.0}], ["m", 1.0, 2, {"a": 2.0}]])
+    sink.sync()
+    mark = sink.mark()
+    sink.write(origin, [["m", 1.0, 3, {"a": 3.0, "b": 1.0}]])  # widens, then an uncommitted row
+    sink.flush()
+    assert read(tmp_path / "m.csv").splitlines()[0] == "step,a,b"
+    sink.rewind(mark)
+    sink.write(origin, [["m", 1.0, 3, {"a": 3.0, "b": 1.0}]])
+    sink.close()
+    assert read(tmp_path / "m.csv") == "step,a,b\n1,1.00000,\n2,2.00000,\n3,3.00000,1.00000\n"
+
+
+def test_a_batch_that_can_never_be_applied_is_acked_once_and_quarantined(tmp_path: Path) -> None:
+    import msgpack
+
+    log_dir = tmp_path / "logs"
+    c, thread = durable_collector(log_dir)
+    client = RawClient(c.endpoint)
+    try:
+        client.hello(rank=2)
+        poison = msgpack.packb([1, "batch", client.sender_id, 1, {"not": "a list"}])
+        client.sock.send(poison)
+        assert client.ack() == 1
+        client.sock.send(poison)
+        assert client.ack() == 1  # now a duplicate: acked, not quarantined again
+        assert client.batch(2, "after the poison") == 2
+        assert c.stats["poison_batches"] == 1
+    finally:
+        client.close()
+        stop(c, thread)
+    quarantined = read(log_dir / ".run_quarantine.jsonl").splitlines()
+    assert len(quarantined) == 1
+    item = json.loads(quarantined[0])
+    assert item["seq"] == 1 and item["sender"] == client.sender_id.hex()
+    assert bytes.fromhex(item["content"]) == poison
+    log = read(log_dir / "run_system.log")
+    assert "[rank 2] after the poison" in log and "can never be applied" in log
+    assert sorted(p.name for p in log_dir.iterdir() if not p.name.startswith(".")) == [
+        "run_metrics.csv",
+        "run_metrics.jsonl",
+        "run_system.log",
+    ]
+
+
+def test_drop_reports_become_one_warning_line(collector: Collector, client: RawClient) -> None:
+    client.hello(rank=1)
+    client.sock.send(codec.encode(codec.Batch(client.sender_id, 1, [["d", 1.0, 7, 2]])))
+    assert client.ack() == 1
+    (line,) = messages(collector)
+    assert line.startswith("[rank 1] roxxel dropped 7 metrics row(s) and 2 log line(s)")
+    assert collector.stats["client_dropped"] == 9
