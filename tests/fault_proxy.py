@@ -3,7 +3,7 @@
     python tests/fault_proxy.py UPSTREAM_PORT CHAOS_SECONDS SEED
 
 It listens on a free port and prints ``proxy ready on PORT``. For
-CHAOS_SECONDS it closes every connection after a random 50-400 ms, and in
+CHAOS_SECONDS it closes every connection after a random 20-200 ms, and in
 half of them silently discards what the collector sends back (its acks)
 for the last part of that life. After that it forwards faithfully. Every
 fault is printed as a line (``closed``, ``dropped N``). It exits on SIGTERM,
@@ -25,8 +25,8 @@ class Pair:
     def __init__(self, client: socket.socket, upstream: socket.socket, rng: random.Random):
         now = time.monotonic()
         self.client, self.upstream = client, upstream
-        self.close_at = now + rng.uniform(0.05, 0.4)
-        self.drop_from = now + rng.uniform(0.0, 0.3) if rng.random() < 0.5 else math.inf
+        self.close_at = now + rng.uniform(0.02, 0.2)
+        self.drop_from = now + rng.uniform(0.0, 0.15) if rng.random() < 0.5 else math.inf
 
 
 def main() -> None:

@@ -113,12 +113,14 @@ def test_kill_9_of_the_daemon_and_restart_lose_and_duplicate_nothing(tmp_path: P
     expected = [f"{tags[r]}c{r} {i}" for r in range(ranks) for i in range(n)]
     assert_exactly_once(second.file("system.log"), expected)
     assert sorted(csv_steps(log_dir / "run_metrics.csv")) == list(range(n))
+    print(f"kill -9: {len(expected)} lines + {n} rows sent; {at_kill} lines on disk at the kill")
     assert not list(tmp_path.glob("client*/*undelivered*"))
 
 
 def test_broken_connections_and_dropped_acks_lose_and_duplicate_nothing(
     tmp_path: Path, daemon: Daemon
 ) -> None:
+    n = 5000
     port = daemon.endpoint.rsplit(":", 1)[1]
     proxy_out = tmp_path / "proxy.out"
     with open(proxy_out, "w") as out:
@@ -131,7 +133,7 @@ def test_broken_connections_and_dropped_acks_lose_and_duplicate_nothing(
         ready = wait_for(
             lambda: re.search(r"proxy ready on (\d+)", read(proxy_out)), 30, "the proxy"
         )
-        clients = start_clients(f"tcp://127.0.0.1:{ready.group(1)}", 2000, 2, tmp_path)
+        clients = start_clients(f"tcp://127.0.0.1:{ready.group(1)}", n, 2, tmp_path)
         results = wait_all(clients)
         assert [code for code, _ in results] == [0, 0], results
     finally:
@@ -143,11 +145,15 @@ def test_broken_connections_and_dropped_acks_lose_and_duplicate_nothing(
                 proxy.kill()
                 proxy.wait()
     faults = read(proxy_out).splitlines()
+    dropped_bytes = sum(int(f.split()[1]) for f in faults if f.startswith("dropped "))
+    print(
+        f"proxy: {faults.count('closed')} connections closed, {dropped_bytes} reply bytes dropped"
+    )
     assert sum(line == "closed" for line in faults) >= 3, faults[:20]
     assert any(line.startswith("dropped ") for line in faults), "no ack was dropped"
-    expected = [f"c0 {i}" for i in range(2000)] + [f"[rank 1] c1 {i}" for i in range(2000)]
+    expected = [f"c0 {i}" for i in range(n)] + [f"[rank 1] c1 {i}" for i in range(n)]
     assert_exactly_once(daemon.file("system.log"), expected)
-    assert sorted(csv_steps(daemon.log_dir / "run_metrics.csv")) == list(range(2000))
+    assert sorted(csv_steps(daemon.log_dir / "run_metrics.csv")) == list(range(n))
 
 
 def test_sigterm_mid_burst_drains_then_ends_the_process_by_sigterm(tmp_path: Path) -> None:
@@ -179,6 +185,7 @@ def test_sigterm_mid_burst_drains_then_ends_the_process_by_sigterm(tmp_path: Pat
     assert got[-1] == "received SIGTERM; draining the log before the process ends"
     burst = got[:-1]
     assert len(burst) > 20_000
+    print(f"SIGTERM: {len(burst)} records logged before the signal, all on disk")
     assert burst == [f"burst {i}" for i in range(len(burst))]
 
 
@@ -361,4 +368,5 @@ def test_a_full_buffer_drops_metrics_first_and_reports_the_count(tmp_path: Path)
     assert len(steps) == len(set(steps))
     assert len(steps) + dropped_rows == 20_000
     assert steps[-1] == 19_999  # the newest rows are kept, the oldest dropped
+    print(f"full buffer: {dropped_rows} metrics rows dropped and reported, {len(steps)} written")
     assert not os.path.exists(tmp_path / "c" / "run_undelivered_rank0.jsonl")
