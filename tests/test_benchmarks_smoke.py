@@ -1,4 +1,4 @@
-"""`python -m benchmarks --quick` runs and prints the side-by-side table (no timing asserts)."""
+"""`python -m benchmarks --quick` runs and prints the side-by-side tables (no timing asserts)."""
 
 from __future__ import annotations
 
@@ -24,12 +24,29 @@ EXPECTED_ROWS = [
     )
 ]
 
+DEAD_SECTION = "collector dead (roxxel), max_buffer_bytes "
+EXPECTED_DEAD_ROWS = [
+    f"{api} {row}"
+    for api in ("log_metrics_summary", "log_message")
+    for row in (
+        "mean loop only",
+        "cpu loop only",
+        "cpu incl. close",
+        "p50",
+        "p99",
+        "p99.9",
+        "max",
+        "close()",
+    )
+]
 
-def test_benchmarks_quick_prints_the_table():
+
+def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROXXEL_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick"],
+    env["TMPDIR"] = str(tmp_path)  # every temporary dir of the run, to check it is cleaned
+    return subprocess.run(
+        [sys.executable, "-m", *args],
         cwd=REPO,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -37,11 +54,41 @@ def test_benchmarks_quick_prints_the_table():
         text=True,
         timeout=300,
     )
+
+
+def test_benchmarks_quick_prints_the_tables(tmp_path):
+    proc = _run(["benchmarks", "--quick"], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     header = next((ln for ln in lines if ln.startswith("case")), "")
     assert "roxxel" in header and "reference" in header and "ratio" in header, proc.stdout
     for row in EXPECTED_ROWS:
         assert any(ln.startswith(row + " ") for ln in lines), f"no row {row!r} in:\n{proc.stdout}"
-    # The loggers' stdout echo must not leak into the table.
+
+    # The collector-dead sections: a small bound and the default (256 MiB).
+    starts = [i for i, ln in enumerate(lines) if ln.startswith(DEAD_SECTION)]
+    assert len(starts) == 2, proc.stdout
+    assert "256 MiB" in lines[starts[1]], lines[starts[1]]
+    for start, end in zip(starts, [*starts[1:], len(lines)], strict=True):
+        section = lines[start:end]
+        header = next((ln for ln in section if ln.startswith("case")), "")
+        assert "alive" in header and "dead" in header and "ratio dead/alive" in header, section
+        for row in EXPECTED_DEAD_ROWS:
+            assert any(ln.startswith(row + " ") for ln in section), (
+                f"no dead row {row!r} in {section}"
+            )
+        assert any("dropped" in ln and "undelivered file" in ln for ln in section), section
+    assert not any(ln.lstrip().startswith("!!") for ln in lines), proc.stdout
+
+    # The loggers' stdout echo must not leak into the table, nor close()'s
+    # expected undelivered notices into stderr; temporary dirs are removed.
     assert "step finished" not in proc.stdout
+    assert "were not acknowledged" not in proc.stdout + proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dead_close_with_a_small_buffer(tmp_path):
+    proc = _run(["benchmarks.dead_close", "--max-buffer-mib", "1"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "close() with close_timeout=0:" in proc.stdout, proc.stdout
+    assert list(tmp_path.iterdir()) == []
