@@ -205,6 +205,11 @@ class Collector:
             self._socket.close(linger=1000)
             os.close(self._wake_read)
             os.close(self._wake_write)
+            if self.endpoint.startswith("ipc://") and not self.endpoint.startswith("ipc://@"):
+                try:
+                    os.unlink(self.endpoint[len("ipc://") :])
+                except OSError:
+                    pass  # already gone
 
     def serve_once(self, timeout: float) -> int:
         """Wait up to ``timeout`` s, apply what arrived, commit, ack. Returns messages handled."""

@@ -31,14 +31,12 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any, Protocol
-
-import msgpack
+from typing import Any, NamedTuple, Protocol
 
 from . import codec
 from .values import to_wire
 
-__all__ = ["Transport", "Sender", "Unsent"]
+__all__ = ["Transport", "Sender", "Unsent", "UnsentBatch"]
 
 
 class Transport(Protocol):
@@ -61,16 +59,28 @@ class _Batch:
     frame: bytes = b""  # set once numbered
 
 
+class UnsentBatch(NamedTuple):
+    seq: int | None  # None: never sent, numbered on replay
+    body: bytes  # encoded records (codec.encode_records)
+    metrics: int
+    lines: int
+
+
 @dataclasses.dataclass(frozen=True)
 class Unsent:
-    """What a closing client could not deliver: in-flight batches keep their seq."""
+    """What a closing client could not deliver: in-flight batches keep their seq.
+
+    ``dropped`` records were dropped by the buffer bound and not reported to a
+    collector yet; a last batch in ``batches`` carries that report.
+    """
 
     hello: codec.Hello
-    batches: list[tuple[int | None, list]]
+    batches: list[UnsentBatch]
+    dropped: int = 0
 
     @property
     def records(self) -> int:
-        return sum(len(records) for _, records in self.batches)
+        return sum(b.metrics + b.lines for b in self.batches)
 
 
 class Sender:
@@ -124,14 +134,10 @@ class Sender:
         """Take over what an earlier client with this sender id left undelivered."""
         self._acked = self._sent_upto = unsent.hello.acked
         self._next_seq = self._acked + 1
-        for seq, records in unsent.batches:
-            body = codec.encode_records(records)
-            is_metrics = bool(records) and records[0][0] == codec.RECORD_METRICS
-            batch = _Batch(
-                body, len(records) * is_metrics, len(records) * (not is_metrics), next(self._order)
-            )
+        for seq, body, metrics, lines in unsent.batches:
+            batch = _Batch(body, metrics, lines, next(self._order))
             if seq is None:
-                (self._pending_metrics if is_metrics else self._pending_lines).append(batch)
+                (self._pending_metrics if metrics else self._pending_lines).append(batch)
             elif seq >= self._next_seq:
                 self._next_seq = seq + 1
                 batch.frame = codec.batch_frame(self._sender_id, seq, body)
@@ -190,16 +196,20 @@ class Sender:
 
     def _unsent(self) -> Unsent:
         self._cut()  # the deques' leftovers, as batches
-        batches: list[tuple[int | None, list]] = [
-            (seq, msgpack.unpackb(batch.body, raw=False))
-            for seq, batch in sorted(self._in_flight.items())
+        batches = [
+            UnsentBatch(seq, b.body, b.metrics, b.lines)
+            for seq, b in sorted(self._in_flight.items())
         ]
         pending = sorted(
             itertools.chain(self._pending_metrics, self._pending_lines), key=lambda b: b.order
         )
-        batches += [(None, msgpack.unpackb(batch.body, raw=False)) for batch in pending]
+        batches += [UnsentBatch(None, b.body, b.metrics, b.lines) for b in pending]
+        dropped = sum(self._unreported)
+        if dropped:
+            report = (codec.RECORD_DROPPED, time.time(), *self._unreported)
+            batches.append(UnsentBatch(None, codec.encode_records([report]), 0, 0))
         hello = dataclasses.replace(self._hello, acked=self._acked)
-        return Unsent(hello, batches)
+        return Unsent(hello, batches, dropped)
 
     def _raise_error(self) -> None:
         if self._error is not None:

@@ -35,8 +35,10 @@ class EmbeddedCollector(Protocol):
 
 class ProcessCollector:
     def __init__(self, log_dir: str, prefix: str):
-        sock = os.path.join(tempfile.gettempdir(), f"roxxel-{os.getpid()}-{secrets.token_hex(6)}")
-        self.endpoint = f"ipc://{sock}"
+        name = f"roxxel-{os.getpid()}-{secrets.token_hex(6)}"
+        # Linux's abstract socket namespace leaves no file behind, even after kill -9.
+        where = "@" if sys.platform.startswith("linux") else tempfile.gettempdir() + os.sep
+        self.endpoint = f"ipc://{where}{name}"
         env = dict(os.environ)
         # The child must import the same `aggregator` as this process, installed or not.
         spec = importlib.util.find_spec("aggregator")

@@ -258,7 +258,7 @@ class Logger:
             if self._sender is not None:
                 self.flush()
                 unsent = self._sender.close(0)
-                if unsent.records:
+                if unsent.batches:
                     self._save_unsent(unsent)
         finally:
             if self._embedded is not None:
@@ -271,9 +271,14 @@ class Logger:
     def _save_unsent(self, unsent: Any) -> None:
         path = undelivered_path(self.log_dir, self.filename_prefix, self.rank)
         write_unsent(path, unsent)
+        dropped = (
+            f" ({unsent.dropped} more were dropped earlier: the buffer was full)"
+            if unsent.dropped
+            else ""
+        )
         print(
             f"roxxel: {unsent.records} record(s) were not acknowledged by the collector at "
-            f"{self.endpoint} within {self._close_timeout} s; they are in {path} "
+            f"{self.endpoint} within {self._close_timeout} s{dropped}; they are in {path} "
             f"(deliver them with: roxxel replay {path} --aggregator ENDPOINT)",
             file=sys.stderr,
         )

@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import os
 
+import msgpack
+
 from . import codec
-from .client import Sender, Unsent
+from .client import Sender, Unsent, UnsentBatch
 from .transport import DealerTransport
 
 __all__ = ["undelivered_path", "write_unsent", "read_unsent", "replay"]
@@ -43,12 +45,14 @@ def write_unsent(path: str, unsent: Unsent) -> None:
         "prefix": hello.prefix,
         "acked": hello.acked,
     }
-    lines = [json.dumps(header)]
-    # NaN/inf travel as JSON's NaN/Infinity tokens: only roxxel reads this file back.
-    lines += [json.dumps({"seq": seq, "records": records}) for seq, records in unsent.batches]
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(json.dumps(header) + "\n")
+        # One batch at a time, so a full buffer is never all Python objects at once.
+        # NaN/inf travel as JSON's NaN/Infinity tokens: only roxxel reads this file back.
+        for batch in unsent.batches:
+            records = msgpack.unpackb(batch.body, raw=False)
+            f.write(json.dumps({"seq": batch.seq, "records": records}) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -80,8 +84,12 @@ def read_unsent(path: str) -> list[Unsent]:
                 seq, records = item["seq"], item["records"]
                 if seq is not None and (type(seq) is not int or seq < 1):
                     raise ValueError(f"bad seq {seq!r}")
-                sections[-1].batches.append((seq, records))
-            except (ValueError, KeyError, TypeError, codec.CodecError) as exc:
+                kinds = [record[0] for record in records]
+                metrics = kinds.count(codec.RECORD_METRICS)
+                lines = kinds.count(codec.RECORD_LOG)
+                body = codec.encode_records(records)
+                sections[-1].batches.append(UnsentBatch(seq, body, metrics, lines))
+            except (ValueError, KeyError, TypeError, IndexError, codec.CodecError) as exc:
                 problem = f"{path}:{number}: not an undelivered-records line: {exc}"
                 raise ValueError(problem) from None
     return sections
@@ -101,7 +109,7 @@ def replay(path: str, endpoint: str, timeout: float = 60.0) -> int:
         # No bye: the collector must remember the sender, so that replaying
         # this file again is recognised as duplicates.
         left = sender.close(timeout, bye=False)
-        if left.records:
+        if left.batches:
             raise TimeoutError(
                 f"the collector at {endpoint} did not acknowledge {left.records} record(s) "
                 f"of sender {unsent.hello.sender_id.hex()} within {timeout} s"

@@ -370,3 +370,54 @@ def test_a_full_buffer_drops_metrics_first_and_reports_the_count(tmp_path: Path)
     assert steps[-1] == 19_999  # the newest rows are kept, the oldest dropped
     print(f"full buffer: {dropped_rows} metrics rows dropped and reported, {len(steps)} written")
     assert not os.path.exists(tmp_path / "c" / "run_undelivered_rank0.jsonl")
+
+
+def test_drops_while_the_collector_never_returned_are_reported_through_replay(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    client_dir = tmp_path / "client"
+    result = run_python(
+        "import time\n"
+        "from roxxel import Logger\n"
+        f"lg = Logger({str(client_dir)!r}, 'run', aggregator='tcp://127.0.0.1:{port}',"
+        " close_timeout=0, max_buffer_bytes=100_000)\n"
+        "for i in range(20_000): lg.log_message(f'line {i}')\n"
+        "deadline = time.monotonic() + 60\n"
+        "while lg._sender.dropped_total == 0 and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "lg.close()\n"
+        "print(lg._sender.dropped_total)\n"
+    )
+    assert result.returncode == 0, result.stderr
+    dropped = int(result.stdout.split()[-1])
+    assert dropped > 0
+    assert f"({dropped} more were dropped earlier: the buffer was full)" in result.stderr
+    path = client_dir / "run_undelivered_rank0.jsonl"
+    daemon = Daemon(tmp_path / "logs", "run")
+    try:
+        replay = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "roxxel.cli",
+                "replay",
+                str(path),
+                "--aggregator",
+                daemon.endpoint,
+            ],
+            capture_output=True,
+            text=True,
+            env=python_env(),
+            timeout=120,
+        )
+        assert replay.returncode == 0, replay.stderr
+        assert daemon.terminate() == 0
+    finally:
+        daemon.kill()
+    got = messages(daemon.file("system.log"))
+    lines = [m for m in got if m.startswith("line ")]
+    (report,) = [m for m in got if m.startswith("roxxel dropped")]
+    assert report.startswith(f"roxxel dropped 0 metrics row(s) and {dropped} log line(s)")
+    assert len(lines) + dropped == 20_000 and len(set(lines)) == len(lines)
+    assert lines[-1] == "line 19999"
