@@ -3,8 +3,11 @@
 ``{log_dir}/{prefix}_undelivered_rank{N}.jsonl`` holds one or more sections:
 a header line ``{"roxxel_undelivered": 1, "sender_id": HEX, "host": ...,
 "rank": ..., "pid": ..., "process_count": ..., "prefix": ..., "acked": N}``,
-then one line per batch ``{"seq": N or null, "records": [...]}``. A batch that
-was in flight keeps its seq; the rest are numbered after it on replay.
+then one line per batch ``{"seq": N or null, "metrics": M, "lines": L,
+"msgpack": BASE64}`` -- the batch's records exactly as they would travel
+(:func:`roxxel.codec.encode_records`), so that a full buffer is written in
+about a second rather than re-encoded as JSON value by value. A batch that was
+in flight keeps its seq; the rest are numbered after it on replay.
 
 Replaying sends every section under its original sender id and seqs, so a
 collector that had written some of it (its ack was lost) skips those:
@@ -14,10 +17,9 @@ the collector's checkpoint in that log dir still knows the sender.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
-
-import msgpack
 
 from . import codec
 from .client import Sender, Unsent, UnsentBatch
@@ -48,11 +50,15 @@ def write_unsent(path: str, unsent: Unsent) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(header) + "\n")
-        # One batch at a time, so a full buffer is never all Python objects at once.
-        # NaN/inf travel as JSON's NaN/Infinity tokens: only roxxel reads this file back.
         for batch in unsent.batches:
-            records = msgpack.unpackb(batch.body, raw=False)
-            f.write(json.dumps({"seq": batch.seq, "records": records}) + "\n")
+            body = base64.b64encode(batch.body).decode("ascii")
+            line = {
+                "seq": batch.seq,
+                "metrics": batch.metrics,
+                "lines": batch.lines,
+                "msgpack": body,
+            }
+            f.write(json.dumps(line) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -81,15 +87,14 @@ def read_unsent(path: str) -> list[Unsent]:
                     continue
                 if not sections:
                     raise ValueError("a batch before any header")
-                seq, records = item["seq"], item["records"]
+                seq, metrics, lines = item["seq"], item["metrics"], item["lines"]
                 if seq is not None and (type(seq) is not int or seq < 1):
                     raise ValueError(f"bad seq {seq!r}")
-                kinds = [record[0] for record in records]
-                metrics = kinds.count(codec.RECORD_METRICS)
-                lines = kinds.count(codec.RECORD_LOG)
-                body = codec.encode_records(records)
+                if type(metrics) is not int or type(lines) is not int or min(metrics, lines) < 0:
+                    raise ValueError("bad record counts")
+                body = base64.b64decode(item["msgpack"], validate=True)
                 sections[-1].batches.append(UnsentBatch(seq, body, metrics, lines))
-            except (ValueError, KeyError, TypeError, IndexError, codec.CodecError) as exc:
+            except (ValueError, KeyError, TypeError, codec.CodecError) as exc:
                 problem = f"{path}:{number}: not an undelivered-records line: {exc}"
                 raise ValueError(problem) from None
     return sections
