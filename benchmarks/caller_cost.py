@@ -63,6 +63,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import msgpack
+
+from roxxel.undelivered import read_unsent
+
 __all__ = [
     "main",
     "run",
@@ -189,10 +193,9 @@ def _undelivered(log_dir: str) -> dict[str, int]:
             continue
         path = os.path.join(log_dir, name)
         counts["file_bytes"] += os.path.getsize(path)
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                item = json.loads(line)
-                for record in item.get("records", ()):
+        for section in read_unsent(path):
+            for batch in section.batches:
+                for record in msgpack.unpackb(batch.body, raw=False):
                     if record[0] == "m":
                         counts["metrics"] += 1
                     elif record[0] == "l":
