@@ -45,8 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-echo", action="store_true", help="do not echo system-log lines to stdout"
     )
     parser.add_argument("--quiet", action="store_true", help="do not print the ready line")
-    # Set by an embedding Logger: exit (after writing what arrived) when that process ends.
+    parser.add_argument(
+        "--drain-senders",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, keep serving until every rank of the run has closed its "
+        "Logger, at most SECONDS (default: %(default)s, stop at once)",
+    )
+    # Set by an embedding Logger: exit (after writing what arrived) when that
+    # process ends, and report the bound endpoint on this file descriptor.
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     return parser
 
 
@@ -64,6 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.parent_pid is not None:
         parent = args.parent_pid
         parent_alive = lambda: os.getppid() == parent  # noqa: E731
+    if args.ready_fd is not None:
+        with os.fdopen(args.ready_fd, "w") as ready:
+            ready.write(collector.endpoint + "\n")
     if not args.quiet:
         print(
             f"roxxel-aggregator ready on {collector.endpoint} "
@@ -71,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
     try:
-        collector.run(parent_alive)
+        collector.run(parent_alive, drain_senders=args.drain_senders)
     finally:
         collector.close()
     return 0

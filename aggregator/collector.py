@@ -125,6 +125,9 @@ class Collector:
         self._dirty = False
         self._needs_rewind = False
         self._marks: Any = None
+        self._open: set[bytes] = set()  # said hello, not bye
+        self._ranks_seen: set[int] = set()
+        self._process_count = 0
         if checkpoint is not None:
             self._resume(checkpoint)
         self._stop = threading.Event()
@@ -182,8 +185,17 @@ class Collector:
         except BlockingIOError:
             pass  # the pipe is full: a wake-up is already pending
 
-    def run(self, parent_alive: Callable[[], bool] | None = None, poll: float = 0.1) -> None:
-        """Serve until :meth:`stop` (or until ``parent_alive()`` turns false), then drain."""
+    def run(
+        self,
+        parent_alive: Callable[[], bool] | None = None,
+        poll: float = 0.1,
+        drain_senders: float = 0.0,
+    ) -> None:
+        """Serve until :meth:`stop` (or until ``parent_alive()`` turns false), then drain.
+
+        With ``drain_senders``, a stop request keeps serving until every rank
+        of the run has said bye (see :meth:`senders_done`), at most that long.
+        """
         next_check = 0.0
         while not self._stop.is_set():
             self.serve_once(poll)
@@ -192,9 +204,17 @@ class Collector:
                 if not parent_alive():
                     self._log(logging.WARNING, "parent process ended; writing what arrived")
                     break
+        else:
+            deadline = time.monotonic() + drain_senders
+            while not self.senders_done() and time.monotonic() < deadline:
+                self.serve_once(min(poll, max(0.0, deadline - time.monotonic())))
         while self.serve_once(0.01):
             pass
         self._commit_or_roll_back()
+
+    def senders_done(self) -> bool:
+        """Every rank of the run has said hello, and every sender that did has said bye."""
+        return not self._open and self._ranks_seen >= set(range(self._process_count))
 
     def close(self) -> None:
         try:
@@ -322,12 +342,16 @@ class Collector:
             acks[peer] = frame.sender_id
         elif isinstance(frame, codec.Bye):
             # Everything of this sender is acknowledged: no resend or replay can follow.
+            self._open.discard(frame.sender_id)
             if self.senders.pop(frame.sender_id, None) is not None:
                 self._dirty = True
         else:
             self._bad(peer, f"unexpected {type(frame).__name__} frame")
 
     def _hello(self, hello: codec.Hello) -> None:
+        self._open.add(hello.sender_id)
+        self._ranks_seen.add(hello.rank)
+        self._process_count = max(self._process_count, hello.process_count)
         state = self.senders.get(hello.sender_id)
         if state is None:
             origin = Origin(rank=hello.rank, host=hello.host, pid=hello.pid)

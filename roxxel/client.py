@@ -47,7 +47,7 @@ class Transport(Protocol):
 
     def receive(self, timeout: float) -> list[bytes]: ...
 
-    def close(self) -> None: ...
+    def close(self, linger: float = 0.0) -> None: ...
 
 
 @dataclasses.dataclass(slots=True)
@@ -188,9 +188,12 @@ class Sender:
             with self._changed:
                 self._stopping = True
             self._thread.join()
-        if delivered and bye:
-            self._transport.send(codec.encode(codec.Bye(self._sender_id, self._next_seq - 1)))
-        self._transport.close()
+        said_bye = (
+            delivered
+            and bye
+            and self._transport.send(codec.encode(codec.Bye(self._sender_id, self._next_seq - 1)))
+        )
+        self._transport.close(linger=0.5 if said_bye else 0.0)
         self._raise_error()
         return self._unsent()
 

@@ -3,10 +3,15 @@
 ``process`` mode (the default) spawns ``python -m aggregator`` as a child --
 a fresh interpreter, never a fork of a process that may have imported JAX --
 so formatting and disk I/O never take the training process's GIL. The child
-listens on a private ``ipc://`` endpoint, inherits stdout (the echo of the
-system log), and exits when told to or when its parent dies, after writing
-what it received. ``thread`` mode runs the same collector on a thread, for
-places that cannot spawn processes.
+reports the endpoint it bound on a pipe (so a failure to start is an error
+here, at once), inherits stdout (the echo of the system log), and exits when
+told to or when its parent dies, after writing what it received. ``thread``
+mode runs the same collector on a thread, for places that cannot spawn.
+
+By default the collector listens on a private ``ipc://`` endpoint; a
+multi-host run binds it on TCP (``bind``) so the other ranks can reach it.
+When told to stop it keeps serving, at most ``drain_senders`` seconds, until
+every rank of the run has said goodbye.
 """
 
 from __future__ import annotations
@@ -14,17 +19,25 @@ from __future__ import annotations
 import importlib.util
 import os
 import secrets
+import select
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from typing import Protocol
 
 __all__ = ["EmbeddedCollector", "ProcessCollector", "ThreadCollector", "start_embedded"]
 
+_START_TIMEOUT = 60.0
+
 
 class EmbeddedCollector(Protocol):
-    endpoint: str
+    endpoint: str  # as bound, e.g. tcp://0.0.0.0:41234
+
+    @property
+    def local_endpoint(self) -> str:
+        """Where this process connects to it."""
 
     def running(self) -> bool:
         """Whether the collector is still serving."""
@@ -33,36 +46,82 @@ class EmbeddedCollector(Protocol):
         """Stop after writing everything received; return the exit code if known."""
 
 
+def private_endpoint() -> str:
+    name = f"roxxel-{os.getpid()}-{secrets.token_hex(6)}"
+    # Linux's abstract socket namespace leaves no file behind, even after kill -9.
+    where = "@" if sys.platform.startswith("linux") else tempfile.gettempdir() + os.sep
+    return f"ipc://{where}{name}"
+
+
+def _local(endpoint: str) -> str:
+    for wildcard in ("tcp://0.0.0.0:", "tcp://*:"):
+        if endpoint.startswith(wildcard):
+            return "tcp://127.0.0.1:" + endpoint[len(wildcard) :]
+    return endpoint
+
+
 class ProcessCollector:
-    def __init__(self, log_dir: str, prefix: str):
-        name = f"roxxel-{os.getpid()}-{secrets.token_hex(6)}"
-        # Linux's abstract socket namespace leaves no file behind, even after kill -9.
-        where = "@" if sys.platform.startswith("linux") else tempfile.gettempdir() + os.sep
-        self.endpoint = f"ipc://{where}{name}"
+    def __init__(self, log_dir: str, prefix: str, bind: str, drain_senders: float):
+        self._drain = drain_senders
         env = dict(os.environ)
         # The child must import the same `aggregator` as this process, installed or not.
         spec = importlib.util.find_spec("aggregator")
         if spec is not None and spec.origin:
             root = os.path.dirname(os.path.dirname(spec.origin))
             env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "aggregator",
-                "--bind",
-                self.endpoint,
-                "--log-dir",
-                log_dir,
-                "--prefix",
-                prefix,
-                "--parent-pid",
-                str(os.getpid()),
-                "--quiet",
-            ],
-            env=env,
-            stdin=subprocess.DEVNULL,
-        )
+        ready_read, ready_write = os.pipe()
+        try:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "aggregator",
+                    "--bind",
+                    bind,
+                    "--log-dir",
+                    log_dir,
+                    "--prefix",
+                    prefix,
+                    "--parent-pid",
+                    str(os.getpid()),
+                    "--ready-fd",
+                    str(ready_write),
+                    "--drain-senders",
+                    str(drain_senders),
+                    "--quiet",
+                ],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                pass_fds=(ready_write,),
+            )
+        finally:
+            os.close(ready_write)
+        try:
+            self.endpoint = self._read_endpoint(ready_read)
+        finally:
+            os.close(ready_read)
+
+    def _read_endpoint(self, fd: int) -> str:
+        deadline = time.monotonic() + _START_TIMEOUT
+        data = b""
+        while not data.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                self.stop(5)
+                raise RuntimeError(f"the embedded collector did not start in {_START_TIMEOUT} s")
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                code = self.process.wait()
+                raise RuntimeError(
+                    f"the embedded collector exited with code {code} before it was ready "
+                    "(its error is on stderr above)"
+                )
+            data += chunk
+        return data.decode().strip()
+
+    @property
+    def local_endpoint(self) -> str:
+        return _local(self.endpoint)
 
     def running(self) -> bool:
         return self.process.poll() is None
@@ -71,41 +130,49 @@ class ProcessCollector:
         if self.process.poll() is None:
             self.process.terminate()
         try:
-            return self.process.wait(timeout)
+            return self.process.wait(timeout + self._drain)
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait()
 
 
 class ThreadCollector:
-    def __init__(self, log_dir: str, prefix: str):
+    def __init__(self, log_dir: str, prefix: str, bind: str, drain_senders: float):
         from aggregator import Collector
 
-        self.collector = Collector.for_log_dir(
-            f"inproc://roxxel-{secrets.token_hex(8)}", log_dir, prefix, sys.stdout
-        )
+        if bind.startswith("ipc://"):
+            bind = f"inproc://roxxel-{secrets.token_hex(8)}"
+        self.collector = Collector.for_log_dir(bind, log_dir, prefix, sys.stdout)
         self.endpoint = self.collector.endpoint
+        self._drain = drain_senders
         self._thread = threading.Thread(target=self._serve, name="roxxel-collector", daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:
         try:
-            self.collector.run()
+            self.collector.run(drain_senders=self._drain)
         finally:
             self.collector.close()
+
+    @property
+    def local_endpoint(self) -> str:
+        return _local(self.endpoint)
 
     def running(self) -> bool:
         return self._thread.is_alive()
 
     def stop(self, timeout: float) -> int | None:
         self.collector.stop()
-        self._thread.join(timeout)
+        self._thread.join(timeout + self._drain)
         return None if self._thread.is_alive() else 0
 
 
-def start_embedded(mode: str, log_dir: str, prefix: str) -> EmbeddedCollector:
+def start_embedded(
+    mode: str, log_dir: str, prefix: str, bind: str | None = None, drain_senders: float = 0.0
+) -> EmbeddedCollector:
+    bind = bind or private_endpoint()
     if mode == "process":
-        return ProcessCollector(log_dir, prefix)
+        return ProcessCollector(log_dir, prefix, bind, drain_senders)
     if mode == "thread":
-        return ThreadCollector(log_dir, prefix)
+        return ThreadCollector(log_dir, prefix, bind, drain_senders)
     raise ValueError(f"collector must be 'process' or 'thread', not {mode!r}")

@@ -19,6 +19,7 @@ import secrets
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from typing import Any
 
 from . import codec, exits
 from .client import Sender
+from .discovery import DiscoveringTransport, advertised_host, kv_client, publish_endpoint
 from .embedded import EmbeddedCollector, start_embedded
 from .lines import format_line
 from .ranks import detect_rank
@@ -37,6 +39,7 @@ __all__ = ["Logger", "CRASH_HEADLINE"]
 
 CRASH_HEADLINE = "❌ CRITICAL: Uncaught exception occurred during execution!"
 ENV_AGGREGATOR = "ROXXEL_AGGREGATOR"
+ENV_COLLECTOR_BIND = "ROXXEL_COLLECTOR_BIND"
 _TRUNCATED = " …[truncated by roxxel]"
 # Module-level names for the hot path: one dict lookup instead of two.
 _now = time.time
@@ -57,6 +60,12 @@ class Logger:
       (``collector="process"``, or ``"thread"`` where spawning is not allowed).
       With an endpoint every rank, rank 0 included, is only a client and the
       files are written where that collector runs.
+    * ``collector_bind`` (default ``$ROXXEL_COLLECTOR_BIND``, else
+      ``tcp://0.0.0.0:0`` in a multi-process run and a private ``ipc://``
+      endpoint otherwise): where rank 0's own collector listens. In a
+      ``jax.distributed`` run it is published in JAX's key-value store and
+      the other ranks find it there, waiting at most ``discovery_timeout``
+      seconds (default 300) on their sender thread, never in a ``log_*`` call.
     * ``level`` (default ``logging.INFO``): lines below it are dropped.
     * ``forward_level`` (default ``logging.WARNING``): ranks other than 0
       forward only lines at or above it (and always their crash tracebacks).
@@ -87,6 +96,8 @@ class Logger:
         close_timeout: float = 30.0,
         max_buffer_bytes: int = 256 * 1024 * 1024,
         handle_sigterm: bool = True,
+        collector_bind: str | None = None,
+        discovery_timeout: float = 300.0,
     ) -> None:
         if not isinstance(log_dir, (str, os.PathLike)):
             raise TypeError(f"log_dir must be a path, not {type(log_dir).__name__}")
@@ -118,30 +129,62 @@ class Logger:
         self._sender: Sender | None = None
 
         endpoint = aggregator or os.environ.get(ENV_AGGREGATOR) or None
+        self._discovery_timeout = discovery_timeout
+        self._discover = False
+        multi = self.world_size > 1
         if endpoint is None and self.is_rank_zero:
             os.makedirs(self.log_dir, exist_ok=True)
-            self._embedded = start_embedded(collector, self.log_dir, filename_prefix)
-            endpoint = self._embedded.endpoint
+            bind = collector_bind or os.environ.get(ENV_COLLECTOR_BIND) or None
+            if bind is None and multi:
+                bind = "tcp://0.0.0.0:0"
+            self._embedded = start_embedded(
+                collector,
+                self.log_dir,
+                filename_prefix,
+                bind,
+                drain_senders=close_timeout if multi else 0.0,
+            )
+            endpoint = self._embedded.local_endpoint
+            if multi and self._embedded.endpoint.startswith("tcp://"):
+                self._publish(self._embedded.endpoint)
+        elif endpoint is None and multi:
+            self._discover = True
         self.endpoint = endpoint
 
         if not self.is_rank_zero:
             self._level = max(self._level, _level_number(forward_level))
             self.log_metrics_summary = self._drop_metrics  # type: ignore[method-assign]
-        if endpoint is None:
+        if endpoint is None and not self._discover:
             # A rank other than 0 with nowhere to send: its forwarded lines go
             # to its own stderr rather than nowhere.
             self._append_line = self._append_metrics = self._to_stderr
             print(
                 f"roxxel: rank {self.rank} has no collector endpoint (aggregator= or "
-                f"{ENV_AGGREGATOR}); its warnings go to stderr",
+                f"{ENV_AGGREGATOR}, or jax.distributed); its warnings go to stderr",
                 file=sys.stderr,
             )
         else:
             self._start_sender()
         exits.register(self, handle_sigterm)
 
+    def _publish(self, bound: str) -> None:
+        """Tell the other ranks where rank 0's collector is, as soon as JAX can."""
+        host, port = bound[len("tcp://") :].rsplit(":", 1)
+        advertised = f"tcp://{advertised_host(host)}:{port}"
+        self.collector_endpoint = advertised
+        client = kv_client()
+        if client is not None:
+            publish_endpoint(client, self.filename_prefix, advertised)
+            return
+        # Created before jax.distributed.initialize(): publish once it has run.
+        threading.Thread(
+            target=_publish_when_ready,
+            args=(self.filename_prefix, advertised, self._discovery_timeout),
+            name="roxxel-publish",
+            daemon=True,
+        ).start()
+
     def _start_sender(self) -> None:
-        assert self.endpoint is not None
         sender_id = secrets.token_bytes(codec.SENDER_ID_LEN)
         hello = codec.Hello(
             sender_id=sender_id,
@@ -151,8 +194,13 @@ class Logger:
             process_count=self.world_size,
             prefix=self.filename_prefix,
         )
+        transport: Any = (
+            DiscoveringTransport(self.filename_prefix, sender_id, self._discovery_timeout)
+            if self._discover
+            else DealerTransport(self.endpoint, sender_id)
+        )
         self._sender = Sender(
-            DealerTransport(self.endpoint, sender_id),
+            transport,
             hello,
             flush_interval=self._flush_interval,
             max_buffer_bytes=self._max_buffer_bytes,
@@ -333,3 +381,18 @@ def _metrics_dict(metrics: Any) -> dict[str, Any]:
     if len(metrics) > _MAX_KEYS:
         raise ValueError(f"at most {_MAX_KEYS} metrics per call")
     return dict(metrics)
+
+
+def _publish_when_ready(prefix: str, endpoint: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        client = kv_client()
+        if client is not None:
+            publish_endpoint(client, prefix, endpoint)
+            return
+        time.sleep(0.1)
+    print(
+        f"roxxel: jax.distributed was not initialised within {timeout} s; the other ranks "
+        f"cannot find this collector ({endpoint})",
+        file=sys.stderr,
+    )
