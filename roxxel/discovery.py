@@ -34,10 +34,21 @@ _LOOKUP_MS = 500
 
 
 def kv_client() -> Any | None:
-    """JAX's key-value client if ``jax.distributed`` is initialised, else ``None``."""
+    """JAX's key-value client once ``jax.distributed.initialize()`` has returned, else ``None``.
+
+    ``initialize`` sets ``client`` *before* it connects, and a key-value call
+    on a client still connecting makes JAX abort the process. Its last step
+    sets ``partition_index`` on the state (JAX >= 0.7); older versions are
+    trusted once their preemption manager exists, the step after connecting.
+    """
     distributed = sys.modules.get("jax._src.distributed")
     state = getattr(distributed, "global_state", None)
-    return getattr(state, "client", None)
+    client = getattr(state, "client", None)
+    if client is None:
+        return None
+    if hasattr(type(state), "partition_index"):
+        return client if "partition_index" in vars(state) else None
+    return client if getattr(state, "preemption_sync_manager", None) is not None else None
 
 
 def collector_key(prefix: str) -> str:

@@ -1,0 +1,47 @@
+"""One process of a jax.distributed run on localhost (the multi-host tests' worker).
+
+    python tests/pod_worker.py COORDINATOR_PORT PROCESS_ID NUM_PROCESSES LOG_DIR [--logger-first]
+
+Every rank logs an INFO line, a WARNING and a metrics row; rank 2 (if there
+is one) crashes inside ``with`` and catches the exception outside it, so
+every process exits 0. ``--logger-first`` creates the Logger before
+``jax.distributed.initialize()`` (the rank then comes from SLURM_PROCID).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import jax
+
+from roxxel import Logger
+
+
+def main() -> None:
+    port, process_id, count, log_dir = sys.argv[1:5]
+    logger_first = "--logger-first" in sys.argv
+    init = dict(
+        coordinator_address=f"127.0.0.1:{port}",
+        num_processes=int(count),
+        process_id=int(process_id),
+    )
+    if not logger_first:
+        jax.distributed.initialize(**init)
+    try:
+        with Logger(log_dir, "pod", close_timeout=60) as lg:
+            if logger_first:
+                jax.distributed.initialize(**init)
+            assert lg.rank == jax.process_index(), (lg.rank, jax.process_index())
+            lg.log_message(f"info from rank {lg.rank}")
+            lg.log_message(f"warning from rank {lg.rank}", level=logging.WARNING)
+            lg.log_metrics_summary(step=1, metrics={"loss": 0.5})
+            if lg.rank == 2:
+                raise RuntimeError("rank 2 diverged")
+    except RuntimeError:
+        pass
+    jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Real jax.distributed runs: discovery through JAX's key-value store, no endpoint given."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from roxxel import CRASH_HEADLINE
+
+from .conftest import REPO, free_port, python_env, read
+
+WORKER = str(REPO / "tests" / "pod_worker.py")
+
+
+def run_pod(tmp_path: Path, count: int, *extra: str, **env: str) -> float:
+    port = free_port()
+    started = time.monotonic()
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                WORKER,
+                str(port),
+                str(i),
+                str(count),
+                str(tmp_path / f"rank{i}"),
+                *extra,
+            ],
+            env=python_env(**{k: v.format(i=i) for k, v in env.items()}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(count)
+    ]
+    try:
+        results = [(p.wait(180), *p.communicate()) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [code for code, _, _ in results] == [0] * count, [err[-2000:] for _, _, err in results]
+    return time.monotonic() - started
+
+
+def check_pod_log(tmp_path: Path, count: int) -> None:
+    log = read(tmp_path / "rank0" / "pod_system.log")
+    assert "[INFO] info from rank 0" in log
+    assert "[WARNING] warning from rank 0" in log
+    for rank in range(1, count):
+        assert f"[WARNING] [rank {rank}] warning from rank {rank}" in log, log
+        assert f"info from rank {rank}" not in log
+    assert f"[CRITICAL] [rank 2] {CRASH_HEADLINE}" in log
+    assert "RuntimeError: rank 2 diverged" in log
+    assert read(tmp_path / "rank0" / "pod_metrics.csv") == "step,loss\n1,0.50000\n"
+    for rank in range(1, count):
+        assert not (tmp_path / f"rank{rank}").exists(), f"rank {rank} wrote files"
+
+
+def test_four_process_pod_finds_rank_zero_through_jax(tmp_path: Path) -> None:
+    elapsed = run_pod(tmp_path, 4)
+    check_pod_log(tmp_path, 4)
+    print(f"4-process jax.distributed run: {elapsed:.1f} s")
+
+
+@pytest.mark.parametrize("launcher", ["SLURM"])
+def test_logger_created_before_initialize_also_works(tmp_path: Path, launcher: str) -> None:
+    run_pod(tmp_path, 4, "--logger-first", SLURM_PROCID="{i}", SLURM_NTASKS="4")
+    check_pod_log(tmp_path, 4)
