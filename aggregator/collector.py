@@ -411,7 +411,7 @@ class Collector:
                 )
                 continue
             kind = record[0]
-            if kind == codec.RECORD_METRICS:
+            if kind in codec.METRICS_KINDS:
                 warnings += self._drop_non_scalars(record[3], state)
             elif kind == codec.RECORD_DROPPED:
                 self.stats["client_dropped"] += record[2] + record[3]

@@ -16,6 +16,8 @@ Records inside a batch are small arrays:
 * ``["l", ts, level, text]`` -- a system-log line (``level`` is a stdlib
   logging level number);
 * ``["m", ts, step, {key: value}]`` -- a metrics row;
+* ``["r", ts, step, {key: value}]`` -- a metrics row logged with
+  ``all_ranks=True``: written with the sender's rank in a ``rank`` column;
 * ``["d", ts, metrics, lines]`` -- how many records the client dropped
   (its buffer was full) since its last such report.
 
@@ -65,7 +67,9 @@ MAX_BATCH_RECORDS = 4096
 
 RECORD_LOG = "l"
 RECORD_METRICS = "m"
+RECORD_RANKED_METRICS = "r"
 RECORD_DROPPED = "d"
+METRICS_KINDS = (RECORD_METRICS, RECORD_RANKED_METRICS)
 _BATCH_HEAD = b"\x95"
 
 
@@ -237,7 +241,7 @@ def check_record(record: Any) -> str | None:
         if not isinstance(b, str):
             return "log text is not a string"
         return None
-    if kind == RECORD_METRICS:
+    if kind in METRICS_KINDS:
         if type(a) is not int:
             return "metrics step is not an integer"
         if not isinstance(b, dict):

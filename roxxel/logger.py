@@ -45,6 +45,7 @@ _TRUNCATED = " …[truncated by roxxel]"
 _now = time.time
 _LOG = codec.RECORD_LOG
 _METRICS = codec.RECORD_METRICS
+_RANKED = codec.RECORD_RANKED_METRICS
 _MAX_KEYS = codec.MAX_MAP_LEN
 
 
@@ -80,6 +81,8 @@ class Logger:
       metrics (then lines) are dropped and counted, never the caller blocked.
     * ``handle_sigterm`` (default ``True``): on SIGTERM, log it, drain every
       Logger, then end the process by SIGTERM (or run the previous handler).
+    * ``metrics_from_all_ranks`` (default ``False``): every
+      ``log_metrics_summary`` call behaves as with ``all_ranks=True``.
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class Logger:
         handle_sigterm: bool = True,
         collector_bind: str | None = None,
         discovery_timeout: float = 300.0,
+        metrics_from_all_ranks: bool = False,
     ) -> None:
         if not isinstance(log_dir, (str, os.PathLike)):
             raise TypeError(f"log_dir must be a path, not {type(log_dir).__name__}")
@@ -120,6 +124,7 @@ class Logger:
         self.world_size = rank.world_size
         self.is_rank_zero = rank.rank == 0
         self._level = _level_number(level)
+        self._all_ranks = metrics_from_all_ranks
         self._close_timeout = close_timeout
         self._flush_interval = flush_interval
         self._max_buffer_bytes = max_buffer_bytes
@@ -153,7 +158,8 @@ class Logger:
 
         if not self.is_rank_zero:
             self._level = max(self._level, _level_number(forward_level))
-            self.log_metrics_summary = self._drop_metrics  # type: ignore[method-assign]
+            if not metrics_from_all_ranks:
+                self.log_metrics_summary = self._rank_zero_metrics_only  # type: ignore[method-assign]
         if endpoint is None and not self._discover:
             # A rank other than 0 with nowhere to send: its forwarded lines go
             # to its own stderr rather than nowhere.
@@ -222,18 +228,31 @@ class Logger:
             message = message[:_MAX_TEXT] + _TRUNCATED
         self._append_line((_LOG, _now(), level, message))
 
-    def log_metrics_summary(self, step: int, metrics: Mapping[str, Any]) -> None:
-        """Log one metrics row for ``step``; the dict is copied now, values converted later."""
+    def log_metrics_summary(
+        self, step: int, metrics: Mapping[str, Any], *, all_ranks: bool = False
+    ) -> None:
+        """Log one metrics row for ``step``; the dict is copied now, values converted later.
+
+        Only rank 0's rows are written, unless ``all_ranks=True`` (or the
+        Logger's ``metrics_from_all_ranks=True``): then every rank's row lands
+        in the one CSV with a ``rank`` column (and the JSONL, which always
+        has ``rank`` and ``host``).
+        """
         if type(step) is not int:
             step = _step_number(step)
         if type(metrics) is not dict:
             metrics = _metrics_dict(metrics)
         elif len(metrics) > _MAX_KEYS:
             raise ValueError(f"at most {_MAX_KEYS} metrics per call")
-        self._append_metrics((_METRICS, _now(), step, metrics.copy()))
+        kind = _RANKED if all_ranks or self._all_ranks else _METRICS
+        self._append_metrics((kind, _now(), step, metrics.copy()))
 
-    def _drop_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
-        """Ranks other than 0 do not log metrics."""
+    def _rank_zero_metrics_only(
+        self, step: int, metrics: Mapping[str, Any], *, all_ranks: bool = False
+    ) -> None:
+        """On ranks other than 0, a row is sent only when every rank's rows are wanted."""
+        if all_ranks:
+            Logger.log_metrics_summary(self, step, metrics, all_ranks=True)
 
     # -- crashes and signals ------------------------------------------------------
 

@@ -1,11 +1,12 @@
 """One process of a jax.distributed run on localhost (the multi-host tests' worker).
 
-    python tests/pod_worker.py COORDINATOR_PORT PROCESS_ID NUM_PROCESSES LOG_DIR [--logger-first]
+    python tests/pod_worker.py PORT PROCESS_ID NUM_PROCESSES LOG_DIR [--logger-first] [--all-ranks]
 
 Every rank logs an INFO line, a WARNING and a metrics row; rank 2 (if there
 is one) crashes inside ``with`` and catches the exception outside it, so
 every process exits 0. ``--logger-first`` creates the Logger before
 ``jax.distributed.initialize()`` (the rank then comes from SLURM_PROCID).
+``--all-ranks`` adds a row from every rank with ``all_ranks=True``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def main() -> None:
             lg.log_message(f"info from rank {lg.rank}")
             lg.log_message(f"warning from rank {lg.rank}", level=logging.WARNING)
             lg.log_metrics_summary(step=1, metrics={"loss": 0.5})
+            if "--all-ranks" in sys.argv:
+                lg.log_metrics_summary(step=2, metrics={"acc": lg.rank / 10}, all_ranks=True)
             if lg.rank == 2:
                 raise RuntimeError("rank 2 diverged")
     except RuntimeError:

@@ -412,3 +412,13 @@ def test_close_reports_records_a_dead_embedded_collector_never_wrote(
     assert "1 record(s) were not acknowledged" in err
     assert "exited with code -9" in err
     assert log_lines(logger.sys_log_path) == [("INFO", "written")]
+
+
+def test_all_ranks_rows_carry_a_rank_column(tmp_path: Path) -> None:
+    with Logger(tmp_path, "ranked") as logger:
+        logger.log_metrics_summary(1, {"loss": 1.0}, all_ranks=True)
+        logger.log_metrics_summary(2, {"loss": 0.5}, all_ranks=True)
+    assert read(logger.metrics_csv_path) == "step,rank,loss\n1,0,1.00000\n2,0,0.50000\n"
+    with Logger(tmp_path, "option", metrics_from_all_ranks=True) as logger:
+        logger.log_metrics_summary(1, {"loss": 1.0})
+    assert read(logger.metrics_csv_path) == "step,rank,loss\n1,0,1.00000\n"

@@ -11,6 +11,10 @@
   cells. A file that already holds a run is appended to, keeping its header.
 * Its mark is the file size and the header's keys; rewinding past a widening
   keeps the rows that were within the mark (now with the wider header).
+* Rows logged with ``all_ranks=True`` (``"r"`` records) fill a ``rank``
+  column, added like any new key (first, if the run starts with such a
+  row); rank 0's plain rows leave it empty. Without such rows the file is
+  exactly the original format.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from roxxel.codec import RECORD_METRICS
+from roxxel.codec import METRICS_KINDS, RECORD_RANKED_METRICS
 
 from ..checkpoint import fsync_dir
 from .base import FileSink, Origin, truncate_to
 
-__all__ = ["MetricsCsvSink", "format_value"]
+__all__ = ["MetricsCsvSink", "format_value", "RANK_COLUMN"]
+
+RANK_COLUMN = "rank"
 
 
 def format_value(value: object) -> str:
@@ -57,12 +63,15 @@ class MetricsCsvSink(FileSink):
         return list(header[1:]) if header else []
 
     def write(self, origin: Origin, records: Sequence[list]) -> None:
-        rows = [r for r in records if r[0] == RECORD_METRICS]
+        rows = [r for r in records if r[0] in METRICS_KINDS]
         if not rows:
             return
         known = set(self.keys)
         new_keys: list[str] = []
-        for _, _, _, metrics in rows:
+        for kind, _, _, metrics in rows:
+            if kind == RECORD_RANKED_METRICS and RANK_COLUMN not in known:
+                known.add(RANK_COLUMN)
+                new_keys.append(RANK_COLUMN)
             for key in metrics:
                 if key not in known:
                     known.add(key)
@@ -70,9 +79,14 @@ class MetricsCsvSink(FileSink):
         if new_keys:
             self._widen(new_keys)
         keys = self.keys
-        self._writer.writerows(
-            [step, *[format_value(metrics.get(k)) for k in keys]] for _, _, step, metrics in rows
-        )
+        rank_at = keys.index(RANK_COLUMN) + 1 if RANK_COLUMN in known else 0
+        out = []
+        for kind, _, step, metrics in rows:
+            row = [step, *[format_value(metrics.get(k)) for k in keys]]
+            if rank_at and kind == RECORD_RANKED_METRICS:
+                row[rank_at] = origin.rank
+            out.append(row)
+        self._writer.writerows(out)
 
     def _widen(self, new_keys: list[str]) -> None:
         first = not self.keys and self._file.tell() == 0

@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from json.encoder import encode_basestring
 
-from roxxel.codec import RECORD_METRICS
+from roxxel.codec import METRICS_KINDS
 
 from .base import FileSink, Origin
 
@@ -61,7 +61,7 @@ class MetricsJsonlSink(FileSink):
             + ", ".join([key(k) + json_scalar(v) for k, v in metrics.items()])
             + "}}\n"
             for kind, ts, step, metrics in records
-            if kind == RECORD_METRICS
+            if kind in METRICS_KINDS
         ]
         if lines:
             self._file.write("".join(lines))
