@@ -12,7 +12,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
+from xprocess import ProcessStarter
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -65,36 +67,47 @@ _daemons = itertools.count()
 
 
 class Daemon:
-    """A real ``roxxel-aggregator`` process, its stdout in a file, ended by PID."""
+    """A real ``roxxel-aggregator`` process started by pytest-xprocess, ended by PID."""
 
-    def __init__(self, log_dir: Path, prefix: str = "run", bind: str = "tcp://127.0.0.1:0"):
+    def __init__(
+        self,
+        xprocess,
+        log_dir: Path,
+        prefix: str = "run",
+        bind: str = "tcp://127.0.0.1:0",
+        extra: tuple[str, ...] = (),
+    ):
         self.log_dir = log_dir
         self.prefix = prefix
-        self.stdout_path = log_dir.parent / f"{log_dir.name}-daemon-{next(_daemons)}.out"
-        self._out = open(self.stdout_path, "w")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "aggregator",
-                "--bind",
-                bind,
-                "--log-dir",
-                str(log_dir),
-                "--prefix",
-                prefix,
-            ],
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            env=python_env(),
-        )
-        ready = wait_for(self._ready_line, 30, "the daemon's ready line")
+        argv = [
+            sys.executable,
+            "-m",
+            "aggregator",
+            "--bind",
+            bind,
+            "--log-dir",
+            str(log_dir),
+            "--prefix",
+            prefix,
+            *extra,
+        ]
+
+        class Starter(ProcessStarter):
+            pattern = r"roxxel-aggregator ready on "
+            args = argv
+            env = python_env()
+            timeout = 60
+            terminate_on_interrupt = True
+
+        name = f"roxxel-aggregator-{os.getpid()}-{next(_daemons)}"
+        pid, self.stdout_path = xprocess.ensure(name, Starter, restart=True, persist_logs=False)
+        self.process = psutil.Process(pid)
+        ready = next(ln for ln in self.stdout.splitlines() if " ready on " in ln)
         self.endpoint = ready.split(" ready on ", 1)[1].split()[0]
 
-    def _ready_line(self) -> str | None:
-        if self.process.poll() is not None:
-            raise AssertionError(f"daemon exited early: {read(self.stdout_path)}")
-        return next((ln for ln in read(self.stdout_path).splitlines() if "ready" in ln), None)
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     @property
     def stdout(self) -> str:
@@ -103,25 +116,44 @@ class Daemon:
     def file(self, suffix: str) -> str:
         return read(self.log_dir / f"{self.prefix}_{suffix}")
 
-    def terminate(self, timeout: float = 30.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+    def running(self) -> bool:
         try:
+            return self.process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM by PID; the exit code."""
+        try:
+            self.process.send_signal(signal.SIGTERM)
             return self.process.wait(timeout)
         finally:
             self.kill()
 
     def kill(self) -> None:
-        if self.process.poll() is None:
+        try:
             self.process.kill()
-            self.process.wait()
-        self._out.close()
+            self.process.wait(30)
+        except psutil.NoSuchProcess:
+            pass
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    d = Daemon(tmp_path / "logs")
+def start_daemon(xprocess) -> Iterator[Callable[..., Daemon]]:
+    """Start daemons with ``start_daemon(log_dir, prefix, bind)``; all are ended by PID."""
+    started: list[Daemon] = []
+
+    def start(*args, **kwargs) -> Daemon:
+        started.append(Daemon(xprocess, *args, **kwargs))
+        return started[-1]
+
     try:
-        yield d
+        yield start
     finally:
-        d.kill()
+        for d in started:
+            d.kill()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, start_daemon) -> Daemon:
+    return start_daemon(tmp_path / "logs")

@@ -167,12 +167,12 @@ def test_bad_frames_are_counted_and_a_good_client_is_still_served(
     assert "[INFO] good client" in log
     assert "no hello first" not in log
     assert "malformed frame" in log
-    assert daemon.process.poll() is None, "the daemon died on bad input"
+    assert daemon.running(), "the daemon died on bad input"
     assert daemon.terminate() == 0
 
 
-def test_ready_line_names_the_bound_port(tmp_path: Path) -> None:
-    d = Daemon(tmp_path / "logs", prefix="ready")
+def test_ready_line_names_the_bound_port(tmp_path: Path, start_daemon) -> None:
+    d = start_daemon(tmp_path / "logs", prefix="ready")
     try:
         assert d.endpoint.startswith("tcp://127.0.0.1:")
         assert int(d.endpoint.rsplit(":", 1)[1]) > 0

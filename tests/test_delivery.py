@@ -87,18 +87,20 @@ def wait_all(procs: list[subprocess.Popen], timeout: float = 180) -> list[tuple[
                 p.wait()
 
 
-def test_kill_9_of_the_daemon_and_restart_lose_and_duplicate_nothing(tmp_path: Path) -> None:
+def test_kill_9_of_the_daemon_and_restart_lose_and_duplicate_nothing(
+    tmp_path: Path, start_daemon
+) -> None:
     n, ranks = 3000, 3
     bind = f"tcp://127.0.0.1:{free_port()}"
     log_dir = tmp_path / "logs"
-    first = Daemon(log_dir, "run", bind)
+    first = start_daemon(log_dir, "run", bind)
     clients = start_clients(first.endpoint, n, ranks, tmp_path)
     try:
         wait_for(lambda: len(first.file("system.log").splitlines()) >= 300, 60, "300 lines")
         first.process.send_signal(signal.SIGKILL)
         first.process.wait(30)
         at_kill = len(first.file("system.log").splitlines())
-        second = Daemon(log_dir, "run", bind)
+        second = start_daemon(log_dir, "run", bind)
         try:
             results = wait_all(clients)
             assert [code for code, _ in results] == [0] * ranks, results
@@ -209,7 +211,7 @@ def test_sigterm_handler_chains_to_the_previous_handler(tmp_path: Path) -> None:
 
 
 def test_unreachable_collector_at_close_writes_a_file_replayed_exactly_once(
-    tmp_path: Path,
+    tmp_path: Path, start_daemon
 ) -> None:
     port = free_port()
     client_dir = tmp_path / "client"
@@ -226,7 +228,7 @@ def test_unreachable_collector_at_close_writes_a_file_replayed_exactly_once(
     path = client_dir / "run_undelivered_rank0.jsonl"
     assert str(path) in result.stderr and "roxxel replay" in result.stderr
     assert path.exists()
-    daemon = Daemon(tmp_path / "logs", "run", f"tcp://127.0.0.1:{port}")
+    daemon = start_daemon(tmp_path / "logs", "run", f"tcp://127.0.0.1:{port}")
     try:
         replay = [sys.executable, "-m", "roxxel.cli", "replay"]
         first = subprocess.run(
@@ -318,7 +320,9 @@ def test_uncaught_exception_in_a_thread_is_logged(tmp_path: Path) -> None:
     assert "KeyError: 'missing shard'" in log
 
 
-def test_a_full_buffer_drops_metrics_first_and_reports_the_count(tmp_path: Path) -> None:
+def test_a_full_buffer_drops_metrics_first_and_reports_the_count(
+    tmp_path: Path, start_daemon
+) -> None:
     port = free_port()
     code = (
         "import sys, time\n"
@@ -348,7 +352,7 @@ def test_a_full_buffer_drops_metrics_first_and_reports_the_count(tmp_path: Path)
     try:
         dropped = int(proc.stdout.readline().split()[1])
         assert dropped > 0
-        daemon = Daemon(tmp_path / "logs", "run", f"tcp://127.0.0.1:{port}")
+        daemon = start_daemon(tmp_path / "logs", "run", f"tcp://127.0.0.1:{port}")
         proc.stdin.write("go\n")
         proc.stdin.close()
         assert proc.wait(180) == 0, proc.stderr.read()
@@ -373,7 +377,7 @@ def test_a_full_buffer_drops_metrics_first_and_reports_the_count(tmp_path: Path)
 
 
 def test_drops_while_the_collector_never_returned_are_reported_through_replay(
-    tmp_path: Path,
+    tmp_path: Path, start_daemon
 ) -> None:
     port = free_port()
     client_dir = tmp_path / "client"
@@ -394,7 +398,7 @@ def test_drops_while_the_collector_never_returned_are_reported_through_replay(
     assert dropped > 0
     assert f"({dropped} more were dropped earlier: the buffer was full)" in result.stderr
     path = client_dir / "run_undelivered_rank0.jsonl"
-    daemon = Daemon(tmp_path / "logs", "run")
+    daemon = start_daemon(tmp_path / "logs", "run")
     try:
         replay = subprocess.run(
             [
