@@ -4,11 +4,14 @@ It binds, prints one line containing ``ready`` on stdout once it accepts
 connections, then writes ``{log-dir}/{prefix}_system.log`` (echoed to stdout
 unless ``--no-echo``), ``_metrics.csv`` and ``_metrics.jsonl``. SIGTERM or
 SIGINT: it writes everything that has arrived, acknowledges it, exits 0.
+SIGHUP: it reopens the files by name (after logrotate moved them). A lock
+on ``{log-dir}/.{prefix}.lock`` keeps a second collector off the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -45,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-echo", action="store_true", help="do not echo system-log lines to stdout"
     )
     parser.add_argument("--quiet", action="store_true", help="do not print the ready line")
+    parser.add_argument("--pidfile", help="write the daemon's pid to this file (removed at exit)")
+    parser.add_argument(
+        "--stats-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="print a one-line stats report (records/s, senders, drops) on stderr this often; "
+        "0 turns it off (default: %(default)s)",
+    )
     parser.add_argument(
         "--drain-senders",
         type=float,
@@ -70,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: collector.stop())
+    signal.signal(signal.SIGHUP, lambda *_: collector.reopen())
+    if args.pidfile:
+        with open(args.pidfile, "w") as pidfile:
+            pidfile.write(f"{os.getpid()}\n")
     parent_alive = None
     if args.parent_pid is not None:
         parent = args.parent_pid
@@ -84,9 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
     try:
-        collector.run(parent_alive, drain_senders=args.drain_senders)
+        collector.run(
+            parent_alive, drain_senders=args.drain_senders, stats_every=args.stats_interval
+        )
     finally:
         collector.close()
+        if args.pidfile:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(args.pidfile)
     return 0
 
 

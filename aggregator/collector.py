@@ -43,6 +43,7 @@ from roxxel import codec
 from roxxel.values import NON_SCALAR
 
 from .checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
+from .lock import RunLock
 from .sinks import FanOut, MetricsCsvSink, MetricsJsonlSink, Origin, Sink, SystemLogSink
 
 __all__ = ["Collector", "SenderState", "default_sinks", "quarantine_path"]
@@ -125,6 +126,8 @@ class Collector:
         self._dirty = False
         self._needs_rewind = False
         self._marks: Any = None
+        self._lock: RunLock | None = None
+        self._reopen = False
         self._open: set[bytes] = set()  # said hello, not bye
         self._ranks_seen: set[int] = set()
         self._process_count = 0
@@ -155,10 +158,19 @@ class Collector:
     def for_log_dir(
         cls, bind: str, log_dir: str, prefix: str, echo: TextIO | None = None
     ) -> Collector:
-        """A collector owning the run ``{log_dir}/{prefix}_*``, its checkpoint and quarantine."""
-        sinks = default_sinks(log_dir, prefix, echo)
+        """A collector owning the run ``{log_dir}/{prefix}_*``, its checkpoint and quarantine.
+
+        Raises ``OSError`` if another collector holds the run's lock.
+        """
+        os.makedirs(log_dir, exist_ok=True)
+        lock = RunLock(log_dir, prefix)
         try:
-            return cls(
+            sinks = default_sinks(log_dir, prefix, echo)
+        except BaseException:
+            lock.release()
+            raise
+        try:
+            collector = cls(
                 bind,
                 sinks,
                 checkpoint=checkpoint_path(log_dir, prefix),
@@ -166,7 +178,10 @@ class Collector:
             )
         except BaseException:
             sinks.close()
+            lock.release()
             raise
+        collector._lock = lock
+        return collector
 
     def _resume(self, path: str) -> None:
         saved = load_checkpoint(path)
@@ -180,6 +195,14 @@ class Collector:
     def stop(self) -> None:
         """Ask :meth:`run` to finish: it drains what has arrived, then returns."""
         self._stop.set()
+        self._wake()
+
+    def reopen(self) -> None:
+        """Ask :meth:`run` to reopen the files (after log rotation moved them)."""
+        self._reopen = True
+        self._wake()
+
+    def _wake(self) -> None:
         try:
             os.write(self._wake_write, b"\0")
         except BlockingIOError:
@@ -190,15 +213,27 @@ class Collector:
         parent_alive: Callable[[], bool] | None = None,
         poll: float = 0.1,
         drain_senders: float = 0.0,
+        stats_every: float = 0.0,
+        stats_out: TextIO | None = None,
     ) -> None:
         """Serve until :meth:`stop` (or until ``parent_alive()`` turns false), then drain.
 
         With ``drain_senders``, a stop request keeps serving until every rank
         of the run has said bye (see :meth:`senders_done`), at most that long.
+        With ``stats_every``, a :meth:`stats_line` goes to ``stats_out`` that often.
         """
         next_check = 0.0
+        next_stats = time.monotonic() + stats_every
+        last_records = self.stats["records"]
         while not self._stop.is_set():
             self.serve_once(poll)
+            if self._reopen:
+                self._reopen_files()
+            if stats_every > 0 and time.monotonic() >= next_stats:
+                rate = (self.stats["records"] - last_records) / stats_every
+                last_records = self.stats["records"]
+                next_stats += stats_every
+                print(self.stats_line(rate), file=stats_out or sys.stderr, flush=True)
             if parent_alive is not None and time.monotonic() >= next_check:
                 next_check = time.monotonic() + 0.2
                 if not parent_alive():
@@ -212,6 +247,24 @@ class Collector:
             pass
         self._commit_or_roll_back()
 
+    def stats_line(self, records_per_second: float) -> str:
+        s = self.stats
+        return (
+            f"roxxel-aggregator stats: {records_per_second:,.0f} records/s, "
+            f"{len(self._open)} senders, {s['records']:,} records written, "
+            f"{s['client_dropped']:,} dropped by clients, {s['bad_frames']:,} bad frames, "
+            f"{s['poison_batches']:,} quarantined batches, {s['write_errors']:,} write errors"
+        )
+
+    def _reopen_files(self) -> None:
+        self._reopen = False
+        try:
+            self._commit()
+            self.sinks.reopen()
+            self._commit()
+        except OSError as exc:
+            self._failed(exc)
+
     def senders_done(self) -> bool:
         """Every rank of the run has said hello, and every sender that did has said bye."""
         return not self._open and self._ranks_seen >= set(range(self._process_count))
@@ -222,6 +275,8 @@ class Collector:
             if self._quarantine is not None:
                 self._quarantine.close()
         finally:
+            if self._lock is not None:
+                self._lock.release()
             self._socket.close(linger=1000)
             os.close(self._wake_read)
             os.close(self._wake_write)

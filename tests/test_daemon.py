@@ -12,7 +12,7 @@ import zmq
 
 from roxxel import codec
 
-from .conftest import Daemon, free_port, python_env, read, run_python
+from .conftest import Daemon, free_port, python_env, read, run_python, wait_for
 
 CLIENT = """
 import logging, os, sys
@@ -200,3 +200,60 @@ def test_roxxel_check_reports_a_live_collector_and_a_missing_one(daemon: Daemon)
     assert dead.returncode == 1
     assert f"no answer from a collector at {nobody}" in dead.stderr
     assert "roxxel-check" not in daemon.file("system.log")
+
+
+def test_a_second_daemon_on_the_same_run_is_refused(daemon: Daemon) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aggregator",
+            "--bind",
+            "tcp://127.0.0.1:0",
+            "--log-dir",
+            str(daemon.log_dir),
+            "--prefix",
+            daemon.prefix,
+        ],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"another roxxel collector (pid {daemon.pid})" in result.stderr
+    assert daemon.running()
+
+
+def test_pidfile_sighup_reopen_and_stats(tmp_path: Path, start_daemon) -> None:
+    pidfile = tmp_path / "daemon.pid"
+    d = start_daemon(
+        tmp_path / "logs", "svc", extra=("--pidfile", str(pidfile), "--stats-interval", "0.2")
+    )
+    assert pidfile.read_text().strip() == str(d.pid)
+    log = tmp_path / "logs" / "svc_system.log"
+
+    def send(text: str) -> None:
+        result = run_python(
+            "from roxxel import Logger\n"
+            f"with Logger({str(tmp_path / 'c')!r}, 'svc', aggregator={d.endpoint!r}) as lg:\n"
+            f"    lg.log_message({text!r})\n"
+            f"    lg.log_metrics_summary(1, {{'x': 1.0}})\n"
+        )
+        assert result.returncode == 0, result.stderr
+
+    send("before rotation")
+    rotated = tmp_path / "logs" / "svc_system.log.1"
+    log.rename(rotated)
+    (tmp_path / "logs" / "svc_metrics.csv").rename(tmp_path / "logs" / "svc_metrics.csv.1")
+    d.process.send_signal(signal.SIGHUP)
+    wait_for(log.exists, 30, "the reopened system log")
+    send("after rotation")
+    assert "before rotation" in read(rotated) and "after rotation" not in read(rotated)
+    assert "after rotation" in read(log) and "before rotation" not in read(log)
+    assert d.file("metrics.csv") == "step,x\n1,1.00000\n"
+    wait_for(lambda: "roxxel-aggregator stats:" in d.stdout, 30, "a stats line")
+    stats = next(ln for ln in d.stdout.splitlines() if "stats:" in ln)
+    assert "records/s" in stats and "senders" in stats and "dropped by clients" in stats
+    assert d.terminate() == 0
+    assert not pidfile.exists()

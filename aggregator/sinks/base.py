@@ -70,6 +70,9 @@ class Sink(abc.ABC):
         if mark is not None:
             raise ValueError(f"{type(self).__name__} cannot rewind to {mark!r}")
 
+    def reopen(self) -> None:  # noqa: B027 -- a sink without files has nothing to reopen
+        """Reopen the files by name (log rotation moved them away)."""
+
 
 class FileSink(Sink):
     """A sink that owns one append-only file, ``self._file`` at ``self.path``.
@@ -93,6 +96,13 @@ class FileSink(Sink):
     def rewind(self, mark: Any) -> None:
         self._file.flush()
         truncate_to(self.path, self._file.fileno(), mark["size"])
+
+    def reopen(self) -> None:
+        self._file.close()
+        self._file = self._open()
+
+    def _open(self) -> IO[str]:
+        return open(self.path, "a", encoding="utf-8")  # noqa: SIM115
 
     def close(self) -> None:
         try:
@@ -123,6 +133,9 @@ class FanOut(Sink):
 
     def mark(self) -> Any:
         return [sink.mark() for sink in self.sinks]
+
+    def reopen(self) -> None:
+        self._each("reopen")
 
     def rewind(self, mark: Any) -> None:
         if not isinstance(mark, list) or len(mark) != len(self.sinks):

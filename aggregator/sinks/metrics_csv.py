@@ -24,7 +24,7 @@ import io
 import math
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import IO, Any
 
 from roxxel.codec import METRICS_KINDS, RECORD_RANKED_METRICS
 
@@ -51,7 +51,7 @@ class MetricsCsvSink(FileSink):
     def __init__(self, path: str):
         self.path = path
         self.keys: list[str] = self._read_header()
-        self._file = open(path, "a", encoding="utf-8", newline="")  # noqa: SIM115
+        self._file = self._open()
         self._writer = csv.writer(self._file, lineterminator="\n")
 
     def _read_header(self) -> list[str]:
@@ -114,7 +114,15 @@ class MetricsCsvSink(FileSink):
         self._file.close()
         os.replace(tmp, self.path)
         fsync_dir(directory)
-        self._file = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115
+        self._file = self._open()
+        self._writer = csv.writer(self._file, lineterminator="\n")
+
+    def _open(self) -> IO[str]:
+        return open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115
+
+    def reopen(self) -> None:
+        super().reopen()
+        self.keys = self._read_header()
         self._writer = csv.writer(self._file, lineterminator="\n")
 
     def mark(self) -> Any:

@@ -44,7 +44,7 @@ def json_scalar(value: object) -> str:
 class MetricsJsonlSink(FileSink):
     def __init__(self, path: str):
         self.path = path
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        self._file = self._open()
         self._keys: dict[str, str] = {}
 
     def _key(self, key: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TextIO
+from typing import IO, TextIO
 
 from roxxel.codec import RECORD_LOG
 from roxxel.lines import format_line
@@ -16,8 +16,11 @@ __all__ = ["SystemLogSink"]
 class SystemLogSink(FileSink):
     def __init__(self, path: str, echo: TextIO | None = None):
         self.path = path
-        self._file = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+        self._file = self._open()
         self._echo = echo
+
+    def _open(self) -> IO[str]:
+        return open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
 
     def write(self, origin: Origin, records: Sequence[list]) -> None:
         tag = origin.tag
