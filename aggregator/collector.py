@@ -67,9 +67,10 @@ class SenderState:
     warned_keys: set[str] = field(default_factory=set)
 
     def saved(self) -> dict[str, Any]:
+        """For the checkpoint being written: what is applied now."""
         o = self.origin
         return {
-            "committed": self.durable,
+            "committed": self.committed,
             "rank": o.rank,
             "host": o.host,
             "pid": o.pid,
@@ -333,18 +334,15 @@ class Collector:
         self.sinks.sync()
         if self._quarantine is not None:
             self._quarantine.flush()
+            os.fsync(self._quarantine.fileno())
         if self._checkpoint_path is not None:
-            self._marks = self.sinks.mark()
-            senders = {sid.hex(): state for sid, state in self.senders.items()}
-            for state in senders.values():
-                state.durable = state.committed
-            save_checkpoint(
-                self._checkpoint_path,
-                Checkpoint({h: st.saved() for h, st in senders.items()}, self._marks),
-            )
-        else:
-            for state in self.senders.values():
-                state.durable = state.committed
+            marks = self.sinks.mark()
+            saved = {sid.hex(): st.saved() for sid, st in self.senders.items()}
+            save_checkpoint(self._checkpoint_path, Checkpoint(saved, marks))
+            # Only now, with the checkpoint on disk, may anything be acknowledged.
+            self._marks = marks
+        for state in self.senders.values():
+            state.durable = state.committed
         self._dirty = False
 
     def _failed(self, exc: OSError) -> None:
@@ -375,6 +373,18 @@ class Collector:
 
     def _handle(self, peer: bytes, data: bytes, acks: dict[bytes, bytes]) -> None:
         try:
+            envelope = codec.decode_envelope(data)
+        except codec.CodecError as exc:
+            self._bad(peer, str(exc))
+            return
+        if envelope.kind == "batch":
+            state = self.senders.get(envelope.sender_id)
+            if state is not None and envelope.seq != state.committed + 1:
+                # A resent duplicate, or a gap: answered without decoding the body.
+                self.stats["duplicate" if envelope.seq <= state.committed else "gap"] += 1
+                acks[peer] = envelope.sender_id
+                return
+        try:
             frame = codec.decode(data)
         except codec.BatchError as exc:
             self._poison(peer, exc, data, acks)
@@ -390,10 +400,7 @@ class Collector:
             if state is None:
                 self._bad(peer, "batch from a sender that has not said hello")
                 return
-            if frame.seq == state.committed + 1:
-                self._apply(frame, state)
-            else:
-                self.stats["duplicate" if frame.seq <= state.committed else "gap"] += 1
+            self._apply(frame, state)
             acks[peer] = frame.sender_id
         elif isinstance(frame, codec.Bye):
             # Everything of this sender is acknowledged: no resend or replay can follow.

@@ -50,6 +50,8 @@ __all__ = [
     "encode_records",
     "batch_frame",
     "decode",
+    "decode_envelope",
+    "Envelope",
     "check_record",
 ]
 
@@ -64,6 +66,9 @@ MAX_BIN_LEN = 1024
 MAX_ARRAY_LEN = 65536
 MAX_MAP_LEN = 4096
 MAX_BATCH_RECORDS = 4096
+
+# Version, kind, 16-byte id and a 64-bit seq take at most 37 bytes.
+_MAX_ENVELOPE = 64
 
 RECORD_LOG = "l"
 RECORD_METRICS = "m"
@@ -131,6 +136,7 @@ class Ack:
 Frame = Hello | Batch | Bye | Ack
 
 _HELLO_FIELDS = ("host", "rank", "pid", "process_count", "prefix")
+_KINDS = ("hello", "batch", "bye", "ack")
 
 
 def encode(frame: Frame) -> bytes:
@@ -171,7 +177,10 @@ def encode_records(
     """
     if len(records) > MAX_ARRAY_LEN:
         raise CodecError(f"a batch holds at most {MAX_ARRAY_LEN} records")
-    return _pack(records, default)
+    body = _pack(records, default)
+    if len(body) > MAX_FRAME_BYTES - _MAX_ENVELOPE:
+        raise CodecError(f"a batch body of {len(body)} bytes leaves no room for its envelope")
+    return body
 
 
 def batch_frame(sender_id: bytes, seq: int, body: bytes) -> bytes:
@@ -183,35 +192,39 @@ def batch_frame(sender_id: bytes, seq: int, body: bytes) -> bytes:
     return _BATCH_HEAD + _pack([PROTO_VERSION, "batch", sender_id, seq])[1:] + body
 
 
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The first four items of a frame: enough to route it without its body."""
+
+    kind: str
+    sender_id: bytes
+    seq: int
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    """Read only the envelope, so a duplicate batch is recognised without decoding it."""
+    envelope, _ = _open_frame(data)
+    return envelope
+
+
 def decode(data: bytes) -> Frame:
-    """Decode one frame; anything wrong raises :class:`CodecError`."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise CodecError(f"expected bytes, got {type(data).__name__}")
-    if len(data) > MAX_FRAME_BYTES:
-        raise CodecError(f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
+    """Decode one frame; anything wrong raises :class:`CodecError`.
+
+    A batch whose envelope is valid but whose body is not raises
+    :class:`BatchError`, which names the sender and seq.
+    """
+    envelope, unpacker = _open_frame(data)
+    kind, sender_id, seq = envelope.kind, envelope.sender_id, envelope.seq
     try:
-        obj = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=MAX_STR_LEN,
-            max_bin_len=MAX_BIN_LEN,
-            max_array_len=MAX_ARRAY_LEN,
-            max_map_len=MAX_MAP_LEN,
-            max_ext_len=0,
-            ext_hook=_refuse_ext,
-        )
+        body = unpacker.unpack()
+        if unpacker.tell() != len(data):
+            raise ValueError(f"{len(data) - unpacker.tell()} bytes after the frame")
     except Exception as exc:  # msgpack raises many types for bad input
-        raise CodecError(f"not msgpack: {type(exc).__name__}: {exc}") from None
-    if not isinstance(obj, list) or len(obj) != 5:
-        raise CodecError("a frame is an array of 5 items")
-    version, kind, sender_id, seq, body = obj
-    if version != PROTO_VERSION or type(version) is not int:
-        raise CodecError(f"unsupported protocol version {version!r}")
-    _check_sender_and_seq(sender_id, seq)
+        problem = f"bad {kind} body: {type(exc).__name__}: {exc}"
+        if kind == "batch":
+            raise BatchError(problem, sender_id, seq) from None
+        raise CodecError(problem) from None
     if kind == "batch":
-        if seq < 1:
-            raise CodecError("batch seq starts at 1")
         if not isinstance(body, list):
             raise BatchError("batch body is not an array of records", sender_id, seq)
         return Batch(sender_id, seq, body)
@@ -219,9 +232,41 @@ def decode(data: bytes) -> Frame:
         return _decode_hello(sender_id, seq, body)
     if kind == "bye":
         return Bye(sender_id, seq)
-    if kind == "ack":
-        return Ack(sender_id, seq)
-    raise CodecError(f"unknown frame kind {kind!r}")
+    return Ack(sender_id, seq)
+
+
+def _open_frame(data: bytes) -> tuple[Envelope, msgpack.Unpacker]:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CodecError(f"expected bytes, got {type(data).__name__}")
+    if len(data) > MAX_FRAME_BYTES:
+        raise CodecError(f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
+    unpacker = msgpack.Unpacker(
+        raw=False,
+        # Non-text metric keys are the collector's to report, key by key.
+        strict_map_key=False,
+        max_buffer_size=max(len(data), 1),
+        max_str_len=MAX_STR_LEN,
+        max_bin_len=MAX_BIN_LEN,
+        max_array_len=MAX_ARRAY_LEN,
+        max_map_len=MAX_MAP_LEN,
+        max_ext_len=0,
+        ext_hook=_refuse_ext,
+    )
+    try:
+        unpacker.feed(data)
+        if unpacker.read_array_header() != 5:
+            raise ValueError("not an array of 5 items")
+        version, kind, sender_id, seq = (unpacker.unpack() for _ in range(4))
+    except Exception as exc:  # msgpack raises many types for bad input
+        raise CodecError(f"not a roxxel frame: {type(exc).__name__}: {exc}") from None
+    if version != PROTO_VERSION or type(version) is not int:
+        raise CodecError(f"unsupported protocol version {version!r}")
+    if kind not in _KINDS:
+        raise CodecError(f"unknown frame kind {kind!r}")
+    _check_sender_and_seq(sender_id, seq)
+    if kind == "batch" and seq < 1:
+        raise CodecError("batch seq starts at 1")
+    return Envelope(kind, sender_id, seq), unpacker
 
 
 def check_record(record: Any) -> str | None:

@@ -16,7 +16,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from roxxel import codec
-from roxxel.codec import Ack, Batch, Bye, CodecError, Hello, check_record, decode, encode
+from roxxel.codec import (
+    Ack,
+    Batch,
+    BatchError,
+    Bye,
+    CodecError,
+    Envelope,
+    Hello,
+    check_record,
+    decode,
+    decode_envelope,
+    encode,
+)
 from roxxel.values import NON_SCALAR, to_wire
 
 SID = bytes(range(16))
@@ -122,7 +134,7 @@ def test_every_truncation_of_a_valid_frame_raises_codec_error(frame, expected):
 @pytest.mark.parametrize("trailer", [b"\x00", b"\xc0", b"\x90", b"\xff" * 7])
 @pytest.mark.parametrize(("frame", "expected"), CASES)
 def test_trailing_bytes_after_a_valid_frame_raise_codec_error(frame, expected, trailer):
-    with pytest.raises(CodecError, match="not msgpack"):
+    with pytest.raises(CodecError, match="bytes after the frame"):
         decode(encode(frame) + trailer)
 
 
@@ -335,7 +347,6 @@ GARBAGE = [
     pytest.param(_raw(1, "hello", SID, 0, {**_HELLO_BODY, "host": b"h"}), id="hello-host-bytes"),
     pytest.param(_raw(1, "hello", SID, 0, {**_HELLO_BODY, "prefix": None}), id="hello-prefix-nil"),
     pytest.param(_raw(1, "hello", SID, 0, {1: "h"}), id="hello-map-with-int-keys"),
-    pytest.param(_raw(1, "batch", SID, 1, [["m", 1, 0, {1: 2.0}]]), id="metrics-with-int-keys"),
     pytest.param(_raw(1, "ack", SID, 1), id="array-of-4"),
     pytest.param(_raw(1, "ack", SID, 1, None, None), id="array-of-6"),
     pytest.param(msgpack.packb({"kind": "ack"}), id="map-not-array"),
@@ -608,3 +619,29 @@ def test_check_record_accepts_every_generated_record(record):
 def test_check_record_never_raises(value):
     result = check_record(value)
     assert result is None or isinstance(result, str)
+
+
+def test_metrics_with_non_text_keys_decode_for_the_collector_to_report_by_key():
+    frame = decode(_raw(1, "batch", SID, 1, [["m", 1, 0, {1: 2.0, "ok": 1.0}]]))
+    assert frame == Batch(SID, 1, [["m", 1, 0, {1: 2.0, "ok": 1.0}]])
+    assert check_record(frame.records[0]) is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({"not": "a list"}, id="map"),
+        pytest.param([["l", 1.0, 20, b"x" * 2000]], id="bin-over-limit"),
+        pytest.param([["m", 1.0, 1, {("k",): 1.0}]], id="unhashable-key"),
+    ],
+)
+def test_a_batch_with_a_bad_body_names_its_sender_and_seq(body):
+    with pytest.raises(BatchError) as info:
+        decode(_raw(1, "batch", SID, 7, body))
+    assert (info.value.sender_id, info.value.seq) == (SID, 7)
+
+
+def test_decode_envelope_reads_only_the_envelope():
+    data = encode(Batch(SID, 9, [["l", 1.0, 20, "x"]]))
+    assert decode_envelope(data) == Envelope("batch", SID, 9)
+    assert decode_envelope(data[:40]) == Envelope("batch", SID, 9)  # body cut off
