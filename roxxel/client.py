@@ -183,19 +183,26 @@ class Sender:
         forget this sender. Returns what the collector did not acknowledge.
         """
         try:
-            delivered = self.flush(timeout)
+            self.flush(timeout)
+        except RuntimeError:
+            pass  # kept in self.failure; what is unsent is still returned
         finally:
             with self._changed:
                 self._stopping = True
             self._thread.join()
+        # Checked after the join: nothing can be cut or sent after this bye.
         said_bye = (
-            delivered
-            and bye
+            bye
+            and self._idle()
             and self._transport.send(codec.encode(codec.Bye(self._sender_id, self._next_seq - 1)))
         )
         self._transport.close(linger=0.5 if said_bye else 0.0)
-        self._raise_error()
         return self._unsent()
+
+    @property
+    def failure(self) -> BaseException | None:
+        """What stopped the sender thread, if anything did."""
+        return self._error
 
     def _unsent(self) -> Unsent:
         self._cut()  # the deques' leftovers, as batches
@@ -216,8 +223,7 @@ class Sender:
 
     def _raise_error(self) -> None:
         if self._error is not None:
-            error, self._error = self._error, None
-            raise RuntimeError("roxxel sender thread failed") from error
+            raise RuntimeError("roxxel sender thread failed") from self._error
 
     # -- the sender thread ------------------------------------------------------
 
@@ -338,14 +344,16 @@ class Sender:
             return
         if not isinstance(frame, codec.Ack) or frame.sender_id != self._sender_id:
             return
-        if frame.seq > self._acked:
+        # Every in-flight seq up to the ack, including any numbered after an
+        # ack that ran ahead of us (a replay the collector had seen).
+        done = [seq for seq in self._in_flight if seq <= frame.seq]
+        if done or frame.seq > self._acked:
             with self._changed:
-                for seq in range(self._acked + 1, min(frame.seq, self._next_seq - 1) + 1):
-                    batch = self._in_flight.pop(seq, None)
-                    if batch is not None:
-                        self._bytes -= len(batch.body)
-                        self._flight_bytes -= len(batch.body)
-                self._acked = frame.seq
+                for seq in done:
+                    batch = self._in_flight.pop(seq)
+                    self._bytes -= len(batch.body)
+                    self._flight_bytes -= len(batch.body)
+                self._acked = max(self._acked, frame.seq)
                 self._changed.notify_all()
         self._last_progress = time.monotonic()
 

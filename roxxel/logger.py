@@ -12,6 +12,7 @@ are dropped in the call itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
 import os
@@ -323,10 +324,13 @@ class Logger:
         self.log_metrics_summary = self._after_close  # type: ignore[method-assign]
         try:
             if self._sender is not None:
-                self.flush()
+                with contextlib.suppress(RuntimeError):  # raised below, after saving
+                    self.flush()
                 unsent = self._sender.close(0)
                 if unsent.batches:
                     self._save_unsent(unsent)
+                if self._sender.failure is not None:
+                    raise RuntimeError("roxxel sender thread failed") from self._sender.failure
         finally:
             if self._embedded is not None:
                 code = self._embedded.stop(self._close_timeout)

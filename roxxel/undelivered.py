@@ -110,10 +110,14 @@ def replay(path: str, endpoint: str, timeout: float = 60.0) -> int:
     delivered = 0
     for unsent in read_unsent(path):
         transport = DealerTransport(endpoint, unsent.hello.sender_id)
-        sender = Sender(transport, unsent.hello, resume=unsent)
+        # Nothing of a file may be dropped: no bound but the file's own size.
+        held = sum(len(batch.body) for batch in unsent.batches) + 1
+        sender = Sender(transport, unsent.hello, resume=unsent, max_buffer_bytes=2 * held)
         # No bye: the collector must remember the sender, so that replaying
         # this file again is recognised as duplicates.
         left = sender.close(timeout, bye=False)
+        if sender.failure is not None:
+            raise RuntimeError(f"replaying {path} failed") from sender.failure
         if left.batches:
             raise TimeoutError(
                 f"the collector at {endpoint} did not acknowledge {left.records} record(s) "

@@ -22,7 +22,22 @@ NON_SCALAR = "__roxxel_non_scalar__"
 
 
 def to_wire(value: Any) -> Any:
-    """Convert a NumPy/JAX (or any array-like) scalar to a Python scalar."""
+    """Convert a NumPy/JAX (or any array-like) scalar to a Python scalar; never raises.
+
+    A value that cannot be read (a deleted or donated ``jax.Array``, an
+    ``item()`` that fails) becomes the non-scalar marker, with the error.
+    """
+    try:
+        return _to_wire(value)
+    except Exception as exc:
+        try:
+            what = describe(value)
+        except Exception:
+            what = "a value"
+        return {NON_SCALAR: f"{what} that could not be read ({type(exc).__name__}: {exc})"}
+
+
+def _to_wire(value: Any) -> Any:
     shape = getattr(value, "shape", None)
     item = getattr(value, "item", None)
     if shape is not None and item is not None:
@@ -31,8 +46,6 @@ def to_wire(value: Any) -> Any:
             size *= dim
         if size == 1:
             return _python_scalar(item())
-        return {NON_SCALAR: describe(value)}
-    if isinstance(value, (bytes, bytearray)):
         return {NON_SCALAR: describe(value)}
     return _as_float(value)
 

@@ -425,3 +425,47 @@ def test_drops_while_the_collector_never_returned_are_reported_through_replay(
     assert report.startswith(f"roxxel dropped 0 metrics row(s) and {dropped} log line(s)")
     assert len(lines) + dropped == 20_000 and len(set(lines)) == len(lines)
     assert lines[-1] == "line 19999"
+
+
+def test_replaying_a_file_of_many_batches_twice_writes_each_record_once(
+    tmp_path: Path, start_daemon
+) -> None:
+    from roxxel import codec
+    from roxxel.client import Unsent, UnsentBatch
+    from roxxel.undelivered import write_unsent
+
+    hello = codec.Hello(bytes(range(16)), "host", 0, 1, 1, "run", acked=0)
+    batches = [
+        UnsentBatch(seq, codec.encode_records([("l", 1.0, 20, f"batch {seq}")]), 0, 1)
+        for seq in range(1, 81)
+    ] + [
+        UnsentBatch(None, codec.encode_records([("l", 1.0, 20, f"pending {i}")]), 0, 1)
+        for i in range(40)
+    ]
+    path = tmp_path / "run_undelivered_rank0.jsonl"
+    write_unsent(str(path), Unsent(hello, batches))
+    daemon = start_daemon(tmp_path / "logs", "run")
+    for _ in range(2):
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "roxxel.cli",
+                "replay",
+                str(path),
+                "--aggregator",
+                daemon.endpoint,
+            ],
+            capture_output=True,
+            text=True,
+            env=python_env(),
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        path = Path(f"{path}.replayed")
+        path.rename(tmp_path / "again.jsonl")
+        path = tmp_path / "again.jsonl"
+    assert daemon.terminate() == 0
+    assert messages(daemon.file("system.log")) == [f"batch {s}" for s in range(1, 81)] + [
+        f"pending {i}" for i in range(40)
+    ]

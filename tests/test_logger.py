@@ -422,3 +422,24 @@ def test_all_ranks_rows_carry_a_rank_column(tmp_path: Path) -> None:
     with Logger(tmp_path, "option", metrics_from_all_ranks=True) as logger:
         logger.log_metrics_summary(1, {"loss": 1.0})
     assert read(logger.metrics_csv_path) == "step,rank,loss\n1,0,1.00000\n"
+
+
+class _Unreadable:
+    """Array-like whose value cannot be read, as a deleted or donated jax.Array."""
+
+    shape = ()
+
+    def item(self) -> float:
+        raise RuntimeError("Array has been deleted")
+
+
+def test_an_unreadable_value_is_reported_and_the_rest_still_arrives(tmp_path: Path) -> None:
+    with Logger(tmp_path, "unreadable") as logger:
+        logger.log_metrics_summary(1, {"loss": 0.5, "grad": _Unreadable()})
+        for step in range(2, 5):
+            logger.log_metrics_summary(step, {"loss": 0.25})
+    assert csv_rows(logger.metrics_csv_path) == [["step", "loss"]] + [
+        [str(s), "0.50000" if s == 1 else "0.25000"] for s in range(1, 5)
+    ]
+    (warning,) = [m for lvl, m in log_lines(logger.sys_log_path) if lvl == "WARNING"]
+    assert "'grad'" in warning and "could not be read" in warning and "deleted" in warning
