@@ -81,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"roxxel-aggregator: cannot serve {args.log_dir}: {exc}", file=sys.stderr)
         return 2
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: collector.stop())
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup and friends
+            signal.signal(signum, lambda *_: collector.stop())
     signal.signal(signal.SIGHUP, lambda *_: collector.reopen())
     if args.pidfile:
         with open(args.pidfile, "w") as pidfile:

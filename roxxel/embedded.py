@@ -93,6 +93,9 @@ class ProcessCollector:
                 env=env,
                 stdin=subprocess.DEVNULL,
                 pass_fds=(ready_write,),
+                # Its own session: a Ctrl-C or a signal to the training job's
+                # process group reaches the Logger, which then stops it in order.
+                start_new_session=True,
             )
         finally:
             os.close(ready_write)

@@ -11,19 +11,26 @@ was there before:
   ``handle_sigterm=True`` (the default);
 * ``sys.excepthook`` / ``threading.excepthook``: the CRITICAL line and the
   traceback of an uncaught exception, from any rank, then the previous hook;
-* ``atexit``: every Logger never closed is closed;
+* ``atexit``: every Logger never closed is closed (the registry holds them,
+  so one that went out of scope unclosed is drained too);
 * ``os.register_at_fork``: a forked child's Loggers get a new sender id and
-  fresh sockets, and the child's records are kept.
+  fresh sockets, and the child's records are kept; in a ``multiprocessing``
+  child (which ends with ``os._exit``, skipping ``atexit``) they are closed
+  by ``multiprocessing``'s own exit finalizers.
+
+A SIGTERM that arrives while a Logger is closing (a second SIGTERM, or one
+during ``close()``) waits for that close to finish before the process ends.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import sys
 import threading
-import weakref
+from collections.abc import Iterator
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +39,9 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-_loggers: weakref.WeakSet[Logger] = weakref.WeakSet()
+_loggers: set[Logger] = set()  # open Loggers; a closed one unregisters itself
+_closing = 0  # Logger.close() calls in progress
+_deferred_signal: int | None = None
 _lock = threading.Lock()
 _installed = False
 _previous_sigterm: Any = None
@@ -52,8 +61,26 @@ def register(logger: Logger, handle_sigterm: bool) -> None:
         _install_sigterm()
 
 
+def unregister(logger: Logger) -> None:
+    _loggers.discard(logger)
+
+
 def _live() -> list[Logger]:
     return list(_loggers)
+
+
+@contextlib.contextmanager
+def closing() -> Iterator[None]:
+    """Around a Logger's close(): a SIGTERM meanwhile is handled after it."""
+    global _closing, _deferred_signal
+    _closing += 1
+    try:
+        yield
+    finally:
+        _closing -= 1
+        if _closing == 0 and _deferred_signal is not None:
+            signum, _deferred_signal = _deferred_signal, None
+            _on_sigterm(signum, None)
 
 
 def _install_once() -> None:
@@ -83,6 +110,10 @@ def _close_all() -> None:
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    global _deferred_signal
+    if _closing:
+        _deferred_signal = signum  # handled when that close() returns
+        return
     for logger in _live():
         logger.log_signal(signum)
     _close_all()
@@ -113,5 +144,17 @@ def _threading_excepthook(args: threading.ExceptHookArgs) -> None:
 
 
 def _after_fork_in_child() -> None:
+    global _closing, _deferred_signal
+    _closing, _deferred_signal = 0, None
     for logger in _live():
         logger._after_fork()
+    multiprocessing = sys.modules.get("multiprocessing")
+    if multiprocessing is not None:
+        # Process._bootstrap clears the finalizers after fork, then runs these.
+        multiprocessing.util.register_after_fork(_loggers, _close_at_multiprocessing_exit)
+
+
+def _close_at_multiprocessing_exit(_: object) -> None:
+    import multiprocessing.util
+
+    multiprocessing.util.Finalize(None, _close_all, exitpriority=100)

@@ -289,6 +289,16 @@ class Logger:
         if self._closed or self._sender is None:
             return
         self._embedded = None  # the collector belongs to the parent
+        if self.endpoint is not None and self.endpoint.startswith("inproc://"):
+            # A thread collector lives in the parent's memory: unreachable from here.
+            print(
+                f"roxxel: a forked child (pid {os.getpid()}) cannot reach its parent's thread "
+                "collector; its warnings go to stderr",
+                file=sys.stderr,
+            )
+            self._sender = None
+            self._append_line = self._append_metrics = self._to_stderr
+            return
         self._start_sender()
 
     # -- lifecycle --------------------------------------------------------------
@@ -322,22 +332,25 @@ class Logger:
         self._closed = True
         self.log_message = self._after_close  # type: ignore[method-assign]
         self.log_metrics_summary = self._after_close  # type: ignore[method-assign]
-        try:
-            if self._sender is not None:
-                with contextlib.suppress(RuntimeError):  # raised below, after saving
-                    self.flush()
-                unsent = self._sender.close(0)
-                if unsent.batches:
-                    self._save_unsent(unsent)
-                if self._sender.failure is not None:
-                    raise RuntimeError("roxxel sender thread failed") from self._sender.failure
-        finally:
-            if self._embedded is not None:
-                code = self._embedded.stop(self._close_timeout)
-                if code not in (0, None):
-                    print(
-                        f"roxxel: the embedded collector exited with code {code}", file=sys.stderr
-                    )
+        with exits.closing():
+            try:
+                if self._sender is not None:
+                    with contextlib.suppress(RuntimeError):  # raised below, after saving
+                        self.flush()
+                    unsent = self._sender.close(0)
+                    if unsent.batches:
+                        self._save_unsent(unsent)
+                    if self._sender.failure is not None:
+                        raise RuntimeError("roxxel sender thread failed") from self._sender.failure
+            finally:
+                exits.unregister(self)
+                if self._embedded is not None:
+                    code = self._embedded.stop(self._close_timeout)
+                    if code not in (0, None):
+                        print(
+                            f"roxxel: the embedded collector exited with code {code}",
+                            file=sys.stderr,
+                        )
 
     def _save_unsent(self, unsent: Any) -> None:
         path = undelivered_path(self.log_dir, self.filename_prefix, self.rank)

@@ -469,3 +469,61 @@ def test_replaying_a_file_of_many_batches_twice_writes_each_record_once(
     assert messages(daemon.file("system.log")) == [f"batch {s}" for s in range(1, 81)] + [
         f"pending {i}" for i in range(40)
     ]
+
+
+def test_sigterm_during_close_waits_for_the_close_then_ends_the_process(tmp_path: Path) -> None:
+    port = free_port()
+    marker = tmp_path / "closing"
+    code = (
+        "from roxxel import Logger\n"
+        f"lg = Logger({str(tmp_path / 'c')!r}, 'run', aggregator='tcp://127.0.0.1:{port}',"
+        " close_timeout=3)\n"
+        "for i in range(1000): lg.log_message(f'line {i}')\n"
+        f"open({str(marker)!r}, 'w').close()\n"
+        "lg.close()\n"
+        "print('close returned', flush=True)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=python_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: marker.exists() or proc.poll() is not None, 60, "close() to start")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGTERM, err
+    assert "close returned" not in out
+    from roxxel.undelivered import read_unsent
+
+    (section,) = read_unsent(str(tmp_path / "c" / "run_undelivered_rank0.jsonl"))
+    assert section.records == 1000
+
+
+def test_multiprocessing_fork_children_deliver_their_records(tmp_path: Path) -> None:
+    result = run_python(
+        "import multiprocessing as mp\n"
+        "from roxxel import Logger\n"
+        f"lg = Logger({str(tmp_path)!r}, 'mp')\n"
+        "def work(n):\n"
+        "    for i in range(50): lg.log_message(f'child {n} line {i}')\n"
+        "if __name__ == '__main__':\n"
+        "    ctx = mp.get_context('fork')\n"
+        "    procs = [ctx.Process(target=work, args=(n,)) for n in range(3)]\n"
+        "    for p in procs: p.start()\n"
+        "    for p in procs: p.join()\n"
+        "    assert [p.exitcode for p in procs] == [0, 0, 0]\n"
+        "    lg.close()\n"
+    )
+    assert result.returncode == 0, result.stderr
+    got = messages(read(tmp_path / "mp_system.log"))
+    for n in range(3):
+        assert [m for m in got if m.startswith(f"child {n} ")] == [
+            f"child {n} line {i}" for i in range(50)
+        ]
