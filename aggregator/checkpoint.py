@@ -13,10 +13,18 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
-__all__ = ["Checkpoint", "checkpoint_path", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "checkpoint_path",
+    "load_checkpoint",
+    "save_checkpoint",
+    "replace_file",
+    "fsync_dir",
+]
 
 VERSION = 1
 
@@ -52,15 +60,19 @@ def load_checkpoint(path: str) -> Checkpoint | None:
 
 
 def save_checkpoint(path: str, checkpoint: Checkpoint) -> None:
-    directory = os.path.dirname(path) or "."
-    tmp = f"{path}.tmp"
     data = {"version": VERSION, "senders": checkpoint.senders, "marks": checkpoint.marks}
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, separators=(",", ":"))
+    replace_file(path, lambda f: json.dump(data, f, separators=(",", ":")))
+
+
+def replace_file(path: str, write: Callable[[IO[str]], None], tmp: str | None = None) -> None:
+    """Replace ``path`` whole: ``write`` into a temporary file, fsync, rename, fsync the dir."""
+    tmp = tmp or f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fsync_dir(directory)
+    fsync_dir(os.path.dirname(path))
 
 
 def fsync_dir(directory: str) -> None:

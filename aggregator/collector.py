@@ -530,6 +530,6 @@ class Collector:
 def _dropped_text(record: list) -> str:
     _, _, metrics, lines = record
     return (
-        f"roxxel dropped {metrics} metrics row(s) and {lines} log line(s) in this process: "
-        "its buffer was full while the collector did not acknowledge them"
+        f"roxxel dropped {metrics} metrics row(s) and {lines} log line(s): the client's buffer "
+        "was full while the collector did not acknowledge them"
     )

@@ -216,10 +216,15 @@ class Sender:
         batches += [UnsentBatch(None, b.body, b.metrics, b.lines) for b in pending]
         dropped = sum(self._unreported)
         if dropped:
-            report = (codec.RECORD_DROPPED, time.time(), *self._unreported)
-            batches.append(UnsentBatch(None, codec.encode_records([report]), 0, 0))
-        hello = dataclasses.replace(self._hello, acked=self._acked)
-        return Unsent(hello, batches, dropped)
+            batches.append(UnsentBatch(None, self._drop_report(), 0, 0))
+        return Unsent(self._hello_now(), batches, dropped)
+
+    def _hello_now(self) -> codec.Hello:
+        return dataclasses.replace(self._hello, acked=self._acked)
+
+    def _drop_report(self) -> bytes:
+        """A batch body reporting the records dropped and not yet reported."""
+        return codec.encode_records([(codec.RECORD_DROPPED, time.time(), *self._unreported)])
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -291,8 +296,7 @@ class Sender:
 
     def _send(self) -> None:
         if self._need_hello:
-            hello = dataclasses.replace(self._hello, acked=self._acked)
-            if not self._transport.send(codec.encode(hello)):
+            if not self._transport.send(codec.encode(self._hello_now())):
                 return  # not connected: nothing else may go before the hello
             self._need_hello = False
         # Then what must be (re)sent of the in-flight batches, in seq order.
@@ -306,8 +310,7 @@ class Sender:
             if any(self._unreported):
                 # Sent only now that the collector takes frames again: one
                 # report for everything dropped while it did not.
-                dropped = (codec.RECORD_DROPPED, time.time(), *self._unreported)
-                batch = _Batch(codec.encode_records([dropped]), 0, 0, next(self._order))
+                batch = _Batch(self._drop_report(), 0, 0, next(self._order))
                 if not self._send_new(batch, None):
                     return
                 self._unreported = [0, 0]

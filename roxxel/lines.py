@@ -14,17 +14,18 @@ import time
 
 __all__ = ["format_line"]
 
-_last_second: int | None = None
-_last_stamp = ""
+_last: tuple[int, str] = (-1, "")
 
 
 def _stamp(ts: float) -> str:
     # strftime costs more than the rest of the line: reuse it within a second.
-    global _last_second, _last_stamp
-    second = int(ts)
-    if second != _last_second:
-        _last_second, _last_stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-    return _last_stamp
+    # One tuple, replaced whole, so threads never see a second with another's text.
+    global _last
+    second, stamp = _last
+    if int(ts) != second:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+        _last = (int(ts), stamp)
+    return stamp
 
 
 def format_line(ts: float, level: int, text: str, tag: str = "") -> str:

@@ -112,8 +112,10 @@ class Logger:
             )
         if collector not in ("process", "thread"):
             raise ValueError(f"collector must be 'process' or 'thread', not {collector!r}")
-        if close_timeout < 0 or flush_interval <= 0 or max_buffer_bytes <= 0:
-            raise ValueError("close_timeout must be >= 0, flush_interval and max_buffer_bytes > 0")
+        if close_timeout < 0 or flush_interval < 0.001 or max_buffer_bytes <= 0:
+            raise ValueError(
+                "close_timeout must be >= 0, flush_interval >= 0.001 s, max_buffer_bytes > 0"
+            )
         self.log_dir = os.fspath(log_dir)
         self.filename_prefix = filename_prefix
         self.logger_name = logger_name
@@ -362,7 +364,8 @@ class Logger:
         )
         print(
             f"roxxel: {unsent.records} record(s) were not acknowledged by the collector at "
-            f"{self.endpoint} within {self._close_timeout} s{dropped}; they are in {path} "
+            f"{self.endpoint} when close() gave up (close_timeout={self._close_timeout} s)"
+            f"{dropped}; they are in {path} "
             f"(deliver them with: roxxel replay {path} --aggregator ENDPOINT)",
             file=sys.stderr,
         )

@@ -34,6 +34,10 @@ class DealerTransport:
         # Queue only to a connected collector: what ZeroMQ would hold for an
         # absent one is the sender's to keep (and count against its bound).
         self._socket.setsockopt(zmq.IMMEDIATE, 1)
+        # A collector host that vanished without closing the connection is
+        # noticed in seconds, not when TCP gives up, and we reconnect and resend.
+        self._socket.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+        self._socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
         self._socket.setsockopt(zmq.RECONNECT_IVL, 100)
         self._socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
 
 from . import codec
 from .client import Sender, Unsent, UnsentBatch
@@ -64,12 +65,19 @@ def write_unsent(path: str, unsent: Unsent) -> None:
 
 
 def read_unsent(path: str) -> list[Unsent]:
-    """The sections of an undelivered file. Raises ``ValueError`` naming the line."""
+    """The sections of an undelivered file. Raises ``ValueError`` naming the line.
+
+    A last line without its newline (the writer was killed mid-write) is
+    ignored, with a note on stderr: it was never fsynced, so never promised.
+    """
     sections: list[Unsent] = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            if not line.endswith("\n"):
+                print(f"roxxel: ignoring the torn last line {number} of {path}", file=sys.stderr)
+                break
             try:
                 item = json.loads(line)
                 if _HEADER_KEY in item:

@@ -527,3 +527,22 @@ def test_multiprocessing_fork_children_deliver_their_records(tmp_path: Path) -> 
         assert [m for m in got if m.startswith(f"child {n} ")] == [
             f"child {n} line {i}" for i in range(50)
         ]
+
+
+def test_a_torn_last_line_of_an_undelivered_file_is_ignored(tmp_path: Path) -> None:
+    from roxxel import codec
+    from roxxel.client import Unsent, UnsentBatch
+    from roxxel.undelivered import read_unsent, write_unsent
+
+    hello = codec.Hello(bytes(16), "host", 0, 1, 1, "run")
+    body = codec.encode_records([("l", 1.0, 20, "kept")])
+    path = tmp_path / "u.jsonl"
+    write_unsent(str(path), Unsent(hello, [UnsentBatch(1, body, 0, 1)]))
+    with open(path, "a") as f:
+        f.write('{"seq": 2, "metrics": 0, "lin')
+    (section,) = read_unsent(str(path))
+    assert section.batches == [UnsentBatch(1, body, 0, 1)]
+    with open(path, "a") as f:
+        f.write('\n{"not": "a batch"}\n')
+    with pytest.raises(ValueError, match=r"u\.jsonl:3"):
+        read_unsent(str(path))

@@ -443,3 +443,15 @@ def test_an_unreadable_value_is_reported_and_the_rest_still_arrives(tmp_path: Pa
     ]
     (warning,) = [m for lvl, m in log_lines(logger.sys_log_path) if lvl == "WARNING"]
     assert "'grad'" in warning and "could not be read" in warning and "deleted" in warning
+
+
+def test_carriage_returns_in_text_cannot_tear_a_csv_row(tmp_path: Path) -> None:
+    with Logger(tmp_path, "cr") as logger:
+        logger.log_metrics_summary(1, {"note": "a\rb\r\nc"})
+        assert logger.flush(30)
+        logger.log_metrics_summary(2, {"note": "d", "later": 1.0})  # widens: rows read back
+    assert csv_rows(logger.metrics_csv_path) == [
+        ["step", "note", "later"],
+        ["1", "a\nb\nc", ""],
+        ["2", "d", "1.00000"],
+    ]

@@ -5,7 +5,8 @@
   significant digits (``1e-06``, ``0.000297``) so it keeps them;
   NaN and infinities are ``nan``, ``inf``, ``-inf``; integers are exact;
   ``None`` and a key missing from a row are an empty cell.
-* Cells are quoted by the ``csv`` module (commas, quotes, newlines).
+* Cells are quoted by the ``csv`` module (commas, quotes, newlines); a
+  carriage return in text is stored as a newline.
 * A key first seen mid-run widens the header: the file is rewritten once, to
   a temporary dot-file that replaces it atomically, older rows getting empty
   cells. A file that already holds a run is appended to, keeping its header.
@@ -26,14 +27,19 @@ import os
 from collections.abc import Sequence
 from typing import IO, Any
 
-from roxxel.codec import METRICS_KINDS, RECORD_RANKED_METRICS
+from roxxel.codec import MAX_STR_LEN, METRICS_KINDS, RECORD_RANKED_METRICS
 
-from ..checkpoint import fsync_dir
+from ..checkpoint import replace_file
 from .base import FileSink, Origin, truncate_to
 
 __all__ = ["MetricsCsvSink", "format_value", "RANK_COLUMN"]
 
 RANK_COLUMN = "rank"
+
+
+# Rows are read back when the header widens or the file is rewound; a text
+# value may be as long as a record allows.
+csv.field_size_limit(max(csv.field_size_limit(), 4 * MAX_STR_LEN))
 
 
 def format_value(value: object) -> str:
@@ -44,7 +50,12 @@ def format_value(value: object) -> str:
         return f"{value:.6g}"
     if value is None:
         return ""
-    return str(value)
+    text = str(value)
+    if "\r" in text:
+        # The writer quotes "\n" (its line terminator) but not a lone "\r",
+        # which a reader takes for a line end: store line ends as "\n".
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
 
 
 class MetricsCsvSink(FileSink):
@@ -103,19 +114,19 @@ class MetricsCsvSink(FileSink):
     def _rewrite(self, rows: list[list[str]]) -> None:
         """Replace the file atomically with the current header and ``rows`` padded to it."""
         directory, name = os.path.split(self.path)
-        tmp = os.path.join(directory, f".{name}.widen.tmp")
         width = len(self.keys) + 1
-        with open(tmp, "w", encoding="utf-8", newline="") as new:
+
+        def write(new: IO[str]) -> None:
             writer = csv.writer(new, lineterminator="\n")
             writer.writerow(["step", *self.keys])
             writer.writerows(row + [""] * (width - len(row)) for row in rows)
-            new.flush()
-            os.fsync(new.fileno())
+
         self._file.close()
-        os.replace(tmp, self.path)
-        fsync_dir(directory)
-        self._file = self._open()
-        self._writer = csv.writer(self._file, lineterminator="\n")
+        try:
+            replace_file(self.path, write, os.path.join(directory, f".{name}.widen.tmp"))
+        finally:
+            self._file = self._open()
+            self._writer = csv.writer(self._file, lineterminator="\n")
 
     def _open(self) -> IO[str]:
         return open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115
