@@ -100,7 +100,8 @@ class MetricsCsvSink(FileSink):
         self._writer.writerows(out)
 
     def _widen(self, new_keys: list[str]) -> None:
-        first = not self.keys and self._file.tell() == 0
+        self._file.flush()
+        first = not self.keys and os.fstat(self._file.fileno()).st_size == 0
         self.keys = self.keys + new_keys
         if first:
             self._writer.writerow(["step", *self.keys])
