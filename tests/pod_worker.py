@@ -6,7 +6,8 @@ Every rank logs an INFO line, a WARNING and a metrics row; rank 2 (if there
 is one) crashes inside ``with`` and catches the exception outside it, so
 every process exits 0. ``--logger-first`` creates the Logger before
 ``jax.distributed.initialize()`` (the rank then comes from SLURM_PROCID).
-``--all-ranks`` adds a row from every rank with ``all_ranks=True``.
+``--all-ranks`` adds a row from every rank with ``all_ranks=True``;
+``--coordinator HOST`` puts JAX's coordinator on HOST instead of 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from roxxel import Logger
 def main() -> None:
     port, process_id, count, log_dir = sys.argv[1:5]
     logger_first = "--logger-first" in sys.argv
+    host = sys.argv[sys.argv.index("--coordinator") + 1] if "--coordinator" in sys.argv else None
     init = dict(
-        coordinator_address=f"127.0.0.1:{port}",
+        coordinator_address=f"{host or '127.0.0.1'}:{port}",
         num_processes=int(count),
         process_id=int(process_id),
     )
