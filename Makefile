@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: $(VENV)/.installed
 	$(PY) examples/quickstart.py
+	$(PY) examples/multihost_local.py
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
