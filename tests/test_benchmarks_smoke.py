@@ -92,3 +92,10 @@ def test_dead_close_with_a_small_buffer(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "close() with close_timeout=0:" in proc.stdout, proc.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pod_throughput_counts_every_rank_record(tmp_path):
+    proc = _run(["benchmarks.pod_throughput", "--records", "2000"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "8,000 of 8,000 written" in proc.stdout, proc.stdout
+    assert list(tmp_path.iterdir()) == []
