@@ -62,6 +62,16 @@ def csv_steps(path: Path) -> list[int]:
     return [int(r[0]) for r in rows[1:]]
 
 
+def roxxel_replay(path: Path, endpoint: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "roxxel.cli", "replay", str(path), "--aggregator", endpoint],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=120,
+    )
+
+
 def start_clients(endpoint: str, n: int, ranks: int, workdir: Path) -> list[subprocess.Popen]:
     return [
         subprocess.Popen(
@@ -230,25 +240,12 @@ def test_unreachable_collector_at_close_writes_a_file_replayed_exactly_once(
     assert path.exists()
     daemon = start_daemon(tmp_path / "logs", "run", f"tcp://127.0.0.1:{port}")
     try:
-        replay = [sys.executable, "-m", "roxxel.cli", "replay"]
-        first = subprocess.run(
-            [*replay, str(path), "--aggregator", daemon.endpoint],
-            capture_output=True,
-            text=True,
-            env=python_env(),
-            timeout=120,
-        )
+        first = roxxel_replay(path, daemon.endpoint)
         assert first.returncode == 0, first.stderr
         assert "delivered 1000 record(s)" in first.stdout
         done = Path(f"{path}.replayed")
         assert done.exists() and not path.exists()
-        again = subprocess.run(
-            [*replay, str(done), "--aggregator", daemon.endpoint],
-            capture_output=True,
-            text=True,
-            env=python_env(),
-            timeout=120,
-        )
+        again = roxxel_replay(done, daemon.endpoint)
         assert again.returncode == 0, again.stderr
         assert daemon.terminate() == 0
     finally:
@@ -400,21 +397,7 @@ def test_drops_while_the_collector_never_returned_are_reported_through_replay(
     path = client_dir / "run_undelivered_rank0.jsonl"
     daemon = start_daemon(tmp_path / "logs", "run")
     try:
-        replay = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "roxxel.cli",
-                "replay",
-                str(path),
-                "--aggregator",
-                daemon.endpoint,
-            ],
-            capture_output=True,
-            text=True,
-            env=python_env(),
-            timeout=120,
-        )
+        replay = roxxel_replay(path, daemon.endpoint)
         assert replay.returncode == 0, replay.stderr
         assert daemon.terminate() == 0
     finally:
@@ -446,21 +429,7 @@ def test_replaying_a_file_of_many_batches_twice_writes_each_record_once(
     write_unsent(str(path), Unsent(hello, batches))
     daemon = start_daemon(tmp_path / "logs", "run")
     for _ in range(2):
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "roxxel.cli",
-                "replay",
-                str(path),
-                "--aggregator",
-                daemon.endpoint,
-            ],
-            capture_output=True,
-            text=True,
-            env=python_env(),
-            timeout=120,
-        )
+        result = roxxel_replay(path, daemon.endpoint)
         assert result.returncode == 0, result.stderr
         path = Path(f"{path}.replayed")
         path.rename(tmp_path / "again.jsonl")
