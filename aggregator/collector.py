@@ -130,6 +130,7 @@ class Collector:
         self._lock: RunLock | None = None
         self._reopen = False
         self._open: set[bytes] = set()  # said hello, not bye
+        self._byes: list[tuple[bytes, codec.Bye]] = []
         self._ranks_seen: set[int] = set()
         self._process_count = 0
         if checkpoint is not None:
@@ -317,6 +318,10 @@ class Collector:
             if state is not None:
                 reply = codec.encode(codec.Ack(sender_id, state.durable))
                 self._socket.send_multipart([peer, reply], zmq.NOBLOCK)
+        for peer, bye in self._byes:  # heard: the client may end now
+            reply = codec.encode(codec.Ack(bye.sender_id, bye.seq))
+            self._socket.send_multipart([peer, reply], zmq.NOBLOCK)
+        self._byes.clear()
         return handled
 
     # -- commit and roll back ------------------------------------------------------
@@ -407,6 +412,7 @@ class Collector:
             self._open.discard(frame.sender_id)
             if self.senders.pop(frame.sender_id, None) is not None:
                 self._dirty = True
+            self._byes.append((peer, frame))
         else:
             self._bad(peer, f"unexpected {type(frame).__name__} frame")
 

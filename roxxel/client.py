@@ -25,6 +25,7 @@ re-raised by :meth:`Sender.flush` and :meth:`Sender.close`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import sys
@@ -47,7 +48,7 @@ class Transport(Protocol):
 
     def receive(self, timeout: float) -> list[bytes]: ...
 
-    def close(self, linger: float = 0.0) -> None: ...
+    def close(self) -> None: ...
 
 
 @dataclasses.dataclass(slots=True)
@@ -191,13 +192,27 @@ class Sender:
                 self._stopping = True
             self._thread.join()
         # Checked after the join: nothing can be cut or sent after this bye.
-        said_bye = (
-            bye
-            and self._idle()
-            and self._transport.send(codec.encode(codec.Bye(self._sender_id, self._next_seq - 1)))
-        )
-        self._transport.close(linger=0.5 if said_bye else 0.0)
+        if bye and self._idle():
+            self._say_bye()
+        self._transport.close()
         return self._unsent()
+
+    def _say_bye(self, timeout: float = 0.5) -> None:
+        """Tell the collector to forget us; wait (briefly) until it has heard it.
+
+        Without the wait a process that ends right after close() (a SIGTERM
+        handler re-raising the signal) may take the bye with it, and a
+        collector draining its senders would wait for it in vain.
+        """
+        if not self._transport.send(codec.encode(codec.Bye(self._sender_id, self._next_seq - 1))):
+            return
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            for data in self._transport.receive(left):
+                with contextlib.suppress(codec.CodecError):
+                    reply = codec.decode(data)
+                    if isinstance(reply, codec.Ack) and reply.seq >= self._next_seq - 1:
+                        return
 
     @property
     def failure(self) -> BaseException | None:

@@ -139,6 +139,6 @@ class DiscoveringTransport:
             return
         self._inner = DealerTransport(endpoint, self._sender_id)
 
-    def close(self, linger: float = 0.0) -> None:
+    def close(self) -> None:
         if self._inner is not None:
-            self._inner.close(linger)
+            self._inner.close()

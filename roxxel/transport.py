@@ -74,8 +74,7 @@ class DealerTransport:
             except zmq.Again:
                 return frames
 
-    def close(self, linger: float = 0.0) -> None:
-        """Close; ``linger`` seconds let a last frame (a bye) leave. Data never relies on it."""
+    def close(self) -> None:
         self._socket.disable_monitor()
         self._monitor.close(linger=0)
-        self._socket.close(linger=int(linger * 1000))
+        self._socket.close(linger=0)

@@ -257,3 +257,32 @@ def test_pidfile_sighup_reopen_and_stats(tmp_path: Path, start_daemon) -> None:
     assert "records/s" in stats and "senders" in stats and "dropped by clients" in stats
     assert d.terminate() == 0
     assert not pidfile.exists()
+
+
+def test_clients_ended_by_sigterm_say_goodbye_before_they_go(tmp_path: Path, start_daemon) -> None:
+    d = start_daemon(tmp_path / "logs", "bye", extra=("--stats-interval", "0.1"))
+    code = (
+        "import os, signal\n"
+        "from roxxel import Logger\n"
+        f"lg = Logger({str(tmp_path / 'c')!r}, 'bye', aggregator={d.endpoint!r})\n"
+        "lg.log_message('about to be preempted')\n"
+        "assert lg.flush(30)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=python_env(SLURM_PROCID=str(r), SLURM_NTASKS="4")
+        )
+        for r in range(4)
+    ]
+    try:
+        assert [p.wait(120) for p in procs] == [-signal.SIGTERM] * 4
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    offset = len(d.stdout)
+    # Every sender said bye and was heard: the next stats lines count none open.
+    wait_for(lambda: " 0 senders" in d.stdout[offset:], 60, "a stats line with 0 senders")
+    assert d.file("system.log").count("received SIGTERM") == 4
