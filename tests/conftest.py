@@ -66,6 +66,22 @@ def run_python(code: str, timeout: float = 120.0, **env: str) -> subprocess.Comp
 _daemons = itertools.count()
 
 
+def daemon_argv(log_dir: str | os.PathLike, prefix: str, bind: str, *extra: str) -> list[str]:
+    """The command line of a roxxel-aggregator daemon."""
+    return [
+        sys.executable,
+        "-m",
+        "aggregator",
+        "--bind",
+        bind,
+        "--log-dir",
+        str(log_dir),
+        "--prefix",
+        prefix,
+        *extra,
+    ]
+
+
 class Daemon:
     """A real ``roxxel-aggregator`` process started by pytest-xprocess, ended by PID."""
 
@@ -79,18 +95,7 @@ class Daemon:
     ):
         self.log_dir = log_dir
         self.prefix = prefix
-        argv = [
-            sys.executable,
-            "-m",
-            "aggregator",
-            "--bind",
-            bind,
-            "--log-dir",
-            str(log_dir),
-            "--prefix",
-            prefix,
-            *extra,
-        ]
+        argv = daemon_argv(log_dir, prefix, bind, *extra)
 
         class Starter(ProcessStarter):
             pattern = r"roxxel-aggregator ready on "

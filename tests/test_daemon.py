@@ -12,7 +12,7 @@ import zmq
 
 from roxxel import codec
 
-from .conftest import Daemon, free_port, python_env, read, run_python, wait_for
+from .conftest import Daemon, daemon_argv, free_port, python_env, read, run_python, wait_for
 
 CLIENT = """
 import logging, os, sys
@@ -49,17 +49,7 @@ def test_unusable_log_dir_fails_with_a_clear_message(tmp_path: Path) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "aggregator",
-            "--bind",
-            "tcp://127.0.0.1:0",
-            "--log-dir",
-            str(not_a_dir),
-            "--prefix",
-            "run",
-        ],
+        daemon_argv(not_a_dir, "run", "tcp://127.0.0.1:0"),
         capture_output=True,
         text=True,
         env=python_env(),
@@ -204,17 +194,7 @@ def test_roxxel_check_reports_a_live_collector_and_a_missing_one(daemon: Daemon)
 
 def test_a_second_daemon_on_the_same_run_is_refused(daemon: Daemon) -> None:
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "aggregator",
-            "--bind",
-            "tcp://127.0.0.1:0",
-            "--log-dir",
-            str(daemon.log_dir),
-            "--prefix",
-            daemon.prefix,
-        ],
+        daemon_argv(daemon.log_dir, daemon.prefix, "tcp://127.0.0.1:0"),
         capture_output=True,
         text=True,
         env=python_env(),
