@@ -42,6 +42,17 @@ RANK_COLUMN = "rank"
 csv.field_size_limit(max(csv.field_size_limit(), 4 * MAX_STR_LEN))
 
 
+def _all_plain_floats(values: list) -> bool:
+    """All floats that ``.5f`` writes as :func:`format_value` would (no small, huge or inf)."""
+    if not values or set(map(type, values)) != _FLOAT:
+        return False
+    magnitudes = list(map(abs, values))
+    return min(magnitudes) >= 1e-3 and max(magnitudes) < 1e16
+
+
+_FLOAT = {float}
+
+
 def format_value(value: object) -> str:
     if type(value) is float:
         magnitude = abs(value)
@@ -63,7 +74,13 @@ class MetricsCsvSink(FileSink):
         self.path = path
         self.keys: list[str] = self._read_header()
         self._file = self._open()
+        self._headed = os.fstat(self._file.fileno()).st_size > 0
         self._writer = csv.writer(self._file, lineterminator="\n")
+        # Rows of plain floats (the common case) are one %-format call each;
+        # any other row goes through the csv module, into this buffer.
+        self._formats: dict[tuple[int, int], tuple[str, str]] = {}
+        self._slow_buffer = io.StringIO()
+        self._slow = csv.writer(self._slow_buffer, lineterminator="\n")
 
     def _read_header(self) -> list[str]:
         try:
@@ -87,24 +104,52 @@ class MetricsCsvSink(FileSink):
                 if key not in known:
                     known.add(key)
                     new_keys.append(key)
-        if new_keys:
+        if new_keys or not self._headed:
             self._widen(new_keys)
         keys = self.keys
-        rank_at = keys.index(RANK_COLUMN) + 1 if RANK_COLUMN in known else 0
+        rank_at = keys.index(RANK_COLUMN) if RANK_COLUMN in known else -1
+        values_of = [k for k in keys if k != RANK_COLUMN]
+        plain, ranked = self._row_formats(len(keys), rank_at)
+        slow = self._slow
         out = []
         for kind, _, step, metrics in rows:
-            row = [step, *[format_value(metrics.get(k)) for k in keys]]
-            if rank_at and kind == RECORD_RANKED_METRICS:
-                row[rank_at] = origin.rank
-            out.append(row)
-        self._writer.writerows(out)
+            values = [metrics.get(k) for k in values_of]
+            is_ranked = rank_at >= 0 and kind == RECORD_RANKED_METRICS
+            if _all_plain_floats(values):
+                if is_ranked:
+                    values.insert(rank_at, origin.rank)
+                    out.append(f"{step},{ranked % tuple(values)}\n")
+                else:
+                    out.append(f"{step},{plain % tuple(values)}\n")
+                continue
+            row = [step, *[format_value(v) for v in values]]
+            if rank_at >= 0:
+                row.insert(rank_at + 1, origin.rank if is_ranked else "")
+            slow.writerow(row)
+            out.append(self._slow_buffer.getvalue())
+            self._slow_buffer.seek(0)
+            self._slow_buffer.truncate()
+        self._file.write("".join(out))
+
+    def _row_formats(self, width: int, rank_at: int) -> tuple[str, str]:
+        """%-formats of a row of ``.5f`` floats: without and with the rank's ``%d``."""
+        formats = self._formats.get((width, rank_at))
+        if formats is None:
+            cells = ["%.5f"] * width
+            if rank_at >= 0:
+                cells[rank_at] = ""
+            plain = ",".join(cells)
+            if rank_at >= 0:
+                cells[rank_at] = "%d"
+            formats = self._formats[(width, rank_at)] = (plain, ",".join(cells))
+        return formats
 
     def _widen(self, new_keys: list[str]) -> None:
-        self._file.flush()
-        first = not self.keys and os.fstat(self._file.fileno()).st_size == 0
+        first = not self._headed
         self.keys = self.keys + new_keys
         if first:
             self._writer.writerow(["step", *self.keys])
+            self._headed = True
             return
         self._file.flush()
         with open(self.path, encoding="utf-8", newline="") as old:
@@ -135,6 +180,7 @@ class MetricsCsvSink(FileSink):
     def reopen(self) -> None:
         super().reopen()
         self.keys = self._read_header()
+        self._headed = os.fstat(self._file.fileno()).st_size > 0
         self._writer = csv.writer(self._file, lineterminator="\n")
 
     def mark(self) -> Any:
@@ -146,6 +192,7 @@ class MetricsCsvSink(FileSink):
         if keys == self.keys or size == 0:
             truncate_to(self.path, self._file.fileno(), size)
             self.keys = keys if size else []
+            self._headed = size > 0
             return
         if self.keys[: len(keys)] != keys:
             raise OSError(f"{self.path}: header {self.keys} does not extend {keys}")

@@ -25,6 +25,18 @@ __all__ = ["MetricsJsonlSink", "json_scalar"]
 _NON_FINITE = {math.inf: '"inf"', -math.inf: '"-inf"'}
 
 
+_LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def json_string(text: str) -> str:
+    """A JSON string; also escapes the characters some readers take for line breaks."""
+    encoded = encode_basestring(text)
+    if "\x85" in encoded or "\u2028" in encoded or "\u2029" in encoded:
+        for char, escape in _LINE_BREAKS.items():
+            encoded = encoded.replace(char, escape)
+    return encoded
+
+
 def json_scalar(value: object) -> str:
     """The JSON text of a str, int, float, bool or None."""
     kind = type(value)
@@ -33,7 +45,7 @@ def json_scalar(value: object) -> str:
             return float.__repr__(value)
         return _NON_FINITE.get(value, '"nan"')
     if kind is str:
-        return encode_basestring(value)
+        return json_string(value)
     if kind is bool:
         return "true" if value else "false"
     if value is None:
@@ -46,22 +58,41 @@ class MetricsJsonlSink(FileSink):
         self.path = path
         self._file = self._open()
         self._keys: dict[str, str] = {}
+        self._formats: dict[tuple, str] = {}
 
     def _key(self, key: str) -> str:
         encoded = self._keys.get(key)
         if encoded is None:
-            encoded = self._keys[key] = encode_basestring(key) + ": "
+            encoded = self._keys[key] = json_string(key) + ": "
         return encoded
+
+    def _format(self, keys: tuple) -> str:
+        """A %-format for a metrics map of these keys whose values are all finite floats."""
+        fmt = self._formats.get(keys)
+        if fmt is None:
+            if len(self._formats) > 10_000:
+                self._formats.clear()
+            fmt = self._formats[keys] = ", ".join(
+                self._key(k).replace("%", "%%") + "%r" for k in keys
+            )
+        return fmt
 
     def write(self, origin: Origin, records: Sequence[list]) -> None:
         key = self._key
-        head = f', "rank": {origin.rank}, "host": {encode_basestring(origin.host)}, "metrics": {{'
-        lines = [
-            f'{{"ts": {float.__repr__(float(ts))}, "step": {step}{head}'
-            + ", ".join([key(k) + json_scalar(v) for k, v in metrics.items()])
-            + "}}\n"
-            for kind, ts, step, metrics in records
-            if kind in METRICS_KINDS
-        ]
+        head = f', "rank": {origin.rank}, "host": {json_string(origin.host)}, "metrics": {{'
+        lines = []
+        for kind, ts, step, metrics in records:
+            if kind not in METRICS_KINDS:
+                continue
+            values = tuple(metrics.values())
+            # sum() is finite only if every value is: NaN and inf need the slow path.
+            if values and set(map(type, values)) == _FLOAT and (total := sum(values)) - total == 0:
+                body = self._format(tuple(metrics)) % values
+            else:
+                body = ", ".join([key(k) + json_scalar(v) for k, v in metrics.items()])
+            lines.append(f'{{"ts": {float.__repr__(float(ts))}, "step": {step}{head}{body}}}}}\n')
         if lines:
             self._file.write("".join(lines))
+
+
+_FLOAT = {float}

@@ -1,0 +1,83 @@
+"""The sinks' fast paths (rows of plain floats) write exactly what the general path writes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aggregator.sinks import MetricsCsvSink, MetricsJsonlSink, Origin
+from aggregator.sinks.metrics_csv import format_value
+from aggregator.sinks.metrics_jsonl import json_scalar, json_string
+
+ORIGIN = Origin(3, "host-a", 1)
+KEYS = ["loss", "lr", "acc", "100%"]
+VALUE = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(min_value=1e-3, max_value=1e6),
+    st.sampled_from([0.0, -0.0, 1e-6, 2.5e-4, 1e16, -1e-3, 0.001]),
+    st.integers(-5, 5),
+    st.none(),
+    st.text(max_size=5),
+)
+ROWS = st.lists(
+    st.tuples(st.sampled_from(["m", "r"]), st.dictionaries(st.sampled_from(KEYS), VALUE)),
+    min_size=1,
+    max_size=20,
+)
+
+
+def general_csv(keys: list[str], rows: list[tuple[str, dict]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    for step, (kind, metrics) in enumerate(rows):
+        writer.writerow(
+            [
+                step,
+                *[
+                    ORIGIN.rank if k == "rank" and kind == "r" else format_value(metrics.get(k))
+                    for k in keys
+                ],
+            ]
+        )
+    return out.getvalue()
+
+
+@settings(max_examples=150, deadline=None)
+@given(ROWS)
+def test_csv_rows_are_what_the_csv_module_writes(tmp_path_factory, rows) -> None:
+    path = Path(tmp_path_factory.mktemp("csv")) / "m.csv"
+    sink = MetricsCsvSink(str(path))
+    sink.write(ORIGIN, [[kind, 1.0, step, dict(m)] for step, (kind, m) in enumerate(rows)])
+    sink.close()
+    text = path.read_text(encoding="utf-8")
+    header, _, body = text.partition("\n")
+    keys = header.split(",")[1:]
+    assert body == general_csv(keys, rows)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ROWS)
+def test_jsonl_lines_are_what_the_general_path_writes(tmp_path_factory, rows) -> None:
+    path = Path(tmp_path_factory.mktemp("jsonl")) / "m.jsonl"
+    sink = MetricsJsonlSink(str(path))
+    sink.write(ORIGIN, [[kind, 1.5, step, dict(m)] for step, (kind, m) in enumerate(rows)])
+    sink.close()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == len(rows)
+    for step, (line, (_, metrics)) in enumerate(zip(lines, rows, strict=True)):
+        body = ", ".join(json_string(k) + ": " + json_scalar(v) for k, v in metrics.items())
+        assert line == (
+            f'{{"ts": 1.5, "step": {step}, "rank": 3, "host": "host-a", "metrics": {{{body}}}}}'
+        )
+        parsed = json.loads(line)["metrics"]
+        for k, v in metrics.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                assert parsed[k] in ("nan", "inf", "-inf")
+            else:
+                assert parsed[k] == v
