@@ -44,6 +44,8 @@ def hosts() -> Iterator[Hosts]:
     tag = f"{os.getpid() % 10000}"
     a, b = f"rxa{tag}", f"rxb{tag}"
     subnet = f"10.200.{os.getpid() % 250}"
+    for stale in (a, b):  # left by an earlier run with our pid, killed before its teardown
+        _ip("netns", "del", stale)
     made = _ip("netns", "add", a)
     if made.returncode != 0:
         pytest.skip(f"cannot create a network namespace here: {made.stderr.strip()}")
