@@ -99,3 +99,39 @@ def test_pod_throughput_counts_every_rank_record(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "8,000 of 8,000 written" in proc.stdout, proc.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_collector_throughput_quick(tmp_path):
+    proc = _run(["benchmarks.collector_throughput", "--quick", "--records", "2000"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for row in ("log_metrics_summary records/s", "log_message records/s"):
+        assert any(ln.startswith(row) for ln in proc.stdout.splitlines()), proc.stdout
+    assert "16,000 of 16,000 records in the files" in proc.stdout, proc.stdout
+    assert "!!" not in proc.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_close_pending_quick(tmp_path):
+    proc = _run(["benchmarks.close_pending", "--quick"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "log_metrics_summary close()" in proc.stdout, proc.stdout
+    assert "log_message close()" in proc.stdout, proc.stdout
+    assert "20,000 of 20,000 records in the files afterwards" in proc.stdout, proc.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_memory_quick(tmp_path):
+    proc = _run(["benchmarks.memory", "--quick"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "dead, 64 MiB, 200,000 metrics" in proc.stdout, proc.stdout
+    assert "alive, 256 MiB, 200,000 lines" in proc.stdout, proc.stdout
+    assert "!!" not in proc.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_step_quick(tmp_path):
+    proc = _run(["benchmarks.train_step", "--quick", "--steps", "50"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "mean step time" in proc.stdout, proc.stdout
+    assert "150 of 150 rows in the CSV" in proc.stdout, proc.stdout
+    assert list(tmp_path.iterdir()) == []
