@@ -9,7 +9,9 @@ lock-free under the GIL). One sender thread, the only user of the socket:
    batch bodies of one kind each -- *pending* batches, not yet numbered;
 2. *bounds*: while pending and in-flight batches hold more than
    ``max_buffer_bytes``, it drops the oldest pending metrics batch (then the
-   oldest pending log batch) and counts the records; once the collector takes
+   oldest pending log batch) and counts the records; a deque that outgrows
+   its cap (a caller faster than encoding) loses its oldest records, counted
+   too, so memory stays bounded by the buffer, not by the records logged; once the collector takes
    frames again, a ``["d", ts, metrics, lines]`` batch reports them, and the
    collector writes it as one WARNING;
 3. *sends*: a pending batch gets its seq when it is first sent (so dropping
@@ -38,6 +40,9 @@ from . import codec
 from .values import to_wire
 
 __all__ = ["Transport", "Sender", "Unsent", "UnsentBatch"]
+
+
+_RECORD_OBJECT_BYTES = 700
 
 
 class Transport(Protocol):
@@ -108,6 +113,9 @@ class Sender:
         self._flush_interval = flush_interval
         self._resend_after = resend_after
         self._max_bytes = max_buffer_bytes
+        # Records waiting in a deque take ~10x their encoded size in Python
+        # objects: cap them at about half the buffer's worth.
+        self._deque_cap = max(10_000, max_buffer_bytes // _RECORD_OBJECT_BYTES)
         self._max_batch = max_batch
         self._window = window
         self._order = itertools.count()
@@ -269,6 +277,14 @@ class Sender:
             self._cut_kind(self.lines, self._pending_lines, is_metrics=False)
 
     def _cut_kind(self, source: deque, pending: deque[_Batch], is_metrics: bool) -> None:
+        # A caller faster than encoding would grow the deque without bound:
+        # past its cap the oldest records go uncoded (a popleft each), counted.
+        excess = len(source) - self._deque_cap
+        if excess > 0:
+            for _ in range(excess):
+                source.popleft()
+            self._unreported[0 if is_metrics else 1] += excess
+            self.dropped_total += excess
         while source:
             records = [source.popleft() for _ in range(min(len(source), self._max_batch))]
             for body, count in self._encode(records, is_metrics):

@@ -42,15 +42,18 @@ RANK_COLUMN = "rank"
 csv.field_size_limit(max(csv.field_size_limit(), 4 * MAX_STR_LEN))
 
 
-def _all_plain_floats(values: list) -> bool:
-    """All floats that ``.5f`` writes as :func:`format_value` would (no small, huge or inf)."""
+def _six_digits(values: list) -> tuple[bool, ...] | None:
+    """For a row of floats, which take ``.6g`` in :func:`format_value`; ``None`` otherwise."""
     if not values or set(map(type, values)) != _FLOAT:
-        return False
+        return None
     magnitudes = list(map(abs, values))
-    return min(magnitudes) >= 1e-3 and max(magnitudes) < 1e16
+    if min(magnitudes) >= 1e-3 and max(magnitudes) < 1e16:
+        return _NONE_SMALL  # the common row: no per-value test
+    return tuple(not (1e-3 <= m < 1e16 or m == 0.0 or m == math.inf or m != m) for m in magnitudes)
 
 
 _FLOAT = {float}
+_NONE_SMALL: tuple[bool, ...] = ()
 
 
 def format_value(value: object) -> str:
@@ -78,7 +81,7 @@ class MetricsCsvSink(FileSink):
         self._writer = csv.writer(self._file, lineterminator="\n")
         # Rows of plain floats (the common case) are one %-format call each;
         # any other row goes through the csv module, into this buffer.
-        self._formats: dict[tuple[int, int], tuple[str, str]] = {}
+        self._formats: dict[tuple[int, int, tuple[bool, ...]], tuple[str, str]] = {}
         self._slow_buffer = io.StringIO()
         self._slow = csv.writer(self._slow_buffer, lineterminator="\n")
 
@@ -109,13 +112,14 @@ class MetricsCsvSink(FileSink):
         keys = self.keys
         rank_at = keys.index(RANK_COLUMN) if RANK_COLUMN in known else -1
         values_of = [k for k in keys if k != RANK_COLUMN]
-        plain, ranked = self._row_formats(len(keys), rank_at)
         slow = self._slow
         out = []
         for kind, _, step, metrics in rows:
             values = [metrics.get(k) for k in values_of]
             is_ranked = rank_at >= 0 and kind == RECORD_RANKED_METRICS
-            if _all_plain_floats(values):
+            small = _six_digits(values)
+            if small is not None:
+                plain, ranked = self._row_formats(len(keys), rank_at, small)
                 if is_ranked:
                     values.insert(rank_at, origin.rank)
                     out.append(f"{step},{ranked % tuple(values)}\n")
@@ -131,17 +135,22 @@ class MetricsCsvSink(FileSink):
             self._slow_buffer.truncate()
         self._file.write("".join(out))
 
-    def _row_formats(self, width: int, rank_at: int) -> tuple[str, str]:
-        """%-formats of a row of ``.5f`` floats: without and with the rank's ``%d``."""
-        formats = self._formats.get((width, rank_at))
+    def _row_formats(self, width: int, rank_at: int, small: tuple[bool, ...]) -> tuple[str, str]:
+        """%-formats of a row of floats (``.5f``, ``.6g`` where ``small``):
+        without and with the rank's ``%d``."""
+        key = (width, rank_at, small)
+        formats = self._formats.get(key)
         if formats is None:
-            cells = ["%.5f"] * width
-            if rank_at >= 0:
-                cells[rank_at] = ""
+            if len(self._formats) > 10_000:
+                self._formats.clear()
+            six = iter(small or [False] * width)
+            cells = [
+                "" if i == rank_at else ("%.6g" if next(six) else "%.5f") for i in range(width)
+            ]
             plain = ",".join(cells)
             if rank_at >= 0:
                 cells[rank_at] = "%d"
-            formats = self._formats[(width, rank_at)] = (plain, ",".join(cells))
+            formats = self._formats[key] = (plain, ",".join(cells))
         return formats
 
     def _widen(self, new_keys: list[str]) -> None:
