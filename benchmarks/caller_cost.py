@@ -69,6 +69,7 @@ from roxxel.undelivered import read_unsent
 
 __all__ = [
     "main",
+    "log_calls",
     "run",
     "format_table",
     "format_dead_tables",
@@ -267,19 +268,24 @@ def _reaped_children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def log_calls(logger: Any, api: str, start: int, stop: int) -> None:
+    """The measured loop: calls ``start`` to ``stop`` of ``api`` (step = the call's index)."""
+    if api == "log_metrics_summary":
+        metrics = METRICS
+        for i in range(start, stop):
+            logger.log_metrics_summary(step=i, metrics=metrics)
+    else:
+        message = MESSAGE
+        for _ in range(start, stop):
+            logger.log_message(message)
+
+
 def _throughput(logger: Any, api: str, n: int) -> dict[str, Any]:
-    metrics = METRICS
-    message = MESSAGE
     gc.collect()
     child_cpu0 = _children_cpu_s() + _reaped_children_cpu_s()
     cpu0 = time.process_time_ns()
     t0 = time.perf_counter_ns()
-    if api == "log_metrics_summary":
-        for i in range(n):
-            logger.log_metrics_summary(step=i, metrics=metrics)
-    else:
-        for _ in range(n):
-            logger.log_message(message)
+    log_calls(logger, api, 0, n)
     t1 = time.perf_counter_ns()
     cpu_loop = time.process_time_ns()
     dropped_in_loop = _dropped(logger)

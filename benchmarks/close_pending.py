@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .caller_cost import APIS, MESSAGE, METRICS, PREFIX, _records_on_disk
+from .caller_cost import APIS, MESSAGE, METRICS, PREFIX, _records_on_disk, log_calls
 
 __all__ = ["main", "measure"]
 
@@ -68,14 +68,8 @@ def _worker(api: str, n: int, out: Any) -> None:
                 raise RuntimeError("the warm-up record did not reach the disk in 60 s")
             time.sleep(0.01)
         time.sleep(0.05)
-        metrics, message = METRICS, MESSAGE
         t0 = time.perf_counter()
-        if api == "log_metrics_summary":
-            for i in range(n):
-                logger.log_metrics_summary(step=i, metrics=metrics)
-        else:
-            for _ in range(n):
-                logger.log_message(message)
+        log_calls(logger, api, 0, n)
         t1 = time.perf_counter()
         on_disk_before = _records_on_disk(api, tmp) - 1
         in_deque = _pending(logger)

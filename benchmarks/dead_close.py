@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from .caller_cost import APIS, MESSAGE, METRICS, PREFIX, _free_port
+from .caller_cost import APIS, PREFIX, _free_port, log_calls
 
 CHUNK = 100_000
 MAX_CALLS = 50_000_000
@@ -53,12 +53,7 @@ def measure(max_buffer_bytes: int, api: str) -> dict[str, float]:
         calls = 0
         t0 = time.perf_counter()
         while sender.dropped_total == 0 and calls < MAX_CALLS:
-            if api == "log_metrics_summary":
-                for i in range(calls, calls + CHUNK):
-                    logger.log_metrics_summary(step=i, metrics=METRICS)
-            else:
-                for _ in range(CHUNK):
-                    logger.log_message(MESSAGE)
+            log_calls(logger, api, calls, calls + CHUNK)
             calls += CHUNK
             time.sleep(0.02)  # let the sender thread cut and bound what is queued
         loop_s = time.perf_counter() - t0

@@ -35,7 +35,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .caller_cost import MESSAGE, METRICS, PREFIX, _free_port, _records_on_disk
+from .caller_cost import MESSAGE, METRICS, PREFIX, _free_port, _records_on_disk, log_calls
 
 __all__ = ["main", "measure"]
 
@@ -90,18 +90,12 @@ def _worker(case: str, buffer: int, n: int, out: Any) -> None:
         ):
             time.sleep(0.01)
         baseline = _rss_mib()
-        metrics, message = METRICS, MESSAGE
         max_deque = 0
         t0 = time.perf_counter()
         done = 0
         while done < n:
             stop = min(n, done + CHUNK)
-            if api == "log_metrics_summary":
-                for i in range(done, stop):
-                    logger.log_metrics_summary(step=i, metrics=metrics)
-            else:
-                for _ in range(done, stop):
-                    logger.log_message(message)
+            log_calls(logger, api, done, stop)
             done = stop
             max_deque = max(max_deque, _deque_len(logger))
         t1 = time.perf_counter()
