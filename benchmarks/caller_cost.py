@@ -70,6 +70,8 @@ from roxxel.undelivered import read_unsent
 __all__ = [
     "main",
     "log_calls",
+    "roxxel_free_env",
+    "forget_roxxel_env",
     "run",
     "format_table",
     "format_dead_tables",
@@ -268,6 +270,17 @@ def _reaped_children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def roxxel_free_env() -> dict[str, str]:
+    """This environment without ROXXEL_AGGREGATOR & co.: roxxel starts its own collector."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("ROXXEL_")}
+
+
+def forget_roxxel_env() -> None:
+    """The same, in a worker's own environment."""
+    for key in [k for k in os.environ if k.startswith("ROXXEL_")]:
+        del os.environ[key]
+
+
 def log_calls(logger: Any, api: str, start: int, stop: int) -> None:
     """The measured loop: calls ``start`` to ``stop`` of ``api`` (step = the call's index)."""
     if api == "log_metrics_summary":
@@ -445,8 +458,7 @@ def _run_worker(
     tmp = tempfile.mkdtemp(prefix=f"roxxel-bench-{impl}-{mode}-")
     try:
         result_path = os.path.join(tmp, "result.json")
-        # No ROXXEL_AGGREGATOR & co.: roxxel must start its own embedded collector.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ROXXEL_")}
+        env = roxxel_free_env()
         env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
         cmd = [sys.executable, "-m", "benchmarks.caller_cost", "--worker", impl, api, mode]
         cmd += ["--n", str(n), "--log-dir", os.path.join(tmp, "logs"), "--result", result_path]

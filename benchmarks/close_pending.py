@@ -26,7 +26,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .caller_cost import APIS, MESSAGE, METRICS, PREFIX, _records_on_disk, log_calls
+from .caller_cost import (
+    APIS,
+    MESSAGE,
+    METRICS,
+    PREFIX,
+    _records_on_disk,
+    forget_roxxel_env,
+    log_calls,
+)
 
 __all__ = ["main", "measure"]
 
@@ -49,8 +57,7 @@ def _pending(logger: Any) -> int | None:
 
 
 def _worker(api: str, n: int, out: Any) -> None:
-    for key in [k for k in os.environ if k.startswith("ROXXEL_")]:
-        del os.environ[key]
+    forget_roxxel_env()
     from roxxel import Logger
 
     tmp = tempfile.mkdtemp(prefix="roxxel-bench-close-")

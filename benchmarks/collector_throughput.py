@@ -38,7 +38,7 @@ from typing import Any
 
 import msgpack
 
-from .caller_cost import METRICS
+from .caller_cost import METRICS, forget_roxxel_env, roxxel_free_env
 
 __all__ = ["main", "run"]
 
@@ -52,10 +52,6 @@ QUICK_RECORDS = 5_000
 BUDGET_RECORDS_S = 500_000
 BUDGET_FRACTION = 0.5
 APIS = ("log_metrics_summary", "log_message")
-
-
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("ROXXEL_")}
 
 
 # -- roxxel: one daemon, N client processes ---------------------------------------
@@ -80,7 +76,7 @@ def _start_daemon(log_dir: str) -> tuple[subprocess.Popen[str], str]:
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
-        env=_clean_env(),
+        env=roxxel_free_env(),
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -100,8 +96,7 @@ def _roxxel_client(
     out: Any,
     metrics: dict[str, float],
 ) -> None:
-    for key in [k for k in os.environ if k.startswith("ROXXEL_")]:
-        del os.environ[key]
+    forget_roxxel_env()
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(clients), LOCAL_RANK=str(rank))
     from roxxel import Logger
 

@@ -35,7 +35,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .caller_cost import MESSAGE, METRICS, PREFIX, _free_port, _records_on_disk, log_calls
+from .caller_cost import (
+    MESSAGE,
+    METRICS,
+    PREFIX,
+    _free_port,
+    _records_on_disk,
+    forget_roxxel_env,
+    log_calls,
+)
 
 __all__ = ["main", "measure"]
 
@@ -58,8 +66,7 @@ def _deque_len(logger: Any) -> int:
 
 
 def _worker(case: str, buffer: int, n: int, out: Any) -> None:
-    for key in [k for k in os.environ if k.startswith("ROXXEL_")]:
-        del os.environ[key]
+    forget_roxxel_env()
     from roxxel import Logger
 
     tmp = tempfile.mkdtemp(prefix="roxxel-bench-memory-")

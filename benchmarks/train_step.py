@@ -32,6 +32,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from .caller_cost import forget_roxxel_env
+
 __all__ = ["main"]
 
 PREFIX = "bench"
@@ -88,8 +90,7 @@ def _run(step: Any, params: Any, x: Any, y: Any, k: int, logger: Any, first: int
 
 def measure(steps: int, repeats: int, inputs: int, hidden: int) -> dict[str, Any]:
     os.environ["JAX_PLATFORMS"] = "cpu"
-    for key in [k for k in os.environ if k.startswith("ROXXEL_")]:
-        del os.environ[key]
+    forget_roxxel_env()
     import jax
 
     from roxxel import Logger
