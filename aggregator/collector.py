@@ -40,10 +40,10 @@ from typing import IO, Any, TextIO
 import zmq
 
 from roxxel import codec
-from roxxel.values import NON_SCALAR
 
 from .checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
 from .lock import RunLock
+from .metrics_run import metrics_run
 from .sinks import FanOut, MetricsCsvSink, MetricsJsonlSink, Origin, Sink, SystemLogSink
 
 __all__ = ["Collector", "SenderState", "default_sinks", "quarantine_path"]
@@ -53,7 +53,6 @@ __all__ = ["Collector", "SenderState", "default_sinks", "quarantine_path"]
 _MAX_MESSAGES_PER_CYCLE = 256
 # Peers remembered for "report once"; past it reports are no longer de-duplicated.
 _MAX_REPORTED = 10_000
-_SCALARS = (int, float, bool, str, type(None))
 
 COLLECTOR_ORIGIN = Origin(rank=0, host="", pid=os.getpid())
 
@@ -467,8 +466,9 @@ class Collector:
         self._quarantine.write(json.dumps(item, default=repr) + "\n")
 
     def _apply(self, batch: codec.Batch, state: SenderState) -> None:
-        good = []
+        good: list[Any] = []
         warnings: list[str] = []
+        written = 0
         for record in batch.records:
             problem = codec.check_record(record)
             if problem is not None:
@@ -480,38 +480,35 @@ class Collector:
                 continue
             kind = record[0]
             if kind in codec.METRICS_KINDS:
-                warnings += self._drop_non_scalars(record[3], state)
-            elif kind == codec.RECORD_DROPPED:
+                run, dropped = metrics_run(record)
+                if dropped:
+                    warnings += self._non_scalars(dropped, state)
+                good.append(run)
+                written += len(run.rows)
+                continue
+            if kind == codec.RECORD_DROPPED:
                 self.stats["client_dropped"] += record[2] + record[3]
                 record = [codec.RECORD_LOG, record[1], logging.WARNING, _dropped_text(record)]
             good.append(record)
+            written += 1
         self.sinks.write(state.origin, good)
         for text in warnings:
             self._log(logging.WARNING, text)
         state.committed = batch.seq
         self._dirty = True
         self.stats["batches"] += 1
-        self.stats["records"] += len(good)
+        self.stats["records"] += written
 
-    def _drop_non_scalars(self, metrics: dict, state: SenderState) -> list[str]:
-        """Remove values that cannot be written; return the warnings not yet given."""
+    def _non_scalars(self, dropped: dict[str, tuple[str, int]], state: SenderState) -> list[str]:
+        """Count the values that cannot be written; return the warnings not given yet."""
         warnings: list[str] = []
-        bad = [k for k, v in metrics.items() if type(v) not in _SCALARS or type(k) is not str]
-        for key in bad:
-            value = metrics.pop(key)
-            self.stats["non_scalar_values"] += 1
-            name = key if type(key) is str else repr(key)
-            if name in state.warned_keys or len(state.warned_keys) >= _MAX_REPORTED:
+        for key, (why, count) in dropped.items():
+            self.stats["non_scalar_values"] += count
+            if key in state.warned_keys or len(state.warned_keys) >= _MAX_REPORTED:
                 continue
-            state.warned_keys.add(name)
-            if type(key) is not str:
-                what = "its key is not text"
-            elif isinstance(value, dict) and NON_SCALAR in value:
-                what = f"not a scalar: {value[NON_SCALAR]}"
-            else:
-                what = f"not a scalar: {type(value).__name__} of {len(value)} items"
+            state.warned_keys.add(key)
             warnings.append(
-                f"{state.origin.tag}metric {name!r} is {what}; "
+                f"{state.origin.tag}metric {key!r} is {why}; "
                 "it is not written (reported once per key)"
             )
         return warnings

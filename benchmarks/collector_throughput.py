@@ -15,9 +15,11 @@ the raw limit of ZeroMQ + msgpack on the same machine.
   everything, i.e. written). The rows are then counted in the CSV. The same
   with WARNING lines (``log_message``), counted in the system log.
 * **raw limit**: the same number of processes, each encodes the same records
-  (``["r", ts, step, {4 floats}]`` / ``["l", ts, 30, text]``) with msgpack
-  in batches of 4096 and PUSHes them to one PULL process that only
-  ``msgpack.unpackb``\\ s each batch and counts its records. Time from the
+  as a roxxel client puts them on the wire (metrics: runs of rows with the
+  same keys, ``["r", keys, [ts, ...], [[step, 4 floats], ...]]`` from
+  :func:`roxxel.codec.metrics_records`; lines: ``["l", ts, 30, text]``) with
+  msgpack in batches of 4096 rows and PUSHes them to one PULL process that
+  only ``msgpack.unpackb``\\ s each batch and counts its rows. Time from the
   barrier until the PULL process has counted all of them.
 
 Budget (DESIGN.md): roxxel >= 500k records/s and >= 50 % of the raw limit.
@@ -37,6 +39,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgpack
+
+from roxxel import codec
 
 from .caller_cost import METRICS, forget_roxxel_env, roxxel_free_env
 
@@ -181,10 +185,17 @@ def run_roxxel(api: str, clients: int, n: int, metrics: dict[str, float]) -> dic
 # -- raw limit: PUSH x N -> PULL that only decodes -------------------------------
 
 
-def _raw_record(api: str, step: int, metrics: dict[str, float]) -> list[Any]:
+def _raw_batch(api: str, first: int, size: int, metrics: dict[str, float]) -> list[Any]:
+    """The records of one batch, as a roxxel client puts them on the wire."""
     if api == "log_metrics_summary":
-        return ["r", time.time(), step, dict(metrics)]
-    return ["l", time.time(), WARNING, LINE]
+        head = ("r", *metrics)
+        entries = [(head, time.time(), (first + i, *metrics.values())) for i in range(size)]
+        return codec.metrics_records(entries)
+    return [["l", time.time(), WARNING, LINE] for _ in range(size)]
+
+
+def _rows(records: list[Any]) -> int:
+    return sum(len(r[3]) if r[0] in codec.METRICS_KINDS else 1 for r in records)
 
 
 def _raw_pusher(endpoint: str, api: str, n: int, barrier: Any, metrics: dict[str, float]) -> None:
@@ -199,7 +210,7 @@ def _raw_pusher(endpoint: str, api: str, n: int, barrier: Any, metrics: dict[str
     sent = 0
     while sent < n:
         size = min(BATCH, n - sent)
-        sock.send(packb([_raw_record(api, sent + i, metrics) for i in range(size)]))
+        sock.send(packb(_raw_batch(api, sent, size, metrics)))
         sent += size
     sock.close()
     ctx.term()
@@ -216,7 +227,7 @@ def _raw_puller(api: str, total: int, barrier: Any, out: Any, port_out: Any) -> 
     barrier.wait()
     count = 0
     while count < total:
-        count += len(unpackb(sock.recv()))
+        count += _rows(unpackb(sock.recv()))
     out.put((time.perf_counter(), count))
     sock.close(linger=0)
     ctx.term()

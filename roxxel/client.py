@@ -1,8 +1,9 @@
 """The background sender: records in, acknowledged batches out.
 
-The training thread only appends a tuple to :attr:`Sender.lines` or
-:attr:`Sender.metrics` (``collections.deque``: ``append`` is atomic and
-lock-free under the GIL). One sender thread, the only user of the socket:
+The training thread only appends a tuple to :attr:`Sender.lines`
+(``(kind, ts, level, text)``) or :attr:`Sender.metrics` (``((kind, *keys),
+ts, (step, *values))``); ``collections.deque``: ``append`` is atomic and
+lock-free under the GIL. One sender thread, the only user of the socket:
 
 1. *cuts*: every ``flush_interval`` it takes what the deques hold and encodes
    it (converting NumPy/JAX values there, never on the caller's thread) into
@@ -300,7 +301,8 @@ class Sender:
     def _encode(self, records: list, is_metrics: bool) -> list[tuple[bytes, int]]:
         """Bodies for ``records``, split until each fits in a frame."""
         try:
-            return [(codec.encode_records(records, to_wire), len(records))]
+            wire = codec.metrics_records(records) if is_metrics else records
+            return [(codec.encode_records(wire, to_wire), len(records))]
         except codec.CodecError:
             if len(records) > 1:
                 half = len(records) // 2

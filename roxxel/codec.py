@@ -15,9 +15,14 @@ Records inside a batch are small arrays:
 
 * ``["l", ts, level, text]`` -- a system-log line (``level`` is a stdlib
   logging level number);
-* ``["m", ts, step, {key: value}]`` -- a metrics row;
-* ``["r", ts, step, {key: value}]`` -- a metrics row logged with
-  ``all_ranks=True``: written with the sender's rank in a ``rank`` column;
+* ``["m", keys, ts, rows]`` -- a run of metrics rows with the same keys:
+  ``keys`` the metric names, ``ts`` one timestamp per row and ``rows`` one
+  ``[step, value, ...]`` per row, a value per key in ``keys`` order. A client
+  sends consecutive rows with the same keys as one such record
+  (:func:`metrics_records`): the names travel once per run, and the
+  collector checks and formats a run column by column instead of row by row;
+* ``["r", keys, ts, rows]`` -- the same, logged with ``all_ranks=True``:
+  written with the sender's rank in a ``rank`` column;
 * ``["d", ts, metrics, lines]`` -- how many records the client dropped
   (its buffer was full) since its last such report.
 
@@ -27,9 +32,11 @@ bytes; it uses msgpack's explicit size limits and refuses ext types.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import msgpack
@@ -53,6 +60,8 @@ __all__ = [
     "decode_envelope",
     "Envelope",
     "check_record",
+    "check_metric_keys",
+    "metrics_records",
 ]
 
 PROTO_VERSION = 1
@@ -66,6 +75,8 @@ MAX_BIN_LEN = 1024
 MAX_ARRAY_LEN = 65536
 MAX_MAP_LEN = 4096
 MAX_BATCH_RECORDS = 4096
+MAX_METRIC_KEYS = 4096
+MAX_KEY_LEN = 1024
 
 # Version, kind, 16-byte id and a 64-bit seq take at most 37 bytes.
 _MAX_ENVELOPE = 64
@@ -76,6 +87,8 @@ RECORD_RANKED_METRICS = "r"
 RECORD_DROPPED = "d"
 METRICS_KINDS = (RECORD_METRICS, RECORD_RANKED_METRICS)
 _BATCH_HEAD = b"\x95"
+_FIRST, _SECOND, _THIRD = itemgetter(0), itemgetter(1), itemgetter(2)
+_NUMBERS = {int, float}
 
 
 class CodecError(ValueError):
@@ -269,6 +282,34 @@ def _open_frame(data: bytes) -> tuple[Envelope, msgpack.Unpacker]:
     return Envelope(kind, sender_id, seq), unpacker
 
 
+def metrics_records(entries: Iterable[tuple[tuple, Any, tuple]]) -> list[tuple]:
+    """Wire records for metrics rows as a client queues them.
+
+    An entry is ``((kind, *keys), ts, (step, *values))``; consecutive entries
+    with the same kind and keys become one ``[kind, keys, ts, rows]`` record.
+    """
+    records = []
+    for head, run in itertools.groupby(entries, _FIRST):
+        entries_of_run = list(run)
+        rows = list(map(_THIRD, entries_of_run))
+        records.append((head[0], head[1:], list(map(_SECOND, entries_of_run)), rows))
+    return records
+
+
+def check_metric_keys(keys: Sequence[Any]) -> str | None:
+    """Return why ``keys`` are not valid metric names, or ``None`` when they are."""
+    if len(keys) > MAX_METRIC_KEYS:
+        return f"at most {MAX_METRIC_KEYS} metrics per row"
+    for key in keys:
+        if type(key) is not str:
+            return f"metric names are str, not {type(key).__name__} ({key!r})"
+        if not 0 < len(key) <= MAX_KEY_LEN:
+            return f"a metric name has 1 to {MAX_KEY_LEN} characters, not {len(key)}"
+    if len(set(keys)) != len(keys):
+        return "metric names repeat"
+    return None
+
+
 def check_record(record: Any) -> str | None:
     """Return why ``record`` is not a valid record, or ``None`` when it is.
 
@@ -277,7 +318,10 @@ def check_record(record: Any) -> str | None:
     """
     if not isinstance(record, list) or len(record) != 4:
         return "a record is an array of 4 items"
-    kind, ts, a, b = record
+    kind = record[0]
+    if kind in METRICS_KINDS:
+        return _check_metrics(record)
+    _, ts, a, b = record
     if not _is_real(ts):
         return "record timestamp is not a finite number"
     if kind == RECORD_LOG:
@@ -286,17 +330,30 @@ def check_record(record: Any) -> str | None:
         if not isinstance(b, str):
             return "log text is not a string"
         return None
-    if kind in METRICS_KINDS:
-        if type(a) is not int:
-            return "metrics step is not an integer"
-        if not isinstance(b, dict):
-            return "metrics are not a map"
-        return None
     if kind == RECORD_DROPPED:
         if type(a) is not int or type(b) is not int or a < 0 or b < 0:
             return "dropped counts are not non-negative integers"
         return None
     return f"unknown record kind {kind!r}"
+
+
+def _check_metrics(record: list) -> str | None:
+    # Column by column through C-level map/set calls: a run holds thousands of rows.
+    _, keys, ts, rows = record
+    if type(keys) is not list or type(ts) is not list or type(rows) is not list:
+        return "a metrics record is [kind, keys, timestamps, rows] of arrays"
+    if not rows or len(ts) != len(rows):
+        return "a metrics record has at least one row and a timestamp per row"
+    problem = check_metric_keys(keys)
+    if problem is not None:
+        return problem
+    if not set(map(type, ts)) <= _NUMBERS or not all(map(math.isfinite, ts)):
+        return "record timestamp is not a finite number"
+    if set(map(type, rows)) != {list} or set(map(len, rows)) != {len(keys) + 1}:
+        return "a metrics row is an array of a step and one value per key"
+    if set(map(type, map(_FIRST, rows))) != {int}:
+        return "metrics step is not an integer"
+    return None
 
 
 def _decode_hello(sender_id: bytes, acked: int, body: Any) -> Hello:

@@ -47,7 +47,6 @@ _now = time.time
 _LOG = codec.RECORD_LOG
 _METRICS = codec.RECORD_METRICS
 _RANKED = codec.RECORD_RANKED_METRICS
-_MAX_KEYS = codec.MAX_MAP_LEN
 
 
 class Logger:
@@ -128,6 +127,7 @@ class Logger:
         self.is_rank_zero = rank.rank == 0
         self._level = _level_number(level)
         self._all_ranks = metrics_from_all_ranks
+        self._checked_head: tuple[str, ...] = ()
         self._close_timeout = close_timeout
         self._flush_interval = flush_interval
         self._max_buffer_bytes = max_buffer_bytes
@@ -234,21 +234,34 @@ class Logger:
     def log_metrics_summary(
         self, step: int, metrics: Mapping[str, Any], *, all_ranks: bool = False
     ) -> None:
-        """Log one metrics row for ``step``; the dict is copied now, values converted later.
+        """Log one metrics row for ``step``; keys and values are taken now, values converted later.
 
         Only rank 0's rows are written, unless ``all_ranks=True`` (or the
         Logger's ``metrics_from_all_ranks=True``): then every rank's row lands
         in the one CSV with a ``rank`` column (and the JSONL, which always
-        has ``rank`` and ``host``).
+        has ``rank`` and ``host``). Metric names are non-empty ``str`` of at
+        most 1,024 characters, at most 4,096 per row (``TypeError`` /
+        ``ValueError`` otherwise, checked when the names change).
         """
         if type(step) is not int:
             step = _step_number(step)
         if type(metrics) is not dict:
             metrics = _metrics_dict(metrics)
-        elif len(metrics) > _MAX_KEYS:
-            raise ValueError(f"at most {_MAX_KEYS} metrics per call")
-        kind = _RANKED if all_ranks or self._all_ranks else _METRICS
-        self._append_metrics((kind, _now(), step, metrics.copy()))
+        # Tuples of names and of values, not a copy of the dict: queued
+        # tuples of scalars are untracked by the garbage collector, and the
+        # sender turns runs of rows with the same names into one record.
+        head = (_RANKED if all_ranks or self._all_ranks else _METRICS, *metrics)
+        if head != self._checked_head:
+            self._check_metric_names(head)
+        self._append_metrics((head, _now(), (step, *metrics.values())))
+
+    def _check_metric_names(self, head: tuple[str, ...]) -> None:
+        keys = head[1:]
+        problem = codec.check_metric_keys(keys)
+        if problem is not None:
+            error = TypeError if any(type(k) is not str for k in keys) else ValueError
+            raise error(f"log_metrics_summary: {problem}")
+        self._checked_head = head
 
     def _rank_zero_metrics_only(
         self, step: int, metrics: Mapping[str, Any], *, all_ranks: bool = False
@@ -417,8 +430,6 @@ def _step_number(step: Any) -> int:
 def _metrics_dict(metrics: Any) -> dict[str, Any]:
     if not isinstance(metrics, Mapping):
         raise TypeError(f"metrics must be a mapping of name to value, not {type(metrics).__name__}")
-    if len(metrics) > _MAX_KEYS:
-        raise ValueError(f"at most {_MAX_KEYS} metrics per call")
     return dict(metrics)
 
 

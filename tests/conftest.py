@@ -44,6 +44,21 @@ def read(path: str | os.PathLike) -> str:
         return ""
 
 
+def metrics_runs(rows: list[tuple[str, int, dict]], ts: float = 1.0) -> list:
+    """``(kind, step, metrics)`` rows as a collector's sinks get them: queued
+    as a Logger queues them, grouped and encoded by the client's codec,
+    decoded and checked as the collector does."""
+    from aggregator.metrics_run import metrics_run
+    from roxxel import codec
+    from roxxel.values import to_wire
+
+    entries = [((kind, *m), ts, (step, *m.values())) for kind, step, m in rows]
+    body = codec.encode_records(codec.metrics_records(entries), to_wire)
+    frame = codec.decode(codec.batch_frame(b"s" * codec.SENDER_ID_LEN, 1, body))
+    assert all(codec.check_record(r) is None for r in frame.records)
+    return [metrics_run(r)[0] for r in frame.records]
+
+
 def python_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROXXEL_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)

@@ -54,7 +54,12 @@ def _same(actual, expected) -> None:
 # --------------------------------------------------------------------------
 
 _LOG = ["l", 1700000000.25, 20, "starting"]
-_METRICS = ["m", 1700000001, 10, {"loss": 0.125, "n": 3, "tag": "x", "gone": None, "ok": True}]
+_METRICS = [
+    "m",
+    ["loss", "n", "tag", "gone", "ok"],
+    [1700000001, 1700000001.5],
+    [[10, 0.125, 3, "x", None, True], [11, -0.5, 4, "y", 1.5, False]],
+]
 
 CASES = [
     pytest.param(
@@ -78,8 +83,8 @@ CASES = [
         id="batch-log-and-metrics",
     ),
     pytest.param(
-        Batch(SID, 2, [tuple(_LOG), ("m", 0.5, 0, {"a": -1.5})]),
-        Batch(SID, 2, [list(_LOG), ["m", 0.5, 0, {"a": -1.5}]]),
+        Batch(SID, 2, [tuple(_LOG), ("m", ("a",), (0.5,), ((0, -1.5),))]),
+        Batch(SID, 2, [list(_LOG), ["m", ["a"], [0.5], [[0, -1.5]]]]),
         id="batch-tuples-come-back-as-lists",
     ),
     pytest.param(Batch(SID, 3, []), Batch(SID, 3, []), id="batch-empty"),
@@ -193,12 +198,21 @@ metric_values = st.one_of(
     texts,
 )
 log_records = st.tuples(st.just("l"), timestamps, wire_ints, texts).map(list)
-metrics_records = st.tuples(
-    st.just("m"),
-    timestamps,
-    wire_ints,
-    st.dictionaries(texts, metric_values, max_size=8),
-).map(list)
+metric_keys = st.lists(st.text(min_size=1, max_size=30), unique=True, max_size=8)
+metrics_records = metric_keys.flatmap(
+    lambda keys: st.lists(
+        st.tuples(timestamps, wire_ints, st.tuples(*[metric_values] * len(keys))),
+        min_size=1,
+        max_size=5,
+    ).map(
+        lambda rows: [
+            "m",
+            list(keys),
+            [ts for ts, _, _ in rows],
+            [[step, *values] for _, step, values in rows],
+        ]
+    )
+)
 records = st.lists(st.one_of(log_records, metrics_records), max_size=20)
 
 hellos = st.builds(
@@ -392,7 +406,9 @@ def test_decode_refuses_garbage_with_codec_error(data):
     "data",
     [
         pytest.param(
-            msgpack.packb([1, "batch", SID, 1, [["m", 0, 1, {"loss": msgpack.ExtType(0, b"")}]]]),
+            msgpack.packb(
+                [1, "batch", SID, 1, [["m", ["loss"], [0], [[1, msgpack.ExtType(0, b"")]]]]]
+            ),
             id="in-metrics-value",
         ),
         pytest.param(msgpack.packb([1, "ack", SID, 1, msgpack.ExtType(7, b"")]), id="in-ack-body"),
@@ -520,12 +536,13 @@ def test_encode_batch_with_to_wire_default_sends_numpy_scalars_as_python_scalars
         "vector": np.arange(3),
         "plain": 7,
     }
-    data = codec.encode_batch(SID, 1, [["m", 1.0, 5, metrics]], default=to_wire)
+    record = ["m", list(metrics), [1.0], [[5, *metrics.values()]]]
+    data = codec.encode_batch(SID, 1, [record], default=to_wire)
     decoded = decode(data)
     assert isinstance(decoded, Batch)
     [record] = decoded.records
     assert check_record(record) is None
-    values = record[3]
+    values = dict(zip(record[1], record[3][0][1:], strict=True))
     _same(
         {k: values[k] for k in ("f32", "f64", "i64", "u8", "flag", "zero_d", "plain")},
         {"f32": 0.5, "f64": 0.25, "i64": -3, "u8": 200, "flag": True, "zero_d": 1.5, "plain": 7},
@@ -536,7 +553,7 @@ def test_encode_batch_with_to_wire_default_sends_numpy_scalars_as_python_scalars
 
 def test_encode_batch_without_a_default_refuses_numpy_scalars():
     with pytest.raises(CodecError, match="cannot encode"):
-        codec.encode_batch(SID, 1, [["m", 1.0, 5, {"x": np.int64(1)}]])
+        codec.encode_batch(SID, 1, [["m", ["x"], [1.0], [[5, np.int64(1)]]]])
 
 
 def test_encode_batch_runs_the_default_hook_only_for_unknown_values():
@@ -546,8 +563,8 @@ def test_encode_batch_runs_the_default_hook_only_for_unknown_values():
         seen.append(value)
         return "converted"
 
-    data = codec.encode_batch(SID, 1, [["m", 0, 0, {"a": 1, "b": "s", "c": {1, 2}}]], default)
-    assert decode(data).records == [["m", 0, 0, {"a": 1, "b": "s", "c": "converted"}]]
+    data = codec.encode_batch(SID, 1, [["m", ["a", "b", "c"], [0], [[0, 1, "s", {1, 2}]]]], default)
+    assert decode(data).records == [["m", ["a", "b", "c"], [0], [[0, 1, "s", "converted"]]]]
     assert seen == [{1, 2}]
 
 
@@ -562,9 +579,9 @@ def test_encode_batch_runs_the_default_hook_only_for_unknown_values():
         ["l", 1700000000.5, 20, "hello"],
         ["l", 0, 0, ""],
         ["l", -1.5, -5, "negative ts and level are numbers"],
-        ["m", 1, 0, {}],
-        ["m", 1.0, 123, {"loss": 0.1, "name": "x", "none": None}],
-        ["m", 1.0, 1, {"v": [1, 2], NON_SCALAR: {"nested": True}}],  # values not judged
+        ["m", [], [1], [[0]]],
+        ["r", ["loss", "name", "none"], [1.0, 2], [[123, 0.1, "x", None], [-1, 1, 2, 3]]],
+        ["m", ["v", NON_SCALAR], [1.0], [[1, [1, 2], {"nested": True}]]],  # values not judged
     ],
 )
 def test_check_record_accepts_valid_records(record):
@@ -583,7 +600,9 @@ def test_check_record_accepts_valid_records(record):
         ([], "array of 4"),
         (["l", math.nan, 20, "x"], "timestamp"),
         (["l", math.inf, 20, "x"], "timestamp"),
-        (["m", -math.inf, 0, {}], "timestamp"),
+        (["m", [], [-math.inf], [[0]]], "timestamp"),
+        (["m", [], [True], [[0]]], "timestamp"),
+        (["m", [], [1, math.nan], [[0], [1]]], "timestamp"),
         (["l", "12:00", 20, "x"], "timestamp"),
         (["l", None, 20, "x"], "timestamp"),
         (["l", True, 20, "x"], "timestamp"),
@@ -592,11 +611,21 @@ def test_check_record_accepts_valid_records(record):
         (["l", 0, True, "x"], "log level"),
         (["l", 0, 20, b"bytes"], "log text"),
         (["l", 0, 20, None], "log text"),
-        (["m", 0, 1.5, {}], "metrics step"),
-        (["m", 0, "1", {}], "metrics step"),
-        (["m", 0, False, {}], "metrics step"),
-        (["m", 0, 1, [["loss", 1.0]]], "not a map"),
-        (["m", 0, 1, None], "not a map"),
+        (["m", ["a"], [0], [[1.5, 1.0]]], "metrics step"),
+        (["m", ["a"], [0, 0], [[1, 1.0], ["1", 1.0]]], "metrics step"),
+        (["m", [], [0], [[False]]], "metrics step"),
+        (["m", 0, 1, {"loss": 1.0}], "of arrays"),
+        (["m", ["a"], [0], None], "of arrays"),
+        (["m", ["a"], [], []], "at least one row"),
+        (["m", ["a"], [0, 1], [[1, 1.0]]], "a timestamp per row"),
+        (["m", ["a"], [0], [[1]]], "one value per key"),
+        (["m", ["a"], [0], [[1, 1.0, 2.0]]], "one value per key"),
+        (["m", ["a"], [0], [(1, 1.0)]], "one value per key"),
+        (["m", [1], [0], [[1, 1.0]]], "metric names are str"),
+        (["m", [""], [0], [[1, 1.0]]], "1 to 1024 characters"),
+        (["m", ["x" * 1025], [0], [[1, 1.0]]], "1 to 1024 characters"),
+        (["m", ["a", "a"], [0], [[1, 1.0, 2.0]]], "repeat"),
+        (["m", ["k"] * 4097, [0], [[1] * 4098]], "at most 4096"),
         (["x", 0, 1, {}], "unknown record kind 'x'"),
         ([b"l", 0, 20, "x"], "unknown record kind"),
         ([None, 0, 20, "x"], "unknown record kind"),
@@ -621,10 +650,23 @@ def test_check_record_never_raises(value):
     assert result is None or isinstance(result, str)
 
 
-def test_metrics_with_non_text_keys_decode_for_the_collector_to_report_by_key():
-    frame = decode(_raw(1, "batch", SID, 1, [["m", 1, 0, {1: 2.0, "ok": 1.0}]]))
-    assert frame == Batch(SID, 1, [["m", 1, 0, {1: 2.0, "ok": 1.0}]])
-    assert check_record(frame.records[0]) is None
+def test_metrics_records_group_consecutive_rows_with_the_same_kind_and_keys():
+    entries = [
+        (("m", "a", "b"), 1.0, (1, 1.0, 2.0)),
+        (("m", "a", "b"), 2.0, (2, 3.0, 4.0)),
+        (("r", "a", "b"), 3.0, (3, 5.0, 6.0)),
+        (("m", "b", "a"), 4.0, (4, 7.0, 8.0)),
+        (("m", "a", "b"), 5.0, (5, 9.0, 10.0)),
+    ]
+    assert codec.metrics_records(entries) == [
+        ("m", ("a", "b"), [1.0, 2.0], [(1, 1.0, 2.0), (2, 3.0, 4.0)]),
+        ("r", ("a", "b"), [3.0], [(3, 5.0, 6.0)]),
+        ("m", ("b", "a"), [4.0], [(4, 7.0, 8.0)]),
+        ("m", ("a", "b"), [5.0], [(5, 9.0, 10.0)]),
+    ]
+    decoded = decode(codec.encode_batch(SID, 1, codec.metrics_records(entries)))
+    assert [check_record(r) for r in decoded.records] == [None] * 4
+    assert codec.metrics_records([]) == []
 
 
 @pytest.mark.parametrize(

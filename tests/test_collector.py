@@ -15,7 +15,7 @@ from aggregator import Collector, default_sinks
 from aggregator.sinks import MetricsCsvSink, Origin
 from roxxel import codec
 
-from .conftest import read
+from .conftest import metrics_runs, read
 
 
 @pytest.fixture(params=["ipc", "tcp"])
@@ -170,14 +170,15 @@ def test_restart_rewinds_what_was_written_after_the_checkpoint(tmp_path: Path) -
 def test_csv_rewind_across_a_widening_keeps_the_committed_rows(tmp_path: Path) -> None:
     sink = MetricsCsvSink(str(tmp_path / "m.csv"))
     origin = Origin(0, "h", 1)
-    sink.write(origin, [["m", 1.0, 1, {"a": 1.0}], ["m", 1.0, 2, {"a": 2.0}]])
+    sink.write(origin, metrics_runs([("m", 1, {"a": 1.0}), ("m", 2, {"a": 2.0})]))
     sink.sync()
     mark = sink.mark()
-    sink.write(origin, [["m", 1.0, 3, {"a": 3.0, "b": 1.0}]])  # widens, then an uncommitted row
+    # Widens the header, then an uncommitted row.
+    sink.write(origin, metrics_runs([("m", 3, {"a": 3.0, "b": 1.0})]))
     sink.flush()
     assert read(tmp_path / "m.csv").splitlines()[0] == "step,a,b"
     sink.rewind(mark)
-    sink.write(origin, [["m", 1.0, 3, {"a": 3.0, "b": 1.0}]])
+    sink.write(origin, metrics_runs([("m", 3, {"a": 3.0, "b": 1.0})]))
     sink.close()
     assert read(tmp_path / "m.csv") == "step,a,b\n1,1.00000,\n2,2.00000,\n3,3.00000,1.00000\n"
 

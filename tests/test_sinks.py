@@ -1,4 +1,4 @@
-"""The sinks' fast paths (rows of plain floats) write exactly what the general path writes."""
+"""The sinks' column-wise formats write exactly what the per-value general path writes."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from aggregator.sinks import MetricsCsvSink, MetricsJsonlSink, Origin
 from aggregator.sinks.metrics_csv import format_value
 from aggregator.sinks.metrics_jsonl import json_scalar, json_string
 
+from .conftest import metrics_runs
+
 ORIGIN = Origin(3, "host-a", 1)
-KEYS = ["loss", "lr", "acc", "100%"]
+KEYS = ["loss", "lr", "acc", "100%", "rank"]
 VALUE = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.floats(min_value=1e-3, max_value=1e6),
@@ -25,11 +27,39 @@ VALUE = st.one_of(
     st.none(),
     st.text(max_size=5),
 )
-ROWS = st.lists(
+MIXED_ROWS = st.lists(
     st.tuples(st.sampled_from(["m", "r"]), st.dictionaries(st.sampled_from(KEYS), VALUE)),
     min_size=1,
     max_size=20,
 )
+# Long runs of rows with the same keys and numbers only: the column-wise formats.
+NUMBER = st.one_of(
+    st.floats(min_value=1e-3, max_value=1e6),
+    st.floats(min_value=1e-9, max_value=9e-4),
+    st.integers(-(2**63), 2**64 - 1),
+)
+SAME_KEYS_ROWS = st.tuples(
+    st.sampled_from(["m", "r"]),
+    st.lists(st.sampled_from(KEYS), unique=True),
+    st.sampled_from(
+        [
+            st.floats(min_value=1e-3, max_value=1e6),
+            st.floats(min_value=1e-9, max_value=9e-4),
+            st.floats(min_value=-1e6, max_value=-1e-3),
+            st.floats(min_value=-9e-4, max_value=-1e-9),
+            st.floats(min_value=-1e20, max_value=1e20),
+            st.integers(-5, 5),
+            NUMBER,
+        ]
+    ),
+).flatmap(
+    lambda spec: st.lists(
+        st.tuples(st.just(spec[0]), st.fixed_dictionaries({k: spec[2] for k in spec[1]})),
+        min_size=1,
+        max_size=50,
+    )
+)
+ROWS = st.one_of(MIXED_ROWS, SAME_KEYS_ROWS)
 
 
 def general_csv(keys: list[str], rows: list[tuple[str, dict]]) -> str:
@@ -48,12 +78,12 @@ def general_csv(keys: list[str], rows: list[tuple[str, dict]]) -> str:
     return out.getvalue()
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(ROWS)
 def test_csv_rows_are_what_the_csv_module_writes(tmp_path_factory, rows) -> None:
     path = Path(tmp_path_factory.mktemp("csv")) / "m.csv"
     sink = MetricsCsvSink(str(path))
-    sink.write(ORIGIN, [[kind, 1.0, step, dict(m)] for step, (kind, m) in enumerate(rows)])
+    sink.write(ORIGIN, metrics_runs([(kind, step, m) for step, (kind, m) in enumerate(rows)]))
     sink.close()
     text = path.read_text(encoding="utf-8")
     header, _, body = text.partition("\n")
@@ -61,19 +91,21 @@ def test_csv_rows_are_what_the_csv_module_writes(tmp_path_factory, rows) -> None
     assert body == general_csv(keys, rows)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(ROWS)
 def test_jsonl_lines_are_what_the_general_path_writes(tmp_path_factory, rows) -> None:
     path = Path(tmp_path_factory.mktemp("jsonl")) / "m.jsonl"
     sink = MetricsJsonlSink(str(path))
-    sink.write(ORIGIN, [[kind, 1.5, step, dict(m)] for step, (kind, m) in enumerate(rows)])
+    sink.write(
+        ORIGIN, metrics_runs([(kind, step, m) for step, (kind, m) in enumerate(rows)], ts=1.5)
+    )
     sink.close()
     lines = path.read_text(encoding="utf-8").splitlines()
     assert len(lines) == len(rows)
     for step, (line, (_, metrics)) in enumerate(zip(lines, rows, strict=True)):
         body = ", ".join(json_string(k) + ": " + json_scalar(v) for k, v in metrics.items())
         assert line == (
-            f'{{"ts": 1.5, "step": {step}, "rank": 3, "host": "host-a", "metrics": {{{body}}}}}'
+            f'{{"ts": 1.500, "step": {step}, "rank": 3, "host": "host-a", "metrics": {{{body}}}}}'
         )
         parsed = json.loads(line)["metrics"]
         for k, v in metrics.items():

@@ -1,7 +1,9 @@
 """The one interface every sink implements, and the fan-out over several.
 
 Contract: the collector calls ``write`` with the records of one applied batch
-(already validated, in the sender's order), ``sync`` before it acknowledges
+(already validated, in the sender's order: log lines ``[kind, ts, level,
+text]`` and metrics as :class:`aggregator.metrics_run.MetricsRun`, whose
+first item is its kind too), ``sync`` before it acknowledges
 anything, and ``close`` once at the end. A sink keeps its files open between
 calls; ``flush`` must leave everything written so far in the operating
 system's hands, ``sync`` on the disk. ``mark`` returns a JSON-able position
@@ -46,7 +48,7 @@ class Origin:
 
 class Sink(abc.ABC):
     @abc.abstractmethod
-    def write(self, origin: Origin, records: Sequence[list]) -> None:
+    def write(self, origin: Origin, records: Sequence[Any]) -> None:
         """Take the records of one batch; a sink ignores kinds it does not write."""
 
     @abc.abstractmethod
@@ -117,7 +119,7 @@ class FanOut(Sink):
     def __init__(self, sinks: Sequence[Sink]):
         self.sinks = list(sinks)
 
-    def write(self, origin: Origin, records: Sequence[list]) -> None:
+    def write(self, origin: Origin, records: Sequence[Any]) -> None:
         for sink in self.sinks:
             sink.write(origin, records)
 

@@ -25,14 +25,16 @@ import io
 import math
 import os
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import IO, Any
 
 from roxxel.codec import MAX_STR_LEN, METRICS_KINDS, RECORD_RANKED_METRICS
 
 from ..checkpoint import replace_file
+from ..metrics_run import FLOATS, INTS, MetricsRun
 from .base import FileSink, Origin, truncate_to
 
-__all__ = ["MetricsCsvSink", "format_value", "RANK_COLUMN"]
+__all__ = ["MetricsCsvSink", "format_value", "csv_cell", "RANK_COLUMN"]
 
 RANK_COLUMN = "rank"
 
@@ -42,18 +44,19 @@ RANK_COLUMN = "rank"
 csv.field_size_limit(max(csv.field_size_limit(), 4 * MAX_STR_LEN))
 
 
-def _six_digits(values: list) -> tuple[bool, ...] | None:
-    """For a row of floats, which take ``.6g`` in :func:`format_value`; ``None`` otherwise."""
-    if not values or set(map(type, values)) != _FLOAT:
-        return None
-    magnitudes = list(map(abs, values))
-    if min(magnitudes) >= 1e-3 and max(magnitudes) < 1e16:
-        return _NONE_SMALL  # the common row: no per-value test
-    return tuple(not (1e-3 <= m < 1e16 or m == 0.0 or m == math.inf or m != m) for m in magnitudes)
-
-
-_FLOAT = {float}
-_NONE_SMALL: tuple[bool, ...] = ()
+def _float_format(column: tuple[float, ...]) -> str | None:
+    """The %-conversion that gives what :func:`format_value` gives each of
+    these finite floats, or ``None`` when they do not share one."""
+    low, high = min(column), max(column)
+    if high < 0.0:  # all negative: the same magnitudes, mirrored
+        low, high = -high, -low
+    elif low <= 0.0:  # both signs, or zeros
+        low, high = min(map(abs, column)), max(map(abs, column))
+    if high < 1e16 and (low >= 1e-3 or high == 0.0):
+        return "%.5f"
+    if low > 0.0 and (high < 1e-3 or low >= 1e16):
+        return "%.6g"
+    return None
 
 
 def format_value(value: object) -> str:
@@ -72,6 +75,14 @@ def format_value(value: object) -> str:
     return text
 
 
+def csv_cell(value: object) -> str:
+    """The cell of ``value`` as the csv module writes it (quoted when it must be)."""
+    text = format_value(value)
+    if "," in text or '"' in text or "\n" in text:
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
 class MetricsCsvSink(FileSink):
     def __init__(self, path: str):
         self.path = path
@@ -79,11 +90,9 @@ class MetricsCsvSink(FileSink):
         self._file = self._open()
         self._headed = os.fstat(self._file.fileno()).st_size > 0
         self._writer = csv.writer(self._file, lineterminator="\n")
-        # Rows of plain floats (the common case) are one %-format call each;
-        # any other row goes through the csv module, into this buffer.
-        self._formats: dict[tuple[int, int, tuple[bool, ...]], tuple[str, str]] = {}
-        self._slow_buffer = io.StringIO()
-        self._slow = csv.writer(self._slow_buffer, lineterminator="\n")
+        # One %-format per row of a run, cached per keys and column formats
+        # under the current header (cleared when the header changes).
+        self._formats: dict[tuple, tuple[str, Any]] = {}
 
     def _read_header(self) -> list[str]:
         try:
@@ -93,69 +102,75 @@ class MetricsCsvSink(FileSink):
             return []
         return list(header[1:]) if header else []
 
-    def write(self, origin: Origin, records: Sequence[list]) -> None:
-        rows = [r for r in records if r[0] in METRICS_KINDS]
-        if not rows:
+    def write(self, origin: Origin, records: Sequence[Any]) -> None:
+        runs: list[MetricsRun] = [r for r in records if r[0] in METRICS_KINDS]
+        if not runs:
             return
         known = set(self.keys)
         new_keys: list[str] = []
-        for kind, _, _, metrics in rows:
-            if kind == RECORD_RANKED_METRICS and RANK_COLUMN not in known:
+        for run in runs:
+            if run.kind == RECORD_RANKED_METRICS and RANK_COLUMN not in known:
                 known.add(RANK_COLUMN)
                 new_keys.append(RANK_COLUMN)
-            for key in metrics:
+            for key in run.keys:
                 if key not in known:
                     known.add(key)
                     new_keys.append(key)
         if new_keys or not self._headed:
             self._widen(new_keys)
-        keys = self.keys
-        rank_at = keys.index(RANK_COLUMN) if RANK_COLUMN in known else -1
-        values_of = [k for k in keys if k != RANK_COLUMN]
-        slow = self._slow
-        out = []
-        for kind, _, step, metrics in rows:
-            values = [metrics.get(k) for k in values_of]
-            is_ranked = rank_at >= 0 and kind == RECORD_RANKED_METRICS
-            small = _six_digits(values)
-            if small is not None:
-                plain, ranked = self._row_formats(len(keys), rank_at, small)
-                if is_ranked:
-                    values.insert(rank_at, origin.rank)
-                    out.append(f"{step},{ranked % tuple(values)}\n")
-                else:
-                    out.append(f"{step},{plain % tuple(values)}\n")
-                continue
-            row = [step, *[format_value(v) for v in values]]
-            if rank_at >= 0:
-                row.insert(rank_at + 1, origin.rank if is_ranked else "")
-            slow.writerow(row)
-            out.append(self._slow_buffer.getvalue())
-            self._slow_buffer.seek(0)
-            self._slow_buffer.truncate()
-        self._file.write("".join(out))
+        self._file.write("".join([self._text(run, origin.rank) for run in runs]))
 
-    def _row_formats(self, width: int, rank_at: int, small: tuple[bool, ...]) -> tuple[str, str]:
-        """%-formats of a row of floats (``.5f``, ``.6g`` where ``small``):
-        without and with the rank's ``%d``."""
-        key = (width, rank_at, small)
-        formats = self._formats.get(key)
-        if formats is None:
+    def _text(self, run: MetricsRun, rank: int) -> str:
+        """The CSV lines of ``run``, one %-format per row.
+
+        A column of integers, or of floats that all take the same one of
+        ``.5f``/``.6g``, is converted by the format itself; any other column
+        is turned into cell texts first, value by value.
+        """
+        cells: list[str] = []
+        columns: list[tuple] = []
+        converted = False
+        for kind, column in zip(run.types, run.columns, strict=True):
+            cell = "%d" if kind == INTS else _float_format(column) if kind == FLOATS else None
+            if cell is None:
+                cell, column, converted = "%s", tuple(map(csv_cell, column)), True
+            cells.append(cell)
+            columns.append(column)
+        rank_cell = str(rank) if run.kind == RECORD_RANKED_METRICS else ""
+        fmt, pick = self._run_format(run.keys, tuple(cells), rank_cell)
+        rows: Any = run.rows
+        if converted:
+            rows = zip(map(itemgetter(0), rows), *columns, strict=True)
+        if pick is not None:
+            rows = map(pick, rows)
+        return "".join(map(fmt.__mod__, rows))
+
+    def _run_format(
+        self, keys: tuple[str, ...], cells: tuple[str, ...], rank_cell: str
+    ) -> tuple[str, Any]:
+        """The %-format of a row of ``keys`` under the current header, and the
+        itemgetter that puts a row's values in header order (``None``: they are)."""
+        cache_key = (keys, cells, rank_cell)
+        found = self._formats.get(cache_key)
+        if found is None:
             if len(self._formats) > 10_000:
                 self._formats.clear()
-            six = iter(small or [False] * width)
-            cells = [
-                "" if i == rank_at else ("%.6g" if next(six) else "%.5f") for i in range(width)
+            at = {key: i for i, key in enumerate(keys, 1)}
+            # Per header column: the index of its value in a row, or the cell's text.
+            layout = [
+                rank_cell if rank_cell and key == RANK_COLUMN else at.get(key, "")
+                for key in self.keys
             ]
-            plain = ",".join(cells)
-            if rank_at >= 0:
-                cells[rank_at] = "%d"
-            formats = self._formats[key] = (plain, ",".join(cells))
-        return formats
+            picks = [0] + [c for c in layout if type(c) is int]
+            text = ["%d", *[cells[c - 1] if type(c) is int else c for c in layout]]
+            pick = None if picks == list(range(len(keys) + 1)) else itemgetter(*picks)
+            found = self._formats[cache_key] = (",".join(text) + "\n", pick)
+        return found
 
     def _widen(self, new_keys: list[str]) -> None:
         first = not self._headed
         self.keys = self.keys + new_keys
+        self._formats.clear()
         if first:
             self._writer.writerow(["step", *self.keys])
             self._headed = True
@@ -189,6 +204,7 @@ class MetricsCsvSink(FileSink):
     def reopen(self) -> None:
         super().reopen()
         self.keys = self._read_header()
+        self._formats.clear()
         self._headed = os.fstat(self._file.fileno()).st_size > 0
         self._writer = csv.writer(self._file, lineterminator="\n")
 
@@ -198,6 +214,7 @@ class MetricsCsvSink(FileSink):
     def rewind(self, mark: Any) -> None:
         self._file.flush()
         keys, size = list(mark["keys"]), mark["size"]
+        self._formats.clear()
         if keys == self.keys or size == 0:
             truncate_to(self.path, self._file.fileno(), size)
             self.keys = keys if size else []

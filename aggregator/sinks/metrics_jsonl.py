@@ -1,13 +1,16 @@
 """``{prefix}_metrics.jsonl``: one JSON object per metrics record.
 
-``{"ts": 1764086400.5, "step": 10, "rank": 0, "host": "node-1",
-"metrics": {"loss": 1.2}}``. JSON has no NaN or infinity, so those values are
-the strings ``"nan"``, ``"inf"`` and ``"-inf"``.
+``{"ts": 1764086400.500, "step": 10, "rank": 0, "host": "node-1",
+"metrics": {"loss": 1.2}}``: ``ts`` in seconds with milliseconds, floats
+as Python's shortest round-trip ``repr``. JSON has no NaN or infinity, so
+those values are the strings ``"nan"``, ``"inf"`` and ``"-inf"``; a value
+the collector could not write (not a scalar) is ``null``.
 
 Lines are assembled from pre-encoded pieces rather than through
 ``json.dumps`` of a dict per record: the collector writes hundreds of
 thousands of rows a second, and the generic encoder was its largest cost.
-Every value that reaches a sink is a JSON scalar (the collector drops the rest).
+Each line is one %-format, built once per keys and column types (see
+:mod:`aggregator.metrics_run`).
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from json.encoder import encode_basestring
+from operator import add, itemgetter
+from typing import Any
 
 from roxxel.codec import METRICS_KINDS
 
+from ..metrics_run import FLOATS, INTS, MIXED
 from .base import FileSink, Origin
 
 __all__ = ["MetricsJsonlSink", "json_scalar"]
@@ -63,36 +69,47 @@ class MetricsJsonlSink(FileSink):
     def _key(self, key: str) -> str:
         encoded = self._keys.get(key)
         if encoded is None:
+            if len(self._keys) > 100_000:
+                self._keys.clear()
             encoded = self._keys[key] = json_string(key) + ": "
         return encoded
 
-    def _format(self, keys: tuple) -> str:
-        """A %-format for a metrics map of these keys whose values are all finite floats."""
-        fmt = self._formats.get(keys)
+    def _format(self, keys: tuple[str, ...], cells: tuple[str, ...], head: str) -> str:
+        """The %-format of a line: ``ts``, ``step``, then a value per key."""
+        cache_key = (keys, cells, head)
+        fmt = self._formats.get(cache_key)
         if fmt is None:
             if len(self._formats) > 10_000:
                 self._formats.clear()
-            fmt = self._formats[keys] = ", ".join(
-                self._key(k).replace("%", "%%") + "%r" for k in keys
+            body = ", ".join(
+                self._key(k).replace("%", "%%") + c for k, c in zip(keys, cells, strict=True)
+            )
+            fmt = self._formats[cache_key] = (
+                '{"ts": %.3f, "step": %d' + head.replace("%", "%%") + body + "}}\n"
             )
         return fmt
 
-    def write(self, origin: Origin, records: Sequence[list]) -> None:
-        key = self._key
+    def write(self, origin: Origin, records: Sequence[Any]) -> None:
         head = f', "rank": {origin.rank}, "host": {json_string(origin.host)}, "metrics": {{'
         lines = []
-        for kind, ts, step, metrics in records:
-            if kind not in METRICS_KINDS:
+        for run in records:
+            if run[0] not in METRICS_KINDS:
                 continue
-            values = tuple(metrics.values())
-            # sum() is finite only if every value is: NaN and inf need the slow path.
-            if values and set(map(type, values)) == _FLOAT and (total := sum(values)) - total == 0:
-                body = self._format(tuple(metrics)) % values
+            # Finite floats and ints are converted by the format itself; other
+            # columns become JSON texts first, value by value.
+            cells = tuple(_CELLS.get(t, "%s") for t in run.types)
+            fmt = self._format(run.keys, cells, head)
+            if MIXED in run.types:
+                columns = [
+                    column if t != MIXED else tuple(map(json_scalar, column))
+                    for t, column in zip(run.types, run.columns, strict=True)
+                ]
+                rows = zip(run.ts, map(itemgetter(0), run.rows), *columns, strict=True)
             else:
-                body = ", ".join([key(k) + json_scalar(v) for k, v in metrics.items()])
-            lines.append(f'{{"ts": {float.__repr__(float(ts))}, "step": {step}{head}{body}}}}}\n')
+                rows = map(add, zip(run.ts), run.rows)  # (ts,) + (step, value, ...)
+            lines.append("".join(map(fmt.__mod__, rows)))
         if lines:
             self._file.write("".join(lines))
 
 
-_FLOAT = {float}
+_CELLS = {FLOATS: "%r", INTS: "%d"}

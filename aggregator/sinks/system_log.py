@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import IO, TextIO
+from typing import IO, Any, TextIO
 
 from roxxel.codec import RECORD_LOG
 from roxxel.lines import format_line
@@ -22,15 +22,9 @@ class SystemLogSink(FileSink):
     def _open(self) -> IO[str]:
         return open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
 
-    def write(self, origin: Origin, records: Sequence[list]) -> None:
+    def write(self, origin: Origin, records: Sequence[Any]) -> None:
         tag = origin.tag
-        text = "".join(
-            [
-                format_line(ts, level, msg, tag)
-                for kind, ts, level, msg in records
-                if kind == RECORD_LOG
-            ]
-        )
+        text = "".join([format_line(r[1], r[2], r[3], tag) for r in records if r[0] == RECORD_LOG])
         if text:
             self._file.write(text)
             if self._echo is not None:
