@@ -43,7 +43,7 @@ from roxxel import codec
 
 from .checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
 from .lock import RunLock
-from .metrics_run import metrics_run
+from .metrics_run import MetricsRun, metrics_run
 from .sinks import FanOut, MetricsCsvSink, MetricsJsonlSink, Origin, Sink, SystemLogSink
 
 __all__ = ["Collector", "SenderState", "default_sinks", "quarantine_path"]
@@ -466,9 +466,13 @@ class Collector:
         self._quarantine.write(json.dumps(item, default=repr) + "\n")
 
     def _apply(self, batch: codec.Batch, state: SenderState) -> None:
-        good: list[Any] = []
+        if codec.all_log_lines(batch.records):  # the common batch, checked in one pass
+            self.sinks.write(state.origin, batch.records)
+            self._applied(batch, state, len(batch.records))
+            return
+        lines: list[Any] = []
+        runs: list[MetricsRun] = []
         warnings: list[str] = []
-        written = 0
         for record in batch.records:
             problem = codec.check_record(record)
             if problem is not None:
@@ -483,17 +487,20 @@ class Collector:
                 run, dropped = metrics_run(record)
                 if dropped:
                     warnings += self._non_scalars(dropped, state)
-                good.append(run)
-                written += len(run.rows)
+                runs.append(run)
                 continue
             if kind == codec.RECORD_DROPPED:
                 self.stats["client_dropped"] += record[2] + record[3]
                 record = [codec.RECORD_LOG, record[1], logging.WARNING, _dropped_text(record)]
-            good.append(record)
-            written += 1
-        self.sinks.write(state.origin, good)
+            lines.append(record)
+        for records in (lines, runs):  # one sort per write (the sinks' contract)
+            if records:
+                self.sinks.write(state.origin, records)
         for text in warnings:
             self._log(logging.WARNING, text)
+        self._applied(batch, state, len(lines) + sum(len(run.rows) for run in runs))
+
+    def _applied(self, batch: codec.Batch, state: SenderState, written: int) -> None:
         state.committed = batch.seq
         self._dirty = True
         self.stats["batches"] += 1

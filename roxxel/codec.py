@@ -60,6 +60,7 @@ __all__ = [
     "decode_envelope",
     "Envelope",
     "check_record",
+    "all_log_lines",
     "check_metric_keys",
     "metrics_records",
 ]
@@ -335,6 +336,21 @@ def check_record(record: Any) -> str | None:
             return "dropped counts are not non-negative integers"
         return None
     return f"unknown record kind {kind!r}"
+
+
+def all_log_lines(records: list) -> bool:
+    """Whether every record is a valid log line: one pass of C-level calls
+    per field, instead of :func:`check_record` per record."""
+    if set(map(type, records)) != {list} or set(map(len, records)) != {4}:
+        return False
+    kinds, ts, levels, texts = zip(*records, strict=True)
+    return (
+        kinds.count(RECORD_LOG) == len(kinds)
+        and set(map(type, ts)) <= _NUMBERS
+        and all(map(math.isfinite, ts))
+        and set(map(type, levels)) == {int}
+        and set(map(type, texts)) == {str}
+    )
 
 
 def _check_metrics(record: list) -> str | None:

@@ -650,6 +650,30 @@ def test_check_record_never_raises(value):
     assert result is None or isinstance(result, str)
 
 
+@PROPERTY
+@given(st.lists(st.one_of(log_records, metrics_records, msgpack_values), max_size=6))
+def test_all_log_lines_agrees_with_check_record(records):
+    expected = all(check_record(r) is None and r[0] == codec.RECORD_LOG for r in records) and bool(
+        records
+    )
+    assert codec.all_log_lines(records) is expected
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        [],
+        [[["l"], 0, 20, "unhashable kind"]],
+        [["l", 0, 20, "x"], ["m", [], [0], [[1]]]],
+        [["l", 0, 20, "x"], ["l", math.nan, 20, "y"]],
+        [["l", 0, 20, "x"], ["l", 0, True, "y"]],
+        [["l", 0, 20, "x"], ("l", 0, 20, "tuple")],
+    ],
+)
+def test_all_log_lines_is_false_unless_every_record_is_a_valid_line(records):
+    assert codec.all_log_lines(records) is False
+
+
 def test_metrics_records_group_consecutive_rows_with_the_same_kind_and_keys():
     entries = [
         (("m", "a", "b"), 1.0, (1, 1.0, 2.0)),

@@ -1,9 +1,10 @@
 """The one interface every sink implements, and the fan-out over several.
 
-Contract: the collector calls ``write`` with the records of one applied batch
-(already validated, in the sender's order: log lines ``[kind, ts, level,
-text]`` and metrics as :class:`aggregator.metrics_run.MetricsRun`, whose
-first item is its kind too), ``sync`` before it acknowledges
+Contract: the collector calls ``write`` with records of one applied batch,
+already validated, in the sender's order, and of one sort per call: log
+lines ``[kind, ts, level, text]``, or metrics as
+:class:`aggregator.metrics_run.MetricsRun` (whose first item is its kind too);
+a sink looks at the first record to know which. ``sync`` before it acknowledges
 anything, and ``close`` once at the end. A sink keeps its files open between
 calls; ``flush`` must leave everything written so far in the operating
 system's hands, ``sync`` on the disk. ``mark`` returns a JSON-able position
@@ -49,7 +50,7 @@ class Origin:
 class Sink(abc.ABC):
     @abc.abstractmethod
     def write(self, origin: Origin, records: Sequence[Any]) -> None:
-        """Take the records of one batch; a sink ignores kinds it does not write."""
+        """Take records of one sort (see above); a sink ignores the sort it does not write."""
 
     @abc.abstractmethod
     def flush(self) -> None:

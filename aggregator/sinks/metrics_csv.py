@@ -103,9 +103,9 @@ class MetricsCsvSink(FileSink):
         return list(header[1:]) if header else []
 
     def write(self, origin: Origin, records: Sequence[Any]) -> None:
-        runs: list[MetricsRun] = [r for r in records if r[0] in METRICS_KINDS]
-        if not runs:
+        if not records or records[0][0] not in METRICS_KINDS:
             return
+        runs: Sequence[MetricsRun] = records
         known = set(self.keys)
         new_keys: list[str] = []
         for run in runs:

@@ -91,10 +91,10 @@ class MetricsJsonlSink(FileSink):
 
     def write(self, origin: Origin, records: Sequence[Any]) -> None:
         head = f', "rank": {origin.rank}, "host": {json_string(origin.host)}, "metrics": {{'
+        if not records or records[0][0] not in METRICS_KINDS:
+            return
         lines = []
         for run in records:
-            if run[0] not in METRICS_KINDS:
-                continue
             # Finite floats and ints are converted by the format itself; other
             # columns become JSON texts first, value by value.
             cells = tuple(_CELLS.get(t, "%s") for t in run.types)
@@ -108,8 +108,7 @@ class MetricsJsonlSink(FileSink):
             else:
                 rows = map(add, zip(run.ts), run.rows)  # (ts,) + (step, value, ...)
             lines.append("".join(map(fmt.__mod__, rows)))
-        if lines:
-            self._file.write("".join(lines))
+        self._file.write("".join(lines))
 
 
 _CELLS = {FLOATS: "%r", INTS: "%d"}

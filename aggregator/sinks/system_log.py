@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import IO, Any, TextIO
 
 from roxxel.codec import RECORD_LOG
-from roxxel.lines import format_line
+from roxxel.lines import format_lines
 
 from .base import FileSink, Origin
 
@@ -23,8 +23,9 @@ class SystemLogSink(FileSink):
         return open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
 
     def write(self, origin: Origin, records: Sequence[Any]) -> None:
-        tag = origin.tag
-        text = "".join([format_line(r[1], r[2], r[3], tag) for r in records if r[0] == RECORD_LOG])
+        if not records or records[0][0] != RECORD_LOG:
+            return
+        text = format_lines(records, origin.tag)
         if text:
             self._file.write(text)
             if self._echo is not None:
