@@ -498,7 +498,7 @@ class Collector:
                 self.sinks.write(state.origin, records)
         for text in warnings:
             self._log(logging.WARNING, text)
-        self._applied(batch, state, len(lines) + sum(len(run.rows) for run in runs))
+        self._applied(batch, state, len(lines) + sum(len(run.steps) for run in runs))
 
     def _applied(self, batch: codec.Batch, state: SenderState, written: int) -> None:
         state.committed = batch.seq

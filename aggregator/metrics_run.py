@@ -1,16 +1,16 @@
 """A run of metrics rows as the sinks take it: checked, and typed column by column.
 
 A client sends consecutive rows with the same keys as one record
-(``[kind, keys, ts, rows]``, see :mod:`roxxel.codec`). The collector turns
-each into a :class:`MetricsRun`: the rows as tuples ``(step, value, ...)``,
-every value a scalar (a non-scalar becomes ``None``, an empty cell), and for
-each key what its column holds. A sink formats a column of finite floats or
-of integers with one %-format for the whole run, instead of judging each value.
+(``[kind, keys, ts, steps, values]``, see :mod:`roxxel.codec`). The
+collector turns each into a :class:`MetricsRun`: the values column by
+column, every value a scalar (a non-scalar becomes ``None``, an empty cell),
+and for each key what its column holds. A sink zips the columns back into
+rows and formats a column of finite floats or of integers through one
+%-format for the whole run, instead of judging each value.
 """
 
 from __future__ import annotations
 
-from operator import itemgetter
 from typing import Any, NamedTuple
 
 from roxxel.values import NON_SCALAR
@@ -29,10 +29,10 @@ _INT = {int}
 class MetricsRun(NamedTuple):
     kind: str  # codec.RECORD_METRICS or codec.RECORD_RANKED_METRICS
     keys: tuple[str, ...]
-    ts: list[float]
-    rows: list[tuple]  # (step, value, ...): a value per key, in keys' order
-    columns: list[tuple]  # the values of each key, in keys' order
-    types: tuple[str, ...]  # FLOATS, INTS or MIXED per key
+    ts: list[float]  # per row
+    steps: list[int]  # per row
+    columns: list[tuple]  # per key, in keys' order: its value in each row
+    types: tuple[str, ...]  # per key: FLOATS, INTS or MIXED
 
 
 def metrics_run(record: list) -> tuple[MetricsRun, dict[str, tuple[str, int]]]:
@@ -42,8 +42,8 @@ def metrics_run(record: list) -> tuple[MetricsRun, dict[str, tuple[str, int]]]:
     A key none of whose values can be written leaves the run (it gets no
     column); other non-scalar values become ``None``.
     """
-    kind, keys, ts, rows = record
-    columns = list(zip(*rows, strict=True))[1:]
+    kind, keys, ts, steps, values = record
+    columns = list(zip(*values, strict=True))
     types: list[str] = []
     dropped: dict[str, tuple[str, int]] = {}
     kept: list[int] = []
@@ -64,13 +64,10 @@ def metrics_run(record: list) -> tuple[MetricsRun, dict[str, tuple[str, int]]]:
             columns[i] = tuple(v if type(v) in _SCALARS else None for v in column)
             types.append(MIXED)
         kept.append(i)
-    if not dropped:
-        run = MetricsRun(kind, tuple(keys), ts, list(map(tuple, rows)), columns, tuple(types))
-        return run, dropped
-    columns = [columns[i] for i in kept]
-    rows = list(zip(map(itemgetter(0), rows), *columns, strict=True))
-    run = MetricsRun(kind, tuple(keys[i] for i in kept), ts, rows, columns, tuple(types))
-    return run, dropped
+    if dropped:
+        keys = [keys[i] for i in kept]
+        columns = [columns[i] for i in kept]
+    return MetricsRun(kind, tuple(keys), ts, steps, columns, tuple(types)), dropped
 
 
 def _why(value: Any) -> str:

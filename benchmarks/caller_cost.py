@@ -200,7 +200,7 @@ def _undelivered(log_dir: str) -> dict[str, int]:
             for batch in section.batches:
                 for record in msgpack.unpackb(batch.body, raw=False):
                     if record[0] == "m":  # a run of rows with the same keys
-                        counts["metrics"] += len(record[3])
+                        counts["metrics"] += len(record[4])
                     elif record[0] == "l":
                         counts["lines"] += 1
                     elif record[0] == "d":

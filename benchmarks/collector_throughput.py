@@ -16,7 +16,7 @@ the raw limit of ZeroMQ + msgpack on the same machine.
   with WARNING lines (``log_message``), counted in the system log.
 * **raw limit**: the same number of processes, each encodes the same records
   as a roxxel client puts them on the wire (metrics: runs of rows with the
-  same keys, ``["r", keys, [ts, ...], [[step, 4 floats], ...]]`` from
+  same keys, ``["r", keys, [ts, ...], [step, ...], [[4 floats], ...]]`` from
   :func:`roxxel.codec.metrics_records`; lines: ``["l", ts, 30, text]``) with
   msgpack in batches of 4096 rows and PUSHes them to one PULL process that
   only ``msgpack.unpackb``\\ s each batch and counts its rows. Time from the
@@ -188,14 +188,14 @@ def run_roxxel(api: str, clients: int, n: int, metrics: dict[str, float]) -> dic
 def _raw_batch(api: str, first: int, size: int, metrics: dict[str, float]) -> list[Any]:
     """The records of one batch, as a roxxel client puts them on the wire."""
     if api == "log_metrics_summary":
-        head = ("r", *metrics)
-        entries = [(head, time.time(), (first + i, *metrics.values())) for i in range(size)]
+        keys, values = tuple(metrics), tuple(metrics.values())
+        entries = [("r", keys, time.time(), first + i, values) for i in range(size)]
         return codec.metrics_records(entries)
     return [["l", time.time(), WARNING, LINE] for _ in range(size)]
 
 
 def _rows(records: list[Any]) -> int:
-    return sum(len(r[3]) if r[0] in codec.METRICS_KINDS else 1 for r in records)
+    return sum(len(r[4]) if r[0] in codec.METRICS_KINDS else 1 for r in records)
 
 
 def _raw_pusher(endpoint: str, api: str, n: int, barrier: Any, metrics: dict[str, float]) -> None:

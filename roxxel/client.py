@@ -1,9 +1,9 @@
 """The background sender: records in, acknowledged batches out.
 
 The training thread only appends a tuple to :attr:`Sender.lines`
-(``(kind, ts, level, text)``) or :attr:`Sender.metrics` (``((kind, *keys),
-ts, (step, *values))``); ``collections.deque``: ``append`` is atomic and
-lock-free under the GIL. One sender thread, the only user of the socket:
+(``(kind, ts, level, text)``) or :attr:`Sender.metrics` (``(kind, keys, ts,
+step, values)``, names and values as tuples); ``collections.deque``:
+``append`` is atomic and lock-free under the GIL. One sender thread, the only user of the socket:
 
 1. *cuts*: every ``flush_interval`` it takes what the deques hold and encodes
    it (converting NumPy/JAX values there, never on the caller's thread) into

@@ -15,14 +15,14 @@ Records inside a batch are small arrays:
 
 * ``["l", ts, level, text]`` -- a system-log line (``level`` is a stdlib
   logging level number);
-* ``["m", keys, ts, rows]`` -- a run of metrics rows with the same keys:
-  ``keys`` the metric names, ``ts`` one timestamp per row and ``rows`` one
-  ``[step, value, ...]`` per row, a value per key in ``keys`` order. A client
-  sends consecutive rows with the same keys as one such record
+* ``["m", keys, ts, steps, values]`` -- a run of metrics rows with the same
+  keys: ``keys`` the metric names, then per row its timestamp, its step and
+  its ``[value, ...]`` (a value per key, in ``keys`` order). A client sends
+  consecutive rows with the same keys as one such record
   (:func:`metrics_records`): the names travel once per run, and the
   collector checks and formats a run column by column instead of row by row;
-* ``["r", keys, ts, rows]`` -- the same, logged with ``all_ranks=True``:
-  written with the sender's rank in a ``rank`` column;
+* ``["r", keys, ts, steps, values]`` -- the same, logged with
+  ``all_ranks=True``: written with the sender's rank in a ``rank`` column;
 * ``["d", ts, metrics, lines]`` -- how many records the client dropped
   (its buffer was full) since its last such report.
 
@@ -88,7 +88,7 @@ RECORD_RANKED_METRICS = "r"
 RECORD_DROPPED = "d"
 METRICS_KINDS = (RECORD_METRICS, RECORD_RANKED_METRICS)
 _BATCH_HEAD = b"\x95"
-_FIRST, _SECOND, _THIRD = itemgetter(0), itemgetter(1), itemgetter(2)
+_KIND_AND_KEYS, _TS, _STEP, _VALUES = itemgetter(0, 1), itemgetter(2), itemgetter(3), itemgetter(4)
 _NUMBERS = {int, float}
 
 
@@ -283,17 +283,18 @@ def _open_frame(data: bytes) -> tuple[Envelope, msgpack.Unpacker]:
     return Envelope(kind, sender_id, seq), unpacker
 
 
-def metrics_records(entries: Iterable[tuple[tuple, Any, tuple]]) -> list[tuple]:
+def metrics_records(entries: Iterable[tuple]) -> list[tuple]:
     """Wire records for metrics rows as a client queues them.
 
-    An entry is ``((kind, *keys), ts, (step, *values))``; consecutive entries
-    with the same kind and keys become one ``[kind, keys, ts, rows]`` record.
+    An entry is ``(kind, keys, ts, step, values)``; consecutive entries with
+    the same kind and keys become one ``[kind, keys, ts, steps, values]`` record.
     """
     records = []
-    for head, run in itertools.groupby(entries, _FIRST):
-        entries_of_run = list(run)
-        rows = list(map(_THIRD, entries_of_run))
-        records.append((head[0], head[1:], list(map(_SECOND, entries_of_run)), rows))
+    for (kind, keys), run in itertools.groupby(entries, _KIND_AND_KEYS):
+        rows = list(run)
+        records.append(
+            (kind, keys, list(map(_TS, rows)), list(map(_STEP, rows)), list(map(_VALUES, rows)))
+        )
     return records
 
 
@@ -317,11 +318,13 @@ def check_record(record: Any) -> str | None:
     Metric *values* are not judged here: a non-scalar value is the
     collector's to report by key, without refusing the rest of the row.
     """
-    if not isinstance(record, list) or len(record) != 4:
-        return "a record is an array of 4 items"
+    if not isinstance(record, list) or not record:
+        return "a record is a non-empty array"
     kind = record[0]
     if kind in METRICS_KINDS:
         return _check_metrics(record)
+    if len(record) != 4:
+        return "a log or dropped record is an array of 4 items"
     _, ts, a, b = record
     if not _is_real(ts):
         return "record timestamp is not a finite number"
@@ -355,20 +358,20 @@ def all_log_lines(records: list) -> bool:
 
 def _check_metrics(record: list) -> str | None:
     # Column by column through C-level map/set calls: a run holds thousands of rows.
-    _, keys, ts, rows = record
-    if type(keys) is not list or type(ts) is not list or type(rows) is not list:
-        return "a metrics record is [kind, keys, timestamps, rows] of arrays"
-    if not rows or len(ts) != len(rows):
-        return "a metrics record has at least one row and a timestamp per row"
+    if len(record) != 5 or any(type(part) is not list for part in record[1:]):
+        return "a metrics record is [kind, keys, timestamps, steps, values] of arrays"
+    _, keys, ts, steps, values = record
+    if not values or not len(ts) == len(steps) == len(values):
+        return "a metrics record has at least one row, each with a timestamp and a step"
     problem = check_metric_keys(keys)
     if problem is not None:
         return problem
     if not set(map(type, ts)) <= _NUMBERS or not all(map(math.isfinite, ts)):
         return "record timestamp is not a finite number"
-    if set(map(type, rows)) != {list} or set(map(len, rows)) != {len(keys) + 1}:
-        return "a metrics row is an array of a step and one value per key"
-    if set(map(type, map(_FIRST, rows))) != {int}:
+    if set(map(type, steps)) != {int}:
         return "metrics step is not an integer"
+    if set(map(type, values)) != {list} or set(map(len, values)) != {len(keys)}:
+        return "the values of a metrics row are an array of one value per key"
     return None
 
 

@@ -127,7 +127,7 @@ class Logger:
         self.is_rank_zero = rank.rank == 0
         self._level = _level_number(level)
         self._all_ranks = metrics_from_all_ranks
-        self._checked_head: tuple[str, ...] = ()
+        self._checked_keys: tuple[str, ...] | None = None
         self._close_timeout = close_timeout
         self._flush_interval = flush_interval
         self._max_buffer_bytes = max_buffer_bytes
@@ -250,18 +250,18 @@ class Logger:
         # Tuples of names and of values, not a copy of the dict: queued
         # tuples of scalars are untracked by the garbage collector, and the
         # sender turns runs of rows with the same names into one record.
-        head = (_RANKED if all_ranks or self._all_ranks else _METRICS, *metrics)
-        if head != self._checked_head:
-            self._check_metric_names(head)
-        self._append_metrics((head, _now(), (step, *metrics.values())))
+        keys = tuple(metrics)
+        if keys != self._checked_keys:
+            self._check_metric_names(keys)
+        kind = _RANKED if all_ranks or self._all_ranks else _METRICS
+        self._append_metrics((kind, keys, _now(), step, tuple(metrics.values())))
 
-    def _check_metric_names(self, head: tuple[str, ...]) -> None:
-        keys = head[1:]
+    def _check_metric_names(self, keys: tuple[str, ...]) -> None:
         problem = codec.check_metric_keys(keys)
         if problem is not None:
             error = TypeError if any(type(k) is not str for k in keys) else ValueError
             raise error(f"log_metrics_summary: {problem}")
-        self._checked_head = head
+        self._checked_keys = keys
 
     def _rank_zero_metrics_only(
         self, step: int, metrics: Mapping[str, Any], *, all_ranks: bool = False

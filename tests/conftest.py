@@ -52,7 +52,7 @@ def metrics_runs(rows: list[tuple[str, int, dict]], ts: float = 1.0) -> list:
     from roxxel import codec
     from roxxel.values import to_wire
 
-    entries = [((kind, *m), ts, (step, *m.values())) for kind, step, m in rows]
+    entries = [(kind, tuple(m), ts, step, tuple(m.values())) for kind, step, m in rows]
     body = codec.encode_records(codec.metrics_records(entries), to_wire)
     frame = codec.decode(codec.batch_frame(b"s" * codec.SENDER_ID_LEN, 1, body))
     assert all(codec.check_record(r) is None for r in frame.records)

@@ -58,7 +58,8 @@ _METRICS = [
     "m",
     ["loss", "n", "tag", "gone", "ok"],
     [1700000001, 1700000001.5],
-    [[10, 0.125, 3, "x", None, True], [11, -0.5, 4, "y", 1.5, False]],
+    [10, 11],
+    [[0.125, 3, "x", None, True], [-0.5, 4, "y", 1.5, False]],
 ]
 
 CASES = [
@@ -83,8 +84,8 @@ CASES = [
         id="batch-log-and-metrics",
     ),
     pytest.param(
-        Batch(SID, 2, [tuple(_LOG), ("m", ("a",), (0.5,), ((0, -1.5),))]),
-        Batch(SID, 2, [list(_LOG), ["m", ["a"], [0.5], [[0, -1.5]]]]),
+        Batch(SID, 2, [tuple(_LOG), ("m", ("a",), (0.5,), (0,), ((-1.5,),))]),
+        Batch(SID, 2, [list(_LOG), ["m", ["a"], [0.5], [0], [[-1.5]]]]),
         id="batch-tuples-come-back-as-lists",
     ),
     pytest.param(Batch(SID, 3, []), Batch(SID, 3, []), id="batch-empty"),
@@ -209,7 +210,8 @@ metrics_records = metric_keys.flatmap(
             "m",
             list(keys),
             [ts for ts, _, _ in rows],
-            [[step, *values] for _, step, values in rows],
+            [step for _, step, _ in rows],
+            [list(values) for _, _, values in rows],
         ]
     )
 )
@@ -407,7 +409,7 @@ def test_decode_refuses_garbage_with_codec_error(data):
     [
         pytest.param(
             msgpack.packb(
-                [1, "batch", SID, 1, [["m", ["loss"], [0], [[1, msgpack.ExtType(0, b"")]]]]]
+                [1, "batch", SID, 1, [["m", ["loss"], [0], [1], [[msgpack.ExtType(0, b"")]]]]]
             ),
             id="in-metrics-value",
         ),
@@ -536,13 +538,13 @@ def test_encode_batch_with_to_wire_default_sends_numpy_scalars_as_python_scalars
         "vector": np.arange(3),
         "plain": 7,
     }
-    record = ["m", list(metrics), [1.0], [[5, *metrics.values()]]]
+    record = ["m", list(metrics), [1.0], [5], [list(metrics.values())]]
     data = codec.encode_batch(SID, 1, [record], default=to_wire)
     decoded = decode(data)
     assert isinstance(decoded, Batch)
     [record] = decoded.records
     assert check_record(record) is None
-    values = dict(zip(record[1], record[3][0][1:], strict=True))
+    values = dict(zip(record[1], record[4][0], strict=True))
     _same(
         {k: values[k] for k in ("f32", "f64", "i64", "u8", "flag", "zero_d", "plain")},
         {"f32": 0.5, "f64": 0.25, "i64": -3, "u8": 200, "flag": True, "zero_d": 1.5, "plain": 7},
@@ -553,7 +555,7 @@ def test_encode_batch_with_to_wire_default_sends_numpy_scalars_as_python_scalars
 
 def test_encode_batch_without_a_default_refuses_numpy_scalars():
     with pytest.raises(CodecError, match="cannot encode"):
-        codec.encode_batch(SID, 1, [["m", ["x"], [1.0], [[5, np.int64(1)]]]])
+        codec.encode_batch(SID, 1, [["m", ["x"], [1.0], [5], [[np.int64(1)]]]])
 
 
 def test_encode_batch_runs_the_default_hook_only_for_unknown_values():
@@ -563,8 +565,10 @@ def test_encode_batch_runs_the_default_hook_only_for_unknown_values():
         seen.append(value)
         return "converted"
 
-    data = codec.encode_batch(SID, 1, [["m", ["a", "b", "c"], [0], [[0, 1, "s", {1, 2}]]]], default)
-    assert decode(data).records == [["m", ["a", "b", "c"], [0], [[0, 1, "s", "converted"]]]]
+    data = codec.encode_batch(
+        SID, 1, [["m", ["a", "b", "c"], [0], [0], [[1, "s", {1, 2}]]]], default
+    )
+    assert decode(data).records == [["m", ["a", "b", "c"], [0], [0], [[1, "s", "converted"]]]]
     assert seen == [{1, 2}]
 
 
@@ -579,9 +583,9 @@ def test_encode_batch_runs_the_default_hook_only_for_unknown_values():
         ["l", 1700000000.5, 20, "hello"],
         ["l", 0, 0, ""],
         ["l", -1.5, -5, "negative ts and level are numbers"],
-        ["m", [], [1], [[0]]],
-        ["r", ["loss", "name", "none"], [1.0, 2], [[123, 0.1, "x", None], [-1, 1, 2, 3]]],
-        ["m", ["v", NON_SCALAR], [1.0], [[1, [1, 2], {"nested": True}]]],  # values not judged
+        ["m", [], [1], [0], [[]]],
+        ["r", ["loss", "name", "none"], [1.0, 2], [123, -1], [[0.1, "x", None], [1, 2, 3]]],
+        ["m", ["v", NON_SCALAR], [1.0], [1], [[[1, 2], {"nested": True}]]],  # values not judged
     ],
 )
 def test_check_record_accepts_valid_records(record):
@@ -591,18 +595,19 @@ def test_check_record_accepts_valid_records(record):
 @pytest.mark.parametrize(
     ("record", "reason"),
     [
-        (("l", 0, 20, "tuple"), "array of 4"),
-        ({"kind": "l"}, "array of 4"),
-        (None, "array of 4"),
-        ("l", "array of 4"),
+        (("l", 0, 20, "tuple"), "non-empty array"),
+        ({"kind": "l"}, "non-empty array"),
+        (None, "non-empty array"),
+        ("l", "non-empty array"),
+        ([], "non-empty array"),
         (["l", 0, 20], "array of 4"),
         (["l", 0, 20, "x", "extra"], "array of 4"),
-        ([], "array of 4"),
+        (["d", 0, 1], "array of 4"),
         (["l", math.nan, 20, "x"], "timestamp"),
         (["l", math.inf, 20, "x"], "timestamp"),
-        (["m", [], [-math.inf], [[0]]], "timestamp"),
-        (["m", [], [True], [[0]]], "timestamp"),
-        (["m", [], [1, math.nan], [[0], [1]]], "timestamp"),
+        (["m", [], [-math.inf], [0], [[]]], "timestamp"),
+        (["m", [], [True], [0], [[]]], "timestamp"),
+        (["m", [], [1, math.nan], [0, 1], [[], []]], "timestamp"),
         (["l", "12:00", 20, "x"], "timestamp"),
         (["l", None, 20, "x"], "timestamp"),
         (["l", True, 20, "x"], "timestamp"),
@@ -611,21 +616,23 @@ def test_check_record_accepts_valid_records(record):
         (["l", 0, True, "x"], "log level"),
         (["l", 0, 20, b"bytes"], "log text"),
         (["l", 0, 20, None], "log text"),
-        (["m", ["a"], [0], [[1.5, 1.0]]], "metrics step"),
-        (["m", ["a"], [0, 0], [[1, 1.0], ["1", 1.0]]], "metrics step"),
-        (["m", [], [0], [[False]]], "metrics step"),
+        (["m", ["a"], [0], [1.5], [[1.0]]], "metrics step"),
+        (["m", ["a"], [0, 0], [1, "1"], [[1.0], [1.0]]], "metrics step"),
+        (["m", [], [0], [False], [[]]], "metrics step"),
         (["m", 0, 1, {"loss": 1.0}], "of arrays"),
-        (["m", ["a"], [0], None], "of arrays"),
-        (["m", ["a"], [], []], "at least one row"),
-        (["m", ["a"], [0, 1], [[1, 1.0]]], "a timestamp per row"),
-        (["m", ["a"], [0], [[1]]], "one value per key"),
-        (["m", ["a"], [0], [[1, 1.0, 2.0]]], "one value per key"),
-        (["m", ["a"], [0], [(1, 1.0)]], "one value per key"),
-        (["m", [1], [0], [[1, 1.0]]], "metric names are str"),
-        (["m", [""], [0], [[1, 1.0]]], "1 to 1024 characters"),
-        (["m", ["x" * 1025], [0], [[1, 1.0]]], "1 to 1024 characters"),
-        (["m", ["a", "a"], [0], [[1, 1.0, 2.0]]], "repeat"),
-        (["m", ["k"] * 4097, [0], [[1] * 4098]], "at most 4096"),
+        (["m", ["a"], [0], [1], None], "of arrays"),
+        (["m", ["a"], [0], [[1, 1.0]]], "of arrays"),
+        (["m", ["a"], [], [], []], "at least one row"),
+        (["m", ["a"], [0, 1], [1], [[1.0]]], "a timestamp and a step"),
+        (["m", ["a"], [0], [1, 2], [[1.0]]], "a timestamp and a step"),
+        (["m", ["a"], [0], [1], [[]]], "one value per key"),
+        (["m", ["a"], [0], [1], [[1.0, 2.0]]], "one value per key"),
+        (["m", ["a"], [0], [1], [(1.0,)]], "one value per key"),
+        (["m", [1], [0], [1], [[1.0]]], "metric names are str"),
+        (["m", [""], [0], [1], [[1.0]]], "1 to 1024 characters"),
+        (["m", ["x" * 1025], [0], [1], [[1.0]]], "1 to 1024 characters"),
+        (["m", ["a", "a"], [0], [1], [[1.0, 2.0]]], "repeat"),
+        (["m", ["k"] * 4097, [0], [1], [[1] * 4097]], "at most 4096"),
         (["x", 0, 1, {}], "unknown record kind 'x'"),
         ([b"l", 0, 20, "x"], "unknown record kind"),
         ([None, 0, 20, "x"], "unknown record kind"),
@@ -664,7 +671,7 @@ def test_all_log_lines_agrees_with_check_record(records):
     [
         [],
         [[["l"], 0, 20, "unhashable kind"]],
-        [["l", 0, 20, "x"], ["m", [], [0], [[1]]]],
+        [["l", 0, 20, "x"], ["m", [], [0], [1], [[]]]],
         [["l", 0, 20, "x"], ["l", math.nan, 20, "y"]],
         [["l", 0, 20, "x"], ["l", 0, True, "y"]],
         [["l", 0, 20, "x"], ("l", 0, 20, "tuple")],
@@ -675,18 +682,19 @@ def test_all_log_lines_is_false_unless_every_record_is_a_valid_line(records):
 
 
 def test_metrics_records_group_consecutive_rows_with_the_same_kind_and_keys():
+    ab, ba = ("a", "b"), ("b", "a")
     entries = [
-        (("m", "a", "b"), 1.0, (1, 1.0, 2.0)),
-        (("m", "a", "b"), 2.0, (2, 3.0, 4.0)),
-        (("r", "a", "b"), 3.0, (3, 5.0, 6.0)),
-        (("m", "b", "a"), 4.0, (4, 7.0, 8.0)),
-        (("m", "a", "b"), 5.0, (5, 9.0, 10.0)),
+        ("m", ab, 1.0, 1, (1.0, 2.0)),
+        ("m", ab, 2.0, 2, (3.0, 4.0)),
+        ("r", ab, 3.0, 3, (5.0, 6.0)),
+        ("m", ba, 4.0, 4, (7.0, 8.0)),
+        ("m", ab, 5.0, 5, (9.0, 10.0)),
     ]
     assert codec.metrics_records(entries) == [
-        ("m", ("a", "b"), [1.0, 2.0], [(1, 1.0, 2.0), (2, 3.0, 4.0)]),
-        ("r", ("a", "b"), [3.0], [(3, 5.0, 6.0)]),
-        ("m", ("b", "a"), [4.0], [(4, 7.0, 8.0)]),
-        ("m", ("a", "b"), [5.0], [(5, 9.0, 10.0)]),
+        ("m", ab, [1.0, 2.0], [1, 2], [(1.0, 2.0), (3.0, 4.0)]),
+        ("r", ab, [3.0], [3], [(5.0, 6.0)]),
+        ("m", ba, [4.0], [4], [(7.0, 8.0)]),
+        ("m", ab, [5.0], [5], [(9.0, 10.0)]),
     ]
     decoded = decode(codec.encode_batch(SID, 1, codec.metrics_records(entries)))
     assert [check_record(r) for r in decoded.records] == [None] * 4

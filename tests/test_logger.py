@@ -303,7 +303,17 @@ def test_bad_arguments_fail_clearly_at_the_caller(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="unknown logging level"):
             logger.log_message("x", level="LOUD")
         logger.log_metrics_summary(2, {"x": 1.0})
-    assert read(logger.metrics_csv_path) == "step,x\n2,1.00000\n"
+        # Metric names: checked whenever they differ from the last good ones.
+        with pytest.raises(TypeError, match=r"metric names are str, not int \(7\)"):
+            logger.log_metrics_summary(3, {"x": 1.0, 7: 2.0})
+        with pytest.raises(ValueError, match="1 to 1024 characters, not 0"):
+            logger.log_metrics_summary(3, {"": 1.0})
+        with pytest.raises(ValueError, match="1 to 1024 characters, not 1025"):
+            logger.log_metrics_summary(3, {"y" * 1025: 1.0})
+        with pytest.raises(ValueError, match="at most 4096 metrics per row"):
+            logger.log_metrics_summary(3, {f"k{i}": 1.0 for i in range(4097)})
+        logger.log_metrics_summary(4, {"x": 3.0})
+    assert read(logger.metrics_csv_path) == "step,x\n2,1.00000\n4,3.00000\n"
 
 
 def test_many_records_from_several_threads_all_arrive_in_order(tmp_path: Path) -> None:

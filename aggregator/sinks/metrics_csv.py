@@ -25,7 +25,6 @@ import io
 import math
 import os
 from collections.abc import Sequence
-from operator import itemgetter
 from typing import IO, Any
 
 from roxxel.codec import MAX_STR_LEN, METRICS_KINDS, RECORD_RANKED_METRICS
@@ -129,42 +128,36 @@ class MetricsCsvSink(FileSink):
         """
         cells: list[str] = []
         columns: list[tuple] = []
-        converted = False
         for kind, column in zip(run.types, run.columns, strict=True):
             cell = "%d" if kind == INTS else _float_format(column) if kind == FLOATS else None
             if cell is None:
-                cell, column, converted = "%s", tuple(map(csv_cell, column)), True
+                cell, column = "%s", tuple(map(csv_cell, column))
             cells.append(cell)
             columns.append(column)
         rank_cell = str(rank) if run.kind == RECORD_RANKED_METRICS else ""
-        fmt, pick = self._run_format(run.keys, tuple(cells), rank_cell)
-        rows: Any = run.rows
-        if converted:
-            rows = zip(map(itemgetter(0), rows), *columns, strict=True)
-        if pick is not None:
-            rows = map(pick, rows)
+        fmt, order = self._run_format(run.keys, tuple(cells), rank_cell)
+        rows = zip(run.steps, *[columns[i] for i in order], strict=True)
         return "".join(map(fmt.__mod__, rows))
 
     def _run_format(
         self, keys: tuple[str, ...], cells: tuple[str, ...], rank_cell: str
-    ) -> tuple[str, Any]:
-        """The %-format of a row of ``keys`` under the current header, and the
-        itemgetter that puts a row's values in header order (``None``: they are)."""
+    ) -> tuple[str, list[int]]:
+        """The %-format of a row of ``keys`` under the current header, and
+        which of the run's columns it takes, in header order."""
         cache_key = (keys, cells, rank_cell)
         found = self._formats.get(cache_key)
         if found is None:
             if len(self._formats) > 10_000:
                 self._formats.clear()
-            at = {key: i for i, key in enumerate(keys, 1)}
-            # Per header column: the index of its value in a row, or the cell's text.
+            at = {key: i for i, key in enumerate(keys)}
+            # Per header column: the index of its values in the run, or the cell's text.
             layout = [
                 rank_cell if rank_cell and key == RANK_COLUMN else at.get(key, "")
                 for key in self.keys
             ]
-            picks = [0] + [c for c in layout if type(c) is int]
-            text = ["%d", *[cells[c - 1] if type(c) is int else c for c in layout]]
-            pick = None if picks == list(range(len(keys) + 1)) else itemgetter(*picks)
-            found = self._formats[cache_key] = (",".join(text) + "\n", pick)
+            text = ["%d", *[cells[c] if type(c) is int else c for c in layout]]
+            order = [c for c in layout if type(c) is int]
+            found = self._formats[cache_key] = (",".join(text) + "\n", order)
         return found
 
     def _widen(self, new_keys: list[str]) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from json.encoder import encode_basestring
-from operator import add, itemgetter
 from typing import Any
 
 from roxxel.codec import METRICS_KINDS
@@ -99,14 +98,13 @@ class MetricsJsonlSink(FileSink):
             # columns become JSON texts first, value by value.
             cells = tuple(_CELLS.get(t, "%s") for t in run.types)
             fmt = self._format(run.keys, cells, head)
+            columns = run.columns
             if MIXED in run.types:
                 columns = [
                     column if t != MIXED else tuple(map(json_scalar, column))
-                    for t, column in zip(run.types, run.columns, strict=True)
+                    for t, column in zip(run.types, columns, strict=True)
                 ]
-                rows = zip(run.ts, map(itemgetter(0), run.rows), *columns, strict=True)
-            else:
-                rows = map(add, zip(run.ts), run.rows)  # (ts,) + (step, value, ...)
+            rows = zip(run.ts, run.steps, *columns, strict=True)
             lines.append("".join(map(fmt.__mod__, rows)))
         self._file.write("".join(lines))
 
