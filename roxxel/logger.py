@@ -251,7 +251,11 @@ class Logger:
         # tuples of scalars are untracked by the garbage collector, and the
         # sender turns runs of rows with the same names into one record.
         keys = tuple(metrics)
-        if keys != self._checked_keys:
+        if keys == self._checked_keys:
+            # The checked tuple itself: the new one is freed at once, so it
+            # does not count towards the next young-generation collection.
+            keys = self._checked_keys
+        else:
             self._check_metric_names(keys)
         kind = _RANKED if all_ranks or self._all_ranks else _METRICS
         self._append_metrics((kind, keys, _now(), step, tuple(metrics.values())))
