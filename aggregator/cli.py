@@ -17,7 +17,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .collector import Collector
+from .collector import DEFAULT_COMMIT_INTERVAL, Collector
 
 __all__ = ["main", "build_parser"]
 
@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM/SIGINT, keep serving until every rank of the run has closed its "
         "Logger, at most SECONDS (default: %(default)s, stop at once)",
     )
+    parser.add_argument(
+        "--commit-interval",
+        type=_non_negative,
+        default=DEFAULT_COMMIT_INTERVAL,
+        metavar="SECONDS",
+        help="fsync the files and the checkpoint, then acknowledge, at most this often "
+        "(default: %(default)s; 0: after every cycle of messages)",
+    )
     # Set by an embedding Logger: exit (after writing what arrived) when that
     # process ends, and report the bound endpoint on this file descriptor.
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
@@ -72,11 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     echo = None if args.no_echo else sys.stdout
     try:
-        collector = Collector.for_log_dir(args.bind, args.log_dir, args.prefix, echo)
+        collector = Collector.for_log_dir(
+            args.bind, args.log_dir, args.prefix, echo, commit_interval=args.commit_interval
+        )
     except (OSError, ValueError) as exc:
         print(f"roxxel-aggregator: cannot serve {args.log_dir}: {exc}", file=sys.stderr)
         return 2

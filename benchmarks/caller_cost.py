@@ -242,7 +242,7 @@ def _warm_up(logger: Any, api: str, log_dir: str, dead: bool = False) -> None:
     time.sleep(0.05)
 
 
-def _children_cpu_s() -> float:
+def children_cpu_s() -> float:
     """CPU seconds used so far by this process's live children (Linux /proc; else 0)."""
     total_ticks = 0
     try:
@@ -295,7 +295,7 @@ def log_calls(logger: Any, api: str, start: int, stop: int) -> None:
 
 def _throughput(logger: Any, api: str, n: int) -> dict[str, Any]:
     gc.collect()
-    child_cpu0 = _children_cpu_s() + _reaped_children_cpu_s()
+    child_cpu0 = children_cpu_s() + _reaped_children_cpu_s()
     cpu0 = time.process_time_ns()
     t0 = time.perf_counter_ns()
     log_calls(logger, api, 0, n)
@@ -305,7 +305,7 @@ def _throughput(logger: Any, api: str, n: int) -> dict[str, Any]:
     logger.close()
     t2 = time.perf_counter_ns()
     cpu1 = time.process_time_ns()
-    child_cpu1 = _children_cpu_s() + _reaped_children_cpu_s()
+    child_cpu1 = children_cpu_s() + _reaped_children_cpu_s()
     return {
         "loop_ns": t1 - t0,
         "total_ns": t2 - t0,

@@ -15,7 +15,7 @@ from aggregator import Collector, default_sinks
 from aggregator.sinks import MetricsCsvSink, Origin
 from roxxel import codec
 
-from .conftest import metrics_runs, read
+from .conftest import metrics_runs, read, wait_for
 
 
 @pytest.fixture(params=["ipc", "tcp"])
@@ -138,6 +138,26 @@ def stop(c: Collector, thread: threading.Thread) -> None:
     thread.join(30)
     c.close()
     assert not thread.is_alive()
+
+
+def test_acks_wait_for_the_commit_which_comes_at_most_every_commit_interval(
+    tmp_path: Path,
+) -> None:
+    c = Collector.for_log_dir("tcp://127.0.0.1:0", str(tmp_path), "run", commit_interval=3600)
+    thread = threading.Thread(target=c.run, kwargs={"poll": 0.02})
+    thread.start()
+    client = RawClient(c.endpoint)
+    try:
+        client.hello()  # nothing to commit: answered at once
+        client.sock.send(codec.encode(codec.Batch(client.sender_id, 1, [["l", 1.0, 20, "x"]])))
+        wait_for(lambda: c.stats["batches"] == 1)  # applied...
+        assert client.sock.poll(200) == 0  # ...but not acknowledged before its commit
+        c.stop()  # the last commit, then the acks
+        assert client.ack() == 1
+    finally:
+        client.close()
+        stop(c, thread)
+    assert [ln.split("] ", 2)[2] for ln in read(tmp_path / "run_system.log").splitlines()] == ["x"]
 
 
 def test_restart_rewinds_what_was_written_after_the_checkpoint(tmp_path: Path) -> None:

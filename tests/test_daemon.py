@@ -45,6 +45,16 @@ def test_help_reads_like_a_daemon(program: str) -> None:
     assert "roxxel-aggregator" in result.stdout
 
 
+@pytest.mark.parametrize("value", ["-1", "nan", "soon"])
+def test_a_bad_commit_interval_is_refused_by_the_parser(value: str, capsys) -> None:
+    from aggregator.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--log-dir", "d", "--commit-interval", value])
+    assert info.value.code == 2
+    assert "--commit-interval" in capsys.readouterr().err
+
+
 def test_unusable_log_dir_fails_with_a_clear_message(tmp_path: Path) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")

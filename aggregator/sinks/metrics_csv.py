@@ -190,6 +190,7 @@ class MetricsCsvSink(FileSink):
         finally:
             self._file = self._open()
             self._writer = csv.writer(self._file, lineterminator="\n")
+            self._synced_size = -1
 
     def _open(self) -> IO[str]:
         return open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115
@@ -210,6 +211,7 @@ class MetricsCsvSink(FileSink):
         self._formats.clear()
         if keys == self.keys or size == 0:
             truncate_to(self.path, self._file.fileno(), size)
+            self._synced_size = -1
             self.keys = keys if size else []
             self._headed = size > 0
             return
