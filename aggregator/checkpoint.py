@@ -61,7 +61,9 @@ def load_checkpoint(path: str) -> Checkpoint | None:
 
 def save_checkpoint(path: str, checkpoint: Checkpoint) -> None:
     data = {"version": VERSION, "senders": checkpoint.senders, "marks": checkpoint.marks}
-    replace_file(path, lambda f: json.dump(data, f, separators=(",", ":")))
+    # One write of the whole text: json.dump would write it piece by piece.
+    text = json.dumps(data, separators=(",", ":"))
+    replace_file(path, lambda f: f.write(text))
 
 
 def replace_file(path: str, write: Callable[[IO[str]], None], tmp: str | None = None) -> None:

@@ -140,24 +140,29 @@ def stop(c: Collector, thread: threading.Thread) -> None:
     assert not thread.is_alive()
 
 
-def test_acks_wait_for_the_commit_which_comes_at_most_every_commit_interval(
-    tmp_path: Path,
-) -> None:
+def test_commits_and_acks_come_at_most_once_per_commit_interval(tmp_path: Path) -> None:
     c = Collector.for_log_dir("tcp://127.0.0.1:0", str(tmp_path), "run", commit_interval=3600)
     thread = threading.Thread(target=c.run, kwargs={"poll": 0.02})
     thread.start()
     client = RawClient(c.endpoint)
     try:
         client.hello()  # nothing to commit: answered at once
-        client.sock.send(codec.encode(codec.Batch(client.sender_id, 1, [["l", 1.0, 20, "x"]])))
-        wait_for(lambda: c.stats["batches"] == 1)  # applied...
-        assert client.sock.poll(200) == 0  # ...but not acknowledged before its commit
+        assert client.batch(1, "first") == 1  # the first commit after a quiet spell: at once
+        client.sock.send(codec.encode(codec.Batch(client.sender_id, 2, [["l", 1.0, 20, "x"]])))
+        wait_for(lambda: c.stats["batches"] == 2)  # applied...
+        assert client.sock.poll(200) == 0  # ...but not acknowledged before the next commit
+        client.sock.send(codec.encode(codec.Bye(client.sender_id, 2)))
+        assert client.ack() == 2  # a bye is committed and answered at once
+        client.hello(acked=2)
+        client.sock.send(codec.encode(codec.Batch(client.sender_id, 3, [["l", 1.0, 20, "y"]])))
+        wait_for(lambda: c.stats["batches"] == 3)
         c.stop()  # the last commit, then the acks
-        assert client.ack() == 1
+        assert client.ack() == 3
     finally:
         client.close()
         stop(c, thread)
-    assert [ln.split("] ", 2)[2] for ln in read(tmp_path / "run_system.log").splitlines()] == ["x"]
+    lines = read(tmp_path / "run_system.log").splitlines()
+    assert [ln.split("] ", 2)[2] for ln in lines] == ["first", "x", "y"]
 
 
 def test_restart_rewinds_what_was_written_after_the_checkpoint(tmp_path: Path) -> None:
