@@ -98,7 +98,7 @@ class Sender:
         transport: Transport,
         hello: codec.Hello,
         *,
-        flush_interval: float = 0.005,
+        flush_interval: float = 0.01,
         resend_after: float = 5.0,
         max_buffer_bytes: int = 256 * 1024 * 1024,
         max_batch: int = codec.MAX_BATCH_RECORDS,
