@@ -52,6 +52,7 @@ import json
 import math
 import os
 import platform
+import random
 import re
 import resource
 import shutil
@@ -88,6 +89,26 @@ QUICK_N = 20_000
 PREFIX = "bench"
 MESSAGE = "step finished: loss 0.12345 lr 0.00030"
 METRICS = {"loss": 0.123456, "lr": 3e-4, "grad_norm": 1.234567, "accuracy": 0.987654}
+
+
+def metrics_series(count: int = 1024) -> list[dict[str, float]]:
+    """Rows like a training run's, cycled through by every metrics benchmark:
+    ``loss``, ``grad_norm`` and ``accuracy`` change every row and have all the
+    digits of a float64 (slow to format, like real ones), ``lr`` is constant."""
+    rng = random.Random(0)
+    return [
+        {
+            "loss": 2.5 / (1 + 0.01 * i) + rng.random() * 0.01,
+            "lr": 3e-4,
+            "grad_norm": 1.0 + rng.random(),
+            "accuracy": min(0.999, 0.5 + i / 2048 + rng.random() * 0.01),
+        }
+        for i in range(count)
+    ]
+
+
+METRICS_SERIES = metrics_series()
+_SERIES_MASK = len(METRICS_SERIES) - 1  # a power of two: i & mask cycles through it
 
 IMPLS = ("roxxel", "reference")
 APIS = ("log_metrics_summary", "log_message")
@@ -284,9 +305,9 @@ def forget_roxxel_env() -> None:
 def log_calls(logger: Any, api: str, start: int, stop: int) -> None:
     """The measured loop: calls ``start`` to ``stop`` of ``api`` (step = the call's index)."""
     if api == "log_metrics_summary":
-        metrics = METRICS
+        series, mask = METRICS_SERIES, _SERIES_MASK
         for i in range(start, stop):
-            logger.log_metrics_summary(step=i, metrics=metrics)
+            logger.log_metrics_summary(step=i, metrics=series[i & mask])
     else:
         message = MESSAGE
         for _ in range(start, stop):
@@ -364,7 +385,7 @@ def _percentile(ordered: Sequence[int], q: float) -> int:
 def _latency(logger: Any, api: str, n: int, overhead: Sequence[int]) -> dict[str, Any]:
     samples = array.array("q", bytes(8 * n))
     clock = time.perf_counter_ns
-    metrics = METRICS
+    series, mask = METRICS_SERIES, _SERIES_MASK
     message = MESSAGE
     watch = _GcWatch()
     gc.collect()
@@ -372,6 +393,7 @@ def _latency(logger: Any, api: str, n: int, overhead: Sequence[int]) -> dict[str
     try:
         if api == "log_metrics_summary":
             for i in range(n):
+                metrics = series[i & mask]
                 t0 = clock()
                 logger.log_metrics_summary(step=i, metrics=metrics)
                 samples[i] = clock() - t0

@@ -1,7 +1,8 @@
 """Collector throughput: records/s into the files from 8 client processes, next to
 the raw limit of ZeroMQ + msgpack on the same machine.
 
-``python -m benchmarks.collector_throughput [--clients 8] [--records 250000] [--quick]``
+``python -m benchmarks.collector_throughput [--clients 8] [--records 250000] [--quick]
+[--values varying|constant]``
 
 * **roxxel**: one ``roxxel-aggregator`` daemon (``--bind tcp://127.0.0.1:0
   --no-echo --stats-interval 0``) as a subprocess; ``--clients`` processes
@@ -9,7 +10,11 @@ the raw limit of ZeroMQ + msgpack on the same machine.
   endpoint>, metrics_from_all_ranks=True, close_timeout=300)`` with its own
   rank (``RANK``/``WORLD_SIZE``/``LOCAL_RANK``). Every client creates its
   Logger, logs one warm-up record, waits at a barrier, logs ``--records``
-  metrics rows (4 float keys) as fast as it can and closes its Logger. Time:
+  metrics rows (4 float keys: by default cycling through
+  ``caller_cost.METRICS_SERIES``, rows like a training run's whose ``loss``,
+  ``grad_norm`` and ``accuracy`` change every row with all 17 digits and
+  whose ``lr`` is constant; ``--values constant``: the same dict every call)
+  as fast as it can and closes its Logger. Time:
   from the barrier (the driver passes it last) until the last client's
   ``close()`` returned (it waits for the collector's acknowledgement of
   everything, i.e. written). The rows are then counted in the CSV. The same
@@ -42,7 +47,7 @@ import msgpack
 
 from roxxel import codec
 
-from .caller_cost import METRICS, forget_roxxel_env, roxxel_free_env
+from .caller_cost import METRICS, METRICS_SERIES, forget_roxxel_env, roxxel_free_env
 
 __all__ = ["main", "run"]
 
@@ -56,6 +61,10 @@ QUICK_RECORDS = 5_000
 BUDGET_RECORDS_S = 500_000
 BUDGET_FRACTION = 0.5
 APIS = ("log_metrics_summary", "log_message")
+VALUES = {
+    "varying": "1,024 rows like a training run's cycled (caller_cost.METRICS_SERIES)",
+    "constant": "the same dict every call (caller_cost.METRICS)",
+}
 
 
 # -- roxxel: one daemon, N client processes ---------------------------------------
@@ -98,7 +107,7 @@ def _roxxel_client(
     n: int,
     barrier: Any,
     out: Any,
-    metrics: dict[str, float],
+    series: list[dict[str, float]],
 ) -> None:
     forget_roxxel_env()
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(clients), LOCAL_RANK=str(rank))
@@ -114,13 +123,14 @@ def _roxxel_client(
             metrics_from_all_ranks=True,
         )
         if api == "log_metrics_summary":
-            logger.log_metrics_summary(step=-1, metrics=metrics)
+            logger.log_metrics_summary(step=-1, metrics=METRICS)
         else:
             logger.log_message(LINE, WARNING)
         barrier.wait()
         if api == "log_metrics_summary":
+            k = len(series)
             for i in range(n):
-                logger.log_metrics_summary(step=i, metrics=metrics)
+                logger.log_metrics_summary(step=i, metrics=series[i % k])
         else:
             for _ in range(n):
                 logger.log_message(LINE, WARNING)
@@ -141,7 +151,7 @@ def _count(api: str, log_dir: str) -> int:
         return sum(1 for line in f if line.endswith(f"] {LINE}\n"))
 
 
-def run_roxxel(api: str, clients: int, n: int, metrics: dict[str, float]) -> dict[str, Any]:
+def run_roxxel(api: str, clients: int, n: int, series: list[dict[str, float]]) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     tmp = tempfile.mkdtemp(prefix="roxxel-bench-collector-")
     daemon = None
@@ -150,7 +160,7 @@ def run_roxxel(api: str, clients: int, n: int, metrics: dict[str, float]) -> dic
         barrier, out = ctx.Barrier(clients + 1), ctx.Queue()
         procs = [
             ctx.Process(
-                target=_roxxel_client, args=(rank, clients, endpoint, api, n, barrier, out, metrics)
+                target=_roxxel_client, args=(rank, clients, endpoint, api, n, barrier, out, series)
             )
             for rank in range(clients)
         ]
@@ -185,11 +195,14 @@ def run_roxxel(api: str, clients: int, n: int, metrics: dict[str, float]) -> dic
 # -- raw limit: PUSH x N -> PULL that only decodes -------------------------------
 
 
-def _raw_batch(api: str, first: int, size: int, metrics: dict[str, float]) -> list[Any]:
+def _raw_batch(api: str, first: int, size: int, series: list[dict[str, float]]) -> list[Any]:
     """The records of one batch, as a roxxel client puts them on the wire."""
     if api == "log_metrics_summary":
-        keys, values = tuple(metrics), tuple(metrics.values())
-        entries = [("r", keys, time.time(), first + i, values) for i in range(size)]
+        keys, k = tuple(series[0]), len(series)
+        entries = [
+            ("r", keys, time.time(), i, tuple(series[i % k].values()))
+            for i in range(first, first + size)
+        ]
         return codec.metrics_records(entries)
     return [["l", time.time(), WARNING, LINE] for _ in range(size)]
 
@@ -198,7 +211,9 @@ def _rows(records: list[Any]) -> int:
     return sum(len(r[4]) if r[0] in codec.METRICS_KINDS else 1 for r in records)
 
 
-def _raw_pusher(endpoint: str, api: str, n: int, barrier: Any, metrics: dict[str, float]) -> None:
+def _raw_pusher(
+    endpoint: str, api: str, n: int, barrier: Any, series: list[dict[str, float]]
+) -> None:
     import zmq
 
     ctx = zmq.Context()
@@ -210,7 +225,7 @@ def _raw_pusher(endpoint: str, api: str, n: int, barrier: Any, metrics: dict[str
     sent = 0
     while sent < n:
         size = min(BATCH, n - sent)
-        sock.send(packb(_raw_batch(api, sent, size, metrics)))
+        sock.send(packb(_raw_batch(api, sent, size, series)))
         sent += size
     sock.close()
     ctx.term()
@@ -233,14 +248,14 @@ def _raw_puller(api: str, total: int, barrier: Any, out: Any, port_out: Any) -> 
     ctx.term()
 
 
-def run_raw(api: str, clients: int, n: int, metrics: dict[str, float]) -> dict[str, Any]:
+def run_raw(api: str, clients: int, n: int, series: list[dict[str, float]]) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     barrier, out, port_out = ctx.Barrier(clients + 2), ctx.Queue(), ctx.Queue()
     puller = ctx.Process(target=_raw_puller, args=(api, clients * n, barrier, out, port_out))
     puller.start()
     endpoint = f"tcp://127.0.0.1:{port_out.get(timeout=120)}"
     pushers = [
-        ctx.Process(target=_raw_pusher, args=(endpoint, api, n, barrier, metrics))
+        ctx.Process(target=_raw_pusher, args=(endpoint, api, n, barrier, series))
         for _ in range(clients)
     ]
     for p in pushers:
@@ -256,12 +271,10 @@ def run_raw(api: str, clients: int, n: int, metrics: dict[str, float]) -> dict[s
 # -- the table ---------------------------------------------------------------------
 
 
-def format_table(
-    results: dict[str, Any], clients: int, n: int, metrics: dict[str, float] = METRICS
-) -> str:
+def format_table(results: dict[str, Any], clients: int, n: int, values: str = "varying") -> str:
     lines = [
         f"collector throughput: {clients} client processes x {n:,} records "
-        f"(metrics {metrics}), "
+        f"(metrics: 4 floats, {VALUES[values]}), "
         f"{os.cpu_count()} CPUs; raw limit = {clients} msgpack PUSH -> 1 PULL that only "
         f"decodes (batches of {BATCH})",
         "",
@@ -311,7 +324,10 @@ def _problems(case: dict[str, Any]) -> list[str]:
 
 
 def run(
-    clients: int, n: int, metrics: dict[str, float] = METRICS, progress: Any = None
+    clients: int,
+    n: int,
+    series: list[dict[str, float]] = METRICS_SERIES,
+    progress: Any = None,
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for api in APIS:
@@ -319,7 +335,7 @@ def run(
         for name, fn in (("roxxel", run_roxxel), ("raw", run_raw)):
             if progress:
                 progress(f"{name} {api}")
-            results[api][name] = fn(api, clients, n, metrics)
+            results[api][name] = fn(api, clients, n, series)
     return results
 
 
@@ -331,21 +347,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--quick", action="store_true", help=f"{QUICK_RECORDS:,} records per client"
     )
     parser.add_argument(
-        "--lr",
-        type=float,
-        default=METRICS["lr"],
-        help="the 'lr' metric's value (default %(default)s; the collector's CSV fast path "
-        "takes only floats >= 1e-3)",
+        "--values",
+        choices=sorted(VALUES),
+        default="varying",
+        help="the metrics logged: %(default)s (default) or the same dict every call",
     )
     args = parser.parse_args(argv)
-    metrics = {**METRICS, "lr": args.lr}
+    series = METRICS_SERIES if args.values == "varying" else [METRICS]
     n = args.records or (QUICK_RECORDS if args.quick else DEFAULT_RECORDS)
 
     def progress(text: str) -> None:
         print(f"running {text} ...", file=sys.stderr, flush=True)
 
-    results = run(args.clients, n, metrics, progress)
-    print(format_table(results, args.clients, n, metrics))
+    results = run(args.clients, n, series, progress)
+    print(format_table(results, args.clients, n, args.values))
     return 1 if any(_problems(results[api]) for api in APIS) else 0
 
 
