@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from roxxel.values import NON_SCALAR
 
-__all__ = ["MetricsRun", "FLOATS", "INTS", "MIXED", "metrics_run"]
+__all__ = ["MetricsRun", "FLOATS", "INTS", "MIXED", "metrics_run", "is_constant"]
 
 FLOATS = "floats"  # every value a finite float
 INTS = "ints"  # every value an int (not a bool)
@@ -68,6 +68,19 @@ def metrics_run(record: list) -> tuple[MetricsRun, dict[str, tuple[str, int]]]:
         keys = [keys[i] for i in kept]
         columns = [columns[i] for i in kept]
     return MetricsRun(kind, tuple(keys), ts, steps, columns, tuple(types)), dropped
+
+
+def is_constant(kind: str, column: tuple) -> bool:
+    """Whether a column of ``kind`` holds one number in every row (a learning
+    rate, an epoch), which a sink may format once for the whole run.
+
+    Never for 0.0, which -0.0 equals but which is written differently.
+    """
+    return (
+        (kind == INTS or (kind == FLOATS and column[0] != 0.0))
+        and len(column) > 1
+        and column.count(column[0]) == len(column)
+    )
 
 
 def _why(value: Any) -> str:

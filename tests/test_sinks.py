@@ -49,6 +49,11 @@ SAME_KEYS_ROWS = st.tuples(
             st.floats(min_value=-9e-4, max_value=-1e-9),
             st.floats(min_value=-1e20, max_value=1e20),
             st.integers(-5, 5),
+            # A column of one value (formatted once per run), and zeros of both signs.
+            st.just(3e-4),
+            st.just(-2.5),
+            st.just(2**40),
+            st.sampled_from([0.0, -0.0]),
             NUMBER,
         ]
     ),

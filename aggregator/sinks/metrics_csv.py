@@ -30,7 +30,7 @@ from typing import IO, Any
 from roxxel.codec import MAX_STR_LEN, METRICS_KINDS, RECORD_RANKED_METRICS
 
 from ..checkpoint import replace_file
-from ..metrics_run import FLOATS, INTS, MetricsRun
+from ..metrics_run import FLOATS, INTS, MetricsRun, is_constant
 from .base import FileSink, Origin, truncate_to
 
 __all__ = ["MetricsCsvSink", "format_value", "csv_cell", "RANK_COLUMN"]
@@ -41,6 +41,9 @@ RANK_COLUMN = "rank"
 # Rows are read back when the header widens or the file is rewound; a text
 # value may be as long as a record allows.
 csv.field_size_limit(max(csv.field_size_limit(), 4 * MAX_STR_LEN))
+
+
+CONVERSIONS = frozenset({"%d", "%.5f", "%.6g", "%s"})
 
 
 def _float_format(column: tuple[float, ...]) -> str | None:
@@ -123,15 +126,21 @@ class MetricsCsvSink(FileSink):
         """The CSV lines of ``run``, one %-format per row.
 
         A column of integers, or of floats that all take the same one of
-        ``.5f``/``.6g``, is converted by the format itself; any other column
-        is turned into cell texts first, value by value.
+        ``.5f``/``.6g``, is converted by the format itself; a column of one
+        number (a learning rate, an epoch) is formatted once, into the format;
+        any other column is turned into cell texts first, value by value.
         """
         cells: list[str] = []
         columns: list[tuple] = []
         for kind, column in zip(run.types, run.columns, strict=True):
-            cell = "%d" if kind == INTS else _float_format(column) if kind == FLOATS else None
-            if cell is None:
-                cell, column = "%s", tuple(map(csv_cell, column))
+            if is_constant(kind, column):
+                cell = format_value(column[0])  # a number: nothing to quote or escape
+            elif kind == INTS:
+                cell = "%d"
+            else:
+                cell = _float_format(column) if kind == FLOATS else None
+                if cell is None:
+                    cell, column = "%s", tuple(map(csv_cell, column))
             cells.append(cell)
             columns.append(column)
         rank_cell = str(rank) if run.kind == RECORD_RANKED_METRICS else ""
@@ -156,7 +165,7 @@ class MetricsCsvSink(FileSink):
                 for key in self.keys
             ]
             text = ["%d", *[cells[c] if type(c) is int else c for c in layout]]
-            order = [c for c in layout if type(c) is int]
+            order = [c for c in layout if type(c) is int and cells[c] in CONVERSIONS]
             found = self._formats[cache_key] = (",".join(text) + "\n", order)
         return found
 

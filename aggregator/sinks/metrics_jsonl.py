@@ -22,7 +22,7 @@ from typing import Any
 
 from roxxel.codec import METRICS_KINDS
 
-from ..metrics_run import FLOATS, INTS, MIXED
+from ..metrics_run import FLOATS, INTS, MIXED, is_constant
 from .base import FileSink, Origin
 
 __all__ = ["MetricsJsonlSink", "json_scalar"]
@@ -94,16 +94,20 @@ class MetricsJsonlSink(FileSink):
             return
         lines = []
         for run in records:
-            # Finite floats and ints are converted by the format itself; other
+            # Finite floats and ints are converted by the format itself, a
+            # column of one number is converted once, into the format; other
             # columns become JSON texts first, value by value.
-            cells = tuple(_CELLS.get(t, "%s") for t in run.types)
-            fmt = self._format(run.keys, cells, head)
-            columns = run.columns
-            if MIXED in run.types:
-                columns = [
-                    column if t != MIXED else tuple(map(json_scalar, column))
-                    for t, column in zip(run.types, columns, strict=True)
-                ]
+            cells: list[str] = []
+            columns: list[tuple] = []
+            for kind, column in zip(run.types, run.columns, strict=True):
+                if is_constant(kind, column):
+                    cells.append(json_scalar(column[0]))
+                    continue
+                if kind == MIXED:
+                    column = tuple(map(json_scalar, column))
+                cells.append(_CELLS.get(kind, "%s"))
+                columns.append(column)
+            fmt = self._format(run.keys, tuple(cells), head)
             rows = zip(run.ts, run.steps, *columns, strict=True)
             lines.append("".join(map(fmt.__mod__, rows)))
         self._file.write("".join(lines))
