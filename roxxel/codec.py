@@ -88,7 +88,7 @@ RECORD_RANKED_METRICS = "r"
 RECORD_DROPPED = "d"
 METRICS_KINDS = (RECORD_METRICS, RECORD_RANKED_METRICS)
 _BATCH_HEAD = b"\x95"
-_KIND_AND_KEYS, _TS, _STEP, _VALUES = itemgetter(0, 1), itemgetter(2), itemgetter(3), itemgetter(4)
+_KIND, _KEYS = itemgetter(0), itemgetter(1)
 _NUMBERS = {int, float}
 
 
@@ -290,11 +290,16 @@ def metrics_records(entries: Iterable[tuple]) -> list[tuple]:
     the same kind and keys become one ``[kind, keys, ts, steps, values]`` record.
     """
     records = []
-    for (kind, keys), run in itertools.groupby(entries, _KIND_AND_KEYS):
-        rows = list(run)
-        records.append(
-            (kind, keys, list(map(_TS, rows)), list(map(_STEP, rows)), list(map(_VALUES, rows)))
-        )
+    # A Logger queues the same keys object while the names do not change:
+    # grouping by it compares identities.
+    for keys, run in itertools.groupby(entries, _KEYS):
+        kinds, _, ts, steps, values = zip(*run, strict=True)
+        if kinds.count(kinds[0]) == len(kinds):
+            records.append((kinds[0], keys, ts, steps, values))
+            continue
+        for kind, part in itertools.groupby(zip(kinds, ts, steps, values, strict=True), _KIND):
+            _, ts, steps, values = zip(*part, strict=True)
+            records.append((kind, keys, ts, steps, values))
     return records
 
 

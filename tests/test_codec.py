@@ -691,10 +691,10 @@ def test_metrics_records_group_consecutive_rows_with_the_same_kind_and_keys():
         ("m", ab, 5.0, 5, (9.0, 10.0)),
     ]
     assert codec.metrics_records(entries) == [
-        ("m", ab, [1.0, 2.0], [1, 2], [(1.0, 2.0), (3.0, 4.0)]),
-        ("r", ab, [3.0], [3], [(5.0, 6.0)]),
-        ("m", ba, [4.0], [4], [(7.0, 8.0)]),
-        ("m", ab, [5.0], [5], [(9.0, 10.0)]),
+        ("m", ab, (1.0, 2.0), (1, 2), ((1.0, 2.0), (3.0, 4.0))),
+        ("r", ab, (3.0,), (3,), ((5.0, 6.0),)),
+        ("m", ba, (4.0,), (4,), ((7.0, 8.0),)),
+        ("m", ab, (5.0,), (5,), ((9.0, 10.0),)),
     ]
     decoded = decode(codec.encode_batch(SID, 1, codec.metrics_records(entries)))
     assert [check_record(r) for r in decoded.records] == [None] * 4
