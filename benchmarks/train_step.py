@@ -13,7 +13,8 @@ gnorm, "lr": LR, "step": step})`` where ``loss`` and ``gnorm`` are the
 ``jax.Array``\\ s the step returned, not converted (with asynchronous dispatch
 they are usually still being computed). One ``roxxel.Logger`` with default
 options (embedded collector child process) serves all on runs; off and on
-runs alternate ``--repeats`` times (after one warm-up run of each). Reported:
+runs alternate ``--repeats`` times, off-on then on-off (after one warm-up run
+of each). Reported:
 mean step time off and on and the overhead; the rows are counted in the CSV
 after ``close()``.
 
@@ -113,14 +114,19 @@ def measure(steps: int, repeats: int, inputs: int, hidden: int) -> dict[str, Any
         _run(step, params, x, y, steps, logger, logged)
         logged += steps
         off, on, cpu_off, cpu_on = [], [], [], []
-        for _ in range(repeats):
-            wall, cpu = _run(step, params, x, y, steps, None, 0)
-            off.append(wall / steps)
-            cpu_off.append(cpu / steps)
-            wall, cpu = _run(step, params, x, y, steps, logger, logged)
-            on.append(wall / steps)
-            cpu_on.append(cpu / steps)
-            logged += steps
+        for r in range(repeats):
+            # Off-on, then on-off (ABBA): a drift of the machine's speed
+            # during the runs does not favour either side.
+            for logging_on in (False, True) if r % 2 == 0 else (True, False):
+                if logging_on:
+                    wall, cpu = _run(step, params, x, y, steps, logger, logged)
+                    on.append(wall / steps)
+                    cpu_on.append(cpu / steps)
+                    logged += steps
+                else:
+                    wall, cpu = _run(step, params, x, y, steps, None, 0)
+                    off.append(wall / steps)
+                    cpu_off.append(cpu / steps)
         t_close = time.perf_counter()
         logger.close()
         close_s = time.perf_counter() - t_close
