@@ -6,6 +6,8 @@ the sender thread alone (ZeroMQ sockets are not thread-safe).
 
 from __future__ import annotations
 
+import math
+
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
@@ -61,7 +63,8 @@ class DealerTransport:
     def receive(self, timeout: float) -> list[bytes]:
         """Every frame that arrives within ``timeout`` seconds (at least one wait)."""
         frames: list[bytes] = []
-        ready = dict(self._poller.poll(max(0, int(timeout * 1000))))
+        # Rounded up: a 0 ms poll for a wait under 1 ms would spin.
+        ready = dict(self._poller.poll(max(0, math.ceil(timeout * 1000))))
         if self._monitor in ready:
             while self._monitor.poll(0):
                 if recv_monitor_message(self._monitor)["event"] == zmq.EVENT_CONNECTED:
