@@ -54,6 +54,9 @@ __all__ = ["Collector", "SenderState", "default_sinks", "quarantine_path"]
 # wait for it. With a commit per batch (every flush_interval of every client)
 # a steady trickle of records would cost more in commits than in records.
 DEFAULT_COMMIT_INTERVAL = 0.05
+# How long an embedded collector whose parent died waits for that process's
+# watcher to report how it ended.
+_AFTER_PARENT_DEATH = 3.0
 # A cycle takes at most this many messages before it may commit and ack, so
 # acks keep flowing under a flood.
 _MAX_MESSAGES_PER_CYCLE = 256
@@ -61,6 +64,17 @@ _MAX_MESSAGES_PER_CYCLE = 256
 _MAX_REPORTED = 10_000
 
 COLLECTOR_ORIGIN = Origin(rank=0, host="", pid=os.getpid())
+
+
+@dataclass(frozen=True)
+class Death:
+    """A process of the run that ended abnormally, as its watcher reported it."""
+
+    ts: float
+    rank: int
+    host: str
+    pid: int
+    text: str
 
 
 @dataclass
@@ -143,6 +157,7 @@ class Collector:
         self._byes: list[tuple[bytes, codec.Bye]] = []
         self._ranks_seen: set[int] = set()
         self._process_count = 0
+        self._deaths: list[Death] = []
         if checkpoint is not None:
             self._resume(checkpoint)
         self._stop = threading.Event()
@@ -256,6 +271,12 @@ class Collector:
                 next_check = time.monotonic() + 0.2
                 if not parent_alive():
                     self._log(logging.WARNING, "parent process ended; writing what arrived")
+                    # Its watcher's death notice is on its way: until a quiet spell.
+                    quiet_for, last_heard = 0.5, time.monotonic()
+                    deadline = last_heard + _AFTER_PARENT_DEATH
+                    while time.monotonic() < min(deadline, last_heard + quiet_for):
+                        if self.serve_once(0.05):
+                            last_heard = time.monotonic()
                     break
         else:
             deadline = time.monotonic() + drain_senders
@@ -263,6 +284,7 @@ class Collector:
                 self.serve_once(min(poll, max(0.0, deadline - time.monotonic())))
         while self.serve_once(0.01):
             pass
+        self._summarize_failures()
         self._commit_or_roll_back()
         if not self._dirty:
             self._send_acks()
@@ -523,6 +545,9 @@ class Collector:
                     warnings += self._non_scalars(dropped, state)
                 runs.append(run)
                 continue
+            if kind == codec.RECORD_DEATH:
+                self._death(record, state)
+                continue
             if kind == codec.RECORD_DROPPED:
                 self.stats["client_dropped"] += record[2] + record[3]
                 record = [codec.RECORD_LOG, record[1], logging.WARNING, _dropped_text(record)]
@@ -533,6 +558,37 @@ class Collector:
         for text in warnings:
             self._log(logging.WARNING, text)
         self._applied(batch, state, len(lines) + sum(len(run.steps) for run in runs))
+
+    def _death(self, record: list, state: SenderState) -> None:
+        """A watcher's notice that its process ended: written (before the rest of
+        the batch, its stderr), kept for the summary, and the dead process's
+        senders forgotten -- they will never resend nor say bye."""
+        _, ts, level, text = record
+        origin = state.origin
+        self.stats["deaths"] += 1
+        self._deaths.append(Death(ts, origin.rank, origin.host, origin.pid, text))
+        self._write_line(ts, level, f"[rank {origin.rank}] {text}")
+        for sender_id, other in list(self.senders.items()):
+            if other is not state and (other.origin.host, other.origin.pid) == (
+                origin.host,
+                origin.pid,
+            ):
+                del self.senders[sender_id]
+                self._open.discard(sender_id)
+
+    def _summarize_failures(self) -> None:
+        """The run's last line names its first failure, so nobody has to hunt for it."""
+        if not self._deaths:
+            return
+        first = min(self._deaths, key=lambda d: d.ts)
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(first.ts))
+        others = len(self._deaths) - 1
+        self._log(
+            logging.CRITICAL,
+            f"roxxel: first failure of this run: rank {first.rank} on {first.host} at {when} "
+            f"-- {first.text}"
+            + (f" ({others} more process(es) ended abnormally after it)" if others else ""),
+        )
 
     def _applied(self, batch: codec.Batch, state: SenderState, written: int) -> None:
         state.committed = batch.seq
@@ -567,7 +623,10 @@ class Collector:
         self._log(logging.WARNING, f"roxxel-aggregator: {text} (reported once per sender)")
 
     def _log(self, level: int, text: str) -> None:
-        self.sinks.write(COLLECTOR_ORIGIN, [[codec.RECORD_LOG, time.time(), level, text]])
+        self._write_line(time.time(), level, text)
+
+    def _write_line(self, ts: float, level: int, text: str) -> None:
+        self.sinks.write(COLLECTOR_ORIGIN, [[codec.RECORD_LOG, ts, level, text]])
         self._dirty = True
 
 

@@ -24,7 +24,10 @@ Records inside a batch are small arrays:
 * ``["r", keys, ts, steps, values]`` -- the same, logged with
   ``all_ranks=True``: written with the sender's rank in a ``rank`` column;
 * ``["d", ts, metrics, lines]`` -- how many records the client dropped
-  (its buffer was full) since its last such report.
+  (its buffer was full) since its last such report;
+* ``["x", ts, level, text]`` -- a death notice: the sender's process ended
+  abnormally (sent by its watcher, :mod:`roxxel.watcher`); written like a
+  log line, and remembered for the run's summary of failures.
 
 :func:`decode` never raises anything but :class:`CodecError`, whatever the
 bytes; it uses msgpack's explicit size limits and refuses ext types.
@@ -86,6 +89,7 @@ RECORD_LOG = "l"
 RECORD_METRICS = "m"
 RECORD_RANKED_METRICS = "r"
 RECORD_DROPPED = "d"
+RECORD_DEATH = "x"
 METRICS_KINDS = (RECORD_METRICS, RECORD_RANKED_METRICS)
 _BATCH_HEAD = b"\x95"
 _KIND, _KEYS = itemgetter(0), itemgetter(1)
@@ -333,7 +337,7 @@ def check_record(record: Any) -> str | None:
     _, ts, a, b = record
     if not _is_real(ts):
         return "record timestamp is not a finite number"
-    if kind == RECORD_LOG:
+    if kind in (RECORD_LOG, RECORD_DEATH):
         if type(a) is not int:
             return "log level is not an integer"
         if not isinstance(b, str):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .transport import DealerTransport
@@ -89,8 +90,15 @@ class DiscoveringTransport:
     logged stays with the sender (and ends in the undelivered file at close).
     """
 
-    def __init__(self, prefix: str, sender_id: bytes, timeout: float):
+    def __init__(
+        self,
+        prefix: str,
+        sender_id: bytes,
+        timeout: float,
+        on_found: Callable[[str], None] | None = None,
+    ):
         self.connects = 0
+        self._on_found = on_found
         self._prefix = prefix
         self._sender_id = sender_id
         self._deadline = time.monotonic() + timeout
@@ -138,6 +146,8 @@ class DiscoveringTransport:
         except Exception:  # DEADLINE_EXCEEDED until rank 0 publishes
             return
         self._inner = DealerTransport(endpoint, self._sender_id)
+        if self._on_found is not None:
+            self._on_found(endpoint)
 
     def close(self) -> None:
         if self._inner is not None:

@@ -35,6 +35,9 @@ from .lines import format_line
 from .ranks import detect_rank
 from .transport import DealerTransport
 from .undelivered import undelivered_path, write_unsent
+from .watcher import Watcher, watcher_enabled
+from .watcher import acquire as acquire_watcher
+from .watcher import release as release_watcher
 
 __all__ = ["Logger", "CRASH_HEADLINE"]
 
@@ -85,6 +88,12 @@ class Logger:
       Logger, then end the process by SIGTERM (or run the previous handler).
     * ``metrics_from_all_ranks`` (default ``False``): every
       ``log_metrics_summary`` call behaves as with ``all_ranks=True``.
+    * ``watcher`` (default on; ``ROXXEL_WATCHER=0`` turns it off when the
+      keyword is not given): a small process that copies this process's
+      stderr through (and ``faulthandler``'s stacks), and if the process
+      dies without closing its Logger (SIGKILL, SIGABRT, a segfault) tells
+      the collector how it ended, with the last 64 KiB of its stderr
+      (:mod:`roxxel.watcher`).
     """
 
     def __init__(
@@ -104,6 +113,7 @@ class Logger:
         collector_bind: str | None = None,
         discovery_timeout: float = 300.0,
         metrics_from_all_ranks: bool = False,
+        watcher: bool | None = None,
     ) -> None:
         if not isinstance(log_dir, (str, os.PathLike)):
             raise TypeError(f"log_dir must be a path, not {type(log_dir).__name__}")
@@ -137,6 +147,7 @@ class Logger:
         self._last_crash: BaseException | None = None
         self._embedded: EmbeddedCollector | None = None
         self._sender: Sender | None = None
+        self._watcher: Watcher | None = None
 
         endpoint = aggregator or os.environ.get(ENV_AGGREGATOR) or None
         self._discovery_timeout = discovery_timeout
@@ -175,6 +186,13 @@ class Logger:
                 file=sys.stderr,
             )
         else:
+            if watcher_enabled(watcher):
+                self._watcher = acquire_watcher(
+                    rank=self.rank,
+                    prefix=filename_prefix,
+                    process_count=self.world_size,
+                    endpoint=endpoint,
+                )
             self._start_sender()
         exits.register(self, handle_sigterm)
 
@@ -206,7 +224,12 @@ class Logger:
             prefix=self.filename_prefix,
         )
         transport: Any = (
-            DiscoveringTransport(self.filename_prefix, sender_id, self._discovery_timeout)
+            DiscoveringTransport(
+                self.filename_prefix,
+                sender_id,
+                self._discovery_timeout,
+                on_found=None if self._watcher is None else self._watcher.tell_endpoint,
+            )
             if self._discover
             else DealerTransport(self.endpoint, sender_id)
         )
@@ -372,6 +395,8 @@ class Logger:
                             f"roxxel: the embedded collector exited with code {code}",
                             file=sys.stderr,
                         )
+                if self._watcher is not None:
+                    release_watcher(self._watcher)
 
     def _save_unsent(self, unsent: Any) -> None:
         path = undelivered_path(self.log_dir, self.filename_prefix, self.rank)
