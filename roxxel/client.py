@@ -102,7 +102,7 @@ class Sender:
         resend_after: float = 5.0,
         max_buffer_bytes: int = 256 * 1024 * 1024,
         max_batch: int = codec.MAX_BATCH_RECORDS,
-        window: int = 64,
+        window: int = 1024,
         resume: Unsent | None = None,
     ) -> None:
         self.lines: deque[tuple[Any, ...]] = deque()

@@ -1,0 +1,259 @@
+"""Fatal ends with real signals: os.abort(), SIGKILL and a segfault while logging at full speed.
+
+Each training process logs metrics rows ``(step, t)`` as fast as it can and
+records every row's time in a memory-mapped file (which outlives the process
+without being written at the end). After the process is gone, every row
+older than 100 ms before its end must be in the CSV, once, and the run's log
+must hold the watcher's death notice, the tail of the process's stderr and,
+at the collector's end, the run's first failure. ``pytest -s`` prints the
+loss window: the rows missing and the age of the oldest one.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from .conftest import Daemon, python_env, read, wait_for
+
+ROWS = 8_000_000  # more than a process logs in the time a test takes
+
+CHILD = r"""
+import ctypes, os, sys, time
+import numpy as np
+from roxxel import Logger
+
+log_dir, how, times_path, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+times = np.memmap(times_path, dtype="float64", mode="r+", shape=(ROWS,))
+with Logger(log_dir, "run") as lg:
+    lg.log_metrics_summary(-1, {"t": 0.0}, all_ranks=True)
+    lg.flush()
+    now, log, i = time.time, lg.log_metrics_summary, 0
+    deadline = now() + seconds
+    while i < ROWS - 1:
+        t = now()
+        times[i] = t
+        log(i, {"t": t}, all_ranks=True)
+        i += 1
+        if t >= deadline and how != "wait":
+            break
+    times[ROWS - 1] = now()  # the end, as the process saw it
+    if how == "abort":
+        os.abort()
+    if how == "segv":
+        def read_address_zero():
+            ctypes.string_at(0)
+        read_address_zero()
+    while True:  # "wait": until SIGKILL
+        time.sleep(1)
+""".replace("ROWS", str(ROWS))
+
+
+def start_child(tmp_path: Path, how: str, seconds: float = 0.5, **env: str):
+    times = tmp_path / "times.f64"
+    np.memmap(times, dtype="float64", mode="w+", shape=(ROWS,)).flush()
+    process = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp_path / "logs"), how, str(times), str(seconds)],
+        env=python_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    return process, times
+
+
+def helpers_of(process: subprocess.Popen) -> list[psutil.Process]:
+    """The child's own children (its watcher, its embedded collector), to end them by PID."""
+    wait_for(lambda: len(psutil.Process(process.pid).children()) >= 1, what="the watcher")
+    return psutil.Process(process.pid).children()
+
+
+def end_all(process: subprocess.Popen, helpers: list[psutil.Process]) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.wait(30)
+    for helper in helpers:
+        try:
+            helper.wait(15)  # they end by themselves once they have reported
+        except psutil.TimeoutExpired:
+            helper.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def loss_window(csv_path: Path, times_path: Path, end: float | None = None) -> dict:
+    """Which rows reached the CSV, against what the process logged and when it ended
+    (``end``; by default the time the process wrote last)."""
+    times = np.memmap(times_path, dtype="float64", mode="r", shape=(ROWS,))
+    end = float(times[ROWS - 1]) if end is None else end
+    logged = int(np.count_nonzero(times[: ROWS - 1]))
+    with open(csv_path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        steps = [int(row["step"]) for row in reader]
+    on_disk = [s for s in steps if s >= 0]
+    assert len(on_disk) == len(set(on_disk)), "a row was written twice"
+    present = set(on_disk)
+    missing = [s for s in range(logged) if s not in present]
+    old = end - 0.1
+    old_missing = [s for s in missing if times[s] < old]
+    oldest_age = (end - float(times[missing[0]])) * 1e3 if missing else 0.0
+    return {
+        "logged": logged,
+        "on_disk": len(present),
+        "missing": len(missing),
+        "old_missing": len(old_missing),
+        "oldest_missing_age_ms": oldest_age,
+        "end": end,
+    }
+
+
+def report(label: str, window: dict) -> None:
+    print(
+        f"\n{label}: {window['logged']:,} rows logged, {window['on_disk']:,} on disk, "
+        f"{window['missing']:,} missing, the oldest missing logged "
+        f"{window['oldest_missing_age_ms']:.1f} ms before the end"
+    )
+
+
+def test_abort_at_full_speed_loses_only_the_last_milliseconds_and_is_reported(
+    tmp_path: Path, start_daemon
+) -> None:
+    daemon: Daemon = start_daemon(tmp_path / "logs")
+    process, times = start_child(
+        tmp_path,
+        "abort",
+        ROXXEL_AGGREGATOR=daemon.endpoint,
+        RANK="2",
+        WORLD_SIZE="4",
+        LOCAL_RANK="2",
+    )
+    helpers = helpers_of(process)
+    try:
+        assert process.wait(60) == -signal.SIGABRT
+        log = daemon.log_dir / "run_system.log"
+        wait_for(lambda: "ended by SIGABRT" in read(log), what="the death notice")
+    finally:
+        end_all(process, helpers)
+    stderr = process.stderr.read().decode()
+    assert "Fatal Python error: Aborted" in stderr  # still on the process's own stderr
+    text = read(log)
+    assert f"[rank 2] process {process.pid} on " in text
+    assert "Fatal Python error: Aborted" in text  # the stderr tail, via the watcher
+    assert "Current thread" in text and "in <module>" in text
+    window = loss_window(daemon.log_dir / "run_metrics.csv", times)
+    report("os.abort() at full speed (daemon, rank 2)", window)
+    assert window["old_missing"] == 0, window
+    assert daemon.terminate() == 0
+    last = read(log).splitlines()[-1]
+    assert "[CRITICAL] roxxel: first failure of this run: rank 2 on " in last
+    assert "ended by SIGABRT" in last
+
+
+def test_sigkill_loses_only_the_last_milliseconds_and_is_reported(tmp_path: Path) -> None:
+    process, times = start_child(tmp_path, "wait")
+    helpers = helpers_of(process)
+    log = tmp_path / "logs" / "run_system.log"
+    try:
+        mapped = np.memmap(times, dtype="float64", mode="r", shape=(ROWS,))
+        wait_for(lambda: mapped[200_000] != 0, what="200,000 rows logged")
+        os.kill(process.pid, signal.SIGKILL)
+        end = time.time()
+        # Not reaped yet: the watcher reads the exit status of the zombie.
+        wait_for(lambda: "first failure of this run" in read(log), what="the summary")
+    finally:
+        end_all(process, helpers)
+    assert process.returncode == -signal.SIGKILL
+    text = read(log)
+    assert f"[rank 0] process {process.pid} on " in text
+    assert "ended by SIGKILL" in text
+    # The process never wrote its end: the SIGKILL came from here.
+    window = loss_window(tmp_path / "logs" / "run_metrics.csv", times, end=end)
+    report("SIGKILL at full speed (embedded collector, rank 0)", window)
+    assert window["old_missing"] == 0, window
+    assert text.splitlines()[-1].count("first failure of this run: rank 0") == 1
+
+
+def test_a_segfault_puts_the_python_stack_in_the_log(tmp_path: Path) -> None:
+    process, times = start_child(tmp_path, "segv", seconds=0.1)
+    helpers = helpers_of(process)
+    log = tmp_path / "logs" / "run_system.log"
+    try:
+        assert process.wait(60) == -signal.SIGSEGV
+        wait_for(lambda: "first failure of this run" in read(log), what="the summary")
+    finally:
+        end_all(process, helpers)
+    text = read(log)
+    assert f"[rank 0] process {process.pid} on " in text and "ended by SIGSEGV" in text
+    assert "Fatal Python error: Segmentation fault" in text
+    assert "in read_address_zero" in text  # faulthandler's stack of the crashing thread
+    assert "Current thread 0x" in text and "\nThread 0x" in text  # and of the others
+    window = loss_window(tmp_path / "logs" / "run_metrics.csv", times)
+    report("segfault (embedded collector, rank 0)", window)
+    assert window["old_missing"] == 0, window
+
+
+def test_a_clean_exit_gives_no_death_notice_and_the_watcher_ends(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from roxxel import Logger\n"
+        f"with Logger({str(tmp_path / 'logs')!r}, 'run') as lg:\n"
+        "    lg.log_message('fine')\n"
+        "    print('to stderr', file=sys.stderr)\n"
+        "sys.exit(3)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=python_env(), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 3
+    assert "to stderr" in result.stderr  # copied through by the watcher before it ended
+    text = read(tmp_path / "logs" / "run_system.log")
+    assert "fine" in text and "ended by" not in text and "first failure" not in text
+
+
+def test_the_watcher_can_be_turned_off(tmp_path: Path) -> None:
+    from roxxel import Logger
+
+    with Logger(tmp_path, "kw", watcher=False) as logger:
+        assert logger._watcher is None
+    os.environ["ROXXEL_WATCHER"] = "0"
+    try:
+        with Logger(tmp_path, "env") as logger:
+            assert logger._watcher is None
+        with Logger(tmp_path, "kw_wins", watcher=True) as logger:
+            assert logger._watcher is not None
+            watcher_pid = logger._watcher.process.pid
+    finally:
+        del os.environ["ROXXEL_WATCHER"]
+    assert not psutil.pid_exists(watcher_pid) or psutil.Process(watcher_pid).status() == "zombie"
+
+
+@pytest.mark.parametrize("loggers", [1, 2])
+def test_stderr_goes_back_to_its_file_when_the_last_logger_closes(tmp_path, loggers) -> None:
+    code = (
+        "import os, sys\n"
+        "from roxxel import Logger\n"
+        f"lgs = [Logger({str(tmp_path)!r}, f'p{{i}}') for i in range({loggers})]\n"
+        "assert len({id(lg._watcher) for lg in lgs}) == 1  # one watcher per process\n"
+        "assert not os.path.samestat(os.fstat(2), os.fstat(99))\n"
+        "for lg in lgs:\n"
+        "    lg.close()\n"
+        "assert os.path.samestat(os.fstat(2), os.fstat(99))\n"
+        "print('after close', file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", f"import os; os.dup2(2, 99); exec({code!r})"],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "after close" in result.stderr
