@@ -8,12 +8,17 @@ every process exits 0. ``--logger-first`` creates the Logger before
 ``jax.distributed.initialize()`` (the rank then comes from SLURM_PROCID).
 ``--all-ranks`` adds a row from every rank with ``all_ranks=True``;
 ``--coordinator HOST`` puts JAX's coordinator on HOST instead of 127.0.0.1.
+``--hang SECONDS`` sets JAX's heartbeat timeout to SECONDS and, after the
+logging, creates ``LOG_DIR.ready`` and waits (for a peer's death: JAX then
+aborts this process), without closing the Logger.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
+from pathlib import Path
 
 import jax
 
@@ -29,6 +34,14 @@ def main() -> None:
         num_processes=int(count),
         process_id=int(process_id),
     )
+    if "--hang" in sys.argv:
+        init["heartbeat_timeout_seconds"] = int(sys.argv[sys.argv.index("--hang") + 1])
+        jax.distributed.initialize(**init)
+        lg = Logger(log_dir, "pod", close_timeout=60)
+        lg.log_message(f"rank {lg.rank} waits", level=logging.WARNING)
+        lg.flush()
+        Path(log_dir + ".ready").touch()
+        time.sleep(300)
     if not logger_first:
         jax.distributed.initialize(**init)
     try:

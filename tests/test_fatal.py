@@ -11,6 +11,7 @@ loss window: the rows missing and the age of the oldest one.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import signal
@@ -23,7 +24,7 @@ import numpy as np
 import psutil
 import pytest
 
-from .conftest import Daemon, python_env, read, wait_for
+from .conftest import Daemon, free_port, python_env, read, wait_for
 
 ROWS = 8_000_000  # more than a process logs in the time a test takes
 
@@ -257,3 +258,74 @@ def test_stderr_goes_back_to_its_file_when_the_last_logger_closes(tmp_path, logg
     )
     assert result.returncode == 0, result.stderr
     assert "after close" in result.stderr
+
+
+# -- a jax.distributed run where one rank is SIGKILLed -------------------------------
+
+WORKER = str(Path(__file__).with_name("pod_worker.py"))
+
+
+def kill_one_rank_of_four(tmp_path: Path, **env: str) -> list[subprocess.Popen]:
+    """Four ranks (JAX heartbeat timeout 3 s) that log and wait; rank 2 gets SIGKILL,
+    and JAX then aborts the other three. Returns the ended processes."""
+    port = str(free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, WORKER, port, str(i), "4", str(tmp_path / f"rank{i}"), "--hang", "3"],
+            env=python_env(**env),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(4)
+    ]
+    helpers: list[psutil.Process] = []
+    try:
+        ready = [tmp_path / f"rank{i}.ready" for i in range(4)]
+        wait_for(lambda: all(p.exists() for p in ready), timeout=120, what="4 ranks logging")
+        helpers = [h for p in procs for h in psutil.Process(p.pid).children()]
+        os.kill(procs[2].pid, signal.SIGKILL)
+        codes = [p.wait(120) for p in procs]
+        assert codes == [-signal.SIGABRT, -signal.SIGABRT, -signal.SIGKILL, -signal.SIGABRT]
+    finally:
+        for p in procs:
+            end_all(p, [])
+        for helper in helpers:  # watchers and rank 0's collector end once they have reported
+            with contextlib.suppress(psutil.NoSuchProcess):
+                try:
+                    helper.wait(30)
+                except psutil.TimeoutExpired:
+                    helper.kill()
+    return procs
+
+
+def check_deaths(log: str, procs: list[subprocess.Popen]) -> None:
+    for rank, p in enumerate(procs):
+        how = "SIGKILL" if rank == 2 else "SIGABRT"
+        assert f"[CRITICAL] [rank {rank}] process {p.pid} on " in log, log
+        assert f"process {p.pid} on " in log and f"ended by {how}" in log
+    # The survivors' own last words, through their watchers: JAX's abort message.
+    assert log.count("Terminating process because the JAX distributed service") >= 3
+    last = log.splitlines()[-1]
+    assert "first failure of this run: rank 2 on " in last
+    assert f"process {procs[2].pid} on " in last and "ended by SIGKILL" in last
+
+
+def test_a_rank_killed_in_a_jax_run_is_named_first_in_rank_zeros_log(tmp_path: Path) -> None:
+    procs = kill_one_rank_of_four(tmp_path)
+    log = tmp_path / "rank0" / "pod_system.log"
+    wait_for(lambda: "first failure of this run" in read(log), what="the summary")
+    text = read(log)
+    for rank in range(4):
+        assert f"rank {rank} waits" in text
+    check_deaths(text, procs)
+
+
+def test_a_rank_killed_in_a_jax_run_is_named_first_in_the_daemons_log(
+    tmp_path: Path, start_daemon
+) -> None:
+    daemon: Daemon = start_daemon(tmp_path / "daemon", "pod")
+    procs = kill_one_rank_of_four(tmp_path, ROXXEL_AGGREGATOR=daemon.endpoint)
+    log = daemon.log_dir / "pod_system.log"
+    wait_for(lambda: read(log).count("] process ") >= 4, what="4 death notices")
+    assert daemon.terminate() == 0
+    check_deaths(read(log), procs)
