@@ -135,3 +135,13 @@ def test_train_step_quick(tmp_path):
     assert "mean step time" in proc.stdout, proc.stdout
     assert "150 of 150 rows in the CSV" in proc.stdout, proc.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_abort_window_quick(tmp_path):
+    proc = _run(["benchmarks.abort_window", "--quick"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "loss window" in proc.stdout
+    for label in ("full speed", "100,000 rows/s", "10,000 rows/s"):
+        assert label in proc.stdout, proc.stdout
+    assert "notice NO" not in proc.stdout and "DUPLICATED" not in proc.stdout
+    assert list(tmp_path.iterdir()) == []

@@ -1,8 +1,9 @@
 """Fatal ends with real signals: os.abort(), SIGKILL and a segfault while logging at full speed.
 
-Each training process logs metrics rows ``(step, t)`` as fast as it can and
-records every row's time in a memory-mapped file (which outlives the process
-without being written at the end). After the process is gone, every row
+Each training process (``benchmarks.abort_window``'s) logs metrics rows
+``(step, t)`` as fast as it can and records every row's time in a
+memory-mapped file (which outlives the process without being written at the
+end). After the process is gone, every row
 older than 100 ms before its end must be in the CSV, once, and the run's log
 must hold the watcher's death notice, the tail of the process's stderr and,
 at the collector's end, the run's first failure. ``pytest -s`` prints the
@@ -12,7 +13,6 @@ loss window: the rows missing and the age of the oldest one.
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import signal
 import subprocess
@@ -24,51 +24,13 @@ import numpy as np
 import psutil
 import pytest
 
+from benchmarks.abort_window import ROWS, loss_window, start_logging_process
+
 from .conftest import Daemon, free_port, python_env, read, wait_for
-
-ROWS = 8_000_000  # more than a process logs in the time a test takes
-
-CHILD = r"""
-import ctypes, os, sys, time
-import numpy as np
-from roxxel import Logger
-
-log_dir, how, times_path, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-times = np.memmap(times_path, dtype="float64", mode="r+", shape=(ROWS,))
-with Logger(log_dir, "run") as lg:
-    lg.log_metrics_summary(-1, {"t": 0.0}, all_ranks=True)
-    lg.flush()
-    now, log, i = time.time, lg.log_metrics_summary, 0
-    deadline = now() + seconds
-    while i < ROWS - 1:
-        t = now()
-        times[i] = t
-        log(i, {"t": t}, all_ranks=True)
-        i += 1
-        if t >= deadline and how != "wait":
-            break
-    times[ROWS - 1] = now()  # the end, as the process saw it
-    if how == "abort":
-        os.abort()
-    if how == "segv":
-        def read_address_zero():
-            ctypes.string_at(0)
-        read_address_zero()
-    while True:  # "wait": until SIGKILL
-        time.sleep(1)
-""".replace("ROWS", str(ROWS))
 
 
 def start_child(tmp_path: Path, how: str, seconds: float = 0.5, **env: str):
-    times = tmp_path / "times.f64"
-    np.memmap(times, dtype="float64", mode="w+", shape=(ROWS,)).flush()
-    process = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(tmp_path / "logs"), how, str(times), str(seconds)],
-        env=python_env(**env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    return process, times
+    return start_logging_process(tmp_path, how, seconds, env=python_env(**env))
 
 
 def helpers_of(process: subprocess.Popen) -> list[psutil.Process]:
@@ -88,32 +50,6 @@ def end_all(process: subprocess.Popen, helpers: list[psutil.Process]) -> None:
             helper.kill()
         except psutil.NoSuchProcess:
             pass
-
-
-def loss_window(csv_path: Path, times_path: Path, end: float | None = None) -> dict:
-    """Which rows reached the CSV, against what the process logged and when it ended
-    (``end``; by default the time the process wrote last)."""
-    times = np.memmap(times_path, dtype="float64", mode="r", shape=(ROWS,))
-    end = float(times[ROWS - 1]) if end is None else end
-    logged = int(np.count_nonzero(times[: ROWS - 1]))
-    with open(csv_path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        steps = [int(row["step"]) for row in reader]
-    on_disk = [s for s in steps if s >= 0]
-    assert len(on_disk) == len(set(on_disk)), "a row was written twice"
-    present = set(on_disk)
-    missing = [s for s in range(logged) if s not in present]
-    old = end - 0.1
-    old_missing = [s for s in missing if times[s] < old]
-    oldest_age = (end - float(times[missing[0]])) * 1e3 if missing else 0.0
-    return {
-        "logged": logged,
-        "on_disk": len(present),
-        "missing": len(missing),
-        "old_missing": len(old_missing),
-        "oldest_missing_age_ms": oldest_age,
-        "end": end,
-    }
 
 
 def report(label: str, window: dict) -> None:
@@ -151,7 +87,7 @@ def test_abort_at_full_speed_loses_only_the_last_milliseconds_and_is_reported(
     assert "Current thread" in text and "in <module>" in text
     window = loss_window(daemon.log_dir / "run_metrics.csv", times)
     report("os.abort() at full speed (daemon, rank 2)", window)
-    assert window["old_missing"] == 0, window
+    assert window["old_missing"] == 0 and window["duplicates"] == 0, window
     assert daemon.terminate() == 0
     last = read(log).splitlines()[-1]
     assert "[CRITICAL] roxxel: first failure of this run: rank 2 on " in last
@@ -178,7 +114,7 @@ def test_sigkill_loses_only_the_last_milliseconds_and_is_reported(tmp_path: Path
     # The process never wrote its end: the SIGKILL came from here.
     window = loss_window(tmp_path / "logs" / "run_metrics.csv", times, end=end)
     report("SIGKILL at full speed (embedded collector, rank 0)", window)
-    assert window["old_missing"] == 0, window
+    assert window["old_missing"] == 0 and window["duplicates"] == 0, window
     assert text.splitlines()[-1].count("first failure of this run: rank 0") == 1
 
 
@@ -198,7 +134,7 @@ def test_a_segfault_puts_the_python_stack_in_the_log(tmp_path: Path) -> None:
     assert "Current thread 0x" in text and "\nThread 0x" in text  # and of the others
     window = loss_window(tmp_path / "logs" / "run_metrics.csv", times)
     report("segfault (embedded collector, rank 0)", window)
-    assert window["old_missing"] == 0, window
+    assert window["old_missing"] == 0 and window["duplicates"] == 0, window
 
 
 def test_a_clean_exit_gives_no_death_notice_and_the_watcher_ends(tmp_path: Path) -> None:
