@@ -93,7 +93,8 @@ class Logger:
       stderr through (and ``faulthandler``'s stacks), and if the process
       dies without closing its Logger (SIGKILL, SIGABRT, a segfault) tells
       the collector how it ended, with the last 64 KiB of its stderr
-      (:mod:`roxxel.watcher`).
+      (:mod:`roxxel.watcher`). Not with ``collector="thread"``, whose
+      collector dies with the process.
     """
 
     def __init__(
@@ -186,7 +187,8 @@ class Logger:
                 file=sys.stderr,
             )
         else:
-            if watcher_enabled(watcher):
+            # A collector on a thread of this process dies with it: nobody to tell.
+            if watcher_enabled(watcher) and not str(endpoint).startswith("inproc://"):
                 self._watcher = acquire_watcher(
                     rank=self.rank,
                     prefix=filename_prefix,

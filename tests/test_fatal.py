@@ -160,6 +160,8 @@ def test_the_watcher_can_be_turned_off(tmp_path: Path) -> None:
 
     with Logger(tmp_path, "kw", watcher=False) as logger:
         assert logger._watcher is None
+    with Logger(tmp_path, "thread", collector="thread") as logger:
+        assert logger._watcher is None  # its collector would die with the process
     os.environ["ROXXEL_WATCHER"] = "0"
     try:
         with Logger(tmp_path, "env") as logger:
