@@ -105,8 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.pidfile, "w") as pidfile:
             pidfile.write(f"{os.getpid()}\n")
     parent_alive = None
-    if args.parent_pid is not None:
-        parent = args.parent_pid
+    parent = args.parent_pid
+    if parent is not None:
         parent_alive = lambda: os.getppid() == parent  # noqa: E731
     if args.ready_fd is not None:
         with os.fdopen(args.ready_fd, "w") as ready:
@@ -119,7 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     try:
         collector.run(
-            parent_alive, drain_senders=args.drain_senders, stats_every=args.stats_interval
+            parent_alive,
+            drain_senders=args.drain_senders,
+            stats_every=args.stats_interval,
+            parent_pid=parent,
         )
     finally:
         collector.close()

@@ -55,8 +55,9 @@ __all__ = ["Collector", "SenderState", "default_sinks", "quarantine_path"]
 # a steady trickle of records would cost more in commits than in records.
 DEFAULT_COMMIT_INTERVAL = 0.05
 # How long an embedded collector whose parent died waits for that process's
-# watcher to report how it ended.
-_AFTER_PARENT_DEATH = 3.0
+# watcher to report how it ended (it does within about 0.6 s), and for the
+# notices of the ranks that die with it.
+_AFTER_PARENT_DEATH = 5.0
 # A cycle takes at most this many messages before it may commit and ack, so
 # acks keep flowing under a flood.
 _MAX_MESSAGES_PER_CYCLE = 256
@@ -157,7 +158,7 @@ class Collector:
         self._byes: list[tuple[bytes, codec.Bye]] = []
         self._ranks_seen: set[int] = set()
         self._process_count = 0
-        self._deaths: list[Death] = []
+        self._deaths: dict[tuple[str, int, int], Death] = {}  # by (host, pid, rank)
         if checkpoint is not None:
             self._resume(checkpoint)
         self._stop = threading.Event()
@@ -248,8 +249,12 @@ class Collector:
         drain_senders: float = 0.0,
         stats_every: float = 0.0,
         stats_out: TextIO | None = None,
+        parent_pid: int | None = None,
     ) -> None:
         """Serve until :meth:`stop` (or until ``parent_alive()`` turns false), then drain.
+
+        When the parent (process ``parent_pid``) died, its watcher's death
+        notice is waited for, at most a few seconds.
 
         With ``drain_senders``, a stop request keeps serving until every rank
         of the run has said bye (see :meth:`senders_done`), at most that long.
@@ -271,12 +276,7 @@ class Collector:
                 next_check = time.monotonic() + 0.2
                 if not parent_alive():
                     self._log(logging.WARNING, "parent process ended; writing what arrived")
-                    # Its watcher's death notice is on its way: until a quiet spell.
-                    quiet_for, last_heard = 0.5, time.monotonic()
-                    deadline = last_heard + _AFTER_PARENT_DEATH
-                    while time.monotonic() < min(deadline, last_heard + quiet_for):
-                        if self.serve_once(0.05):
-                            last_heard = time.monotonic()
+                    self._await_death_notices(parent_pid)
                     break
         else:
             deadline = time.monotonic() + drain_senders
@@ -288,6 +288,18 @@ class Collector:
         self._commit_or_roll_back()
         if not self._dirty:
             self._send_acks()
+
+    def _await_death_notices(self, parent_pid: int | None) -> None:
+        """After the parent died: serve until its watcher's notice has come and
+        then a quiet spell has passed (other ranks die with it), a few seconds at most."""
+        now = time.monotonic()
+        deadline, last_heard = now + _AFTER_PARENT_DEATH, now
+        while (now := time.monotonic()) < deadline:
+            heard = any(d.pid == parent_pid for d in self._deaths.values())
+            if heard and now - last_heard >= 0.5:
+                return
+            if self.serve_once(0.05):
+                last_heard = time.monotonic()
 
     def stats_line(self, records_per_second: float) -> str:
         s = self.stats
@@ -561,26 +573,24 @@ class Collector:
 
     def _death(self, record: list, state: SenderState) -> None:
         """A watcher's notice that its process ended: written (before the rest of
-        the batch, its stderr), kept for the summary, and the dead process's
-        senders forgotten -- they will never resend nor say bye."""
+        the batch, its stderr tail) and kept for the summary; the dead process's
+        senders are no longer waited for (they will never say bye), but what
+        they sent before is still applied."""
         _, ts, level, text = record
         origin = state.origin
+        key = (origin.host, origin.pid, origin.rank)
         self.stats["deaths"] += 1
-        self._deaths.append(Death(ts, origin.rank, origin.host, origin.pid, text))
+        self._deaths.setdefault(key, Death(ts, origin.rank, origin.host, origin.pid, text))
         self._write_line(ts, level, f"[rank {origin.rank}] {text}")
-        for sender_id, other in list(self.senders.items()):
-            if other is not state and (other.origin.host, other.origin.pid) == (
-                origin.host,
-                origin.pid,
-            ):
-                del self.senders[sender_id]
+        for sender_id, other in self.senders.items():
+            if (other.origin.host, other.origin.pid, other.origin.rank) == key:
                 self._open.discard(sender_id)
 
     def _summarize_failures(self) -> None:
         """The run's last line names its first failure, so nobody has to hunt for it."""
         if not self._deaths:
             return
-        first = min(self._deaths, key=lambda d: d.ts)
+        first = min(self._deaths.values(), key=lambda d: d.ts)
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(first.ts))
         others = len(self._deaths) - 1
         self._log(

@@ -335,8 +335,8 @@ def check_record(record: Any) -> str | None:
     if len(record) != 4:
         return "a log or dropped record is an array of 4 items"
     _, ts, a, b = record
-    if not _is_real(ts):
-        return "record timestamp is not a finite number"
+    if not _is_timestamp(ts):
+        return "record timestamp is not a number of seconds within 1e11 of 1970"
     if kind in (RECORD_LOG, RECORD_DEATH):
         if type(a) is not int:
             return "log level is not an integer"
@@ -421,8 +421,9 @@ def _check_sender_and_seq(sender_id: Any, seq: Any) -> None:
         raise CodecError("seq is a non-negative 64-bit integer")
 
 
-def _is_real(value: Any) -> bool:
-    return type(value) in (int, float) and math.isfinite(value)
+def _is_timestamp(value: Any) -> bool:
+    # Within what time.localtime() takes (the system log formats it).
+    return type(value) in (int, float) and -1e11 < value < 1e11
 
 
 def _pack(obj: Any, default: Callable[[Any], Any] | None = None) -> bytes:

@@ -117,7 +117,7 @@ def _dead(pid: int, parent: int) -> bool:
     return os.getppid() != parent or not os.path.exists(f"/proc/{pid}")
 
 
-def _report(args: argparse.Namespace, endpoint: str, how: str, tail: str) -> None:
+def _report(args: argparse.Namespace, endpoint: str, how: str, tail: str, died_at: float) -> None:
     """Send the death notice and the stderr tail as the dead process's rank."""
     import secrets
 
@@ -135,7 +135,7 @@ def _report(args: argparse.Namespace, endpoint: str, how: str, tail: str) -> Non
     )
     from roxxel.transport import DealerTransport
 
-    ts = time.time()
+    ts = died_at
     records: list[list] = [
         [RECORD_DEATH, ts, 50, f"process {args.pid} on {args.host} ended by {how}"]
     ]
@@ -223,39 +223,59 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         if died or (pidfd is None and _dead(args.pid, parent)):
             break
+    died_at = time.time()
     status = _exit_status(args.pid)
-    # What is still in the pipe (children of the process may keep it open).
-    quiet_until = time.monotonic() + 0.05
-    while args.stderr_fd in open_fds and time.monotonic() < quiet_until:
-        if not select.select([args.stderr_fd], [], [], 0.01)[0]:
-            continue
-        data = os.read(args.stderr_fd, 65536)
-        if not data:
+    stderr_only = select.poll()
+    if args.stderr_fd in open_fds:
+        stderr_only.register(args.stderr_fd, select.POLLIN)
+    # What is still in the pipe; children of the process may keep writing,
+    # so at most half a second of it goes into the report.
+    until = time.monotonic() + 0.5
+    while args.stderr_fd in open_fds and time.monotonic() < until:
+        if not stderr_only.poll(20):
             break
-        _copy(data)
-        tail.add(data)
-        quiet_until = time.monotonic() + 0.05
+        if not _copy_from(args.stderr_fd, tail):
+            open_fds.discard(args.stderr_fd)
     if status is None:
         status = _exit_status(args.pid)
     text = tail.text()
     how = describe_end(status, text)
-    if how is None:
-        return 0
+    if how is not None:
+        _tell_collector(args, endpoint, how, text, died_at)
+    # Processes that inherited the pipe as their stderr still write to it.
+    while args.stderr_fd in open_fds:
+        if stderr_only.poll(None) and not _copy_from(args.stderr_fd, tail):
+            open_fds.discard(args.stderr_fd)
+    return 0
+
+
+def _copy_from(fd: int, tail: _Tail) -> bool:
+    """Copy what ``fd`` holds to stderr and the tail; ``False`` at its end."""
+    data = os.read(fd, 65536)
+    if data:
+        _copy(data)
+        tail.add(data)
+    return bool(data)
+
+
+def _tell_collector(
+    args: argparse.Namespace, endpoint: str | None, how: str, text: str, died_at: float
+) -> None:
     if endpoint is None:
         _copy(f"roxxel: process {args.pid} ended by {how}; no collector to tell\n".encode())
-        return 1
+        return
     try:
-        _report(args, endpoint, how, text)
+        _report(args, endpoint, how, text, died_at)
     except Exception as exc:
         _copy(
             f"roxxel: process {args.pid} (rank {args.rank}) ended by {how}; telling the "
             f"collector failed: {exc}\n".encode()
         )
-        return 1
-    return 0
 
 
 if __name__ == "__main__":
-    # Run by path: its directory (roxxel/) must not shadow top-level modules.
-    sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(__file__)]
+    # Run by path, sys.path[0] is roxxel/ itself, whose modules would shadow
+    # top-level ones: put the directory holding this roxxel there instead, so
+    # a report imports the same roxxel as the training process.
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.exit(main())

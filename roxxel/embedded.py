@@ -17,6 +17,7 @@ every rank of the run has said goodbye.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import secrets
 import select
@@ -76,12 +77,10 @@ class ProcessCollector:
                     sys.executable,
                     "-m",
                     "aggregator",
-                    "--bind",
-                    bind,
-                    "--log-dir",
-                    log_dir,
-                    "--prefix",
-                    prefix,
+                    # "--name=value": a value may start with "-".
+                    f"--bind={bind}",
+                    f"--log-dir={log_dir}",
+                    f"--prefix={prefix}",
                     "--parent-pid",
                     str(os.getpid()),
                     "--ready-fd",
@@ -107,9 +106,11 @@ class ProcessCollector:
     def _read_endpoint(self, fd: int) -> str:
         deadline = time.monotonic() + _START_TIMEOUT
         data = b""
+        poller = select.poll()  # select() refuses descriptors past 1023
+        poller.register(fd, select.POLLIN)
         while not data.endswith(b"\n"):
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
+            if left <= 0 or not poller.poll(math.ceil(left * 1000)):
                 self.stop(5)
                 raise RuntimeError(f"the embedded collector did not start in {_START_TIMEOUT} s")
             chunk = os.read(fd, 4096)

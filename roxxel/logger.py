@@ -37,6 +37,7 @@ from .transport import DealerTransport
 from .undelivered import undelivered_path, write_unsent
 from .watcher import Watcher, watcher_enabled
 from .watcher import acquire as acquire_watcher
+from .watcher import found as watcher_found
 from .watcher import release as release_watcher
 
 __all__ = ["Logger", "CRASH_HEADLINE"]
@@ -149,6 +150,8 @@ class Logger:
         self._embedded: EmbeddedCollector | None = None
         self._sender: Sender | None = None
         self._watcher: Watcher | None = None
+        self._watched_endpoint: str | None = None
+        self._found_endpoint: str | None = None
 
         endpoint = aggregator or os.environ.get(ENV_AGGREGATOR) or None
         self._discovery_timeout = discovery_timeout
@@ -187,15 +190,10 @@ class Logger:
                 file=sys.stderr,
             )
         else:
-            # A collector on a thread of this process dies with it: nobody to tell.
-            if watcher_enabled(watcher) and not str(endpoint).startswith("inproc://"):
-                self._watcher = acquire_watcher(
-                    rank=self.rank,
-                    prefix=filename_prefix,
-                    process_count=self.world_size,
-                    endpoint=endpoint,
-                )
             self._start_sender()
+            # A collector on a thread of this process dies with it: nobody to tell.
+            if watcher_enabled(watcher) and not (collector == "thread" and self._embedded):
+                self._start_watcher()
         exits.register(self, handle_sigterm)
 
     def _publish(self, bound: str) -> None:
@@ -215,6 +213,29 @@ class Logger:
             daemon=True,
         ).start()
 
+    def _start_watcher(self) -> None:
+        try:
+            self._watcher = acquire_watcher(
+                rank=self.rank,
+                prefix=self.filename_prefix,
+                process_count=self.world_size,
+                endpoint=self.endpoint,
+            )
+        except OSError as exc:  # logging goes on without one
+            print(f"roxxel: no watcher process for this process: {exc}", file=sys.stderr)
+            return
+        self._watched_endpoint = self.endpoint
+        if self._found_endpoint is not None:  # found before the watcher started
+            self._collector_found(self._found_endpoint)
+
+    def _collector_found(self, endpoint: str) -> None:
+        """On the sender thread: discovery found the collector; the watcher reports there."""
+        self._found_endpoint = endpoint
+        watcher = self._watcher
+        if watcher is not None:
+            watcher_found(watcher, self._watched_endpoint, endpoint)
+            self._watched_endpoint = endpoint
+
     def _start_sender(self) -> None:
         sender_id = secrets.token_bytes(codec.SENDER_ID_LEN)
         hello = codec.Hello(
@@ -230,7 +251,7 @@ class Logger:
                 self.filename_prefix,
                 sender_id,
                 self._discovery_timeout,
-                on_found=None if self._watcher is None else self._watcher.tell_endpoint,
+                on_found=self._collector_found,
             )
             if self._discover
             else DealerTransport(self.endpoint, sender_id)
@@ -398,7 +419,7 @@ class Logger:
                             file=sys.stderr,
                         )
                 if self._watcher is not None:
-                    release_watcher(self._watcher)
+                    release_watcher(self._watcher, self._watched_endpoint)
 
     def _save_unsent(self, unsent: Any) -> None:
         path = undelivered_path(self.log_dir, self.filename_prefix, self.rank)

@@ -27,6 +27,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 
 from .deathwatch import CLOSED, ENDPOINT
 
@@ -38,7 +39,7 @@ ENV_WATCHER = "ROXXEL_WATCHER"
 class Watcher:
     """The training process's side: stderr redirected through the watcher process."""
 
-    def __init__(self, *, rank: int, prefix: str, process_count: int, endpoint: str | None) -> None:
+    def __init__(self, *, rank: int, prefix: str, process_count: int) -> None:
         self.pid = os.getpid()
         read_end, write_end = os.pipe()
         control_read, self._control = os.pipe()
@@ -46,26 +47,21 @@ class Watcher:
             sys.executable,
             # By path, not -m: the idle watcher imports the standard library only.
             os.path.join(os.path.dirname(os.path.abspath(__file__)), "deathwatch.py"),
-            "--pid",
-            str(self.pid),
-            "--rank",
-            str(rank),
-            "--host",
-            socket.gethostname(),
-            "--prefix",
-            prefix,
-            "--process-count",
-            str(process_count),
-            "--stderr-fd",
-            str(read_end),
-            "--control-fd",
-            str(control_read),
+            # "--name=value": a value may start with "-".
+            f"--pid={self.pid}",
+            f"--rank={rank}",
+            f"--host={socket.gethostname()}",
+            f"--prefix={prefix}",
+            f"--process-count={process_count}",
+            f"--stderr-fd={read_end}",
+            f"--control-fd={control_read}",
         ]
         try:
             self.process = subprocess.Popen(
                 args,
                 pass_fds=(read_end, control_read),
                 stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
                 # Its own session: a signal to the training process's group
                 # (Ctrl-C, srun, a Kubernetes stop) must not take it too.
                 start_new_session=True,
@@ -76,14 +72,18 @@ class Watcher:
             raise
         os.close(read_end)
         os.close(control_read)
-        sys.stderr.flush()
-        self._saved_stderr = os.dup(2)
+        try:
+            _flush_stderr()
+            self._saved_stderr = os.dup(2)
+        except BaseException:  # no fd 2 at all ("2>&-"): no watcher
+            os.close(write_end)
+            os.close(self._control)  # the watcher ends on this end of its control pipe
+            raise
         os.dup2(write_end, 2)
         os.close(write_end)
         self._faulthandler_was_on = faulthandler.is_enabled()
-        faulthandler.enable(file=sys.stderr, all_threads=True)
-        if endpoint is not None:
-            self.tell_endpoint(endpoint)
+        # By descriptor: sys.stderr may be None, or an object without a file.
+        faulthandler.enable(file=2, all_threads=True)
 
     def tell_endpoint(self, endpoint: str) -> None:
         """Where to send a death notice (the collector this process's Logger uses)."""
@@ -94,10 +94,15 @@ class Watcher:
             os.write(self._control, line + b"\n")
 
     def stop(self, timeout: float = 2.0) -> None:
-        """The Logger closed cleanly: stderr back to its own file, the watcher ends."""
+        """The Logger closed cleanly: stderr back to its own file, the watcher told.
+
+        The watcher copies stderr until its last writer is gone: processes
+        started meanwhile (multiprocessing's helpers, subprocesses) inherited
+        the pipe as their stderr. Waited for ``timeout`` seconds at most, then
+        reaped in the background, never killed.
+        """
         self._tell(CLOSED)
-        with contextlib.suppress(ValueError, OSError):
-            sys.stderr.flush()
+        _flush_stderr()
         if not self._faulthandler_was_on:
             faulthandler.disable()
         os.dup2(self._saved_stderr, 2)  # the pipe's last write end here is closed
@@ -106,35 +111,60 @@ class Watcher:
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            threading.Thread(
+                target=self.process.wait, name="roxxel-watcher-reap", daemon=True
+            ).start()
+
+
+def _flush_stderr() -> None:
+    with contextlib.suppress(AttributeError, ValueError, OSError):  # None, closed, no file
+        sys.stderr.flush()
 
 
 # One watcher per process, shared by its Loggers; a forked child leaves the
-# parent's alone (it is not the process the watcher watches).
+# parent's alone (it is not the process the watcher watches). The endpoint
+# it reports to is that of the most recent Logger still open.
+_lock = threading.Lock()
 _active: Watcher | None = None
-_users = 0
+_endpoints: list[str | None] = []
 
 
 def acquire(*, rank: int, prefix: str, process_count: int, endpoint: str | None) -> Watcher:
-    """The process's watcher, started by its first Logger."""
-    global _active, _users
-    if _active is None or _active.pid != os.getpid():
-        _active = Watcher(rank=rank, prefix=prefix, process_count=process_count, endpoint=endpoint)
-        _users = 0
-    _users += 1
-    return _active
+    """The process's watcher (started by its first Logger), told about ``endpoint``."""
+    global _active
+    with _lock:
+        if _active is None or _active.pid != os.getpid():
+            _active = Watcher(rank=rank, prefix=prefix, process_count=process_count)
+            _endpoints.clear()
+        _endpoints.append(endpoint)
+        if endpoint is not None:
+            _active.tell_endpoint(endpoint)
+        return _active
 
 
-def release(watcher: Watcher) -> None:
+def found(watcher: Watcher, previous: str | None, endpoint: str) -> None:
+    """A Logger found its collector (through JAX's key-value store)."""
+    with _lock:
+        if watcher is _active and previous in _endpoints:
+            _endpoints[_endpoints.index(previous)] = endpoint
+            watcher.tell_endpoint(endpoint)
+
+
+def release(watcher: Watcher, endpoint: str | None) -> None:
     """A Logger closed; the last one of the process stops the watcher."""
-    global _active, _users
-    if watcher is not _active or watcher.pid != os.getpid():
-        return
-    _users -= 1
-    if _users <= 0:
+    global _active
+    with _lock:
+        if watcher is not _active or watcher.pid != os.getpid():
+            return
+        if endpoint in _endpoints:
+            _endpoints.remove(endpoint)
+        if _endpoints:
+            remaining = [e for e in _endpoints if e is not None]
+            if remaining:
+                watcher.tell_endpoint(remaining[-1])
+            return
         _active = None
-        watcher.stop()
+    watcher.stop()
 
 
 def watcher_enabled(requested: bool | None) -> bool:

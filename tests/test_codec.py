@@ -190,7 +190,9 @@ seqs = st.integers(min_value=0, max_value=2**63 - 1)
 uints = st.integers(min_value=0, max_value=2**64 - 1)
 wire_ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)
 texts = st.text(max_size=30)
-timestamps = st.one_of(wire_ints, st.floats(allow_nan=False, allow_infinity=False))
+timestamps = st.one_of(
+    st.integers(-(10**11) + 1, 10**11 - 1), st.floats(-9.99e10, 9.99e10, allow_nan=False)
+)
 metric_values = st.one_of(
     st.none(),
     st.booleans(),
@@ -604,6 +606,9 @@ def test_check_record_accepts_valid_records(record):
         (["l", 0, 20, "x", "extra"], "array of 4"),
         (["d", 0, 1], "array of 4"),
         (["l", math.nan, 20, "x"], "timestamp"),
+        (["l", 1e300, 20, "x"], "timestamp"),
+        (["x", 1e18, 50, "y"], "timestamp"),
+        (["d", -(10**11), 0, 0], "timestamp"),
         (["l", math.inf, 20, "x"], "timestamp"),
         (["m", [], [-math.inf], [0], [[]]], "timestamp"),
         (["m", [], [True], [0], [[]]], "timestamp"),

@@ -267,3 +267,64 @@ def test_a_rank_killed_in_a_jax_run_is_named_first_in_the_daemons_log(
     wait_for(lambda: read(log).count("] process ") >= 4, what="4 death notices")
     assert daemon.terminate() == 0
     check_deaths(read(log), procs)
+
+
+def run_script(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_a_prefix_that_looks_like_an_option_still_gets_its_deaths_reported(tmp_path) -> None:
+    code = (
+        "import os\n"
+        "from roxxel import Logger\n"
+        f"lg = Logger({str(tmp_path)!r}, '-run')\n"
+        "lg.log_message('logged')\n"
+        "lg.flush()\n"
+        "os.abort()\n"
+    )
+    result = run_script(code)
+    assert result.returncode == -signal.SIGABRT
+    log = tmp_path / "-run_system.log"
+    wait_for(lambda: "first failure of this run" in read(log), what="the summary")
+    assert "ended by SIGABRT" in read(log)
+
+
+def test_a_logger_that_fails_to_start_leaves_stderr_and_no_watcher_behind(tmp_path) -> None:
+    code = (
+        "import os, sys\n"
+        "from roxxel import Logger\n"
+        "original = os.fstat(2)\n"
+        "try:\n"
+        f"    Logger({str(tmp_path)!r}, 'bad', aggregator='bogus://x')\n"
+        "except ValueError:\n"
+        "    pass\n"
+        "assert os.path.samestat(os.fstat(2), original)\n"
+        f"with Logger({str(tmp_path)!r}, 'good') as lg:\n"
+        "    assert not os.path.samestat(os.fstat(2), original)\n"
+        "assert os.path.samestat(os.fstat(2), original)  # the last Logger closed: back\n"
+        "print('stderr works', file=sys.stderr)\n"
+    )
+    result = run_script(code)
+    assert result.returncode == 0, result.stderr
+    assert "stderr works" in result.stderr
+
+
+def test_a_child_that_inherited_the_pipe_keeps_a_working_stderr_after_close(tmp_path) -> None:
+    code = (
+        "import subprocess, sys\n"
+        "from roxxel import Logger\n"
+        f"with Logger({str(tmp_path)!r}, 'run') as lg:\n"
+        "    child = subprocess.Popen([sys.executable, '-c', 'import sys; "
+        'sys.stdin.read(); print("late words", file=sys.stderr)\'], stdin=subprocess.PIPE)\n'
+        "child.communicate(b'go')  # writes to the inherited pipe after close()\n"
+        "sys.exit(child.returncode)\n"
+    )
+    result = run_script(code)
+    assert result.returncode == 0, result.stderr
+    assert "late words" in result.stderr  # copied by the watcher, which outlived close()
