@@ -117,7 +117,9 @@ class Sender:
         # Records waiting in a deque take ~10x their encoded size in Python
         # objects: cap them at about half the buffer's worth.
         self._deque_cap = max(10_000, max_buffer_bytes // _RECORD_OBJECT_BYTES)
-        self._max_batch = max_batch
+        # A batch at most ~1/8 of the buffer (records take 25-60 bytes encoded),
+        # so that the bound drops in small steps.
+        self._max_batch = max(64, min(max_batch, max_buffer_bytes // 512))
         self._window = window
         self._order = itertools.count()
         self._pending_metrics: deque[_Batch] = deque()

@@ -78,7 +78,9 @@ MAX_STR_LEN = 1024 * 1024
 MAX_BIN_LEN = 1024
 MAX_ARRAY_LEN = 65536
 MAX_MAP_LEN = 4096
-MAX_BATCH_RECORDS = 4096
+# Few, large batches: each ZeroMQ send of the sender thread gives the GIL up
+# and may wait a switch interval (5 ms) to get it back from a busy caller.
+MAX_BATCH_RECORDS = 16384
 MAX_METRIC_KEYS = 4096
 MAX_KEY_LEN = 1024
 

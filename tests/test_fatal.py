@@ -67,6 +67,7 @@ def test_abort_at_full_speed_loses_only_the_last_milliseconds_and_is_reported(
     process, times = start_child(
         tmp_path,
         "abort",
+        0.3,  # of logging faster than the daemon writes: the backlog grows meanwhile
         ROXXEL_AGGREGATOR=daemon.endpoint,
         RANK="2",
         WORLD_SIZE="4",
