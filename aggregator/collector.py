@@ -359,10 +359,11 @@ class Collector:
                     except zmq.Again:
                         break
                     handled += 1
-                    if len(parts) != 2:
-                        self._bad(parts[0] if parts else b"", f"message of {len(parts)} frames")
+                    if len(parts) < 2:
+                        self._bad(parts[0] if parts else b"", "message without a frame")
                         continue
-                    self._handle(parts[0], parts[1], self._acks)
+                    for data in parts[1:]:  # a client sends what it has as one message
+                        self._handle(parts[0], data, self._acks)
             except OSError as exc:
                 self._failed(exc)
         now = time.monotonic()

@@ -52,6 +52,8 @@ class Transport(Protocol):
 
     def send(self, frame: bytes) -> bool: ...
 
+    def send_many(self, frames: list[bytes]) -> bool: ...
+
     def receive(self, timeout: float) -> list[bytes]: ...
 
     def close(self) -> None: ...
@@ -338,49 +340,68 @@ class Sender:
             self._changed.notify_all()
 
     def _send(self) -> None:
-        if self._need_hello:
-            if not self._transport.send(codec.encode(self._hello_now())):
-                return  # not connected: nothing else may go before the hello
-            self._need_hello = False
-        # Then what must be (re)sent of the in-flight batches, in seq order.
-        while self._sent_upto + 1 < self._next_seq:
-            batch = self._in_flight.get(self._sent_upto + 1)
-            if batch is not None and not self._transport.send(batch.frame):
-                return
-            self._sent_upto += 1
-        # In flight is bounded too (half the buffer), so pending keeps room to drop from.
-        while len(self._in_flight) < self._window and self._flight_bytes < self._max_bytes // 2:
-            if any(self._unreported):
-                # Sent only now that the collector takes frames again: one
-                # report for everything dropped while it did not.
-                batch = _Batch(self._drop_report(), 0, 0, next(self._order))
-                if not self._send_new(batch, None):
-                    return
-                self._unreported = [0, 0]
-                continue
-            heads = [p for p in (self._pending_metrics, self._pending_lines) if p]
-            if not heads:
-                return
-            pending = min(heads, key=lambda p: p[0].order)
-            if not self._send_new(pending[0], pending):
-                return
+        """Send what may go now -- the hello, resends in seq order, then new
+        batches within the window -- as one ZeroMQ message of several frames.
 
-    def _send_new(self, batch: _Batch, pending: deque[_Batch] | None) -> bool:
-        """Number ``batch``, send it and keep it in flight (taking it off ``pending``)."""
-        frame = codec.batch_frame(self._sender_id, self._next_seq, batch.body)
-        if not self._transport.send(frame):
-            return False
+        One send, not one per batch: each gives the GIL up, and getting it
+        back from a caller that logs without pause can take a switch interval
+        (5 ms). If ZeroMQ cannot take the message, nothing changes.
+        """
+        frames: list[bytes] = []
+        if self._need_hello:
+            frames.append(codec.encode(self._hello_now()))
+        frames += [
+            self._in_flight[seq].frame
+            for seq in range(self._sent_upto + 1, self._next_seq)
+            if seq in self._in_flight
+        ]
+        report, new = self._next_batches()
+        seq = self._next_seq
+        for batch in new:
+            batch.frame = codec.batch_frame(self._sender_id, seq, batch.body)
+            frames.append(batch.frame)
+            seq += 1
+        if not frames:
+            return
+        if not self._transport.send_many(frames):
+            return  # not connected, or ZeroMQ's queue is full: all of it again later
+        self._need_hello = False
         with self._changed:
-            if pending is not None:
-                pending.popleft()
+            for batch in new:
+                if batch is report:
+                    self._unreported = [0, 0]
+                    self._bytes += len(batch.body)
+                else:
+                    (self._pending_metrics if batch.metrics else self._pending_lines).popleft()
+                self._in_flight[self._next_seq] = batch
+                self._flight_bytes += len(batch.body)
+                self._next_seq += 1
+        self._sent_upto = self._next_seq - 1
+
+    def _next_batches(self) -> tuple[_Batch | None, list[_Batch]]:
+        """The pending batches to send now (oldest first), within the window and
+        half the buffer (so pending keeps room to drop from); first, once the
+        collector takes frames again, one report of what was dropped (also
+        returned on its own)."""
+        new: list[_Batch] = []
+        report = None
+        room = self._window - len(self._in_flight)
+        flight_bytes = self._flight_bytes
+        if any(self._unreported) and room > 0:
+            report = _Batch(self._drop_report(), 0, 0, next(self._order))
+            new.append(report)
+        metrics, lines = self._pending_metrics, self._pending_lines
+        m = n = 0
+        while len(new) < room and flight_bytes < self._max_bytes // 2:
+            if m < len(metrics) and (n >= len(lines) or metrics[m].order < lines[n].order):
+                batch, m = metrics[m], m + 1
+            elif n < len(lines):
+                batch, n = lines[n], n + 1
             else:
-                self._bytes += len(batch.body)
-            batch.frame = frame
-            self._in_flight[self._next_seq] = batch
-            self._flight_bytes += len(batch.body)
-        self._sent_upto = self._next_seq
-        self._next_seq += 1
-        return True
+                break
+            new.append(batch)
+            flight_bytes += len(batch.body)
+        return report, new
 
     def _on_reply(self, data: bytes) -> None:
         try:

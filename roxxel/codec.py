@@ -1,9 +1,12 @@
 """The roxxel wire codec: pure functions between frames (events) and bytes.
 
 No socket is imported here (the h11 "sans-IO" split): the client and the
-collector decide where bytes go. Every message is one msgpack array::
+collector decide where bytes go. Every frame is one msgpack array::
 
     [PROTO_VERSION, kind, sender_id, seq, body]
+
+and a ZeroMQ message carries one or more frames (a client sends everything
+it may send at once as one message).
 
 ``kind`` is one of ``hello``, ``batch``, ``bye`` (client to collector) and
 ``ack`` (collector to client). ``sender_id`` is 16 random bytes per client.
@@ -78,9 +81,7 @@ MAX_STR_LEN = 1024 * 1024
 MAX_BIN_LEN = 1024
 MAX_ARRAY_LEN = 65536
 MAX_MAP_LEN = 4096
-# Few, large batches: each ZeroMQ send of the sender thread gives the GIL up
-# and may wait a switch interval (5 ms) to get it back from a busy caller.
-MAX_BATCH_RECORDS = 16384
+MAX_BATCH_RECORDS = 4096
 MAX_METRIC_KEYS = 4096
 MAX_KEY_LEN = 1024
 

@@ -115,6 +115,9 @@ class DiscoveringTransport:
     def send(self, frame: bytes) -> bool:
         return self._inner is not None and self._inner.send(frame)
 
+    def send_many(self, frames: list[bytes]) -> bool:
+        return self._inner is not None and self._inner.send_many(frames)
+
     def receive(self, timeout: float) -> list[bytes]:
         if self._inner is not None:
             frames = self._inner.receive(timeout)

@@ -60,6 +60,14 @@ class DealerTransport:
             return False
         return True
 
+    def send_many(self, frames: list[bytes]) -> bool:
+        """Queue ``frames`` as one message (all or none); ``False`` when ZeroMQ cannot now."""
+        try:
+            self._socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        return True
+
     def receive(self, timeout: float) -> list[bytes]:
         """Every frame that arrives within ``timeout`` seconds (at least one wait)."""
         frames: list[bytes] = []

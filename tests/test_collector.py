@@ -88,6 +88,17 @@ def test_duplicate_batch_is_re_acked_not_rewritten(collector: Collector, client:
     assert collector.stats["duplicate"] == 1
 
 
+def test_one_message_may_carry_several_frames(collector: Collector, client: RawClient) -> None:
+    frames = [
+        codec.encode(codec.Hello(client.sender_id, "h", 0, 1, 1, "run")),
+        codec.encode(codec.Batch(client.sender_id, 1, [["l", 1.0, 20, "one"]])),
+        codec.encode(codec.Batch(client.sender_id, 2, [["l", 1.0, 20, "two"]])),
+    ]
+    client.sock.send_multipart(frames)
+    assert client.ack() == 2  # one ack per sender and cycle, after the commit
+    assert messages(collector) == ["one", "two"]
+
+
 def test_gap_writes_nothing_and_re_acks_the_last_applied(
     collector: Collector, client: RawClient
 ) -> None:
