@@ -58,8 +58,8 @@ DEFAULT_COMMIT_INTERVAL = 0.05
 # watcher to report how it ended (it does within about 0.6 s), and for the
 # notices of the ranks that die with it.
 _AFTER_PARENT_DEATH = 5.0
-# A cycle takes at most this many messages before it may commit and ack, so
-# acks keep flowing under a flood.
+# A cycle takes at most this many frames (a message may carry many) before
+# it may commit and ack, so acks keep flowing under a flood.
 _MAX_MESSAGES_PER_CYCLE = 256
 # Peers remembered for "report once"; past it reports are no longer de-duplicated.
 _MAX_REPORTED = 10_000
@@ -358,7 +358,7 @@ class Collector:
                         parts = self._socket.recv_multipart(zmq.NOBLOCK, copy=True)
                     except zmq.Again:
                         break
-                    handled += 1
+                    handled += max(1, len(parts) - 1)  # frames: a message may carry many
                     if len(parts) < 2:
                         self._bad(parts[0] if parts else b"", "message without a frame")
                         continue

@@ -66,6 +66,7 @@ class _Batch:
     lines: int
     order: int
     frame: bytes = b""  # set once numbered
+    frame_seq: int = 0  # the seq ``frame`` was built with
 
 
 class UnsentBatch(NamedTuple):
@@ -155,6 +156,7 @@ class Sender:
             elif seq >= self._next_seq:
                 self._next_seq = seq + 1
                 batch.frame = codec.batch_frame(self._sender_id, seq, body)
+                batch.frame_seq = seq
                 self._in_flight[seq] = batch
                 self._flight_bytes += len(body)
             else:
@@ -358,7 +360,9 @@ class Sender:
         report, new = self._next_batches()
         seq = self._next_seq
         for batch in new:
-            batch.frame = codec.batch_frame(self._sender_id, seq, batch.body)
+            if batch.frame_seq != seq:  # built already if the last attempt failed
+                batch.frame = codec.batch_frame(self._sender_id, seq, batch.body)
+                batch.frame_seq = seq
             frames.append(batch.frame)
             seq += 1
         if not frames:

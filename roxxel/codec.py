@@ -82,6 +82,9 @@ MAX_BIN_LEN = 1024
 MAX_ARRAY_LEN = 65536
 MAX_MAP_LEN = 4096
 MAX_BATCH_RECORDS = 4096
+# Seconds from 1970 a log record's timestamp may be off, either way: within
+# what time.localtime() takes (the system log formats it).
+MAX_TIMESTAMP = 1e11
 MAX_METRIC_KEYS = 4096
 MAX_KEY_LEN = 1024
 
@@ -362,6 +365,8 @@ def all_log_lines(records: list) -> bool:
     return (
         kinds.count(RECORD_LOG) == len(kinds)
         and set(map(type, ts)) <= _NUMBERS
+        and -MAX_TIMESTAMP < min(ts)  # also refuses NaN: comparisons with it are false
+        and max(ts) < MAX_TIMESTAMP
         and all(map(math.isfinite, ts))
         and set(map(type, levels)) == {int}
         and set(map(type, texts)) == {str}
@@ -425,8 +430,7 @@ def _check_sender_and_seq(sender_id: Any, seq: Any) -> None:
 
 
 def _is_timestamp(value: Any) -> bool:
-    # Within what time.localtime() takes (the system log formats it).
-    return type(value) in (int, float) and -1e11 < value < 1e11
+    return type(value) in (int, float) and -MAX_TIMESTAMP < value < MAX_TIMESTAMP
 
 
 def _pack(obj: Any, default: Callable[[Any], Any] | None = None) -> bytes:

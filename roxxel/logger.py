@@ -142,6 +142,7 @@ class Logger:
         self._level = _level_number(level)
         self._all_ranks = metrics_from_all_ranks
         self._checked_keys: tuple[str, ...] | None = None
+        self._known_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._close_timeout = close_timeout
         self._flush_interval = flush_interval
         self._max_buffer_bytes = max_buffer_bytes
@@ -304,16 +305,24 @@ class Logger:
             # does not count towards the next young-generation collection.
             keys = self._checked_keys
         else:
-            self._check_metric_names(keys)
+            keys = self._check_metric_names(keys)
         kind = _RANKED if all_ranks or self._all_ranks else _METRICS
         self._append_metrics((kind, keys, _now(), step, tuple(metrics.values())))
 
-    def _check_metric_names(self, keys: tuple[str, ...]) -> None:
-        problem = codec.check_metric_keys(keys)
-        if problem is not None:
-            error = TypeError if any(type(k) is not str for k in keys) else ValueError
-            raise error(f"log_metrics_summary: {problem}")
-        self._checked_keys = keys
+    def _check_metric_names(self, keys: tuple[str, ...]) -> tuple[str, ...]:
+        """The checked tuple equal to ``keys`` (names that alternate, such as
+        train and eval metrics, are checked once each); raises for bad names."""
+        known = self._known_keys.get(keys)
+        if known is None:
+            problem = codec.check_metric_keys(keys)
+            if problem is not None:
+                error = TypeError if any(type(k) is not str for k in keys) else ValueError
+                raise error(f"log_metrics_summary: {problem}")
+            if len(self._known_keys) >= 256:
+                self._known_keys.clear()
+            known = self._known_keys[keys] = keys
+        self._checked_keys = known
+        return known
 
     def _rank_zero_metrics_only(
         self, step: int, metrics: Mapping[str, Any], *, all_ranks: bool = False

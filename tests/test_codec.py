@@ -679,6 +679,8 @@ def test_all_log_lines_agrees_with_check_record(records):
         [[["l"], 0, 20, "unhashable kind"]],
         [["l", 0, 20, "x"], ["m", [], [0], [1], [[]]]],
         [["l", 0, 20, "x"], ["l", math.nan, 20, "y"]],
+        [["l", 0, 20, "x"], ["l", 1e18, 20, "time.localtime() refuses it"]],
+        [["l", -1e11, 20, "x"]],
         [["l", 0, 20, "x"], ["l", 0, True, "y"]],
         [["l", 0, 20, "x"], ("l", 0, 20, "tuple")],
     ],
