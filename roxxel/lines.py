@@ -4,7 +4,8 @@
 roxxel's format); ``tag`` (``[rank N] ``) goes before the message. A
 multi-line message (a traceback) keeps its lines; a continuation line that
 starts with ``[`` gets one leading space, so that only real records begin a
-line with ``[``.
+line with ``[``; a carriage return ends a line, and other control
+characters (the ESC of an ANSI escape, a backspace) are written as ``\\xNN``.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ def format_lines(records: Iterable[Sequence[Any]], tag: str = "") -> str:
         name = names.get(level)
         if name is None:
             name = logging.getLevelName(level)
-        if "\n" in text or "\r" in text:
-            text = _continued(text)
+        if not text.isprintable():  # one C-level scan for the rare text that needs work
+            text = _visible(text)
         out.append(f"[{stamp}] [{name}] {tag}{text}\n")
     return "".join(out)
 
@@ -44,6 +45,13 @@ def format_line(ts: float, level: int, text: str, tag: str = "") -> str:
     return format_lines([(None, ts, level, text)], tag)
 
 
-def _continued(text: str) -> str:
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+# Control characters other than tab and newline could rewrite what a
+# terminal shows (ANSI escapes, backspace, carriage return): written as \xNN.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F) if c not in (0x09, 0x0A)}
+
+
+def _visible(text: str) -> str:
+    """Line ends kept, a continuation line that starts with ``[`` indented,
+    other control characters escaped: the text stays visibly one record."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").translate(_CONTROLS).split("\n")
     return "\n".join([lines[0]] + [" " + ln if ln.startswith("[") else ln for ln in lines[1:]])

@@ -408,6 +408,34 @@ def test_multi_line_message_cannot_forge_a_record(tmp_path: Path) -> None:
     ]
 
 
+def test_control_characters_cannot_rewrite_what_a_terminal_shows(tmp_path: Path) -> None:
+    with Logger(tmp_path, "ctl") as logger:
+        logger.log_message("ok\x1b[2K\x1b[1A\rERROR: forged\x08\x00\tend")
+    text = read(logger.sys_log_path)
+    assert "\x1b" not in text and "\x08" not in text and "\x00" not in text
+    assert text.endswith("] [INFO] ok\\x1b[2K\\x1b[1A\nERROR: forged\\x08\\x00\tend\n")
+    assert log_lines(logger.sys_log_path) == [("INFO", "ok\\x1b[2K\\x1b[1A")]  # one record
+
+
+def test_text_cells_that_a_spreadsheet_would_run_are_neutralised(tmp_path: Path) -> None:
+    cells = ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(A1:A2)", "\tx", "-1.5", "+2", "plain"]
+    with Logger(tmp_path, "csvi") as logger:
+        logger.log_metrics_summary(1, {f"c{i}": v for i, v in enumerate(cells)})
+        logger.log_metrics_summary(2, {"c0": -3.5})
+    rows = csv_rows(logger.metrics_csv_path)
+    assert rows[1][1:] == [
+        "'=cmd|' /C calc'!A0",
+        "'+1+1",
+        "'-2+3",
+        "'@SUM(A1:A2)",
+        "'\tx",
+        "-1.5",  # numbers as text stay numbers
+        "+2",
+        "plain",
+    ]
+    assert rows[2][1] == "-3.50000"  # a float is never touched
+
+
 def test_close_reports_records_a_dead_embedded_collector_never_wrote(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:

@@ -6,7 +6,9 @@
   NaN and infinities are ``nan``, ``inf``, ``-inf``; integers are exact;
   ``None`` and a key missing from a row are an empty cell.
 * Cells are quoted by the ``csv`` module (commas, quotes, newlines); a
-  carriage return in text is stored as a newline.
+  carriage return in text is stored as a newline; a text value that starts
+  with ``= + - @`` or a tab and is not a number gets a leading ``'`` (a
+  spreadsheet would run it as a formula). Metric names are not changed.
 * A key first seen mid-run widens the header: the file is rewritten once, to
   a temporary dot-file that replaces it atomically, older rows getting empty
   cells. A file that already holds a run is appended to, keeping its header.
@@ -74,7 +76,22 @@ def format_value(value: object) -> str:
         # The writer quotes "\n" (its line terminator) but not a lone "\r",
         # which a reader takes for a line end: store line ends as "\n".
         text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if text[:1] in _FORMULA_STARTS and type(value) is str and not _is_number(text):
+        # A spreadsheet would run "=cmd|..." as a formula: a leading quote
+        # makes it text (OWASP's CSV injection advice).
+        text = "'" + text
     return text
+
+
+_FORMULA_STARTS = frozenset("=+-@\t")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def csv_cell(value: object) -> str:
