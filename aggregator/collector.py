@@ -61,6 +61,9 @@ _AFTER_PARENT_DEATH = 5.0
 # A cycle takes at most this many frames (a message may carry many) before
 # it may commit and ack, so acks keep flowing under a flood.
 _MAX_MESSAGES_PER_CYCLE = 256
+# Senders known at once (said hello; a bye forgets one). A pod of thousands of
+# ranks, each with a Logger or two and a watcher, stays far below it.
+MAX_SENDERS = 65_536
 # Peers remembered for "report once"; past it reports are no longer de-duplicated.
 _MAX_REPORTED = 10_000
 
@@ -140,6 +143,7 @@ class Collector:
     ):
         self.sinks = sinks
         self.senders: dict[bytes, SenderState] = {}
+        self.max_senders = MAX_SENDERS
         self.stats: Counter[str] = Counter()
         self._reported: set[tuple[bytes, str]] = set()
         self._checkpoint_path = checkpoint
@@ -307,7 +311,8 @@ class Collector:
             f"roxxel-aggregator stats: {records_per_second:,.0f} records/s, "
             f"{len(self._open)} senders, {s['records']:,} records written, "
             f"{s['client_dropped']:,} dropped by clients, {s['bad_frames']:,} bad frames, "
-            f"{s['poison_batches']:,} quarantined batches, {s['write_errors']:,} write errors"
+            f"{s['poison_batches']:,} quarantined batches, {s['write_errors']:,} write errors, "
+            f"{s['refused_senders']:,} senders refused"
         )
 
     def _reopen_files(self) -> None:
@@ -465,6 +470,14 @@ class Collector:
             self._bad(peer, str(exc))
             return
         if isinstance(frame, codec.Hello):
+            if frame.sender_id not in self.senders and len(self.senders) >= self.max_senders:
+                # Each sender costs memory and a checkpoint entry: refused,
+                # counted, reported once; its batches are then malformed frames.
+                self.stats["refused_senders"] += 1
+                self._report(
+                    b"", "senders", f"more than {self.max_senders} senders: refusing new ones"
+                )
+                return
             self._hello(frame)
             acks[peer] = frame.sender_id
         elif isinstance(frame, codec.Batch):

@@ -99,6 +99,28 @@ def test_one_message_may_carry_several_frames(collector: Collector, client: RawC
     assert messages(collector) == ["one", "two"]
 
 
+def test_senders_past_the_bound_are_refused_until_one_says_bye(
+    collector: Collector, client: RawClient
+) -> None:
+    collector.max_senders = 2
+    second, third = RawClient(collector.endpoint), RawClient(collector.endpoint)
+    try:
+        client.hello()
+        second.hello()
+        third.sock.send(codec.encode(codec.Hello(third.sender_id, "h", 3, 1, 1, "run")))
+        wait_for(lambda: collector.stats["refused_senders"] == 1)
+        assert third.sock.poll(100) == 0  # no ack: it does not exist here
+        assert "more than 2 senders: refusing new ones" in read(collector.sinks.sinks[0].path)
+        second.sock.send(codec.encode(codec.Bye(second.sender_id, 0)))
+        assert second.ack() == 0
+        assert third.hello(rank=3) == 0  # room again
+        assert third.batch(1, "from the third") == 1
+    finally:
+        second.close()
+        third.close()
+    assert "[rank 3] from the third" in messages(collector)
+
+
 def test_gap_writes_nothing_and_re_acks_the_last_applied(
     collector: Collector, client: RawClient
 ) -> None:
