@@ -17,6 +17,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from roxxel.security import generate_keys
+
 from .collector import DEFAULT_COMMIT_INTERVAL, Collector
 
 __all__ = ["main", "build_parser"]
@@ -87,7 +89,28 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def keygen_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="roxxel-aggregator keygen",
+        description="Write a CURVE key pair: DIR/NAME.key (public, to hand out) and "
+        "DIR/NAME.key_secret (secret, mode 0600), as zmq.auth.load_certificate reads them.",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="directory of the key files")
+    parser.add_argument("--name", required=True, help="the key files' name (e.g. server, rank3)")
+    args = parser.parse_args(argv)
+    try:
+        public, secret = generate_keys(args.out, args.name)
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"roxxel-aggregator keygen: {exc}", file=sys.stderr)
+        return 2
+    print(f"public key {public}\nsecret key {secret} (keep it on this host, mode 0600)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["keygen"]:
+        return keygen_main(argv[1:])
     args = build_parser().parse_args(argv)
     echo = None if args.no_echo else sys.stdout
     try:
