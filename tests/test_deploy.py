@@ -607,25 +607,23 @@ def start_sbatch(tmp_path: Path, train_arg: str) -> tuple[subprocess.Popen, Path
     )
     argv = ["bash", str(SBATCH), sys.executable, str(train), str(tmp_path / "client"), train_arg]
     # Its own process group, so that whatever it leaves behind can be ended.
-    process = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
+    # Output to files, not pipes: nobody reads a pipe while the test waits,
+    # and a full one would stop the job.
+    with open(tmp_path / "sbatch.out", "w") as out, open(tmp_path / "sbatch.err", "w") as err:
+        process = subprocess.Popen(argv, stdout=out, stderr=err, env=env, start_new_session=True)
+    process.output_dir = tmp_path  # type: ignore[attr-defined]
     return process, state
 
 
 def finish_sbatch(process: subprocess.Popen) -> tuple[int, str, str]:
     try:
-        stdout, stderr = process.communicate(timeout=240)
+        process.wait(timeout=240)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # its process group: what it left behind
         process.wait()
-    return process.returncode, stdout, stderr
+    out_dir = process.output_dir  # type: ignore[attr-defined]
+    return process.returncode, read(out_dir / "sbatch.out"), read(out_dir / "sbatch.err")
 
 
 def check_daemon_stopped(tmp_path: Path, state: Path, steps: list[str]) -> str:

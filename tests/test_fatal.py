@@ -208,15 +208,27 @@ def kill_one_rank_of_four(tmp_path: Path, **env: str) -> list[subprocess.Popen]:
     """Four ranks (JAX heartbeat timeout 3 s) that log and wait; rank 2 gets SIGKILL,
     and JAX then aborts the other three. Returns the ended processes."""
     port = str(free_port())
-    procs = [
-        subprocess.Popen(
-            [sys.executable, WORKER, port, str(i), "4", str(tmp_path / f"rank{i}"), "--hang", "3"],
-            env=python_env(**env),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        for i in range(4)
-    ]
+    procs = []
+    for i in range(4):
+        # To a file: a pipe nobody reads while we wait would stop the rank once full.
+        with open(tmp_path / f"rank{i}.err", "w") as err:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        WORKER,
+                        port,
+                        str(i),
+                        "4",
+                        str(tmp_path / f"rank{i}"),
+                        "--hang",
+                        "3",
+                    ],
+                    env=python_env(**env),
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                )
+            )
     helpers: list[psutil.Process] = []
     try:
         ready = [tmp_path / f"rank{i}.ready" for i in range(4)]

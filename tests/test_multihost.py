@@ -19,32 +19,36 @@ WORKER = str(REPO / "tests" / "pod_worker.py")
 def run_pod(tmp_path: Path, count: int, *extra: str, **env: str) -> float:
     port = free_port()
     started = time.monotonic()
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                WORKER,
-                str(port),
-                str(i),
-                str(count),
-                str(tmp_path / f"rank{i}"),
-                *extra,
-            ],
-            env=python_env(**{k: v.format(i=i) for k, v in env.items()}),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(count)
-    ]
+    # Output to files, not pipes: a pipe nobody reads while we wait would stop
+    # a worker once full.
+    outputs = [tmp_path / f"worker{i}.err" for i in range(count)]
+    procs = []
+    for i in range(count):
+        with open(outputs[i], "w") as err:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        WORKER,
+                        str(port),
+                        str(i),
+                        str(count),
+                        str(tmp_path / f"rank{i}"),
+                        *extra,
+                    ],
+                    env=python_env(**{k: v.format(i=i) for k, v in env.items()}),
+                    stdout=err,
+                    stderr=err,
+                )
+            )
     try:
-        results = [(p.wait(180), *p.communicate()) for p in procs]
+        codes = [p.wait(180) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    assert [code for code, _, _ in results] == [0] * count, [err[-2000:] for _, _, err in results]
+    assert codes == [0] * count, [read(path)[-2000:] for path in outputs]
     return time.monotonic() - started
 
 
