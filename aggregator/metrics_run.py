@@ -33,6 +33,7 @@ class MetricsRun(NamedTuple):
     steps: list[int]  # per row
     columns: list[tuple]  # per key, in keys' order: its value in each row
     types: tuple[str, ...]  # per key: FLOATS, INTS or MIXED
+    constant: tuple[bool, ...]  # per key: one number in every row (see is_constant)
 
 
 def metrics_run(record: list) -> tuple[MetricsRun, dict[str, tuple[str, int]]]:
@@ -67,7 +68,8 @@ def metrics_run(record: list) -> tuple[MetricsRun, dict[str, tuple[str, int]]]:
     if dropped:
         keys = [keys[i] for i in kept]
         columns = [columns[i] for i in kept]
-    return MetricsRun(kind, tuple(keys), ts, steps, columns, tuple(types)), dropped
+    constant = tuple(map(is_constant, types, columns))
+    return MetricsRun(kind, tuple(keys), ts, steps, columns, tuple(types), constant), dropped
 
 
 def is_constant(kind: str, column: tuple) -> bool:

@@ -198,13 +198,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             if fd == pidfd:
                 died = True
                 continue
+            if fd == args.stderr_fd:
+                if not _copy_from(fd, tail):
+                    poller.unregister(fd)
+                    open_fds.discard(fd)
+                continue
             data = os.read(fd, 65536)
             if not data:
                 poller.unregister(fd)
                 open_fds.discard(fd)
-            elif fd == args.stderr_fd:
-                _copy(data)
-                tail.add(data)
             else:
                 control += data
                 while b"\n" in control:

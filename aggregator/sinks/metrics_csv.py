@@ -32,7 +32,7 @@ from typing import IO, Any
 from roxxel.codec import MAX_STR_LEN, METRICS_KINDS, RECORD_RANKED_METRICS
 
 from ..checkpoint import replace_file
-from ..metrics_run import FLOATS, INTS, MetricsRun, is_constant
+from ..metrics_run import FLOATS, INTS, MetricsRun
 from .base import FileSink, Origin, truncate_to
 
 __all__ = ["MetricsCsvSink", "format_value", "csv_cell", "RANK_COLUMN"]
@@ -48,6 +48,11 @@ csv.field_size_limit(max(csv.field_size_limit(), 4 * MAX_STR_LEN))
 CONVERSIONS = frozenset({"%d", "%.5f", "%.6g", "%s"})
 
 
+# Below _SMALL or from _LARGE on (and not 0, inf or NaN), .5f would lose the
+# digits: six significant ones instead.
+_SMALL, _LARGE = 1e-3, 1e16
+
+
 def _float_format(column: tuple[float, ...]) -> str | None:
     """The %-conversion that gives what :func:`format_value` gives each of
     these finite floats, or ``None`` when they do not share one."""
@@ -56,9 +61,9 @@ def _float_format(column: tuple[float, ...]) -> str | None:
         low, high = -high, -low
     elif low <= 0.0:  # both signs, or zeros
         low, high = min(map(abs, column)), max(map(abs, column))
-    if high < 1e16 and (low >= 1e-3 or high == 0.0):
+    if high < _LARGE and (low >= _SMALL or high == 0.0):
         return "%.5f"
-    if low > 0.0 and (high < 1e-3 or low >= 1e16):
+    if low > 0.0 and (high < _SMALL or low >= _LARGE):
         return "%.6g"
     return None
 
@@ -66,7 +71,7 @@ def _float_format(column: tuple[float, ...]) -> str | None:
 def format_value(value: object) -> str:
     if type(value) is float:
         magnitude = abs(value)
-        if 1e-3 <= magnitude < 1e16 or magnitude == 0.0 or magnitude == math.inf or value != value:
+        if _SMALL <= magnitude < _LARGE or magnitude in (0.0, math.inf) or value != value:
             return f"{value:.5f}"
         return f"{value:.6g}"
     if value is None:
@@ -149,8 +154,8 @@ class MetricsCsvSink(FileSink):
         """
         cells: list[str] = []
         columns: list[tuple] = []
-        for kind, column in zip(run.types, run.columns, strict=True):
-            if is_constant(kind, column):
+        for kind, column, constant in zip(run.types, run.columns, run.constant, strict=True):
+            if constant:
                 cell = format_value(column[0])  # a number: nothing to quote or escape
             elif kind == INTS:
                 cell = "%d"

@@ -22,7 +22,7 @@ from typing import Any
 
 from roxxel.codec import METRICS_KINDS
 
-from ..metrics_run import FLOATS, INTS, MIXED, is_constant
+from ..metrics_run import FLOATS, INTS, MIXED
 from .base import FileSink, Origin
 
 __all__ = ["MetricsJsonlSink", "json_scalar"]
@@ -99,8 +99,8 @@ class MetricsJsonlSink(FileSink):
             # columns become JSON texts first, value by value.
             cells: list[str] = []
             columns: list[tuple] = []
-            for kind, column in zip(run.types, run.columns, strict=True):
-                if is_constant(kind, column):
+            for kind, column, constant in zip(run.types, run.columns, run.constant, strict=True):
+                if constant:
                     cells.append(json_scalar(column[0]))
                     continue
                 if kind == MIXED:
