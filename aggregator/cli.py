@@ -4,7 +4,8 @@ It binds, prints one line containing ``ready`` on stdout once it accepts
 connections, then writes ``{log-dir}/{prefix}_system.log`` (echoed to stdout
 unless ``--no-echo``), ``_metrics.csv`` and ``_metrics.jsonl``. SIGTERM or
 SIGINT: it writes everything that has arrived, acknowledges it, exits 0.
-SIGHUP: it reopens the files by name (after logrotate moved them). A lock
+SIGHUP: it reopens the files by name (after logrotate moved them) and
+re-reads the allowed clients' keys (``--curve-clients``). A lock
 on ``{log-dir}/.{prefix}.lock`` keeps a second collector off the same run.
 """
 
@@ -17,7 +18,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from roxxel.security import generate_keys
+from roxxel.security import generate_keys, server_keys
 
 from .collector import DEFAULT_COMMIT_INTERVAL, Collector
 
@@ -75,6 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="fsync the files and the checkpoint, then acknowledge, at most this often "
         "(default: %(default)s; 0: after every cycle of messages)",
     )
+    parser.add_argument(
+        "--curve-secret",
+        metavar="FILE",
+        help="this collector's CURVE secret key (NAME.key_secret from `roxxel-aggregator "
+        "keygen`); with --curve-clients, only clients holding an allowed key get in",
+    )
+    parser.add_argument(
+        "--curve-clients",
+        metavar="DIR",
+        help="directory of the public keys (NAME.key) of the clients allowed in; re-read on SIGHUP",
+    )
     # Set by an embedding Logger: exit (after writing what arrived) when that
     # process ends, and report the bound endpoint on this file descriptor.
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
@@ -113,11 +125,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return keygen_main(argv[1:])
     args = build_parser().parse_args(argv)
     echo = None if args.no_echo else sys.stdout
+    if (args.curve_secret is None) != (args.curve_clients is None):
+        print("roxxel-aggregator: --curve-secret and --curve-clients go together", file=sys.stderr)
+        return 2
     try:
+        curve = None
+        if args.curve_secret is not None:
+            curve = server_keys(args.curve_secret, args.curve_clients)
         collector = Collector.for_log_dir(
-            args.bind, args.log_dir, args.prefix, echo, commit_interval=args.commit_interval
+            args.bind,
+            args.log_dir,
+            args.prefix,
+            echo,
+            commit_interval=args.commit_interval,
+            curve=curve,
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:
         print(f"roxxel-aggregator: cannot serve {args.log_dir}: {exc}", file=sys.stderr)
         return 2
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -41,8 +41,10 @@ from typing import IO, Any, TextIO
 import zmq
 
 from roxxel import codec
+from roxxel.security import ServerKeys
 
 from .checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
+from .curve import CurveGate, Refusal
 from .lock import RunLock
 from .metrics_run import MetricsRun, metrics_run
 from .sinks import FanOut, MetricsCsvSink, MetricsJsonlSink, Origin, Sink, SystemLogSink
@@ -87,6 +89,7 @@ class SenderState:
     prefix: str
     committed: int  # highest seq applied
     durable: int  # highest seq in the last checkpoint
+    key: str | None = None  # with CURVE: the public key that said hello
     warned_keys: set[str] = field(default_factory=set)
 
     def saved(self) -> dict[str, Any]:
@@ -98,13 +101,17 @@ class SenderState:
             "host": o.host,
             "pid": o.pid,
             "prefix": self.prefix,
+            "key": self.key,
         }
 
     @classmethod
     def restored(cls, saved: dict[str, Any]) -> SenderState:
         origin = Origin(rank=int(saved["rank"]), host=str(saved["host"]), pid=int(saved["pid"]))
         committed = int(saved["committed"])
-        return cls(origin, str(saved["prefix"]), committed, committed)
+        key = saved.get("key")
+        return cls(
+            origin, str(saved["prefix"]), committed, committed, None if key is None else str(key)
+        )
 
 
 def quarantine_path(log_dir: str, prefix: str) -> str:
@@ -129,6 +136,9 @@ class Collector:
 
     With ``checkpoint`` (a file path) delivery is exactly once across
     restarts; without it, acks follow a flush only (for tests and tools).
+    With ``curve`` only clients holding one of its allowed keys get in
+    (:mod:`aggregator.curve`), and a sender id belongs to the key that said
+    hello with it: frames of another key naming it are refused.
     """
 
     def __init__(
@@ -140,6 +150,7 @@ class Collector:
         quarantine: str | None = None,
         context: zmq.Context | None = None,
         commit_interval: float = DEFAULT_COMMIT_INTERVAL,
+        curve: ServerKeys | None = None,
     ):
         self.sinks = sinks
         self.senders: dict[bytes, SenderState] = {}
@@ -166,8 +177,11 @@ class Collector:
         if checkpoint is not None:
             self._resume(checkpoint)
         self._stop = threading.Event()
-        self._context = context or zmq.Context.instance()
+        # ZeroMQ asks one authenticator per context: a CURVE collector gets its own.
+        self._own_context = context is None and curve is not None
+        self._context = context or (zmq.Context() if curve else zmq.Context.instance())
         self._socket = self._context.socket(zmq.ROUTER)
+        self._gate = None if curve is None else CurveGate(self._context, self._socket, curve)
         self._socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self._socket.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME_BYTES)
         self._socket.setsockopt(zmq.LINGER, 1000)
@@ -175,7 +189,7 @@ class Collector:
         try:
             self._socket.bind(bind)
         except zmq.ZMQError as exc:
-            self._socket.close(linger=0)
+            self._close_sockets(0)
             raise OSError(f"roxxel-aggregator cannot bind {bind}: {exc}") from None
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         # stop() writes a byte here to end a poll at once; os.write is safe
@@ -185,6 +199,8 @@ class Collector:
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
         self._poller.register(self._wake_read, zmq.POLLIN)
+        for gate_socket in self._gate.sockets if self._gate else ():
+            self._poller.register(gate_socket, zmq.POLLIN)
 
     @classmethod
     def for_log_dir(
@@ -194,6 +210,7 @@ class Collector:
         prefix: str,
         echo: TextIO | None = None,
         commit_interval: float = DEFAULT_COMMIT_INTERVAL,
+        curve: ServerKeys | None = None,
     ) -> Collector:
         """A collector owning the run ``{log_dir}/{prefix}_*``, its checkpoint and quarantine.
 
@@ -213,6 +230,7 @@ class Collector:
                 checkpoint=checkpoint_path(log_dir, prefix),
                 quarantine=quarantine_path(log_dir, prefix),
                 commit_interval=commit_interval,
+                curve=curve,
             )
         except BaseException:
             sinks.close()
@@ -236,7 +254,8 @@ class Collector:
         self._wake()
 
     def reopen(self) -> None:
-        """Ask :meth:`run` to reopen the files (after log rotation moved them)."""
+        """Ask :meth:`run` to reopen the files (after log rotation moved them) and,
+        with CURVE, to read the allowed clients' keys again."""
         self._reopen = True
         self._wake()
 
@@ -312,11 +331,17 @@ class Collector:
             f"{len(self._open)} senders, {s['records']:,} records written, "
             f"{s['client_dropped']:,} dropped by clients, {s['bad_frames']:,} bad frames, "
             f"{s['poison_batches']:,} quarantined batches, {s['write_errors']:,} write errors, "
-            f"{s['refused_senders']:,} senders refused"
+            f"{s['refused_senders']:,} senders refused, "
+            f"{s['refused_connections']:,} connections refused"
         )
 
     def _reopen_files(self) -> None:
         self._reopen = False
+        if self._gate is not None:
+            try:
+                self._gate.reload()
+            except (OSError, ValueError) as exc:
+                self._log(logging.ERROR, f"roxxel-aggregator: keeping the allowed keys: {exc}")
         try:
             self._commit()
             self.sinks.reopen()
@@ -336,7 +361,7 @@ class Collector:
         finally:
             if self._lock is not None:
                 self._lock.release()
-            self._socket.close(linger=1000)
+            self._close_sockets(1000)
             os.close(self._wake_read)
             os.close(self._wake_write)
             if self.endpoint.startswith("ipc://") and not self.endpoint.startswith("ipc://@"):
@@ -344,6 +369,13 @@ class Collector:
                     os.unlink(self.endpoint[len("ipc://") :])
                 except OSError:
                     pass  # already gone
+
+    def _close_sockets(self, linger: int) -> None:
+        if self._gate is not None:
+            self._gate.close()
+        self._socket.close(linger=linger)
+        if self._own_context:
+            self._context.term()
 
     def serve_once(self, timeout: float) -> int:
         """Wait up to ``timeout`` s (less when a commit is due), apply what
@@ -355,12 +387,15 @@ class Collector:
         ready = dict(self._poller.poll(math.ceil(timeout * 1000)))
         if self._wake_read in ready:
             os.read(self._wake_read, 4096)
+        if self._gate is not None and any(g in ready for g in self._gate.sockets):
+            for refusal in self._gate.handle():
+                self._refused(refusal)
         handled = 0
         if self._socket in ready and (not self._needs_rewind or self._roll_back()):
             try:
                 while handled < _MAX_MESSAGES_PER_CYCLE:
                     try:
-                        parts = self._socket.recv_multipart(zmq.NOBLOCK, copy=True)
+                        parts, key = self._receive()
                     except zmq.Again:
                         break
                     handled += max(1, len(parts) - 1)  # frames: a message may carry many
@@ -368,7 +403,7 @@ class Collector:
                         self._bad(parts[0] if parts else b"", "message without a frame")
                         continue
                     for data in parts[1:]:  # a client sends what it has as one message
-                        self._handle(parts[0], data, self._acks)
+                        self._handle(parts[0], data, self._acks, key)
             except OSError as exc:
                 self._failed(exc)
         now = time.monotonic()
@@ -382,6 +417,16 @@ class Collector:
             self._commit_due = None
             self._send_acks()
         return handled
+
+    def _receive(self) -> tuple[list[bytes], str | None]:
+        """A waiting message's frames, and with CURVE the key of the connection it came on."""
+        if self._gate is None:
+            return self._socket.recv_multipart(zmq.NOBLOCK, copy=True), None
+        frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
+        # Set by our authenticator on every message of the connection; the
+        # routing-id frame is the ROUTER's own and carries no properties.
+        key = frames[1].get("User-Id") if len(frames) > 1 else None
+        return [frame.bytes for frame in frames], key
 
     def _send_acks(self) -> None:
         """Acknowledge what is durable to every sender heard since the last acks."""
@@ -448,14 +493,19 @@ class Collector:
 
     # -- frames ----------------------------------------------------------------
 
-    def _handle(self, peer: bytes, data: bytes, acks: dict[bytes, bytes]) -> None:
+    def _handle(
+        self, peer: bytes, data: bytes, acks: dict[bytes, bytes], key: str | None = None
+    ) -> None:
         try:
             envelope = codec.decode_envelope(data)
         except codec.CodecError as exc:
             self._bad(peer, str(exc))
             return
+        state = self.senders.get(envelope.sender_id)
+        if state is not None and state.key != key:
+            self._foreign(peer, state, key)
+            return
         if envelope.kind == "batch":
-            state = self.senders.get(envelope.sender_id)
             if state is not None and envelope.seq != state.committed + 1:
                 # A resent duplicate, or a gap: answered without decoding the body.
                 self.stats["duplicate" if envelope.seq <= state.committed else "gap"] += 1
@@ -478,7 +528,7 @@ class Collector:
                     b"", "senders", f"more than {self.max_senders} senders: refusing new ones"
                 )
                 return
-            self._hello(frame)
+            self._hello(frame, key)
             acks[peer] = frame.sender_id
         elif isinstance(frame, codec.Batch):
             state = self.senders.get(frame.sender_id)
@@ -497,14 +547,14 @@ class Collector:
         else:
             self._bad(peer, f"unexpected {type(frame).__name__} frame")
 
-    def _hello(self, hello: codec.Hello) -> None:
+    def _hello(self, hello: codec.Hello, key: str | None) -> None:
         self._open.add(hello.sender_id)
         self._ranks_seen.add(hello.rank)
         self._process_count = max(self._process_count, hello.process_count)
         state = self.senders.get(hello.sender_id)
         if state is None:
             origin = Origin(rank=hello.rank, host=hello.host, pid=hello.pid)
-            state = SenderState(origin, hello.prefix, hello.acked, hello.acked)
+            state = SenderState(origin, hello.prefix, hello.acked, hello.acked, key)
             self.senders[hello.sender_id] = state
             self.stats["senders"] += 1
         elif hello.acked > state.committed:
@@ -633,6 +683,30 @@ class Collector:
                 "it is not written (reported once per key)"
             )
         return warnings
+
+    def _foreign(self, peer: bytes, state: SenderState, key: str | None) -> None:
+        """A frame naming a sender that said hello with another key: refused."""
+        self.stats["foreign_frames"] += 1
+        self._report(
+            peer,
+            "foreign",
+            f"refused frames from key {key or '(none)'} naming a sender of "
+            f"{state.origin.tag or 'rank 0 '}that said hello with another key",
+        )
+
+    def _refused(self, refusal: Refusal) -> None:
+        self.stats["refused_connections"] += 1
+        host = refusal.address.rsplit(":", 1)[0]  # a retrying client's port changes
+        if refusal.kind == "unknown_key":
+            text = (
+                f"refused CURVE key {refusal.key or '(none)'} from {refusal.address}: not allowed"
+            )
+        else:
+            text = (
+                f"refused a connection from {refusal.address} that did not complete a CURVE "
+                "handshake (a client without keys?)"
+            )
+        self._report(f"{refusal.kind} {host} {refusal.key}".encode(), "connection", text)
 
     def _bad(self, peer: bytes, problem: str) -> None:
         self.stats["bad_frames"] += 1

@@ -39,6 +39,9 @@ __all__ = ["CLOSED", "ENDPOINT", "describe_end", "main"]
 
 CLOSED = b"closed"
 ENDPOINT = b"endpoint "
+# Between an endpoint and the CURVE key files to reach it with (a tab: not
+# in endpoints, and the line is one line).
+TARGET_SEPARATOR = "\t"
 TAIL_BYTES = 64 * 1024
 # faulthandler's first line on a fatal signal, and the signal it means.
 _FATAL_ERRORS = {
@@ -133,6 +136,7 @@ def _report(args: argparse.Namespace, endpoint: str, how: str, tail: str, died_a
         decode,
         encode,
     )
+    from roxxel.security import client_keys
     from roxxel.transport import DealerTransport
 
     ts = died_at
@@ -146,7 +150,9 @@ def _report(args: argparse.Namespace, endpoint: str, how: str, tail: str, died_a
         )
     sender_id = secrets.token_bytes(SENDER_ID_LEN)
     hello = Hello(sender_id, args.host, args.rank, args.pid, args.process_count, args.prefix)
-    transport = DealerTransport(endpoint, sender_id)
+    endpoint, *key_files = endpoint.split(TARGET_SEPARATOR)
+    keys = client_keys(*key_files) if key_files else None
+    transport = DealerTransport(endpoint, sender_id, keys=keys)
     frames = [encode(hello), encode(Batch(sender_id, 1, records)), encode(Bye(sender_id, 1))]
     deadline = time.monotonic() + 10.0
     try:

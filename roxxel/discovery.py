@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .security import ClientKeys
 from .transport import DealerTransport
 
 __all__ = [
@@ -96,8 +97,10 @@ class DiscoveringTransport:
         sender_id: bytes,
         timeout: float,
         on_found: Callable[[str], None] | None = None,
+        keys: ClientKeys | None = None,
     ):
         self.connects = 0
+        self._keys = keys
         self._on_found = on_found
         self._prefix = prefix
         self._sender_id = sender_id
@@ -148,7 +151,7 @@ class DiscoveringTransport:
             endpoint = client.blocking_key_value_get(collector_key(self._prefix), _LOOKUP_MS)
         except Exception:  # DEADLINE_EXCEEDED until rank 0 publishes
             return
-        self._inner = DealerTransport(endpoint, self._sender_id)
+        self._inner = DealerTransport(endpoint, self._sender_id, keys=self._keys)
         if self._on_found is not None:
             self._on_found(endpoint)
 

@@ -28,6 +28,8 @@ import threading
 import time
 from typing import Protocol
 
+from .security import ServerKeys
+
 __all__ = ["EmbeddedCollector", "ProcessCollector", "ThreadCollector", "start_embedded"]
 
 _START_TIMEOUT = 60.0
@@ -62,7 +64,14 @@ def _local(endpoint: str) -> str:
 
 
 class ProcessCollector:
-    def __init__(self, log_dir: str, prefix: str, bind: str, drain_senders: float):
+    def __init__(
+        self,
+        log_dir: str,
+        prefix: str,
+        bind: str,
+        drain_senders: float,
+        curve: ServerKeys | None = None,
+    ):
         self._drain = drain_senders
         env = dict(os.environ)
         # The child must import the same `aggregator` as this process, installed or not.
@@ -88,6 +97,14 @@ class ProcessCollector:
                     "--drain-senders",
                     str(drain_senders),
                     "--quiet",
+                    *(
+                        [
+                            f"--curve-secret={curve.secret_file}",
+                            f"--curve-clients={curve.clients_dir}",
+                        ]
+                        if curve
+                        else []
+                    ),
                 ],
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -141,12 +158,19 @@ class ProcessCollector:
 
 
 class ThreadCollector:
-    def __init__(self, log_dir: str, prefix: str, bind: str, drain_senders: float):
+    def __init__(
+        self,
+        log_dir: str,
+        prefix: str,
+        bind: str,
+        drain_senders: float,
+        curve: ServerKeys | None = None,
+    ):
         from aggregator import Collector
 
         if bind.startswith("ipc://"):
             bind = f"inproc://roxxel-{secrets.token_hex(8)}"
-        self.collector = Collector.for_log_dir(bind, log_dir, prefix, sys.stdout)
+        self.collector = Collector.for_log_dir(bind, log_dir, prefix, sys.stdout, curve=curve)
         self.endpoint = self.collector.endpoint
         self._drain = drain_senders
         self._thread = threading.Thread(target=self._serve, name="roxxel-collector", daemon=True)
@@ -172,11 +196,17 @@ class ThreadCollector:
 
 
 def start_embedded(
-    mode: str, log_dir: str, prefix: str, bind: str | None = None, drain_senders: float = 0.0
+    mode: str,
+    log_dir: str,
+    prefix: str,
+    bind: str | None = None,
+    drain_senders: float = 0.0,
+    curve: ServerKeys | None = None,
 ) -> EmbeddedCollector:
+    """``curve``: the collector lets in only the clients it lists (its own must be)."""
     bind = bind or private_endpoint()
     if mode == "process":
-        return ProcessCollector(log_dir, prefix, bind, drain_senders)
+        return ProcessCollector(log_dir, prefix, bind, drain_senders, curve)
     if mode == "thread":
-        return ThreadCollector(log_dir, prefix, bind, drain_senders)
+        return ThreadCollector(log_dir, prefix, bind, drain_senders, curve)
     raise ValueError(f"collector must be 'process' or 'thread', not {mode!r}")

@@ -33,9 +33,17 @@ from .discovery import DiscoveringTransport, advertised_host, kv_client, publish
 from .embedded import EmbeddedCollector, start_embedded
 from .lines import format_line
 from .ranks import detect_rank
+from .security import (
+    ENV_CLIENTS,
+    ENV_SERVER_SECRET,
+    ClientKeys,
+    ServerKeys,
+    client_keys,
+    server_keys,
+)
 from .transport import DealerTransport
 from .undelivered import undelivered_path, write_unsent
-from .watcher import Watcher, watcher_enabled
+from .watcher import Watcher, watch_target, watcher_enabled
 from .watcher import acquire as acquire_watcher
 from .watcher import found as watcher_found
 from .watcher import release as release_watcher
@@ -96,6 +104,15 @@ class Logger:
       the collector how it ended, with the last 64 KiB of its stderr
       (:mod:`roxxel.watcher`). Not with ``collector="thread"``, whose
       collector dies with the process.
+    * ``curve_server_key``, ``curve_client_key`` (default
+      ``$ROXXEL_CURVE_SERVER_KEY``, ``$ROXXEL_CURVE_CLIENT_KEY``): the
+      collector's public ``NAME.key`` and this process's ``NAME.key_secret``
+      (``roxxel-aggregator keygen``); with them every connection is CURVE
+      (encrypted; the collector lets in only the keys it lists). A rank 0
+      that runs the collector itself also needs ``curve_server_secret`` (the
+      collector's ``.key_secret``) and ``curve_clients`` (the directory of
+      the allowed clients' ``.key`` files, its own included), default
+      ``$ROXXEL_CURVE_SERVER_SECRET`` and ``$ROXXEL_CURVE_CLIENTS``.
     """
 
     def __init__(
@@ -116,6 +133,10 @@ class Logger:
         discovery_timeout: float = 300.0,
         metrics_from_all_ranks: bool = False,
         watcher: bool | None = None,
+        curve_server_key: str | None = None,
+        curve_client_key: str | None = None,
+        curve_server_secret: str | None = None,
+        curve_clients: str | None = None,
     ) -> None:
         if not isinstance(log_dir, (str, os.PathLike)):
             raise TypeError(f"log_dir must be a path, not {type(log_dir).__name__}")
@@ -129,6 +150,7 @@ class Logger:
             raise ValueError(
                 "close_timeout must be >= 0, flush_interval >= 0.001 s, max_buffer_bytes > 0"
             )
+        self._keys = client_keys(curve_server_key, curve_client_key)
         self.log_dir = os.fspath(log_dir)
         self.filename_prefix = filename_prefix
         self.logger_name = logger_name
@@ -169,6 +191,7 @@ class Logger:
                 filename_prefix,
                 bind,
                 drain_senders=close_timeout if multi else 0.0,
+                curve=_collector_keys(self._keys, curve_server_secret, curve_clients),
             )
             endpoint = self._embedded.local_endpoint
             if multi and self._embedded.endpoint.startswith("tcp://"):
@@ -220,12 +243,12 @@ class Logger:
                 rank=self.rank,
                 prefix=self.filename_prefix,
                 process_count=self.world_size,
-                endpoint=self.endpoint,
+                endpoint=self._watch_target(self.endpoint),
             )
         except OSError as exc:  # logging goes on without one
             print(f"roxxel: no watcher process for this process: {exc}", file=sys.stderr)
             return
-        self._watched_endpoint = self.endpoint
+        self._watched_endpoint = self._watch_target(self.endpoint)
         if self._found_endpoint is not None:  # found before the watcher started
             self._collector_found(self._found_endpoint)
 
@@ -234,8 +257,12 @@ class Logger:
         self._found_endpoint = endpoint
         watcher = self._watcher
         if watcher is not None:
-            watcher_found(watcher, self._watched_endpoint, endpoint)
-            self._watched_endpoint = endpoint
+            target = self._watch_target(endpoint)
+            watcher_found(watcher, self._watched_endpoint, target)
+            self._watched_endpoint = target
+
+    def _watch_target(self, endpoint: str | None) -> str | None:
+        return None if endpoint is None else watch_target(endpoint, self._keys)
 
     def _start_sender(self) -> None:
         sender_id = secrets.token_bytes(codec.SENDER_ID_LEN)
@@ -253,9 +280,10 @@ class Logger:
                 sender_id,
                 self._discovery_timeout,
                 on_found=self._collector_found,
+                keys=self._keys,
             )
             if self._discover
-            else DealerTransport(self.endpoint, sender_id)
+            else DealerTransport(self.endpoint, sender_id, keys=self._keys)
         )
         self._sender = Sender(
             transport,
@@ -509,3 +537,21 @@ def _publish_when_ready(prefix: str, endpoint: str, timeout: float) -> None:
         f"cannot find this collector ({endpoint})",
         file=sys.stderr,
     )
+
+
+def _collector_keys(
+    keys: ClientKeys | None, secret_file: str | None, clients_dir: str | None
+) -> ServerKeys | None:
+    """A rank 0's own collector speaks CURVE when its clients do."""
+    if keys is None:
+        return None
+    secret_file = secret_file or os.environ.get(ENV_SERVER_SECRET) or None
+    clients_dir = clients_dir or os.environ.get(ENV_CLIENTS) or None
+    if secret_file is None or clients_dir is None:
+        raise ValueError(
+            "with CURVE keys and no aggregator endpoint, rank 0 runs the collector itself: it "
+            f"needs curve_server_secret= (or {ENV_SERVER_SECRET}), the collector's "
+            f"NAME.key_secret, and curve_clients= (or {ENV_CLIENTS}), the directory of the "
+            "allowed clients' NAME.key files"
+        )
+    return server_keys(secret_file, clients_dir)

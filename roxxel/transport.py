@@ -11,6 +11,8 @@ import math
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from .security import ClientKeys
+
 __all__ = ["DealerTransport"]
 
 
@@ -20,10 +22,17 @@ class DealerTransport:
     The routing id is the sender id, so that with ``ROUTER_HANDOVER`` on the
     collector an ack reaches this client even after it reconnected.
     :attr:`connects` counts completed connections (from ZeroMQ's socket
-    monitor): when it grows past 1, the collector may have restarted.
+    monitor): when it grows past 1, the collector may have restarted. With
+    ``keys`` it talks CURVE (encrypted, authenticated by the collector).
     """
 
-    def __init__(self, endpoint: str, sender_id: bytes, context: zmq.Context | None = None):
+    def __init__(
+        self,
+        endpoint: str,
+        sender_id: bytes,
+        context: zmq.Context | None = None,
+        keys: ClientKeys | None = None,
+    ):
         self.endpoint = endpoint
         self.connects = 0
         self._context = context or zmq.Context.instance()
@@ -42,6 +51,8 @@ class DealerTransport:
         self._socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
         self._socket.setsockopt(zmq.RECONNECT_IVL, 100)
         self._socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if keys is not None:
+            keys.apply(self._socket)
         self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED)
         try:
             self._socket.connect(endpoint)

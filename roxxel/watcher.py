@@ -29,9 +29,10 @@ import subprocess
 import sys
 import threading
 
-from .deathwatch import CLOSED, ENDPOINT
+from .deathwatch import CLOSED, ENDPOINT, TARGET_SEPARATOR
+from .security import ClientKeys
 
-__all__ = ["Watcher", "ENV_WATCHER", "acquire", "release", "watcher_enabled"]
+__all__ = ["Watcher", "ENV_WATCHER", "acquire", "release", "watch_target", "watcher_enabled"]
 
 ENV_WATCHER = "ROXXEL_WATCHER"
 
@@ -86,7 +87,8 @@ class Watcher:
         faulthandler.enable(file=2, all_threads=True)
 
     def tell_endpoint(self, endpoint: str) -> None:
-        """Where to send a death notice (the collector this process's Logger uses)."""
+        """Where to send a death notice (a :func:`watch_target`: the collector this
+        process's Logger uses, and how)."""
         self._tell(ENDPOINT + endpoint.encode())
 
     def _tell(self, line: bytes) -> None:
@@ -165,6 +167,13 @@ def release(watcher: Watcher, endpoint: str | None) -> None:
             return
         _active = None
     watcher.stop()
+
+
+def watch_target(endpoint: str, keys: ClientKeys | None) -> str:
+    """The collector endpoint and, with CURVE, the key files to reach it with."""
+    if keys is None:
+        return endpoint
+    return TARGET_SEPARATOR.join((endpoint, keys.server_key_file, keys.client_key_file))
 
 
 def watcher_enabled(requested: bool | None) -> bool:
