@@ -7,6 +7,7 @@ the sender thread alone (ZeroMQ sockets are not thread-safe).
 from __future__ import annotations
 
 import math
+import sys
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -14,6 +15,12 @@ from zmq.utils.monitor import recv_monitor_message
 from .security import ClientKeys
 
 __all__ = ["DealerTransport"]
+
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 
 
 class DealerTransport:
@@ -53,7 +60,8 @@ class DealerTransport:
         self._socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         if keys is not None:
             keys.apply(self._socket)
-        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED)
+        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED | _HANDSHAKE_FAILED)
+        self._told_refusal = False
         try:
             self._socket.connect(endpoint)
         except zmq.ZMQError as exc:
@@ -86,8 +94,11 @@ class DealerTransport:
         ready = dict(self._poller.poll(max(0, math.ceil(timeout * 1000))))
         if self._monitor in ready:
             while self._monitor.poll(0):
-                if recv_monitor_message(self._monitor)["event"] == zmq.EVENT_CONNECTED:
+                event = recv_monitor_message(self._monitor)["event"]
+                if event == zmq.EVENT_CONNECTED:
                     self.connects += 1
+                elif event & _HANDSHAKE_FAILED:
+                    self._refused(event)
         if self._socket not in ready:
             return frames
         while True:
@@ -95,6 +106,22 @@ class DealerTransport:
                 frames.append(self._socket.recv(zmq.NOBLOCK))
             except zmq.Again:
                 return frames
+
+    def _refused(self, event: int) -> None:
+        """Said once: the records stay here (and end in the undelivered file)."""
+        if self._told_refusal:
+            return
+        self._told_refusal = True
+        why = (
+            "refused this client's CURVE key (is its NAME.key in the collector's "
+            "--curve-clients directory?)"
+            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            else "could not complete a handshake (does only one side use CURVE keys?)"
+        )
+        print(
+            f"roxxel: the collector at {self.endpoint} {why}; records stay in this process",
+            file=sys.stderr,
+        )
 
     def close(self) -> None:
         self._socket.disable_monitor()

@@ -136,6 +136,8 @@ def test_a_curve_daemon_writes_listed_clients_and_refuses_the_others(
     assert bob.returncode == plain.returncode == 0, (bob.stderr, plain.stderr)
     # Both kept what they could not deliver: nothing of theirs was acknowledged.
     assert "not acknowledged" in bob.stderr and "not acknowledged" in plain.stderr
+    assert "refused this client's CURVE key" in bob.stderr
+    assert "could not complete a handshake" in plain.stderr
     log = wait_for(
         lambda: (text := daemon.file("system.log")).count("refused") >= 2 and text,
         what="both refusals reported",
