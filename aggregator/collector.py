@@ -26,7 +26,6 @@ quarantine dot-file ``.{prefix}_quarantine.jsonl``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -36,7 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import zmq
 
@@ -47,6 +46,7 @@ from .checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_check
 from .curve import CurveGate, Refusal
 from .lock import RunLock
 from .metrics_run import MetricsRun, metrics_run
+from .quarantine import Quarantine, quarantine_path
 from .sinks import FanOut, MetricsCsvSink, MetricsJsonlSink, Origin, Sink, SystemLogSink
 
 __all__ = ["Collector", "SenderState", "default_sinks", "quarantine_path"]
@@ -66,10 +66,19 @@ _MAX_MESSAGES_PER_CYCLE = 256
 # Senders known at once (said hello; a bye forgets one). A pod of thousands of
 # ranks, each with a Logger or two and a watcher, stays far below it.
 MAX_SENDERS = 65_536
+# How often a collector that cannot write says so again.
+_FAILURE_REMINDER = 60.0
 # Peers remembered for "report once"; past it reports are no longer de-duplicated.
 _MAX_REPORTED = 10_000
 
 COLLECTOR_ORIGIN = Origin(rank=0, host="", pid=os.getpid())
+
+
+class _Failing(NamedTuple):
+    since: float  # time.time() of the first failure
+    first: float  # monotonic, of the first failure
+    last_said: float  # monotonic, of the last message about it
+    error: str
 
 
 @dataclass(frozen=True)
@@ -114,10 +123,6 @@ class SenderState:
         )
 
 
-def quarantine_path(log_dir: str, prefix: str) -> str:
-    return os.path.join(log_dir, f".{prefix}_quarantine.jsonl")
-
-
 def default_sinks(log_dir: str, prefix: str, echo: TextIO | None) -> FanOut:
     """The run's three files in ``log_dir`` (created if missing)."""
     os.makedirs(log_dir, exist_ok=True)
@@ -157,9 +162,10 @@ class Collector:
         self.max_senders = MAX_SENDERS
         self.stats: Counter[str] = Counter()
         self._reported: set[tuple[bytes, str]] = set()
+        # Undone by a roll back: what was reported in lines that are rewound.
+        self._reported_since_commit: list[tuple[set, Any]] = []
         self._checkpoint_path = checkpoint
-        self._quarantine_path = quarantine
-        self._quarantine: IO[str] | None = None
+        self._quarantine = None if quarantine is None else Quarantine(quarantine)
         self._dirty = False
         self._commit_interval = commit_interval
         self._commit_due: float | None = None
@@ -174,6 +180,7 @@ class Collector:
         self._ranks_seen: set[int] = set()
         self._process_count = 0
         self._deaths: dict[tuple[str, int, int], Death] = {}  # by (host, pid, rank)
+        self._failing: _Failing | None = None  # since writing failed, until a commit works
         if checkpoint is not None:
             self._resume(checkpoint)
         self._stop = threading.Event()
@@ -245,7 +252,9 @@ class Collector:
             for hex_id, state in saved.senders.items():
                 self.senders[bytes.fromhex(hex_id)] = SenderState.restored(state)
             if saved.marks is not None:
-                self.sinks.rewind(saved.marks)
+                if not isinstance(saved.marks, dict) or "sinks" not in saved.marks:
+                    raise ValueError(f"unreadable checkpoint {path}: marks of another version")
+                self._rewind(saved.marks)
         self._commit()
 
     def stop(self) -> None:
@@ -455,25 +464,55 @@ class Collector:
         """Sync the sinks, then replace the checkpoint; only then is anything durable."""
         self.sinks.sync()
         if self._quarantine is not None:
-            self._quarantine.flush()
-            os.fsync(self._quarantine.fileno())
+            self._quarantine.sync()
         if self._checkpoint_path is not None:
-            marks = self.sinks.mark()
+            marks = {
+                "sinks": self.sinks.mark(),
+                "quarantine": None if self._quarantine is None else self._quarantine.mark(),
+            }
             saved = {sid.hex(): st.saved() for sid, st in self.senders.items()}
             save_checkpoint(self._checkpoint_path, Checkpoint(saved, marks))
             # Only now, with the checkpoint on disk, may anything be acknowledged.
             self._marks = marks
         for state in self.senders.values():
             state.durable = state.committed
+        self._reported_since_commit.clear()
         self._dirty = False
+        if self._failing is not None:
+            self._recovered()
+
+    def _recovered(self) -> None:
+        failing, self._failing = self._failing, None
+        assert failing is not None
+        when = time.strftime("%H:%M:%S", time.localtime(failing.since))
+        text = (
+            f"roxxel-aggregator: writing failed from {when} for "
+            f"{time.monotonic() - failing.first:.1f} s ({failing.error}); it works again and "
+            "the clients' resent batches are written: nothing is lost"
+        )
+        print(text, file=sys.stderr, flush=True)
+        self._log(logging.WARNING, text)  # committed with the next batch
+
+    def _rewind(self, marks: Any) -> None:
+        self.sinks.rewind(marks["sinks"])
+        if self._quarantine is not None and marks["quarantine"] is not None:
+            self._quarantine.rewind(marks["quarantine"])
 
     def _failed(self, exc: OSError) -> None:
         self.stats["write_errors"] += 1
-        print(
-            f"roxxel-aggregator: writing failed ({exc}); the batches since the last checkpoint "
-            "stay unacknowledged and will be written when the clients resend them",
-            file=sys.stderr,
-        )
+        now = time.monotonic()
+        # A full disk fails every commit: said at once, then once a minute.
+        if self._failing is None or now - self._failing.last_said >= _FAILURE_REMINDER:
+            again = "" if self._failing is None else "still "
+            print(
+                f"roxxel-aggregator: writing {again}failed ({exc}); the batches since the last "
+                "checkpoint stay unacknowledged and will be written when the clients resend them",
+                file=sys.stderr,
+                flush=True,
+            )
+            if self._failing is None:
+                self._failing = _Failing(time.time(), now, now, str(exc))
+            self._failing = self._failing._replace(last_said=now)
         self._needs_rewind = True
         self._roll_back()
 
@@ -481,10 +520,14 @@ class Collector:
         """Forget everything after the last checkpoint, in memory and in the files."""
         for state in self.senders.values():
             state.committed = state.durable
+        # The warnings written since are rewound: they are given again.
+        for reported, key in self._reported_since_commit:
+            reported.discard(key)
+        self._reported_since_commit.clear()
         self._dirty = False
         try:
             if self._marks is not None:
-                self.sinks.rewind(self._marks)
+                self._rewind(self._marks)
         except OSError as exc:
             print(f"roxxel-aggregator: cannot rewind the files yet ({exc})", file=sys.stderr)
             return False
@@ -584,18 +627,16 @@ class Collector:
         self._dirty = True
 
     def _quarantine_write(self, sender_id: bytes, seq: int, reason: str, content: Any) -> None:
-        if self._quarantine_path is None:
-            return
         if self._quarantine is None:
-            self._quarantine = open(self._quarantine_path, "a", encoding="utf-8")  # noqa: SIM115
-        item = {
-            "ts": time.time(),
-            "sender": sender_id.hex(),
-            "seq": seq,
-            "reason": reason,
-            "content": content,
-        }
-        self._quarantine.write(json.dumps(item, default=repr) + "\n")
+            return
+        if not self._quarantine.save(sender_id, seq, reason, content):
+            self.stats["quarantine_full"] += 1
+            self._report(
+                b"",
+                "quarantine full",
+                f"the quarantine file holds {self._quarantine.max_bytes:,} bytes: what can "
+                "never be applied is now counted, not saved",
+            )
 
     def _apply(self, batch: codec.Batch, state: SenderState) -> None:
         if codec.all_log_lines(batch.records):  # the common batch, checked in one pass
@@ -678,6 +719,7 @@ class Collector:
             if key in state.warned_keys or len(state.warned_keys) >= _MAX_REPORTED:
                 continue
             state.warned_keys.add(key)
+            self._reported_since_commit.append((state.warned_keys, key))
             warnings.append(
                 f"{state.origin.tag}metric {key!r} is {why}; "
                 "it is not written (reported once per key)"
@@ -718,6 +760,7 @@ class Collector:
             return
         if len(self._reported) < _MAX_REPORTED:
             self._reported.add(key)
+            self._reported_since_commit.append((self._reported, key))
         self._log(logging.WARNING, f"roxxel-aggregator: {text} (reported once per sender)")
 
     def _log(self, level: int, text: str) -> None:

@@ -1,0 +1,280 @@
+"""Disk faults: a full or read-only log directory stops nothing and loses nothing.
+
+While writing fails the collector acknowledges nothing (the clients keep
+their records), says why on stderr, rewinds the files to its last checkpoint
+and writes everything once when the disk can take it again. The real faults
+are a small tmpfs, mounted in a mount namespace of the daemon's own (filled
+up, or remounted read-only, then given back); a sink raising ``ENOSPC``
+checks the same in one process.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aggregator import Collector
+from aggregator.collector import default_sinks
+from aggregator.sinks import Origin, Sink
+from roxxel import Logger
+
+from .conftest import python_env, read, wait_for
+
+LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] \[INFO\] line (\d+) x{120}$")
+
+
+def check_once(log: str, count: int) -> None:
+    """Every line 0..count-1 exactly once, none torn, nothing else but the collector's own."""
+    ours = [ln for ln in log.splitlines() if "roxxel-aggregator" not in ln]
+    numbers = Counter()
+    for ln in ours:
+        match = LINE.match(ln)
+        assert match, f"a torn or foreign line: {ln!r}"
+        numbers[int(match.group(1))] += 1
+    assert sorted(numbers) == list(range(count)), "lines lost"
+    assert set(numbers.values()) == {1}, "lines written twice"
+
+
+class FullDisk(Sink):
+    """The run's sinks, failing with ENOSPC while ``full`` is set."""
+
+    def __init__(self, inner: Sink):
+        self.inner = inner
+        self.full = threading.Event()
+
+    def _check(self) -> None:
+        if self.full.is_set():
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def write(self, origin: Origin, records: Sequence[Any]) -> None:
+        self._check()
+        self.inner.write(origin, records)
+
+    def flush(self) -> None:
+        self._check()
+        self.inner.flush()
+
+    def sync(self) -> None:
+        self._check()
+        self.inner.sync()
+
+    def mark(self) -> Any:
+        return self.inner.mark()
+
+    def rewind(self, mark: Any) -> None:
+        self.inner.rewind(mark)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_sink_raising_enospc_keeps_records_unacknowledged_until_it_recovers(
+    tmp_path: Path, capfd
+) -> None:
+    sinks = FullDisk(default_sinks(str(tmp_path), "run", None))
+    collector = Collector(
+        "tcp://127.0.0.1:0", sinks, checkpoint=str(tmp_path / ".run_checkpoint.json")
+    )
+    serving = threading.Thread(target=collector.run, daemon=True)
+    serving.start()
+    try:
+        with Logger(tmp_path / "client", "run", aggregator=collector.endpoint, watcher=False) as lg:
+            for i in range(100):
+                lg.log_message(f"line {i} " + "x" * 120)
+            assert lg.flush(30)
+            sinks.full.set()
+            for i in range(100, 300):
+                lg.log_message(f"line {i} " + "x" * 120)
+            wait_for(lambda: collector.stats["write_errors"] > 0, what="a write error")
+            assert not lg.flush(0.3), "acknowledged while the disk was full"
+            sinks.full.clear()
+            assert lg.flush(60), "not written after the disk recovered"
+    finally:
+        collector.stop()
+        serving.join(30)
+        collector.close()
+    err = capfd.readouterr().err
+    assert "writing failed ([Errno 28] No space left on device)" in err
+    assert "it works again" in err
+    check_once(read(tmp_path / "run_system.log"), 300)
+    assert not (tmp_path / "client").exists()  # nothing undelivered
+
+
+# -- real faults: a tmpfs in a mount namespace of the daemon's own, a directory's mode ----
+
+# Without these a root daemon would write into a directory of mode 0555 anyway.
+_DROP_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+
+
+def _cannot(*argv: str) -> str | None:
+    if shutil.which(argv[0]) is None:
+        return f"{argv[0]} (util-linux) is not installed"
+    probe = subprocess.run(list(argv), capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"`{' '.join(argv)}` fails here: {probe.stderr.strip()}"
+    return None
+
+
+def _cannot_mount_tmpfs() -> str | None:
+    return _cannot(
+        "unshare", "-m", "--propagation", "private", "mount", "-t", "tmpfs", "tmpfs", "/mnt"
+    ) or _cannot("nsenter", "--version")
+
+
+class FaultyDaemon:
+    """roxxel-aggregator started through ``wrapper`` (which ends by exec'ing it)."""
+
+    def __init__(self, tmp_path: Path, wrapper: list[str]):
+        self.log_dir = tmp_path / "logs"
+        self.log_dir.mkdir(exist_ok=True)
+        self.out, self.err = tmp_path / "daemon.out", tmp_path / "daemon.err"
+        argv = [
+            sys.executable, "-m", "aggregator", "--bind", "tcp://127.0.0.1:0",
+            "--log-dir", str(self.log_dir), "--prefix", "run", "--no-echo",
+        ]  # fmt: skip
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.process = subprocess.Popen(
+                [*wrapper, *argv], env=python_env(), stdout=out, stderr=err
+            )
+        ready = wait_for(
+            lambda: self.process.poll() is not None or " ready on " in read(self.out),
+            what="the daemon's ready line",
+        )
+        assert ready is True and self.process.poll() is None, read(self.err)
+        self.endpoint = read(self.out).split(" ready on ", 1)[1].split()[0]
+
+    def path(self, name: str) -> Path:
+        # A tmpfs of its own is visible only in its namespace, and through its root.
+        return Path(f"/proc/{self.process.pid}/root") / str(self.log_dir).lstrip("/") / name
+
+    def remount(self, options: str) -> None:
+        subprocess.run(
+            ["nsenter", "-t", str(self.process.pid), "-m",
+             "mount", "-o", f"remount,{options}", str(self.log_dir)],
+            check=True,
+        )  # fmt: skip
+
+    def terminate(self) -> int:
+        self.process.terminate()
+        try:
+            return self.process.wait(30)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def tmpfs_wrapper(log_dir: Path, size: str) -> list[str]:
+    script = f'mount -t tmpfs -o size={size} tmpfs "$1" && shift && exec "$@"'
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", str(log_dir)]
+
+
+@pytest.fixture
+def faulty_daemon(tmp_path: Path) -> Iterator[Any]:
+    started: list[FaultyDaemon] = []
+
+    def start(fault: str) -> FaultyDaemon:
+        why = _cannot_mount_tmpfs() if fault == "full" else _cannot(*_DROP_DAC, "true")
+        if why is not None:
+            pytest.skip(why)
+        # 256 KiB: room for the first few hundred lines and rows, not for 3,000.
+        wrapper = tmpfs_wrapper(tmp_path / "logs", "256k") if fault == "full" else _DROP_DAC
+        started.append(FaultyDaemon(tmp_path, wrapper))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for daemon in started:
+            daemon.kill()
+
+
+LOG_LINES = (
+    "import sys\n"
+    "from roxxel import Logger\n"
+    "lg = Logger(sys.argv[1], 'run', aggregator=sys.argv[2], close_timeout=120)\n"
+    "for i in range(int(sys.argv[3]), int(sys.argv[4])):\n"
+    "    lg.log_message(f'line {i} ' + 'x' * 120)\n"
+    "    lg.log_metrics_summary(i, {'loss': i / 7})\n"
+    "assert lg.flush(120)\n"
+    "lg.close()\n"
+)
+
+
+def log_lines(tmp_path: Path, endpoint: str, first: int, end: int, output: Any) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", LOG_LINES, str(tmp_path / "c"), endpoint, str(first), str(end)],
+        env=python_env(),
+        stdout=output,
+        stderr=output,
+    )
+
+
+@pytest.mark.parametrize("fault", ["full", "unwritable"])
+def test_a_full_or_unwritable_log_dir_loses_nothing_and_writes_nothing_twice(
+    tmp_path: Path, faulty_daemon, fault: str
+) -> None:
+    daemon = faulty_daemon(fault)
+    count, first = 3000, 0
+    client_err = tmp_path / "client.err"
+    if fault == "unwritable":
+        # The files are open; the checkpoint, replaced at every commit, cannot be.
+        with open(client_err, "w") as err:
+            assert log_lines(tmp_path, daemon.endpoint, 0, 500, err).wait(120) == 0
+        first = 500
+        daemon.log_dir.chmod(0o555)
+    with open(client_err, "a") as err:
+        client = log_lines(tmp_path, daemon.endpoint, first, count, err)
+    try:
+        expected = "No space left on device" if fault == "full" else "Permission denied"
+        wait_for(lambda: expected in read(daemon.err), what=f"the daemon reporting {expected}")
+        assert client.poll() is None, "the client ended while nothing could be written"
+        if fault == "full":
+            daemon.remount("size=16m")
+        else:
+            daemon.log_dir.chmod(0o755)
+        assert client.wait(150) == 0, read(client_err)
+    finally:
+        daemon.log_dir.chmod(0o755)
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    err = read(daemon.err)
+    assert err.count("writing failed (") == 1 and "stay unacknowledged" in err, err
+    assert (
+        "it works again" in err and "nothing is lost" in daemon.path("run_system.log").read_text()
+    )
+    check_once(daemon.path("run_system.log").read_text(), count)
+    csv_rows = daemon.path("run_metrics.csv").read_text().splitlines()
+    assert csv_rows[0] == "step,loss"
+    assert [int(row.split(",")[0]) for row in csv_rows[1:]] == list(range(count))
+    assert not (tmp_path / "c").exists(), "the client kept records it could not deliver"
+    assert daemon.terminate() == 0
+
+
+def test_a_daemon_on_an_unwritable_log_dir_says_so_and_exits(tmp_path: Path) -> None:
+    why = _cannot(*_DROP_DAC, "true")
+    if why is not None:
+        pytest.skip(why)
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir(mode=0o555)
+    result = subprocess.run(
+        [*_DROP_DAC, sys.executable, "-m", "aggregator", "--bind", "tcp://127.0.0.1:0",
+         "--log-dir", str(log_dir)],
+        env=python_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"cannot serve {log_dir}" in result.stderr and "Permission denied" in result.stderr
