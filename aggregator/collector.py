@@ -66,6 +66,9 @@ _MAX_MESSAGES_PER_CYCLE = 256
 # Senders known at once (said hello; a bye forgets one). A pod of thousands of
 # ranks, each with a Logger or two and a watcher, stays far below it.
 MAX_SENDERS = 65_536
+# Messages queued per connection (an honest client has at most a few dozen
+# in flight: it sends one message per flush interval).
+_RCVHWM = 256
 # How often a collector that cannot write says so again.
 _FAILURE_REMINDER = 60.0
 # Peers remembered for "report once"; past it reports are no longer de-duplicated.
@@ -192,7 +195,9 @@ class Collector:
         self._socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self._socket.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME_BYTES)
         self._socket.setsockopt(zmq.LINGER, 1000)
-        self._socket.setsockopt(zmq.RCVHWM, 0)
+        # Per connection: past it ZeroMQ stops reading that peer (TCP pushes
+        # back to it), so no one client can fill this process's memory.
+        self._socket.setsockopt(zmq.RCVHWM, _RCVHWM)
         try:
             self._socket.bind(bind)
         except zmq.ZMQError as exc:

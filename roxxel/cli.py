@@ -20,15 +20,16 @@ import time
 from collections.abc import Sequence
 
 from . import __version__, codec
+from .security import ENV_CLIENT_KEY, ENV_SERVER_KEY, ClientKeys, client_keys
 from .transport import DealerTransport
 from .undelivered import replay
 
 __all__ = ["main"]
 
 
-def _check(endpoint: str, timeout: float) -> int:
+def _check(endpoint: str, timeout: float, keys: ClientKeys | None) -> int:
     sender_id = secrets.token_bytes(codec.SENDER_ID_LEN)
-    transport = DealerTransport(endpoint, sender_id)
+    transport = DealerTransport(endpoint, sender_id, keys=keys)
     hello = codec.Hello(sender_id, socket.gethostname(), 0, os.getpid(), 1, "roxxel-check")
     try:
         started = time.monotonic()
@@ -53,9 +54,9 @@ def _check(endpoint: str, timeout: float) -> int:
         transport.close()
 
 
-def _replay(path: str, endpoint: str, timeout: float) -> int:
+def _replay(path: str, endpoint: str, timeout: float, keys: ClientKeys | None) -> int:
     try:
-        delivered = replay(path, endpoint, timeout)
+        delivered = replay(path, endpoint, timeout, keys)
     except (OSError, ValueError, TimeoutError) as exc:
         print(f"roxxel replay: {exc}", file=sys.stderr)
         return 1
@@ -88,10 +89,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=60.0,
         help="seconds to wait for acknowledgements (default: 60)",
     )
+    for command in (check, again):
+        _add_curve_options(command)
     args = parser.parse_args(argv)
+    try:
+        keys = client_keys(args.curve_server_key, args.curve_client_key)
+    except (ValueError, RuntimeError) as exc:
+        parser.error(str(exc))
     if args.command == "replay":
-        return _replay(args.file, args.aggregator, args.timeout)
-    return _check(args.endpoint, args.timeout)
+        return _replay(args.file, args.aggregator, args.timeout, keys)
+    return _check(args.endpoint, args.timeout, keys)
+
+
+def _add_curve_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--curve-server-key",
+        metavar="FILE",
+        help=f"the collector's public key NAME.key (default: ${ENV_SERVER_KEY})",
+    )
+    parser.add_argument(
+        "--curve-client-key",
+        metavar="FILE",
+        help=f"this client's secret key NAME.key_secret (default: ${ENV_CLIENT_KEY})",
+    )
 
 
 if __name__ == "__main__":

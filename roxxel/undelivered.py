@@ -24,6 +24,7 @@ import sys
 
 from . import codec
 from .client import Sender, Unsent, UnsentBatch
+from .security import ClientKeys
 from .transport import DealerTransport
 
 __all__ = ["undelivered_path", "write_unsent", "read_unsent", "replay"]
@@ -108,7 +109,7 @@ def read_unsent(path: str) -> list[Unsent]:
     return sections
 
 
-def replay(path: str, endpoint: str, timeout: float = 60.0) -> int:
+def replay(path: str, endpoint: str, timeout: float = 60.0, keys: ClientKeys | None = None) -> int:
     """Deliver every section of ``path`` to the collector at ``endpoint``.
 
     Returns the number of records the collector has acknowledged; raises
@@ -117,7 +118,7 @@ def replay(path: str, endpoint: str, timeout: float = 60.0) -> int:
     """
     delivered = 0
     for unsent in read_unsent(path):
-        transport = DealerTransport(endpoint, unsent.hello.sender_id)
+        transport = DealerTransport(endpoint, unsent.hello.sender_id, keys=keys)
         # Nothing of a file may be dropped: no bound but the file's own size.
         held = sum(len(batch.body) for batch in unsent.batches) + 1
         sender = Sender(transport, unsent.hello, resume=unsent, max_buffer_bytes=2 * held)

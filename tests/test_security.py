@@ -288,3 +288,27 @@ def test_the_daemon_refuses_half_a_curve_configuration(tmp_path: Path, keys: Pat
         timeout=60,
     )
     assert result.returncode == 2 and "go together" in result.stderr
+
+
+def test_roxxel_check_speaks_curve_with_keys_and_is_refused_without(
+    tmp_path: Path, keys: Path, start_daemon
+) -> None:
+    daemon = curve_daemon(start_daemon, tmp_path, keys)
+
+    def check(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "roxxel.cli", "check", daemon.endpoint, "--timeout", "2",
+             *extra],
+            env=python_env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    with_keys = check(
+        "--curve-server-key", str(keys / "server.key"),
+        "--curve-client-key", str(keys / "alice.key_secret"),
+    )  # fmt: skip
+    assert with_keys.returncode == 0 and "answered" in with_keys.stdout, with_keys.stderr
+    without = check()
+    assert without.returncode == 1 and "could not complete a handshake" in without.stderr
+    half = check("--curve-server-key", str(keys / "server.key"))
+    assert half.returncode == 2 and "only one was given" in half.stderr
+    assert daemon.terminate() == 0
