@@ -69,6 +69,12 @@ MAX_SENDERS = 65_536
 # Messages queued per connection (an honest client has at most a few dozen
 # in flight: it sends one message per flush interval).
 _RCVHWM = 256
+# Senders that crashed without a word (no watcher) are never heard again; a
+# collector forgets those silent this long once it knows more than this many.
+# Safe: a live client is never silent that long with unacknowledged batches
+# (it resends within seconds), and its next hello says what it had acked.
+IDLE_SENDER_SECONDS = 3600.0
+IDLE_SENDERS_KEPT = 1024
 # How often a collector that cannot write says so again.
 _FAILURE_REMINDER = 60.0
 # Peers remembered for "report once"; past it reports are no longer de-duplicated.
@@ -103,6 +109,10 @@ class SenderState:
     durable: int  # highest seq in the last checkpoint
     key: str | None = None  # with CURVE: the public key that said hello
     warned_keys: set[str] = field(default_factory=set)
+    # Not in the checkpoint: this collector's view of the sender.
+    seen: float = field(default_factory=time.monotonic)  # its last frame
+    records: int = 0  # written
+    bytes: int = 0  # of the batches applied
 
     def saved(self) -> dict[str, Any]:
         """For the checkpoint being written: what is applied now."""
@@ -163,6 +173,10 @@ class Collector:
         self.sinks = sinks
         self.senders: dict[bytes, SenderState] = {}
         self.max_senders = MAX_SENDERS
+        self.idle_sender_seconds = IDLE_SENDER_SECONDS
+        self.idle_senders_kept = IDLE_SENDERS_KEPT
+        self._next_forget = time.monotonic() + 60.0
+        self._now = time.monotonic()
         self.stats: Counter[str] = Counter()
         self._reported: set[tuple[bytes, str]] = set()
         # Undone by a roll back: what was reported in lines that are rewound.
@@ -405,6 +419,7 @@ class Collector:
             for refusal in self._gate.handle():
                 self._refused(refusal)
         handled = 0
+        self._now = time.monotonic()
         if self._socket in ready and (not self._needs_rewind or self._roll_back()):
             try:
                 while handled < _MAX_MESSAGES_PER_CYCLE:
@@ -430,7 +445,24 @@ class Collector:
         if not self._dirty:
             self._commit_due = None
             self._send_acks()
+        if now >= self._next_forget:
+            self._forget_idle_senders(now)
         return handled
+
+    def _forget_idle_senders(self, now: float) -> None:
+        self._next_forget = now + min(60.0, self.idle_sender_seconds)
+        if len(self.senders) <= self.idle_senders_kept:
+            return
+        idle = [i for i, st in self.senders.items() if now - st.seen >= self.idle_sender_seconds]
+        for sender_id in idle:
+            del self.senders[sender_id]
+        if idle:
+            self.stats["forgotten_senders"] += len(idle)
+            self._log(
+                logging.INFO,
+                f"roxxel-aggregator: forgot {len(idle)} sender(s) silent for "
+                f"{self.idle_sender_seconds:.0f} s or more ({len(self.senders)} known)",
+            )
 
     def _receive(self) -> tuple[list[bytes], str | None]:
         """A waiting message's frames, and with CURVE the key of the connection it came on."""
@@ -550,9 +582,11 @@ class Collector:
             self._bad(peer, str(exc))
             return
         state = self.senders.get(envelope.sender_id)
-        if state is not None and state.key != key:
-            self._foreign(peer, state, key)
-            return
+        if state is not None:
+            if state.key != key:
+                self._foreign(peer, state, key)
+                return
+            state.seen = self._now
         if envelope.kind == "batch":
             if state is not None and envelope.seq != state.committed + 1:
                 # A resent duplicate, or a gap: answered without decoding the body.
@@ -584,6 +618,7 @@ class Collector:
                 self._bad(peer, "batch from a sender that has not said hello")
                 return
             self._apply(frame, state)
+            state.bytes += len(data)
             acks[peer] = frame.sender_id
         elif isinstance(frame, codec.Bye):
             # Everything of this sender is acknowledged: no resend or replay can follow.
@@ -712,6 +747,7 @@ class Collector:
 
     def _applied(self, batch: codec.Batch, state: SenderState, written: int) -> None:
         state.committed = batch.seq
+        state.records += written
         self._dirty = True
         self.stats["batches"] += 1
         self.stats["records"] += written

@@ -121,6 +121,39 @@ def test_senders_past_the_bound_are_refused_until_one_says_bye(
     assert "[rank 3] from the third" in messages(collector)
 
 
+def test_silent_senders_are_forgotten_past_the_bound_and_a_live_one_goes_on(
+    collector: Collector, client: RawClient
+) -> None:
+    silent = RawClient(collector.endpoint)
+    try:
+        silent.hello(rank=1)
+        assert silent.batch(1, "then it crashed, without a watcher") == 1
+        client.hello()
+        assert client.batch(1, "one") == 1
+        collector.idle_senders_kept = 1
+        collector.idle_sender_seconds = 0.0  # both are "silent" from now on
+        collector._next_forget = 0.0
+        wait_for(lambda: collector.stats["forgotten_senders"] == 2, what="two senders forgotten")
+        assert not collector.senders
+    finally:
+        silent.close()
+    collector.idle_sender_seconds = 3600.0
+    # The live client's next batch is not known; its hello (with what it had
+    # acked) brings it back, and nothing is written twice.
+    assert client.hello(acked=1) == 1
+    assert client.batch(2, "two") == 2
+    assert [m for m in messages(collector) if "roxxel" not in m] == [
+        "[rank 1] then it crashed, without a watcher",
+        "one",
+        "two",
+    ]
+    assert "forgot 2 sender(s) silent for 0 s or more (0 known)" in read(
+        collector.sinks.sinks[0].path
+    )
+    state = collector.senders[client.sender_id]
+    assert (state.records, state.bytes > 0) == (1, True)  # accounted since it came back
+
+
 def test_gap_writes_nothing_and_re_acks_the_last_applied(
     collector: Collector, client: RawClient
 ) -> None:
