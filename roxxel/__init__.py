@@ -14,7 +14,9 @@ thread and sends them over ZeroMQ to one collector (embedded on rank 0, or
 the ``roxxel-aggregator`` daemon), which alone writes the files.
 """
 
+from .handler import Handler
 from .logger import CRASH_HEADLINE, Logger
+from .metric_writer import MetricWriter
 
-__all__ = ["Logger", "CRASH_HEADLINE", "__version__"]
+__all__ = ["Logger", "Handler", "MetricWriter", "CRASH_HEADLINE", "__version__"]
 __version__ = "0.1.0"

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -31,6 +31,7 @@ from . import codec, exits
 from .client import Sender
 from .discovery import DiscoveringTransport, advertised_host, kv_client, publish_endpoint
 from .embedded import EmbeddedCollector, start_embedded
+from .handler import Capture
 from .lines import format_line
 from .ranks import detect_rank
 from .security import (
@@ -113,6 +114,10 @@ class Logger:
       collector's ``.key_secret``) and ``curve_clients`` (the directory of
       the allowed clients' ``.key`` files, its own included), default
       ``$ROXXEL_CURVE_SERVER_SECRET`` and ``$ROXXEL_CURVE_CLIENTS``.
+    * ``capture`` (default none): names of ``logging`` loggers whose records
+      go into the run's log, e.g. ``("jax", "absl")``; ``"py.warnings"``
+      adds Python's warnings (:mod:`roxxel.handler`). While the Logger is
+      open those loggers do not propagate (no second copy on stderr).
     """
 
     def __init__(
@@ -137,6 +142,7 @@ class Logger:
         curve_client_key: str | None = None,
         curve_server_secret: str | None = None,
         curve_clients: str | None = None,
+        capture: str | Iterable[str] = (),
     ) -> None:
         if not isinstance(log_dir, (str, os.PathLike)):
             raise TypeError(f"log_dir must be a path, not {type(log_dir).__name__}")
@@ -150,6 +156,10 @@ class Logger:
             raise ValueError(
                 "close_timeout must be >= 0, flush_interval >= 0.001 s, max_buffer_bytes > 0"
             )
+        capture_names = (capture,) if isinstance(capture, str) else tuple(capture)
+        for name in capture_names:
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"capture takes logger names, not {name!r}")
         self._keys = client_keys(curve_server_key, curve_client_key)
         self.log_dir = os.fspath(log_dir)
         self.filename_prefix = filename_prefix
@@ -175,6 +185,7 @@ class Logger:
         self._watcher: Watcher | None = None
         self._watched_endpoint: str | None = None
         self._found_endpoint: str | None = None
+        self._capture: Capture | None = None
 
         endpoint = aggregator or os.environ.get(ENV_AGGREGATOR) or None
         self._discovery_timeout = discovery_timeout
@@ -219,6 +230,8 @@ class Logger:
             if watcher_enabled(watcher) and not (collector == "thread" and self._embedded):
                 self._start_watcher()
         exits.register(self, handle_sigterm)
+        if capture_names:
+            self._capture = Capture(self, capture_names)
 
     def _publish(self, bound: str) -> None:
         """Tell the other ranks where rank 0's collector is, as soon as JAX can."""
@@ -307,6 +320,17 @@ class Logger:
         if len(message) > _MAX_TEXT:
             message = message[:_MAX_TEXT] + _TRUNCATED
         self._append_line((_LOG, _now(), level, message))
+
+    def log_record(self, ts: float, level: int, text: str) -> bool:
+        """A line stamped ``ts`` (e.g. a ``logging`` record's time), as :meth:`log_message`
+        at ``level`` would log it; ``False`` once the Logger is closed."""
+        if self._closed:
+            return False
+        if level >= self._level:
+            if len(text) > _MAX_TEXT:
+                text = text[:_MAX_TEXT] + _TRUNCATED
+            self._append_line((_LOG, ts, level, text))
+        return True
 
     def log_metrics_summary(
         self, step: int, metrics: Mapping[str, Any], *, all_ranks: bool = False
@@ -434,6 +458,8 @@ class Logger:
         if self._closed:
             return
         self._closed = True
+        if self._capture is not None:
+            self._capture.release()
         self.log_message = self._after_close  # type: ignore[method-assign]
         self.log_metrics_summary = self._after_close  # type: ignore[method-assign]
         with exits.closing():

@@ -10,7 +10,8 @@ every process exits 0. ``--logger-first`` creates the Logger before
 ``--coordinator HOST`` puts JAX's coordinator on HOST instead of 127.0.0.1.
 ``--hang SECONDS`` sets JAX's heartbeat timeout to SECONDS and, after the
 logging, creates ``LOG_DIR.ready`` and waits (for a peer's death: JAX then
-aborts this process), without closing the Logger.
+aborts this process), without closing the Logger. ``--capture NAMES`` passes
+``capture=NAMES.split(",")`` to the Logger.
 """
 
 from __future__ import annotations
@@ -44,8 +45,11 @@ def main() -> None:
         time.sleep(300)
     if not logger_first:
         jax.distributed.initialize(**init)
+    capture = (
+        sys.argv[sys.argv.index("--capture") + 1].split(",") if "--capture" in sys.argv else ()
+    )
     try:
-        with Logger(log_dir, "pod", close_timeout=60) as lg:
+        with Logger(log_dir, "pod", close_timeout=60, capture=capture) as lg:
             if logger_first:
                 jax.distributed.initialize(**init)
             assert lg.rank == jax.process_index(), (lg.rank, jax.process_index())
