@@ -88,11 +88,12 @@ def curve_daemon(start_daemon, tmp_path: Path, keys: Path) -> Daemon:
 
 
 def curve_logger(keys: Path, name: str, endpoint: str, text: str, **options: str) -> str:
-    """Code that logs ``text`` through ``endpoint`` as client ``name``."""
+    """Code that logs ``text`` through ``endpoint`` as client ``name`` (what it
+    cannot deliver goes to an undelivered file in ``keys/name-undelivered``)."""
     extra = "".join(f", {k}={v}" for k, v in options.items())
     return (
         "from roxxel import Logger\n"
-        f"with Logger('unused', 'run', aggregator={endpoint!r}, "
+        f"with Logger({str(keys / (name + '-undelivered'))!r}, 'run', aggregator={endpoint!r}, "
         f"curve_server_key={str(keys / 'server.key')!r}, "
         f"curve_client_key={str(keys / name) + '.key_secret'!r}{extra}) as lg:\n"
         f"    lg.log_message({text!r})\n"
@@ -137,6 +138,7 @@ def test_a_curve_daemon_writes_listed_clients_and_refuses_the_others(
     # Both kept what they could not deliver: nothing of theirs was acknowledged.
     assert "not acknowledged" in bob.stderr and "not acknowledged" in plain.stderr
     assert "refused this client's CURVE key" in bob.stderr
+    assert (keys / "bob-undelivered" / "run_undelivered_rank0.jsonl").exists()
     assert "could not complete a handshake" in plain.stderr
     log = wait_for(
         lambda: (text := daemon.file("system.log")).count("refused") >= 2 and text,
@@ -233,7 +235,7 @@ def test_a_killed_process_is_reported_through_curve(
     result = run_python(
         "import os\n"
         "from roxxel import Logger\n"
-        f"lg = Logger('unused', 'run', aggregator={daemon.endpoint!r}, "
+        f"lg = Logger({str(tmp_path / 'client')!r}, 'run', aggregator={daemon.endpoint!r}, "
         f"curve_server_key={str(keys / 'server.key')!r}, "
         f"curve_client_key={str(keys / 'alice.key_secret')!r})\n"
         "lg.log_message('before the abort')\n"
