@@ -32,7 +32,7 @@ import os
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TextIO
@@ -66,15 +66,19 @@ _MAX_MESSAGES_PER_CYCLE = 256
 # Senders known at once (said hello; a bye forgets one). A pod of thousands of
 # ranks, each with a Logger or two and a watcher, stays far below it.
 MAX_SENDERS = 65_536
-# Messages queued per connection (an honest client has at most a few dozen
-# in flight: it sends one message per flush interval).
-_RCVHWM = 256
+# Messages queued per connection: above what an honest client can have in
+# flight (its window, 1,024 batches, each in at most one message), so only a
+# client that ignores acknowledgements is held back by it.
+_RCVHWM = 4096
 # Senders that crashed without a word (no watcher) are never heard again; a
 # collector forgets those silent this long once it knows more than this many.
 # Safe: a live client is never silent that long with unacknowledged batches
 # (it resends within seconds), and its next hello says what it had acked.
 IDLE_SENDER_SECONDS = 3600.0
 IDLE_SENDERS_KEPT = 1024
+# What a status or tail answer holds at most (it must fit the codec's limits).
+_STATUS_SENDERS = 100
+_TAIL_BYTES = 256 * 1024
 # How often a collector that cannot write says so again.
 _FAILURE_REMINDER = 60.0
 # Peers remembered for "report once"; past it reports are no longer de-duplicated.
@@ -176,6 +180,11 @@ class Collector:
         self.idle_sender_seconds = IDLE_SENDER_SECONDS
         self.idle_senders_kept = IDLE_SENDERS_KEPT
         self._next_forget = time.monotonic() + 60.0
+        self._started = time.time()
+        self._rate_samples: deque[tuple[float, int]] = deque(maxlen=11)  # (monotonic, records)
+        self.log_dir: str | None = None
+        self.prefix: str | None = None
+        self.system_log_path: str | None = None
         self._now = time.monotonic()
         self.stats: Counter[str] = Counter()
         self._reported: set[tuple[bytes, str]] = set()
@@ -218,6 +227,9 @@ class Collector:
             self._close_sockets(0)
             raise OSError(f"roxxel-aggregator cannot bind {bind}: {exc}") from None
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        # The log's text goes to tools only where readers are known: CURVE
+        # clients, or whoever can reach a local endpoint.
+        self._serves_log = curve is not None or _is_local(self.endpoint)
         # stop() writes a byte here to end a poll at once; os.write is safe
         # from a signal handler and from any thread, unlike a ZeroMQ socket.
         self._wake_read, self._wake_write = os.pipe()
@@ -263,6 +275,8 @@ class Collector:
             lock.release()
             raise
         collector._lock = lock
+        collector.log_dir, collector.prefix = os.path.abspath(log_dir), prefix
+        collector.system_log_path = os.path.join(collector.log_dir, f"{prefix}_system.log")
         return collector
 
     def _resume(self, path: str) -> None:
@@ -447,6 +461,8 @@ class Collector:
             self._send_acks()
         if now >= self._next_forget:
             self._forget_idle_senders(now)
+        if not self._rate_samples or now - self._rate_samples[-1][0] >= 1.0:
+            self._rate_samples.append((now, self.stats["records"]))
         return handled
 
     def _forget_idle_senders(self, now: float) -> None:
@@ -620,6 +636,8 @@ class Collector:
             self._apply(frame, state)
             state.bytes += len(data)
             acks[peer] = frame.sender_id
+        elif isinstance(frame, codec.Query):
+            self._answer(peer, frame)
         elif isinstance(frame, codec.Bye):
             # Everything of this sender is acknowledged: no resend or replay can follow.
             self._open.discard(frame.sender_id)
@@ -629,6 +647,86 @@ class Collector:
             self._commit_due = time.monotonic()  # a closing client waits for this ack
         else:
             self._bad(peer, f"unexpected {type(frame).__name__} frame")
+
+    def _answer(self, peer: bytes, query: codec.Query) -> None:
+        what = query.body.get("what")
+        if what == "status":
+            body = self.status()
+        elif what == "tail":
+            body = self._tail(query.body.get("offset"))
+        else:
+            body = {"error": f"unknown query {what!r}: 'status' or 'tail'"}
+        reply = codec.encode(codec.Answer(query.sender_id, query.seq, body))
+        try:
+            self._socket.send_multipart([peer, reply], zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # the tool's queue is full: it asks again
+
+    def status(self) -> dict[str, Any]:
+        """What ``roxxel status`` shows: the run, its senders, rates and problems."""
+        now = time.monotonic()
+        rate = 0.0
+        if len(self._rate_samples) > 1:
+            (then, before), (last, records) = self._rate_samples[0], self._rate_samples[-1]
+            rate = (records - before) / max(last - then, 1e-9)
+        busiest = sorted(self.senders.values(), key=lambda st: st.records, reverse=True)
+        return {
+            "endpoint": self.endpoint,
+            "pid": os.getpid(),
+            "log_dir": self.log_dir,
+            "prefix": self.prefix,
+            "curve": self._gate is not None,
+            "uptime": time.time() - self._started,
+            "open_senders": len(self._open),
+            "known_senders": len(self.senders),
+            "process_count": self._process_count,
+            "ranks_seen": len(self._ranks_seen),
+            "records_per_second": rate,
+            "stats": dict(self.stats),
+            "senders": [
+                {
+                    "rank": st.origin.rank,
+                    "host": st.origin.host,
+                    "pid": st.origin.pid,
+                    "records": st.records,
+                    "bytes": st.bytes,
+                    "idle": now - st.seen,
+                }
+                for st in busiest[:_STATUS_SENDERS]
+            ],
+        }
+
+    def _tail(self, offset: Any) -> dict[str, Any]:
+        """The system log's text from ``offset`` (``None``: its last lines), whole lines only."""
+        path = self.system_log_path
+        if path is None or not self._serves_log:
+            return {
+                "error": "this collector shows its log only to CURVE clients or on a local "
+                "endpoint; run `roxxel tail LOG_DIR` on its host"
+            }
+        try:
+            self.sinks.flush()
+            with open(path, "rb") as log:
+                size = os.fstat(log.fileno()).st_size
+                if type(offset) is not int or not 0 <= offset <= size:
+                    # The first request, or a file that was rotated or rewound.
+                    offset = max(0, size - _TAIL_BYTES) if offset is None else 0
+                    log.seek(offset)
+                    if offset:
+                        offset += len(log.readline())  # a partial line
+                log.seek(offset)
+                data = log.read(_TAIL_BYTES)
+        except OSError as exc:
+            return {"error": f"cannot read {path}: {exc}"}
+        if not data.endswith(b"\n"):
+            cut = data.rfind(b"\n")
+            if cut >= 0:
+                data = data[: cut + 1]
+            elif len(data) < _TAIL_BYTES:
+                data = b""  # a line still being written
+            # else: one line longer than an answer goes in pieces
+        text = data.decode("utf-8", errors="replace")
+        return {"offset": offset + len(data), "text": text, "path": path}
 
     def _hello(self, hello: codec.Hello, key: str | None) -> None:
         self._open.add(hello.sender_id)
@@ -810,6 +908,13 @@ class Collector:
     def _write_line(self, ts: float, level: int, text: str) -> None:
         self.sinks.write(COLLECTOR_ORIGIN, [[codec.RECORD_LOG, ts, level, text]])
         self._dirty = True
+
+
+def _is_local(endpoint: str) -> bool:
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    host = endpoint.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
+    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 def _dropped_text(record: list) -> str:

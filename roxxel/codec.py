@@ -9,7 +9,9 @@ and a ZeroMQ message carries one or more frames (a client sends everything
 it may send at once as one message).
 
 ``kind`` is one of ``hello``, ``batch``, ``bye`` (client to collector) and
-``ack`` (collector to client). ``sender_id`` is 16 random bytes per client.
+``ack`` (collector to client); a tool asks a collector with ``query`` (body
+a map, e.g. ``{"what": "status"}``) and it replies with ``answer`` (a map),
+the same ``seq`` in both. ``sender_id`` is 16 random bytes per client.
 In a ``batch``, ``seq`` counts the sender's batches from 1; a ``hello``
 carries there the highest seq the client has seen acked, a ``bye`` the last
 seq it sent, an ``ack`` the highest contiguous seq the collector has written.
@@ -57,6 +59,8 @@ __all__ = [
     "Batch",
     "Bye",
     "Ack",
+    "Query",
+    "Answer",
     "Frame",
     "encode",
     "encode_batch",
@@ -157,16 +161,40 @@ class Ack:
     seq: int
 
 
-Frame = Hello | Batch | Bye | Ack
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A tool asks the collector something (``body["what"]``); ``seq`` pairs the answer."""
+
+    sender_id: bytes
+    seq: int
+    body: dict
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The collector's reply to the :class:`Query` with the same ``seq``."""
+
+    sender_id: bytes
+    seq: int
+    body: dict
+
+
+Frame = Hello | Batch | Bye | Ack | Query | Answer
 
 _HELLO_FIELDS = ("host", "rank", "pid", "process_count", "prefix")
-_KINDS = ("hello", "batch", "bye", "ack")
+_KINDS = ("hello", "batch", "bye", "ack", "query", "answer")
+_MAPPED = {Query: "query", Answer: "answer"}
 
 
 def encode(frame: Frame) -> bytes:
     """Encode one frame. Raises :class:`CodecError` for a malformed frame."""
-    if not isinstance(frame, (Hello, Batch, Bye, Ack)):
+    if not isinstance(frame, (Hello, Batch, Bye, Ack, Query, Answer)):
         raise CodecError(f"not a roxxel frame: {type(frame).__name__}")
+    if isinstance(frame, (Query, Answer)):
+        _check_sender_and_seq(frame.sender_id, frame.seq)
+        if not isinstance(frame.body, dict):
+            raise CodecError(f"a {_MAPPED[type(frame)]} body is a map")
+        return _pack([PROTO_VERSION, _MAPPED[type(frame)], frame.sender_id, frame.seq, frame.body])
     if isinstance(frame, Batch):
         return encode_batch(frame.sender_id, frame.seq, frame.records)
     if isinstance(frame, Hello):
@@ -256,6 +284,10 @@ def decode(data: bytes) -> Frame:
         return _decode_hello(sender_id, seq, body)
     if kind == "bye":
         return Bye(sender_id, seq)
+    if kind in ("query", "answer"):
+        if not isinstance(body, dict):
+            raise CodecError(f"{kind} body is a map")
+        return (Query if kind == "query" else Answer)(sender_id, seq, body)
     return Ack(sender_id, seq)
 
 

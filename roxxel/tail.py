@@ -1,0 +1,164 @@
+"""``roxxel tail``: follow a run's system log, from its file or from its collector.
+
+A record is a line ``[time] [LEVEL] [rank N] text`` and the lines after it
+that do not start a record (a traceback); the filters (a lowest level, a
+rank) keep or drop whole records. Colour marks the level when the output is
+a terminal (``--color auto``, and ``NO_COLOR`` unset).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from .query import CollectorQuery
+
+__all__ = ["RecordFilter", "follow_collector", "follow_file", "system_log_in"]
+
+_RECORD = re.compile(
+    r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] \[([A-Z]+|Level \d+)\] (\[rank (\d+)\] )?"
+)
+_COLOURS = {
+    "DEBUG": "\033[2m",
+    "WARNING": "\033[33m",
+    "ERROR": "\033[31m",
+    "CRITICAL": "\033[1;31m",
+}
+_RESET = "\033[0m"
+_FIRST_BYTES = 256 * 1024  # where the last lines are looked for
+
+
+class RecordFilter:
+    """Whole records at or above ``level`` and (if given) from ``rank``, coloured or not."""
+
+    def __init__(self, level: int = logging.NOTSET, rank: int | None = None, colour: bool = False):
+        self.level = level
+        self.rank = rank
+        self.colour = colour
+        self._keep = True  # of the record the next continuation lines belong to
+        self._colour = ""
+
+    def lines(self, text: str) -> list[str]:
+        """The lines of ``text`` (whole lines) that pass, ready to print."""
+        kept = []
+        for line in text.splitlines():
+            match = _RECORD.match(line)
+            if match is not None:
+                name, rank = match.group(1), match.group(3)
+                level = logging.getLevelName(name)
+                if not isinstance(level, int):  # "Level 25"
+                    level = int(name.split()[-1]) if name.startswith("Level ") else 0
+                self._keep = level >= self.level and (
+                    self.rank is None or int(rank or 0) == self.rank
+                )
+                self._colour = _COLOURS.get(name, "") if self.colour else ""
+            if self._keep:
+                kept.append(f"{self._colour}{line}{_RESET}" if self._colour else line)
+        return kept
+
+
+def system_log_in(directory: str, prefix: str | None) -> str:
+    """The run's system log in ``directory``: ``{prefix}_system.log``, or the only one there."""
+    if prefix is not None:
+        return os.path.join(directory, f"{prefix}_system.log")
+    found = sorted(glob.glob(os.path.join(glob.escape(directory), "*_system.log")))
+    if len(found) != 1:
+        what = "no *_system.log" if not found else f"{len(found)} runs ({', '.join(found)})"
+        raise ValueError(f"{directory} holds {what}: name the run with --prefix")
+    return found[0]
+
+
+def follow_file(
+    path: str,
+    out: TextIO,
+    records: RecordFilter,
+    last: int,
+    follow: bool = True,
+    poll: float = 0.25,
+    running: Callable[[], bool] = lambda: True,
+) -> None:
+    """Print the last ``last`` passing lines of ``path``, then what is appended,
+    through rotation (a new file under the name) and truncation."""
+    log = _open_waiting(path, follow, poll, running)
+    if log is None:
+        return
+    size = os.fstat(log.fileno()).st_size
+    start = max(0, size - _FIRST_BYTES)
+    log.seek(start)
+    if start:
+        log.readline()  # a partial line
+    _print(out, records.lines(_whole_lines(log))[-last:] if last else [])
+    while follow and running():
+        chunk = _whole_lines(log)
+        if chunk:
+            _print(out, records.lines(chunk))
+            continue
+        try:
+            moved = os.stat(path).st_ino != os.fstat(log.fileno()).st_ino
+        except FileNotFoundError:
+            moved = False  # rotated away, the new one not there yet
+        if moved or os.fstat(log.fileno()).st_size < log.tell():
+            _print(out, records.lines(_whole_lines(log)))
+            log.close()
+            log = _open_waiting(path, follow, poll, running)
+            if log is None:
+                return
+            continue
+        time.sleep(poll)
+    log.close()
+
+
+def follow_collector(
+    query: CollectorQuery,
+    out: TextIO,
+    records: RecordFilter,
+    last: int,
+    follow: bool = True,
+    poll: float = 0.25,
+    running: Callable[[], bool] = lambda: True,
+    timeout: float = 10.0,
+) -> None:
+    """The same through the collector's ``tail`` query (on another host)."""
+    answer = query.ask({"what": "tail", "offset": None}, timeout)
+    _print(out, records.lines(answer["text"])[-last:] if last else [])
+    offset = answer["offset"]
+    while follow and running():
+        answer = query.ask({"what": "tail", "offset": offset}, timeout)
+        _print(out, records.lines(answer["text"]))
+        if answer["offset"] == offset:
+            time.sleep(poll)
+        offset = answer["offset"]
+
+
+def _open_waiting(path: str, follow: bool, poll: float, running: Callable[[], bool]):
+    while True:
+        try:
+            return open(path, encoding="utf-8", errors="replace", newline="")  # noqa: SIM115
+        except FileNotFoundError:
+            if not follow:
+                raise
+        if not running():
+            return None
+        time.sleep(poll)
+
+
+def _whole_lines(log: TextIO) -> str:
+    """What the file holds past the position, up to its last newline."""
+    start = log.tell()
+    text = log.read()
+    cut = text.rfind("\n") + 1
+    if cut < len(text):
+        log.seek(start)
+        text = log.read(cut)  # a line being written stays for the next read
+    return text
+
+
+def _print(out: TextIO, lines: list[str]) -> None:
+    if lines:
+        out.write("\n".join(lines) + "\n")
+        out.flush()

@@ -1,0 +1,185 @@
+"""``roxxel status`` and ``roxxel tail``: real daemons, real clients, real processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+
+from roxxel import codec
+from roxxel.tail import RecordFilter
+
+from .conftest import Daemon, python_env, read, run_python, wait_for
+
+
+def roxxel(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "roxxel.cli", *args],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+LOG = (
+    "[2026-01-01 00:00:00] [INFO] starting\n"
+    "[2026-01-01 00:00:01] [WARNING] [rank 2] slow host\n"
+    "[2026-01-01 00:00:02] [ERROR] [rank 3] step failed\n"
+    "Traceback (most recent call last):\n"
+    "    [not a record] ValueError: bad\n"
+    "[2026-01-01 00:00:03] [INFO] [rank 3] recovered\n"
+    "[2026-01-01 00:00:04] [CRITICAL] rank 0 gives up\n"
+)
+
+
+def test_filters_keep_whole_records_by_level_and_rank() -> None:
+    assert RecordFilter(40).lines(LOG) == [
+        "[2026-01-01 00:00:02] [ERROR] [rank 3] step failed",
+        "Traceback (most recent call last):",
+        "    [not a record] ValueError: bad",
+        "[2026-01-01 00:00:04] [CRITICAL] rank 0 gives up",
+    ]
+    assert [ln[22:] for ln in RecordFilter(rank=0).lines(LOG)] == [
+        "[INFO] starting",
+        "[CRITICAL] rank 0 gives up",
+    ]
+    coloured = RecordFilter(30, rank=2, colour=True).lines(LOG)
+    assert coloured == ["\033[33m[2026-01-01 00:00:01] [WARNING] [rank 2] slow host\033[0m"]
+
+
+def test_tail_of_a_directory_filters_and_exits_without_follow(tmp_path: Path) -> None:
+    (tmp_path / "run_system.log").write_text(LOG)
+    result = roxxel("tail", str(tmp_path), "--no-follow", "--level", "warning", "--rank", "3")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "[2026-01-01 00:00:02] [ERROR] [rank 3] step failed",
+        "Traceback (most recent call last):",
+        "    [not a record] ValueError: bad",
+    ]
+    assert "\033[" not in result.stdout  # not a terminal: no colour
+    (tmp_path / "other_system.log").write_text(LOG)
+    two = roxxel("tail", str(tmp_path), "--no-follow")
+    assert two.returncode == 1 and "name the run with --prefix" in two.stderr
+    bad = roxxel("tail", str(tmp_path), "--prefix", "run", "--level", "LOUD", "--no-follow")
+    assert bad.returncode == 1 and "unknown level 'LOUD'" in bad.stderr
+
+
+@pytest.mark.parametrize("source", ["dir", "endpoint"])
+def test_tail_follows_a_live_run(tmp_path: Path, start_daemon, source: str) -> None:
+    daemon: Daemon = start_daemon(tmp_path / "logs")
+    first = run_python(
+        "from roxxel import Logger\n"
+        f"with Logger({str(tmp_path)!r}, 'run', aggregator={daemon.endpoint!r}) as lg:\n"
+        "    lg.log_message('before tail started', level=30)\n"
+    )
+    assert first.returncode == 0, first.stderr
+    out = tmp_path / "tail.out"
+    where = str(daemon.log_dir) if source == "dir" else daemon.endpoint
+    with open(out, "w") as stdout:
+        tail = subprocess.Popen(
+            [sys.executable, "-m", "roxxel.cli", "tail", where, "--level", "WARNING"],
+            env=python_env(),
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        # Its first lines printed: what comes next, it has to follow.
+        wait_for(lambda: "before tail started" in read(out), what="tail's first lines")
+        later = run_python(
+            "import logging\n"
+            "from roxxel import Logger\n"
+            f"with Logger({str(tmp_path)!r}, 'run', aggregator={daemon.endpoint!r}) as lg:\n"
+            "    lg.log_message('an info line, filtered out')\n"
+            "    lg.log_message('a warning while tail runs', level=logging.WARNING)\n"
+            "    lg.log_message('an error while tail runs', level=logging.ERROR)\n",
+            SLURM_PROCID="1",
+            SLURM_NTASKS="2",
+        )
+        assert later.returncode == 0, later.stderr
+        text = wait_for(
+            lambda: "an error while tail runs" in (t := read(out)) and t,
+            what="the live lines in tail's output",
+        )
+        assert tail.poll() is None, text
+    finally:
+        tail.terminate()
+        tail.wait(30)
+    assert "[WARNING] [rank 1] a warning while tail runs" in text
+    assert text.count("before tail started") == 1
+    assert "filtered out" not in text  # INFO
+    assert daemon.terminate() == 0
+
+
+def test_status_reports_senders_records_and_problems(tmp_path: Path, daemon: Daemon) -> None:
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "from roxxel import Logger\n"
+            f"lg = Logger({str(tmp_path)!r}, 'run', aggregator={daemon.endpoint!r}, "
+            "watcher=False)\n"
+            "for i in range(500): lg.log_metrics_summary(i, {'loss': 1.0}, all_ranks=True)\n"
+            "assert lg.flush(30)\n"
+            "print('logged', flush=True)\n"
+            "sys.stdin.readline()\n"
+            "lg.close()\n",
+        ],
+        env=python_env(SLURM_PROCID="3", SLURM_NTASKS="4"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert client.stdout.readline() == "logged\n"
+        bad = roxxel("check", daemon.endpoint)  # a sender that comes and goes
+        assert bad.returncode == 0
+        with zmq.Context() as context, context.socket(zmq.DEALER) as garbage:
+            garbage.linger = 0
+            garbage.connect(daemon.endpoint)
+            garbage.send(b"not a frame")
+            wait_for(lambda: "malformed frame" in daemon.file("system.log"), what="bad frame")
+        answer = roxxel("status", daemon.endpoint, "--json")
+        assert answer.returncode == 0, answer.stderr
+        status = json.loads(answer.stdout)
+        text = roxxel("status", daemon.endpoint)
+    finally:
+        client.communicate("\n", timeout=60)
+    assert status["open_senders"] == 1 and status["process_count"] == 4
+    assert status["stats"]["records"] >= 500 and status["stats"]["bad_frames"] == 1, status
+    [sender] = [s for s in status["senders"] if s["rank"] == 3]
+    assert sender["records"] == 500 and sender["bytes"] > 0
+    assert status["log_dir"] == str(daemon.log_dir) and status["prefix"] == daemon.prefix
+    assert text.returncode == 0
+    assert "senders: 1 open" in text.stdout and "ranks seen 2 of 4" in text.stdout
+    assert "1 bad frames" in text.stdout
+    assert client.returncode == 0
+
+
+def test_status_of_nothing_says_so() -> None:
+    result = roxxel("status", "tcp://127.0.0.1:1", "--timeout", "0.5")
+    assert result.returncode == 1 and "no answer from a collector" in result.stderr
+
+
+def test_a_public_collector_without_curve_does_not_show_its_log(
+    tmp_path: Path, start_daemon
+) -> None:
+    daemon = start_daemon(tmp_path / "logs", bind="tcp://0.0.0.0:0")
+    endpoint = "tcp://127.0.0.1:" + daemon.endpoint.rsplit(":", 1)[1]
+    result = roxxel("tail", endpoint, "--no-follow")
+    assert result.returncode == 1 and "only to CURVE clients" in result.stderr
+    assert roxxel("status", endpoint).returncode == 0  # figures, no log text
+    assert daemon.terminate() == 0
+
+
+def test_queries_round_trip_through_the_codec() -> None:
+    query = codec.Query(b"q" * 16, 7, {"what": "tail", "offset": None})
+    assert codec.decode(codec.encode(query)) == query
+    with pytest.raises(codec.CodecError, match="body is a map"):
+        codec.decode(msgpack.packb([codec.PROTO_VERSION, "query", b"q" * 16, 7, [1]]))
