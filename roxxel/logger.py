@@ -33,6 +33,7 @@ from .discovery import DiscoveringTransport, advertised_host, kv_client, publish
 from .embedded import EmbeddedCollector, start_embedded
 from .handler import Capture
 from .lines import format_line
+from .progress import Progress, is_terminal
 from .ranks import detect_rank
 from .security import (
     ENV_CLIENTS,
@@ -118,6 +119,9 @@ class Logger:
       go into the run's log, e.g. ``("jax", "absl")``; ``"py.warnings"``
       adds Python's warnings (:mod:`roxxel.handler`). While the Logger is
       open those loggers do not propagate (no second copy on stderr).
+    * ``progress`` (default ``False``): on rank 0, when stdout is a
+      terminal, a line showing the last step, steps/s and the first metrics
+      of ``log_metrics_summary``, redrawn in place (:mod:`roxxel.progress`).
     """
 
     def __init__(
@@ -143,6 +147,7 @@ class Logger:
         curve_server_secret: str | None = None,
         curve_clients: str | None = None,
         capture: str | Iterable[str] = (),
+        progress: bool = False,
     ) -> None:
         if not isinstance(log_dir, (str, os.PathLike)):
             raise TypeError(f"log_dir must be a path, not {type(log_dir).__name__}")
@@ -232,6 +237,10 @@ class Logger:
         exits.register(self, handle_sigterm)
         if capture_names:
             self._capture = Capture(self, capture_names)
+        self._progress: Progress | None = None
+        if progress and self.is_rank_zero and is_terminal(sys.stdout):
+            self._progress = Progress(sys.stdout)
+            self.log_metrics_summary = self._with_progress  # type: ignore[method-assign]
 
     def _publish(self, bound: str) -> None:
         """Tell the other ranks where rank 0's collector is, as soon as JAX can."""
@@ -361,6 +370,12 @@ class Logger:
         kind = _RANKED if all_ranks or self._all_ranks else _METRICS
         self._append_metrics((kind, keys, _now(), step, tuple(metrics.values())))
 
+    def _with_progress(
+        self, step: int, metrics: Mapping[str, Any], *, all_ranks: bool = False
+    ) -> None:
+        Logger.log_metrics_summary(self, step, metrics, all_ranks=all_ranks)
+        self._progress.update(step, metrics)  # type: ignore[union-attr]
+
     def _check_metric_names(self, keys: tuple[str, ...]) -> tuple[str, ...]:
         """The checked tuple equal to ``keys`` (names that alternate, such as
         train and eval metrics, are checked once each); raises for bad names."""
@@ -460,6 +475,8 @@ class Logger:
         self._closed = True
         if self._capture is not None:
             self._capture.release()
+        if self._progress is not None:
+            self._progress.close()
         self.log_message = self._after_close  # type: ignore[method-assign]
         self.log_metrics_summary = self._after_close  # type: ignore[method-assign]
         with exits.closing():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -183,3 +185,57 @@ def test_queries_round_trip_through_the_codec() -> None:
     assert codec.decode(codec.encode(query)) == query
     with pytest.raises(codec.CodecError, match="body is a map"):
         codec.decode(msgpack.packb([codec.PROTO_VERSION, "query", b"q" * 16, 7, [1]]))
+
+
+PROGRESS_RUN = (
+    "import time\n"
+    "from roxxel import Logger\n"
+    "with Logger({log_dir!r}, 'run', progress=True) as lg:\n"
+    "    lg.log_message('an echoed line')\n"
+    "    end, step = time.monotonic() + 1.2, 0\n"
+    "    while time.monotonic() < end:\n"  # a training loop, about 1.2 s of it
+    "        lg.log_metrics_summary(step, {{'loss': 1 / (step + 1), 'lr': 0.1}})\n"
+    "        step += 1\n"
+    "    lg.log_message('done')\n"
+)
+
+
+def test_progress_line_on_a_terminal_and_none_on_a_pipe(tmp_path: Path) -> None:
+    primary, secondary = pty.openpty()
+    child = subprocess.Popen(
+        [sys.executable, "-c", PROGRESS_RUN.format(log_dir=str(tmp_path / "tty"))],
+        env=python_env(),
+        stdout=secondary,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(secondary)
+    output = b""
+    try:
+        while True:  # until the child and its collector closed the terminal
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: no writer left
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert child.wait(60) == 0
+    finally:
+        os.close(primary)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    text = output.decode()
+    assert "\r\x1b[Kstep " in text and " steps/s | loss " in text and "| lr 0.1" in text, text
+    # The collector's echo clears the progress line before each log line.
+    assert "\r\x1b[K[" in text and "[INFO] an echoed line" in text
+    piped = subprocess.run(
+        [sys.executable, "-c", PROGRESS_RUN.format(log_dir=str(tmp_path / "pipe"))],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert "steps/s" not in piped.stdout and "\x1b[K" not in piped.stdout
+    assert "[INFO] done" in piped.stdout

@@ -7,6 +7,7 @@ from typing import IO, Any, TextIO
 
 from roxxel.codec import RECORD_LOG
 from roxxel.lines import format_lines
+from roxxel.progress import is_terminal
 
 from .base import FileSink, Origin
 
@@ -18,6 +19,8 @@ class SystemLogSink(FileSink):
         self.path = path
         self._file = self._open()
         self._echo = echo
+        # On a terminal: clear the line first (a Logger's progress line sits there).
+        self._clear = "\r\033[K" if is_terminal(echo) else ""
 
     def _open(self) -> IO[str]:
         return open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
@@ -30,7 +33,7 @@ class SystemLogSink(FileSink):
             self._file.write(text)
             if self._echo is not None:
                 try:
-                    self._echo.write(text)
+                    self._echo.write(self._clear + text if self._clear else text)
                 except (OSError, ValueError):
                     self._echo = None  # a closed stdout must not stop the log file
 
