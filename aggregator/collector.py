@@ -26,6 +26,7 @@ quarantine dot-file ``.{prefix}_quarantine.jsonl``.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
@@ -72,16 +73,17 @@ MAX_SENDERS = 65_536
 _RCVHWM = 4096
 # Senders that crashed without a word (no watcher) are never heard again; a
 # collector forgets those silent this long once it knows more than this many.
-# Safe: a live client is never silent that long with unacknowledged batches
-# (it resends within seconds), and its next hello says what it had acked.
+# Their committed seqs are kept (the last 65,536, not in the checkpoint), so a
+# client that comes back after a long partition is not written twice.
 IDLE_SENDER_SECONDS = 3600.0
 IDLE_SENDERS_KEPT = 1024
+_FORGOTTEN_KEPT = 65_536
 # What a status or tail answer holds at most (it must fit the codec's limits).
 _STATUS_SENDERS = 100
 _TAIL_BYTES = 256 * 1024
 # How often a collector that cannot write says so again.
 _FAILURE_REMINDER = 60.0
-# Peers remembered for "report once"; past it reports are no longer de-duplicated.
+# Problems reported (once each); past it they are only counted.
 _MAX_REPORTED = 10_000
 
 COLLECTOR_ORIGIN = Origin(rank=0, host="", pid=os.getpid())
@@ -180,11 +182,13 @@ class Collector:
         self.idle_sender_seconds = IDLE_SENDER_SECONDS
         self.idle_senders_kept = IDLE_SENDERS_KEPT
         self._next_forget = time.monotonic() + 60.0
+        self._forgotten: dict[bytes, int] = {}  # sender id -> committed seq, oldest first
         self._started = time.time()
         self._rate_samples: deque[tuple[float, int]] = deque(maxlen=11)  # (monotonic, records)
         self.log_dir: str | None = None
         self.prefix: str | None = None
         self.system_log_path: str | None = None
+        self._log_committed: dict[int, int] = {}  # inode -> synced size of the system log
         self._now = time.monotonic()
         self.stats: Counter[str] = Counter()
         self._reported: set[tuple[bytes, str]] = set()
@@ -207,6 +211,7 @@ class Collector:
         self._process_count = 0
         self._deaths: dict[tuple[str, int, int], Death] = {}  # by (host, pid, rank)
         self._failing: _Failing | None = None  # since writing failed, until a commit works
+        self._rewind_said = -math.inf
         if checkpoint is not None:
             self._resume(checkpoint)
         self._stop = threading.Event()
@@ -219,7 +224,8 @@ class Collector:
         self._socket.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME_BYTES)
         self._socket.setsockopt(zmq.LINGER, 1000)
         # Per connection: past it ZeroMQ stops reading that peer (TCP pushes
-        # back to it), so no one client can fill this process's memory.
+        # back to it). It counts messages, not bytes: each frame is still
+        # bounded only by MAXMSGSIZE, so untrusted networks need CURVE.
         self._socket.setsockopt(zmq.RCVHWM, _RCVHWM)
         try:
             self._socket.bind(bind)
@@ -340,7 +346,9 @@ class Collector:
             if parent_alive is not None and time.monotonic() >= next_check:
                 next_check = time.monotonic() + 0.2
                 if not parent_alive():
-                    self._log(logging.WARNING, "parent process ended; writing what arrived")
+                    self._guarded(
+                        self._log, logging.WARNING, "parent process ended; writing what arrived"
+                    )
                     self._await_death_notices(parent_pid)
                     break
         else:
@@ -349,7 +357,7 @@ class Collector:
                 self.serve_once(min(poll, max(0.0, deadline - time.monotonic())))
         while self.serve_once(0.01):
             pass
-        self._summarize_failures()
+        self._guarded(self._summarize_failures)
         self._commit_or_roll_back()
         if not self._dirty:
             self._send_acks()
@@ -383,17 +391,28 @@ class Collector:
             try:
                 self._gate.reload()
             except (OSError, ValueError) as exc:
-                self._log(logging.ERROR, f"roxxel-aggregator: keeping the allowed keys: {exc}")
+                print(f"roxxel-aggregator: keeping the allowed keys: {exc}", file=sys.stderr)
         try:
             self._commit()
+        except OSError as exc:
+            self._failed(exc)  # the files stay as they are; the next SIGHUP tries again
+            return
+        try:
             self.sinks.reopen()
+        except OSError as exc:  # some files may be new, the others are the old ones
+            print(f"roxxel-aggregator: reopening the files failed: {exc}", file=sys.stderr)
+        # Nothing is uncommitted: the files open now are where a roll back returns to.
+        self._marks = self._current_marks()
+        try:
             self._commit()
         except OSError as exc:
             self._failed(exc)
 
     def senders_done(self) -> bool:
         """Every rank of the run has said hello, and every sender that did has said bye."""
-        return not self._open and self._ranks_seen >= set(range(self._process_count))
+        count, seen = self._process_count, self._ranks_seen
+        # Counted first: a hello may claim any process count.
+        return not self._open and len(seen) >= count and all(r in seen for r in range(count))
 
     def close(self) -> None:
         try:
@@ -425,30 +444,37 @@ class Collector:
         the last one was less than ``commit_interval`` ago. Returns messages handled."""
         if self._commit_due is not None:
             timeout = min(timeout, max(0.0, self._commit_due - time.monotonic()))
+        if self._needs_rewind and not self._roll_back():
+            # The files cannot be rewound yet: read nothing (it could not be
+            # written), wait for the disk or a stop instead of spinning.
+            self._wait_for_wake(max(timeout, 0.1))
+            return 0
         # Rounded up: a poll of 0 ms while a commit is due within 1 ms would spin.
         ready = dict(self._poller.poll(math.ceil(timeout * 1000)))
         if self._wake_read in ready:
             os.read(self._wake_read, 4096)
-        if self._gate is not None and any(g in ready for g in self._gate.sockets):
-            for refusal in self._gate.handle():
-                self._refused(refusal)
         handled = 0
         self._now = time.monotonic()
-        if self._socket in ready and (not self._needs_rewind or self._roll_back()):
-            try:
-                while handled < _MAX_MESSAGES_PER_CYCLE:
-                    try:
-                        parts, key = self._receive()
-                    except zmq.Again:
-                        break
-                    handled += max(1, len(parts) - 1)  # frames: a message may carry many
-                    if len(parts) < 2:
-                        self._bad(parts[0] if parts else b"", "message without a frame")
-                        continue
-                    for data in parts[1:]:  # a client sends what it has as one message
-                        self._handle(parts[0], data, self._acks, key)
-            except OSError as exc:
-                self._failed(exc)
+        try:
+            if self._gate is not None and any(g in ready for g in self._gate.sockets):
+                for refusal in self._gate.handle():
+                    self._refused(refusal)
+            while self._socket in ready and handled < _MAX_MESSAGES_PER_CYCLE:
+                try:
+                    parts, key = self._receive()
+                except zmq.Again:
+                    break
+                handled += max(1, len(parts) - 1)  # frames: a message may carry many
+                if len(parts) < 2:
+                    self._bad(parts[0] if parts else b"", "message without a frame")
+                    continue
+                if self._gate is not None and (key or "").encode() not in self._gate.keys.allowed:
+                    self._revoked(parts[0], key)  # removed from the allowed keys since
+                    continue
+                for data in parts[1:]:  # a client sends what it has as one message
+                    self._handle(parts[0], data, self._acks, key)
+        except OSError as exc:
+            self._failed(exc)
         now = time.monotonic()
         if self._dirty and self._commit_due is None:
             # At most one commit per interval: at once after a quiet spell.
@@ -460,10 +486,26 @@ class Collector:
             self._commit_due = None
             self._send_acks()
         if now >= self._next_forget:
-            self._forget_idle_senders(now)
+            try:
+                self._forget_idle_senders(now)
+            except OSError as exc:
+                self._failed(exc)
         if not self._rate_samples or now - self._rate_samples[-1][0] >= 1.0:
             self._rate_samples.append((now, self.stats["records"]))
         return handled
+
+    def _guarded(self, write: Callable[..., None], *args: Any) -> None:
+        """``write`` (lines of the collector's own), a write failure handled as any other."""
+        try:
+            write(*args)
+        except OSError as exc:
+            self._failed(exc)
+
+    def _wait_for_wake(self, timeout: float) -> None:
+        poller = zmq.Poller()
+        poller.register(self._wake_read, zmq.POLLIN)
+        if poller.poll(math.ceil(timeout * 1000)):
+            os.read(self._wake_read, 4096)
 
     def _forget_idle_senders(self, now: float) -> None:
         self._next_forget = now + min(60.0, self.idle_sender_seconds)
@@ -471,7 +513,11 @@ class Collector:
             return
         idle = [i for i, st in self.senders.items() if now - st.seen >= self.idle_sender_seconds]
         for sender_id in idle:
-            del self.senders[sender_id]
+            # Remembered (bounded) so a sender that comes back is not written twice.
+            self._forgotten[sender_id] = self.senders.pop(sender_id).committed
+            self._open.discard(sender_id)
+        while len(self._forgotten) > _FORGOTTEN_KEPT:
+            del self._forgotten[next(iter(self._forgotten))]
         if idle:
             self.stats["forgotten_senders"] += len(idle)
             self._log(
@@ -516,13 +562,17 @@ class Collector:
     def _commit(self) -> None:
         """Sync the sinks, then replace the checkpoint; only then is anything durable."""
         self.sinks.sync()
+        if self.system_log_path is not None:
+            # What roxxel tail may show: written and synced (keyed by file, for rotation).
+            try:
+                st = os.stat(self.system_log_path)
+                self._log_committed = {st.st_ino: st.st_size}
+            except FileNotFoundError:  # rotated away, not reopened yet
+                self._log_committed = {}
         if self._quarantine is not None:
             self._quarantine.sync()
         if self._checkpoint_path is not None:
-            marks = {
-                "sinks": self.sinks.mark(),
-                "quarantine": None if self._quarantine is None else self._quarantine.mark(),
-            }
+            marks = self._current_marks()
             saved = {sid.hex(): st.saved() for sid, st in self.senders.items()}
             save_checkpoint(self._checkpoint_path, Checkpoint(saved, marks))
             # Only now, with the checkpoint on disk, may anything be acknowledged.
@@ -545,6 +595,12 @@ class Collector:
         )
         print(text, file=sys.stderr, flush=True)
         self._log(logging.WARNING, text)  # committed with the next batch
+
+    def _current_marks(self) -> dict[str, Any]:
+        return {
+            "sinks": self.sinks.mark(),
+            "quarantine": None if self._quarantine is None else self._quarantine.mark(),
+        }
 
     def _rewind(self, marks: Any) -> None:
         self.sinks.rewind(marks["sinks"])
@@ -582,7 +638,10 @@ class Collector:
             if self._marks is not None:
                 self._rewind(self._marks)
         except OSError as exc:
-            print(f"roxxel-aggregator: cannot rewind the files yet ({exc})", file=sys.stderr)
+            now = time.monotonic()
+            if now - self._rewind_said >= _FAILURE_REMINDER:
+                self._rewind_said = now
+                print(f"roxxel-aggregator: cannot rewind the files yet ({exc})", file=sys.stderr)
             return False
         self._needs_rewind = False
         return True
@@ -604,7 +663,10 @@ class Collector:
                 return
             state.seen = self._now
         if envelope.kind == "batch":
-            if state is not None and envelope.seq != state.committed + 1:
+            if state is None:  # refused before its body is decoded (it may be 64 MiB)
+                self._bad(peer, "batch from a sender that has not said hello")
+                return
+            if envelope.seq != state.committed + 1:
                 # A resent duplicate, or a gap: answered without decoding the body.
                 self.stats["duplicate" if envelope.seq <= state.committed else "gap"] += 1
                 acks[peer] = envelope.sender_id
@@ -629,10 +691,7 @@ class Collector:
             self._hello(frame, key)
             acks[peer] = frame.sender_id
         elif isinstance(frame, codec.Batch):
-            state = self.senders.get(frame.sender_id)
-            if state is None:
-                self._bad(peer, "batch from a sender that has not said hello")
-                return
+            state = self.senders[frame.sender_id]  # checked above, before decoding
             self._apply(frame, state)
             state.bytes += len(data)
             acks[peer] = frame.sender_id
@@ -653,10 +712,14 @@ class Collector:
         if what == "status":
             body = self.status()
         elif what == "tail":
-            body = self._tail(query.body.get("offset"))
+            body = self._tail(query.body.get("offset"), query.body.get("file"))
         else:
-            body = {"error": f"unknown query {what!r}: 'status' or 'tail'"}
-        reply = codec.encode(codec.Answer(query.sender_id, query.seq, body))
+            body = {"error": f"unknown query {codec.describe(what)}: 'status' or 'tail'"}
+        try:
+            reply = codec.encode(codec.Answer(query.sender_id, query.seq, body))
+        except codec.CodecError as exc:  # e.g. past the frame limit: never a crash
+            body = {"error": f"the answer cannot be sent: {exc}"}
+            reply = codec.encode(codec.Answer(query.sender_id, query.seq, body))
         try:
             self._socket.send_multipart([peer, reply], zmq.NOBLOCK)
         except zmq.Again:
@@ -686,7 +749,7 @@ class Collector:
             "senders": [
                 {
                     "rank": st.origin.rank,
-                    "host": st.origin.host,
+                    "host": st.origin.host[:256],
                     "pid": st.origin.pid,
                     "records": st.records,
                     "bytes": st.bytes,
@@ -696,26 +759,32 @@ class Collector:
             ],
         }
 
-    def _tail(self, offset: Any) -> dict[str, Any]:
-        """The system log's text from ``offset`` (``None``: its last lines), whole lines only."""
+    def _tail(self, offset: Any, file_id: Any) -> dict[str, Any]:
+        """The system log's committed text from ``offset`` of file ``file_id`` (``None``:
+        its last lines), whole lines only: what a roll back may rewind is not shown."""
         path = self.system_log_path
-        if path is None or not self._serves_log:
+        if path is None:
+            return {"error": "this collector writes no system log file"}
+        if not self._serves_log:
             return {
                 "error": "this collector shows its log only to CURVE clients or on a local "
                 "endpoint; run `roxxel tail LOG_DIR` on its host"
             }
         try:
-            self.sinks.flush()
             with open(path, "rb") as log:
-                size = os.fstat(log.fileno()).st_size
-                if type(offset) is not int or not 0 <= offset <= size:
-                    # The first request, or a file that was rotated or rewound.
-                    offset = max(0, size - _TAIL_BYTES) if offset is None else 0
+                st = os.fstat(log.fileno())
+                end = self._log_committed.get(st.st_ino, st.st_size)
+                if offset is None or type(offset) is not int or offset < 0:
+                    # The first request: from the start of the last whole lines.
+                    offset = max(0, end - _TAIL_BYTES)
                     log.seek(offset)
                     if offset:
                         offset += len(log.readline())  # a partial line
+                elif file_id != st.st_ino:
+                    offset = 0  # rotated: the new file from its start
+                offset = min(offset, end)  # rewound since: from where it ends now
                 log.seek(offset)
-                data = log.read(_TAIL_BYTES)
+                data = log.read(max(0, min(_TAIL_BYTES, end - offset)))
         except OSError as exc:
             return {"error": f"cannot read {path}: {exc}"}
         if not data.endswith(b"\n"):
@@ -724,18 +793,27 @@ class Collector:
                 data = data[: cut + 1]
             elif len(data) < _TAIL_BYTES:
                 data = b""  # a line still being written
-            # else: one line longer than an answer goes in pieces
+            else:  # one line longer than an answer goes in pieces, cut between characters
+                cut = len(data)
+                while cut > len(data) - 3 and data[cut - 1] & 0xC0 == 0x80:  # continuation
+                    cut -= 1
+                if data[cut - 1] >= 0xC0:  # the lead byte of a character that may be cut
+                    cut -= 1
+                data = data[:cut] or data
         text = data.decode("utf-8", errors="replace")
-        return {"offset": offset + len(data), "text": text, "path": path}
+        return {"offset": offset + len(data), "file": st.st_ino, "text": text, "path": path}
 
     def _hello(self, hello: codec.Hello, key: str | None) -> None:
         self._open.add(hello.sender_id)
-        self._ranks_seen.add(hello.rank)
+        if len(self._ranks_seen) < MAX_SENDERS:  # hellos may name any rank
+            self._ranks_seen.add(hello.rank)
         self._process_count = max(self._process_count, hello.process_count)
         state = self.senders.get(hello.sender_id)
         if state is None:
             origin = Origin(rank=hello.rank, host=hello.host, pid=hello.pid)
-            state = SenderState(origin, hello.prefix, hello.acked, hello.acked, key)
+            # A forgotten sender that comes back: what it had sent is written.
+            committed = max(hello.acked, self._forgotten.pop(hello.sender_id, 0))
+            state = SenderState(origin, hello.prefix, committed, committed, key)
             self.senders[hello.sender_id] = state
             self.stats["senders"] += 1
         elif hello.acked > state.committed:
@@ -746,10 +824,7 @@ class Collector:
     def _poison(
         self, peer: bytes, exc: codec.BatchError, data: bytes, acks: dict[bytes, bytes]
     ) -> None:
-        state = self.senders.get(exc.sender_id)
-        if state is None:
-            self._bad(peer, f"batch from a sender that has not said hello: {exc}")
-            return
+        state = self.senders[exc.sender_id]  # a batch of an unknown sender is not decoded
         acks[peer] = exc.sender_id
         if exc.seq != state.committed + 1:
             return
@@ -877,7 +952,6 @@ class Collector:
 
     def _refused(self, refusal: Refusal) -> None:
         self.stats["refused_connections"] += 1
-        host = refusal.address.rsplit(":", 1)[0]  # a retrying client's port changes
         if refusal.kind == "unknown_key":
             text = (
                 f"refused CURVE key {refusal.key or '(none)'} from {refusal.address}: not allowed"
@@ -885,9 +959,16 @@ class Collector:
         else:
             text = (
                 f"refused a connection from {refusal.address} that did not complete a CURVE "
-                "handshake (a client without keys?)"
+                "handshake (a client without keys, or with another collector's public key?)"
             )
-        self._report(f"{refusal.kind} {host} {refusal.key}".encode(), "connection", text)
+        # Once per host (a retrying client's port changes; keys cost nothing to make).
+        self._report(refusal.address.rsplit(":", 1)[0].encode(), f"refused {refusal.kind}", text)
+
+    def _revoked(self, peer: bytes, key: str | None) -> None:
+        self.stats["refused_connections"] += 1
+        self._report(
+            peer, "revoked", f"refused frames from key {key}: no longer among the allowed keys"
+        )
 
     def _bad(self, peer: bytes, problem: str) -> None:
         self.stats["bad_frames"] += 1
@@ -897,10 +978,19 @@ class Collector:
         key = (who, what)
         if key in self._reported:
             return
-        if len(self._reported) < _MAX_REPORTED:
-            self._reported.add(key)
-            self._reported_since_commit.append((self._reported, key))
-        self._log(logging.WARNING, f"roxxel-aggregator: {text} (reported once per sender)")
+        if len(self._reported) >= _MAX_REPORTED:
+            # Past the bound, problems are counted (stats), no longer written.
+            self.stats["reports_not_written"] += 1
+            if self.stats["reports_not_written"] == 1:
+                self._log(
+                    logging.WARNING,
+                    f"roxxel-aggregator: {_MAX_REPORTED:,} problems reported; further ones are "
+                    "only counted (roxxel status)",
+                )
+            return
+        self._reported.add(key)
+        self._reported_since_commit.append((self._reported, key))
+        self._log(logging.WARNING, f"roxxel-aggregator: {text} (reported once)")
 
     def _log(self, level: int, text: str) -> None:
         self._write_line(time.time(), level, text)
@@ -911,10 +1001,16 @@ class Collector:
 
 
 def _is_local(endpoint: str) -> bool:
+    """Whether only this host can reach ``endpoint`` (as bound: numeric addresses)."""
     if endpoint.startswith(("ipc://", "inproc://")):
         return True
     host = endpoint.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
-    return host == "localhost" or host == "::1" or host.startswith("127.")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 def _dropped_text(record: list) -> str:

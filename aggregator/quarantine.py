@@ -15,11 +15,14 @@ import os
 import time
 from typing import IO, Any
 
+import msgpack
+
 from .sinks.base import truncate_to
 
 __all__ = ["MAX_QUARANTINE_BYTES", "Quarantine", "quarantine_path"]
 
 MAX_QUARANTINE_BYTES = 64 * 1024 * 1024
+_MAX_ITEM_CHARS = 256 * 1024
 
 
 def quarantine_path(log_dir: str, prefix: str) -> str:
@@ -31,13 +34,15 @@ class Quarantine:
         self.path = path
         self.max_bytes = max_bytes
         self._file: IO[str] | None = None
+        self._size = 0  # of the file, while it is open
 
     def save(self, sender_id: bytes, seq: int, reason: str, content: Any) -> bool:
         """Append one item; ``False`` (nothing written) once the file holds ``max_bytes``."""
-        if self.mark() >= self.max_bytes:
-            return False
         if self._file is None:
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            self._size = self.mark()
+        if self._size >= self.max_bytes:
+            return False
         item = {
             "ts": time.time(),
             "sender": sender_id.hex(),
@@ -45,7 +50,16 @@ class Quarantine:
             "reason": reason,
             "content": content,
         }
-        self._file.write(json.dumps(item, default=repr) + "\n")
+        try:
+            line = json.dumps(item, default=repr)
+        except (TypeError, ValueError, RecursionError):
+            line = ""  # bytes map keys, nesting deeper than json goes
+        if not line or len(line) > _MAX_ITEM_CHARS:
+            # Whatever it was, its msgpack bytes (the start of them) say it exactly.
+            item["content"] = {"msgpack_hex": _packed_hex(content)}
+            line = json.dumps(item)
+        self._file.write(line + "\n")
+        self._size += len(line) + 1  # json.dumps writes ASCII: characters are bytes
         return True
 
     def sync(self) -> None:
@@ -70,8 +84,17 @@ class Quarantine:
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         self._file.flush()
         truncate_to(self.path, self._file.fileno(), size)
+        self._size = size
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _packed_hex(content: Any) -> str:
+    try:
+        packed = msgpack.packb(content, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        return ""  # not even msgpack can say it: the reason alone is saved
+    return packed[: _MAX_ITEM_CHARS // 2].hex()

@@ -70,6 +70,7 @@ __all__ = [
     "decode_envelope",
     "Envelope",
     "check_record",
+    "describe",
     "all_log_lines",
     "check_metric_keys",
     "metrics_records",
@@ -91,6 +92,10 @@ MAX_BATCH_RECORDS = 4096
 MAX_TIMESTAMP = 1e11
 MAX_METRIC_KEYS = 4096
 MAX_KEY_LEN = 1024
+# A hello's host and prefix (DNS names have at most 253 characters), and its
+# rank, pid and process count (below 2**32, as pids and ranks are).
+MAX_NAME_LEN = 255
+MAX_PROCESSES = 2**32
 
 # Version, kind, 16-byte id and a 64-bit seq take at most 37 bytes.
 _MAX_ENVELOPE = 64
@@ -316,9 +321,9 @@ def _open_frame(data: bytes) -> tuple[Envelope, msgpack.Unpacker]:
     except Exception as exc:  # msgpack raises many types for bad input
         raise CodecError(f"not a roxxel frame: {type(exc).__name__}: {exc}") from None
     if version != PROTO_VERSION or type(version) is not int:
-        raise CodecError(f"unsupported protocol version {version!r}")
+        raise CodecError(f"unsupported protocol version {describe(version)}")
     if kind not in _KINDS:
-        raise CodecError(f"unknown frame kind {kind!r}")
+        raise CodecError(f"unknown frame kind {describe(kind)}")
     _check_sender_and_seq(sender_id, seq)
     if kind == "batch" and seq < 1:
         raise CodecError("batch seq starts at 1")
@@ -351,7 +356,7 @@ def check_metric_keys(keys: Sequence[Any]) -> str | None:
         return f"at most {MAX_METRIC_KEYS} metrics per row"
     for key in keys:
         if type(key) is not str:
-            return f"metric names are str, not {type(key).__name__} ({key!r})"
+            return f"metric names are str, not {type(key).__name__} ({describe(key)})"
         if not 0 < len(key) <= MAX_KEY_LEN:
             return f"a metric name has 1 to {MAX_KEY_LEN} characters, not {len(key)}"
     if len(set(keys)) != len(keys):
@@ -385,7 +390,7 @@ def check_record(record: Any) -> str | None:
         if type(a) is not int or type(b) is not int or a < 0 or b < 0:
             return "dropped counts are not non-negative integers"
         return None
-    return f"unknown record kind {kind!r}"
+    return f"unknown record kind {describe(kind)}"
 
 
 def all_log_lines(records: list) -> bool:
@@ -444,9 +449,25 @@ def _decode_hello(sender_id: bytes, acked: int, body: Any) -> Hello:
 def _check_hello_fields(host: Any, prefix: Any, rank: Any, pid: Any, count: Any) -> None:
     if not isinstance(host, str) or not isinstance(prefix, str):
         raise CodecError("hello host and prefix are strings")
+    if len(host) > MAX_NAME_LEN or len(prefix) > MAX_NAME_LEN:
+        # Written into every JSONL row and kept per sender: a host name, not a payload.
+        raise CodecError(f"hello host and prefix have at most {MAX_NAME_LEN} characters")
     for name, value in (("rank", rank), ("pid", pid), ("process_count", count)):
-        if type(value) is not int or value < 0:
-            raise CodecError(f"hello {name} is a non-negative integer")
+        if type(value) is not int or not 0 <= value < MAX_PROCESSES:
+            raise CodecError(f"hello {name} is an integer from 0 to {MAX_PROCESSES - 1}")
+
+
+def describe(value: Any) -> str:
+    """A short, safe description of a value from the wire, for error messages.
+
+    ``repr`` of a hostile value could be huge or recurse past Python's
+    limit (msgpack nests up to 1,024 levels): containers are named, not shown.
+    """
+    if isinstance(value, (list, tuple, dict)):
+        return f"a {type(value).__name__} of {len(value)} item(s)"
+    if isinstance(value, (str, bytes)):
+        return repr(value[:64]) + ("..." if len(value) > 64 else "")
+    return repr(value)[:64]
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:

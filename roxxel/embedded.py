@@ -168,7 +168,9 @@ class ThreadCollector:
     ):
         from aggregator import Collector
 
-        if bind.startswith("ipc://"):
+        if bind.startswith("ipc://") and curve is None:
+            # In-process; a CURVE collector has a context of its own, which
+            # the clients' sockets could not reach inproc://.
             bind = f"inproc://roxxel-{secrets.token_hex(8)}"
         self.collector = Collector.for_log_dir(bind, log_dir, prefix, sys.stdout, curve=curve)
         self.endpoint = self.collector.endpoint

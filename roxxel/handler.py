@@ -35,7 +35,7 @@ class Handler(logging.Handler):
     A record logged while this handler is sending one on the same thread
     (a library logging from inside roxxel) is dropped, not recursed into.
     Once the Logger is closed, records go to Python's last-resort handler
-    (stderr) rather than nowhere.
+    (warnings and above, to stderr) rather than nowhere.
     """
 
     def __init__(self, logger: Logger, level: int = logging.NOTSET) -> None:

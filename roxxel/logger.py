@@ -151,7 +151,11 @@ class Logger:
     ) -> None:
         if not isinstance(log_dir, (str, os.PathLike)):
             raise TypeError(f"log_dir must be a path, not {type(log_dir).__name__}")
-        if not isinstance(filename_prefix, str) or not filename_prefix or os.sep in filename_prefix:
+        if (
+            not isinstance(filename_prefix, str)
+            or not 0 < len(filename_prefix) <= codec.MAX_NAME_LEN
+            or os.sep in filename_prefix
+        ):
             raise ValueError(
                 f"filename_prefix must be a non-empty file name, not {filename_prefix!r}"
             )

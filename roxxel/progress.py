@@ -1,7 +1,8 @@
 """A one-line progress display for interactive runs (``Logger(..., progress=True)``).
 
 On rank 0, when stdout is a terminal, the line under the run's echoed log
-shows the last step, steps per second and the first few numeric metrics,
+shows the last step, steps per second and the first few metrics that are
+Python or NumPy numbers (not arrays: reading one would wait for the device),
 redrawn in place at most twice a second (the caller pays a clock read per
 row, the formatting twice a second). The collector's echo clears it before
 each log line it prints on a terminal, and it is drawn again after.
@@ -10,6 +11,7 @@ each log line it prints on a terminal, and it is drawn again after.
 from __future__ import annotations
 
 import math
+import numbers
 import shutil
 import time
 from collections.abc import Mapping
@@ -40,7 +42,9 @@ class Progress:
         shown = [
             f"{name} {_short(value)}"
             for name, value in list(metrics.items())[:_SHOWN_METRICS]
-            if isinstance(value, (int, float)) or hasattr(value, "__float__")
+            # Python and NumPy numbers only: float() of a jax.Array would wait
+            # for the device on the training thread.
+            if isinstance(value, numbers.Real)
         ]
         text = f"step {step:,}{rate}" + "".join(f" | {s}" for s in shown)
         width = shutil.get_terminal_size().columns - 1

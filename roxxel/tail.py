@@ -126,13 +126,12 @@ def follow_collector(
     """The same through the collector's ``tail`` query (on another host)."""
     answer = query.ask({"what": "tail", "offset": None}, timeout)
     _print(out, records.lines(answer["text"])[-last:] if last else [])
-    offset = answer["offset"]
     while follow and running():
-        answer = query.ask({"what": "tail", "offset": offset}, timeout)
+        where = {"offset": answer["offset"], "file": answer["file"]}
+        answer = query.ask({"what": "tail", **where}, timeout)
         _print(out, records.lines(answer["text"]))
-        if answer["offset"] == offset:
+        if not answer["text"]:
             time.sleep(poll)
-        offset = answer["offset"]
 
 
 def _open_waiting(path: str, follow: bool, poll: float, running: Callable[[], bool]):

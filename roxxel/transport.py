@@ -116,7 +116,8 @@ class DealerTransport:
             "refused this client's CURVE key (is its NAME.key in the collector's "
             "--curve-clients directory?)"
             if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH
-            else "could not complete a handshake (does only one side use CURVE keys?)"
+            else "could not complete a handshake (only one side uses CURVE keys, or this "
+            "client has another collector's public key?)"
         )
         print(
             f"roxxel: the collector at {self.endpoint} {why}; records stay in this process",

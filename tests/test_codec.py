@@ -69,13 +69,13 @@ CASES = [
         id="hello",
     ),
     pytest.param(
-        Hello(OTHER_SID, "", 7, 2**32, 8, "", acked=41),
-        Hello(OTHER_SID, "", 7, 2**32, 8, "", 41),
+        Hello(OTHER_SID, "", 7, 2**32 - 1, 8, "", acked=41),
+        Hello(OTHER_SID, "", 7, 2**32 - 1, 8, "", 41),
         id="hello-acked-empty-strings",
     ),
     pytest.param(
-        Hello(SID, "hôte-ü-日本", 2**63, 1, 2**64 - 1, "préfixe", acked=2**63 - 1),
-        Hello(SID, "hôte-ü-日本", 2**63, 1, 2**64 - 1, "préfixe", 2**63 - 1),
+        Hello(SID, "hôte-ü-日本", 2**32 - 1, 1, 2**32 - 1, "préfixe", acked=2**63 - 1),
+        Hello(SID, "hôte-ü-日本", 2**32 - 1, 1, 2**32 - 1, "préfixe", 2**63 - 1),
         id="hello-unicode-extreme-ints",
     ),
     pytest.param(
@@ -187,7 +187,7 @@ def test_replacing_any_byte_with_special_markers_gives_a_frame_or_codec_error(fr
 
 sender_ids = st.binary(min_size=16, max_size=16)
 seqs = st.integers(min_value=0, max_value=2**63 - 1)
-uints = st.integers(min_value=0, max_value=2**64 - 1)
+hello_ints = st.integers(min_value=0, max_value=codec.MAX_PROCESSES - 1)
 wire_ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)
 texts = st.text(max_size=30)
 timestamps = st.one_of(
@@ -223,9 +223,9 @@ hellos = st.builds(
     Hello,
     sender_id=sender_ids,
     host=texts,
-    rank=uints,
-    pid=uints,
-    process_count=uints,
+    rank=hello_ints,
+    pid=hello_ints,
+    process_count=hello_ints,
     prefix=texts,
     acked=seqs,
 )
@@ -727,3 +727,31 @@ def test_decode_envelope_reads_only_the_envelope():
     data = encode(Batch(SID, 9, [["l", 1.0, 20, "x"]]))
     assert decode_envelope(data) == Envelope("batch", SID, 9)
     assert decode_envelope(data[:40]) == Envelope("batch", SID, 9)  # body cut off
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("host", "h" * 256, "at most 255 characters"),
+        ("prefix", "p" * 256, "at most 255 characters"),
+        ("rank", 2**32, "rank is an integer from 0 to 4294967295"),
+        ("process_count", 2**62, "process_count is an integer from 0"),
+        ("pid", -1, "pid is an integer from 0"),
+    ],
+)
+def test_a_hello_past_its_bounds_is_refused(field: str, value, problem: str) -> None:
+    body = {"host": "h", "rank": 0, "pid": 1, "process_count": 1, "prefix": "run", field: value}
+    data = msgpack.packb([codec.PROTO_VERSION, "hello", SID, 0, body], use_bin_type=True)
+    with pytest.raises(codec.CodecError, match=problem):
+        codec.decode(data)
+
+
+def test_errors_describe_hostile_values_without_repr() -> None:
+    deep: list = []
+    for _ in range(1000):
+        deep = [deep]
+    data = msgpack.packb([codec.PROTO_VERSION, deep, SID, 0, None], use_bin_type=True)
+    with pytest.raises(codec.CodecError, match="unknown frame kind a list of 1 item"):
+        codec.decode(data)
+    assert codec.describe("x" * 1000) == repr("x" * 64) + "..."
+    assert codec.check_record([deep, 1.0, 20, "t"]) == "unknown record kind a list of 1 item(s)"

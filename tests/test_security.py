@@ -4,6 +4,7 @@ and a jax.distributed run whose rank 0 runs the collector with the same keys."""
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -146,7 +147,13 @@ def test_a_curve_daemon_writes_listed_clients_and_refuses_the_others(
     )
     bob_key = (keys / "bob.key").read_text().split('public-key = "')[1].split('"')[0]
     assert f"refused CURVE key {bob_key} from 127.0.0.1: not allowed" in log
-    assert "refused a connection from 127.0.0.1:" in log and "CURVE handshake" in log
+    # libzmq names no peer for a failed handshake: its address is read from the
+    # accepted socket, which a quick refusal may already have closed.
+    assert re.search(
+        r"refused a connection from (127\.0\.0\.1:\d+|an address that could not be read)"
+        r" that did not complete a CURVE handshake",
+        log,
+    ), log
     assert "[INFO] alice was here" in log
     assert "bob was here" not in log and "plaintext was here" not in log
     # What the refused clients wrote: 0 bytes.

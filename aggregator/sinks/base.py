@@ -109,8 +109,9 @@ class FileSink(Sink):
         self._synced_size = -1
 
     def reopen(self) -> None:
+        new = self._open()  # first: if it fails, the old file stays in use
         self._file.close()
-        self._file = self._open()
+        self._file = new
         self._synced_size = -1
 
     def _open(self) -> IO[str]:
