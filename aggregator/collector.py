@@ -390,6 +390,8 @@ class Collector:
         if self._gate is not None:
             try:
                 self._gate.reload()
+                allowed = len(self._gate.keys.allowed)
+                print(f"roxxel-aggregator: {allowed} client key(s) allowed", file=sys.stderr)
             except (OSError, ValueError) as exc:
                 print(f"roxxel-aggregator: keeping the allowed keys: {exc}", file=sys.stderr)
         try:

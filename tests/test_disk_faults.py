@@ -278,3 +278,45 @@ def test_a_daemon_on_an_unwritable_log_dir_says_so_and_exits(tmp_path: Path) -> 
     )  # fmt: skip
     assert result.returncode == 2
     assert f"cannot serve {log_dir}" in result.stderr and "Permission denied" in result.stderr
+
+
+def test_a_reopen_that_fails_keeps_the_old_file_and_the_collector_serving(
+    tmp_path: Path, capfd, monkeypatch
+) -> None:
+    sinks = default_sinks(str(tmp_path), "run", None)
+    collector = Collector(
+        "tcp://127.0.0.1:0", sinks, checkpoint=str(tmp_path / ".run_checkpoint.json")
+    )
+    serving = threading.Thread(target=collector.run, daemon=True)
+    serving.start()
+    try:
+        with Logger(tmp_path / "client", "run", aggregator=collector.endpoint, watcher=False) as lg:
+            lg.log_message("line 0 " + "x" * 120)
+            lg.log_metrics_summary(0, {"loss": 1.0})
+            assert lg.flush(30)
+            # logrotate moved the files; the CSV cannot be created again (yet).
+            for name in ("run_system.log", "run_metrics.csv"):
+                (tmp_path / name).rename(tmp_path / f"{name}.1")
+            csv_sink = sinks.sinks[1]
+
+            def refuse() -> None:
+                raise PermissionError(13, "Permission denied", csv_sink.path)
+
+            monkeypatch.setattr(csv_sink, "_open", refuse)
+            collector.reopen()
+            wait_for(lambda: (tmp_path / "run_system.log").exists(), what="the new system log")
+            lg.log_message("line 1 " + "x" * 120)
+            lg.log_metrics_summary(1, {"loss": 0.5})
+            assert lg.flush(30), "the collector stopped acknowledging"
+    finally:
+        collector.stop()
+        serving.join(30)
+        collector.close()
+    assert "reopening the files failed: [Errno 13] Permission denied" in capfd.readouterr().err
+    check_once(read(tmp_path / "run_system.log.1") + read(tmp_path / "run_system.log"), 2)
+    # The CSV sink kept its old (moved) file: both rows are there, once.
+    assert read(tmp_path / "run_metrics.csv.1").splitlines() == [
+        "step,loss",
+        "0,1.00000",
+        "1,0.50000",
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -320,4 +321,76 @@ def test_roxxel_check_speaks_curve_with_keys_and_is_refused_without(
     assert without.returncode == 1 and "could not complete a handshake" in without.stderr
     half = check("--curve-server-key", str(keys / "server.key"))
     assert half.returncode == 2 and "only one was given" in half.stderr
+    assert daemon.terminate() == 0
+
+
+def test_a_thread_collector_with_curve_delivers(tmp_path: Path, keys: Path) -> None:
+    result = run_python(
+        "from roxxel import Logger\n"
+        f"with Logger({str(tmp_path)!r}, 'run', collector='thread', "
+        f"curve_server_key={str(keys / 'server.key')!r}, "
+        f"curve_client_key={str(keys / 'alice.key_secret')!r}, "
+        f"curve_server_secret={str(keys / 'server.key_secret')!r}, "
+        f"curve_clients={str(keys / 'clients')!r}, close_timeout=20) as lg:\n"
+        "    assert lg.endpoint.startswith('ipc://'), lg.endpoint\n"
+        "    lg.log_message('through a CURVE thread collector')\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "[INFO] through a CURVE thread collector" in read(tmp_path / "run_system.log")
+
+
+def test_sighup_revokes_a_removed_key_on_its_open_connection(
+    tmp_path: Path, keys: Path, start_daemon
+) -> None:
+    daemon = curve_daemon(start_daemon, tmp_path, keys)
+    context = zmq.Context()
+    sender = b"a" * 16
+    try:
+        alice = raw_client(context, daemon.endpoint, sender, keys, "alice")
+        alice.send_multipart([hello(sender), line_batch(sender, 1, "alice before")])
+        wait_for(lambda: "alice before" in daemon.file("system.log"), what="alice's batch")
+        (keys / "clients" / "alice.key").unlink()
+        daemon.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "1 client key(s) allowed" in daemon.stdout, what="the keys re-read")
+        alice.send(line_batch(sender, 2, "alice after"))
+        wait_for(
+            lambda: "no longer among the allowed keys" in daemon.file("system.log"),
+            what="frames of the removed key refused",
+        )
+        alice.close()
+    finally:
+        context.term()
+    assert "alice after" not in daemon.file("system.log")
+    assert daemon.terminate() == 0
+
+
+def test_many_unknown_keys_from_one_host_are_reported_once(
+    tmp_path: Path, keys: Path, start_daemon
+) -> None:
+    daemon = curve_daemon(start_daemon, tmp_path, keys)
+    context = zmq.Context()
+    sockets = []
+    try:
+        for _ in range(30):
+            public, secret = zmq.curve_keypair()
+            sock = context.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.curve_serverkey = client_keys(
+                str(keys / "server.key"), str(keys / "alice.key_secret")
+            ).server_public
+            sock.curve_publickey, sock.curve_secretkey = public, secret
+            sock.connect(daemon.endpoint)
+            sockets.append(sock)
+        wait_for(
+            lambda: any(
+                int(n.replace(",", "")) >= 30
+                for n in re.findall(r"([\d,]+) connections refused", daemon.stdout)
+            ),
+            what="30 refusals counted",
+        )
+    finally:
+        for sock in sockets:
+            sock.close()
+        context.term()
+    assert daemon.file("system.log").count("refused CURVE key") == 1
     assert daemon.terminate() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
@@ -13,8 +14,9 @@ import msgpack
 import pytest
 import zmq
 
-from roxxel import codec
-from roxxel.tail import RecordFilter
+from roxxel import Logger, codec
+from roxxel.query import CollectorQuery
+from roxxel.tail import RecordFilter, follow_collector
 
 from .conftest import Daemon, python_env, read, run_python, wait_for
 
@@ -239,3 +241,25 @@ def test_progress_line_on_a_terminal_and_none_on_a_pipe(tmp_path: Path) -> None:
     assert piped.returncode == 0, piped.stderr
     assert "steps/s" not in piped.stdout and "\x1b[K" not in piped.stdout
     assert "[INFO] done" in piped.stdout
+
+
+def test_tail_through_a_collector_keeps_a_long_non_ascii_line_whole(tmp_path: Path) -> None:
+    text = "é" * 200_000  # 400 KB of UTF-8: more than one answer holds
+    with Logger(tmp_path, "run", collector="thread", watcher=False) as lg:
+        lg.log_message(text)
+        lg.log_message("after it")
+        assert lg.flush(30)
+        out = io.StringIO()
+        with CollectorQuery(lg.endpoint) as query:
+            answer = query.ask({"what": "tail", "offset": 0, "file": None}, 10)
+            pieces = [answer["text"]]
+            while answer["text"]:
+                where = {"offset": answer["offset"], "file": answer["file"]}
+                answer = query.ask({"what": "tail", **where}, 10)
+                pieces.append(answer["text"])
+            follow_collector(query, out, RecordFilter(), last=1, follow=False)
+    whole = "".join(pieces)
+    assert "\ufffd" not in whole and len(pieces) >= 3  # in pieces, none cut in a character
+    assert whole.splitlines()[0].endswith("[INFO] " + text)
+    assert out.getvalue().splitlines() == [whole.splitlines()[-1]]
+    assert out.getvalue().rstrip().endswith("[INFO] after it")
