@@ -10,7 +10,9 @@ checks the same in one process.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import re
 import shutil
 import subprocess
@@ -22,11 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
+import zmq.auth
 
 from aggregator import Collector
 from aggregator.collector import default_sinks
 from aggregator.sinks import Origin, Sink
 from roxxel import Logger
+from roxxel.security import generate_keys
 
 from .conftest import python_env, read, wait_for
 
@@ -134,13 +139,13 @@ def _cannot_mount_tmpfs() -> str | None:
 class FaultyDaemon:
     """roxxel-aggregator started through ``wrapper`` (which ends by exec'ing it)."""
 
-    def __init__(self, tmp_path: Path, wrapper: list[str]):
+    def __init__(self, tmp_path: Path, wrapper: list[str], extra: Sequence[str] = ()):
         self.log_dir = tmp_path / "logs"
         self.log_dir.mkdir(exist_ok=True)
         self.out, self.err = tmp_path / "daemon.out", tmp_path / "daemon.err"
         argv = [
             sys.executable, "-m", "aggregator", "--bind", "tcp://127.0.0.1:0",
-            "--log-dir", str(self.log_dir), "--prefix", "run", "--no-echo",
+            "--log-dir", str(self.log_dir), "--prefix", "run", "--no-echo", *extra,
         ]  # fmt: skip
         with open(self.out, "w") as out, open(self.err, "w") as err:
             self.process = subprocess.Popen(
@@ -186,13 +191,13 @@ def tmpfs_wrapper(log_dir: Path, size: str) -> list[str]:
 def faulty_daemon(tmp_path: Path) -> Iterator[Any]:
     started: list[FaultyDaemon] = []
 
-    def start(fault: str) -> FaultyDaemon:
+    def start(fault: str, extra: Sequence[str] = ()) -> FaultyDaemon:
         why = _cannot_mount_tmpfs() if fault == "full" else _cannot(*_DROP_DAC, "true")
         if why is not None:
             pytest.skip(why)
         # 256 KiB: room for the first few hundred lines and rows, not for 3,000.
         wrapper = tmpfs_wrapper(tmp_path / "logs", "256k") if fault == "full" else _DROP_DAC
-        started.append(FaultyDaemon(tmp_path, wrapper))
+        started.append(FaultyDaemon(tmp_path, wrapper, extra))
         return started[-1]
 
     try:
@@ -320,3 +325,50 @@ def test_a_reopen_that_fails_keeps_the_old_file_and_the_collector_serving(
         "0,1.00000",
         "1,0.50000",
     ]
+
+
+def test_refused_connections_while_the_disk_is_full_do_not_stop_a_curve_daemon(
+    tmp_path: Path, faulty_daemon
+) -> None:
+    keys = tmp_path / "keys"
+    generate_keys(str(keys), "server")
+    generate_keys(str(keys / "clients"), "rank0")
+    daemon = faulty_daemon(
+        "full",
+        (
+            "--curve-secret",
+            str(keys / "server.key_secret"),
+            "--curve-clients",
+            str(keys / "clients"),
+        ),
+    )
+    # Fill the log directory's tmpfs to the last byte.
+    filler = os.open(daemon.path("filler"), os.O_WRONLY | os.O_CREAT)
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(filler, b"\0" * 4096)
+    finally:
+        os.close(filler)
+    server = zmq.auth.load_certificate(str(keys / "server.key"))[0]
+    context = zmq.Context()
+    sockets = []
+    try:
+        for _ in range(50):  # each a refused key, each reported: no room for it
+            sock = context.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.curve_serverkey = server
+            sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+            sock.connect(daemon.endpoint)
+            sockets.append(sock)
+        wait_for(lambda: "No space left on device" in read(daemon.err), what="the write error")
+        assert daemon.process.poll() is None, read(daemon.err)
+        daemon.path("filler").unlink()  # room again
+        wait_for(lambda: "it works again" in read(daemon.err), what="writing again")
+    finally:
+        for sock in sockets:
+            sock.close()
+        context.term()
+    assert daemon.process.poll() is None, read(daemon.err)
+    assert "refused CURVE key" in daemon.path("run_system.log").read_text()
+    assert daemon.terminate() == 0
