@@ -50,6 +50,23 @@ def check_once(log: str, count: int) -> None:
     assert set(numbers.values()) == {1}, "lines written twice"
 
 
+@contextlib.contextmanager
+def collector_and_client(tmp_path: Path, sinks: Sink) -> Iterator[tuple[Collector, Logger]]:
+    """A collector over ``sinks`` on a thread, and a Logger sending to it."""
+    collector = Collector(
+        "tcp://127.0.0.1:0", sinks, checkpoint=str(tmp_path / ".run_checkpoint.json")
+    )
+    serving = threading.Thread(target=collector.run, daemon=True)
+    serving.start()
+    try:
+        with Logger(tmp_path / "client", "run", aggregator=collector.endpoint, watcher=False) as lg:
+            yield collector, lg
+    finally:
+        collector.stop()
+        serving.join(30)
+        collector.close()
+
+
 class FullDisk(Sink):
     """The run's sinks, failing with ENOSPC while ``full`` is set."""
 
@@ -87,27 +104,17 @@ def test_a_sink_raising_enospc_keeps_records_unacknowledged_until_it_recovers(
     tmp_path: Path, capfd
 ) -> None:
     sinks = FullDisk(default_sinks(str(tmp_path), "run", None))
-    collector = Collector(
-        "tcp://127.0.0.1:0", sinks, checkpoint=str(tmp_path / ".run_checkpoint.json")
-    )
-    serving = threading.Thread(target=collector.run, daemon=True)
-    serving.start()
-    try:
-        with Logger(tmp_path / "client", "run", aggregator=collector.endpoint, watcher=False) as lg:
-            for i in range(100):
-                lg.log_message(f"line {i} " + "x" * 120)
-            assert lg.flush(30)
-            sinks.full.set()
-            for i in range(100, 300):
-                lg.log_message(f"line {i} " + "x" * 120)
-            wait_for(lambda: collector.stats["write_errors"] > 0, what="a write error")
-            assert not lg.flush(0.3), "acknowledged while the disk was full"
-            sinks.full.clear()
-            assert lg.flush(60), "not written after the disk recovered"
-    finally:
-        collector.stop()
-        serving.join(30)
-        collector.close()
+    with collector_and_client(tmp_path, sinks) as (collector, lg):
+        for i in range(100):
+            lg.log_message(f"line {i} " + "x" * 120)
+        assert lg.flush(30)
+        sinks.full.set()
+        for i in range(100, 300):
+            lg.log_message(f"line {i} " + "x" * 120)
+        wait_for(lambda: collector.stats["write_errors"] > 0, what="a write error")
+        assert not lg.flush(0.3), "acknowledged while the disk was full"
+        sinks.full.clear()
+        assert lg.flush(60), "not written after the disk recovered"
     err = capfd.readouterr().err
     assert "writing failed ([Errno 28] No space left on device)" in err
     assert "it works again" in err
@@ -289,34 +296,24 @@ def test_a_reopen_that_fails_keeps_the_old_file_and_the_collector_serving(
     tmp_path: Path, capfd, monkeypatch
 ) -> None:
     sinks = default_sinks(str(tmp_path), "run", None)
-    collector = Collector(
-        "tcp://127.0.0.1:0", sinks, checkpoint=str(tmp_path / ".run_checkpoint.json")
-    )
-    serving = threading.Thread(target=collector.run, daemon=True)
-    serving.start()
-    try:
-        with Logger(tmp_path / "client", "run", aggregator=collector.endpoint, watcher=False) as lg:
-            lg.log_message("line 0 " + "x" * 120)
-            lg.log_metrics_summary(0, {"loss": 1.0})
-            assert lg.flush(30)
-            # logrotate moved the files; the CSV cannot be created again (yet).
-            for name in ("run_system.log", "run_metrics.csv"):
-                (tmp_path / name).rename(tmp_path / f"{name}.1")
-            csv_sink = sinks.sinks[1]
+    with collector_and_client(tmp_path, sinks) as (collector, lg):
+        lg.log_message("line 0 " + "x" * 120)
+        lg.log_metrics_summary(0, {"loss": 1.0})
+        assert lg.flush(30)
+        # logrotate moved the files; the CSV cannot be created again (yet).
+        for name in ("run_system.log", "run_metrics.csv"):
+            (tmp_path / name).rename(tmp_path / f"{name}.1")
+        csv_sink = sinks.sinks[1]
 
-            def refuse() -> None:
-                raise PermissionError(13, "Permission denied", csv_sink.path)
+        def refuse() -> None:
+            raise PermissionError(13, "Permission denied", csv_sink.path)
 
-            monkeypatch.setattr(csv_sink, "_open", refuse)
-            collector.reopen()
-            wait_for(lambda: (tmp_path / "run_system.log").exists(), what="the new system log")
-            lg.log_message("line 1 " + "x" * 120)
-            lg.log_metrics_summary(1, {"loss": 0.5})
-            assert lg.flush(30), "the collector stopped acknowledging"
-    finally:
-        collector.stop()
-        serving.join(30)
-        collector.close()
+        monkeypatch.setattr(csv_sink, "_open", refuse)
+        collector.reopen()
+        wait_for(lambda: (tmp_path / "run_system.log").exists(), what="the new system log")
+        lg.log_message("line 1 " + "x" * 120)
+        lg.log_metrics_summary(1, {"loss": 0.5})
+        assert lg.flush(30), "the collector stopped acknowledging"
     assert "reopening the files failed: [Errno 13] Permission denied" in capfd.readouterr().err
     check_once(read(tmp_path / "run_system.log.1") + read(tmp_path / "run_system.log"), 2)
     # The CSV sink kept its old (moved) file: both rows are there, once.

@@ -121,6 +121,16 @@ def line_batch(sender_id: bytes, seq: int, text: str) -> bytes:
     return codec.encode(codec.Batch(sender_id, seq, [["l", 1.7e9, 30, text]]))
 
 
+def alice_has_written(
+    context: zmq.Context, daemon: Daemon, keys: Path, sender: bytes, text: str
+) -> zmq.Socket:
+    """Alice's raw socket, once her hello and first batch (``text``) are in the log."""
+    alice = raw_client(context, daemon.endpoint, sender, keys, "alice")
+    alice.send_multipart([hello(sender), line_batch(sender, 1, text)])
+    wait_for(lambda: text in daemon.file("system.log"), what="alice's first batch")
+    return alice
+
+
 def test_a_curve_daemon_writes_listed_clients_and_refuses_the_others(
     tmp_path: Path, keys: Path, start_daemon
 ) -> None:
@@ -178,9 +188,7 @@ def test_a_sender_id_belongs_to_the_key_that_said_hello(
     context = zmq.Context()
     victim = b"v" * 16
     try:
-        alice = raw_client(context, daemon.endpoint, victim, keys, "alice")
-        alice.send_multipart([hello(victim), line_batch(victim, 1, "alice 1")])
-        wait_for(lambda: "alice 1" in daemon.file("system.log"), what="alice's first batch")
+        alice = alice_has_written(context, daemon, keys, victim, "alice 1")
         # mallory holds an allowed key, but not the one that said hello as `victim`.
         mallory = raw_client(context, daemon.endpoint, b"m" * 16, keys, "mallory")
         mallory.send_multipart(
@@ -346,9 +354,7 @@ def test_sighup_revokes_a_removed_key_on_its_open_connection(
     context = zmq.Context()
     sender = b"a" * 16
     try:
-        alice = raw_client(context, daemon.endpoint, sender, keys, "alice")
-        alice.send_multipart([hello(sender), line_batch(sender, 1, "alice before")])
-        wait_for(lambda: "alice before" in daemon.file("system.log"), what="alice's batch")
+        alice = alice_has_written(context, daemon, keys, sender, "alice before")
         (keys / "clients" / "alice.key").unlink()
         daemon.process.send_signal(signal.SIGHUP)
         wait_for(lambda: "1 client key(s) allowed" in daemon.stdout, what="the keys re-read")
