@@ -132,7 +132,10 @@ def _tail(args: argparse.Namespace, keys: ClientKeys | None) -> int:
         if not isinstance(level, int):
             raise ValueError(f"unknown level {args.level!r}")
         colour = args.color == "always" or (
-            args.color == "auto" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+            args.color == "auto"
+            and sys.stdout.isatty()
+            and "NO_COLOR" not in os.environ
+            and os.environ.get("TERM") != "dumb"
         )
         records = RecordFilter(level, args.rank, colour)
         follow = not args.no_follow
