@@ -202,18 +202,14 @@ PROGRESS_RUN = (
 )
 
 
-def test_progress_line_on_a_terminal_and_none_on_a_pipe(tmp_path: Path) -> None:
+def on_a_terminal(argv: list[str], env: dict[str, str]) -> bytes:
+    """What ``argv`` writes with a pseudo-terminal as its stdout (it must exit 0)."""
     primary, secondary = pty.openpty()
-    child = subprocess.Popen(
-        [sys.executable, "-c", PROGRESS_RUN.format(log_dir=str(tmp_path / "tty"))],
-        env=python_env(),
-        stdout=secondary,
-        stderr=subprocess.DEVNULL,
-    )
+    child = subprocess.Popen(argv, env=env, stdout=secondary, stderr=subprocess.DEVNULL)
     os.close(secondary)
     output = b""
     try:
-        while True:  # until the child and its collector closed the terminal
+        while True:  # until the child (and its children) closed the terminal
             try:
                 chunk = os.read(primary, 65536)
             except OSError:  # EIO: no writer left
@@ -227,6 +223,27 @@ def test_progress_line_on_a_terminal_and_none_on_a_pipe(tmp_path: Path) -> None:
         if child.poll() is None:
             child.kill()
             child.wait()
+    return output
+
+
+@pytest.mark.parametrize("env", [{}, {"NO_COLOR": "1"}, {"TERM": "dumb"}])
+def test_tail_colours_levels_on_a_terminal_only_when_allowed(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    (tmp_path / "run_system.log").write_text(LOG)
+    argv = [sys.executable, "-m", "roxxel.cli", "tail", str(tmp_path), "--no-follow"]
+    environment = python_env(TERM="xterm", **env)
+    if "NO_COLOR" not in env:
+        environment.pop("NO_COLOR", None)  # whatever the machine running the tests says
+    text = on_a_terminal(argv, environment).decode()
+    assert "slow host" in text
+    assert ("\x1b[33m[2026-01-01 00:00:01] [WARNING]" in text) == (not env), text
+
+
+def test_progress_line_on_a_terminal_and_none_on_a_pipe(tmp_path: Path) -> None:
+    output = on_a_terminal(
+        [sys.executable, "-c", PROGRESS_RUN.format(log_dir=str(tmp_path / "tty"))], python_env()
+    )
     text = output.decode()
     assert "\r\x1b[Kstep " in text and " steps/s | loss " in text and "| lr 0.1" in text, text
     # The collector's echo clears the progress line before each log line.
