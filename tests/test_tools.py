@@ -232,7 +232,7 @@ def test_tail_colours_levels_on_a_terminal_only_when_allowed(
 ) -> None:
     (tmp_path / "run_system.log").write_text(LOG)
     argv = [sys.executable, "-m", "roxxel.cli", "tail", str(tmp_path), "--no-follow"]
-    environment = python_env(TERM="xterm", **env)
+    environment = python_env(**{"TERM": "xterm", **env})
     if "NO_COLOR" not in env:
         environment.pop("NO_COLOR", None)  # whatever the machine running the tests says
     text = on_a_terminal(argv, environment).decode()
