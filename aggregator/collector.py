@@ -470,8 +470,8 @@ class Collector:
                 if len(parts) < 2:
                     self._bad(parts[0] if parts else b"", "message without a frame")
                     continue
-                if self._gate is not None and (key or "").encode() not in self._gate.keys.allowed:
-                    self._revoked(parts[0], key)  # removed from the allowed keys since
+                if self._gate is not None and not self._gate.allows(key):
+                    self._revoked(parts[0], key)
                     continue
                 for data in parts[1:]:  # a client sends what it has as one message
                     self._handle(parts[0], data, self._acks, key)
@@ -676,7 +676,8 @@ class Collector:
         try:
             frame = codec.decode(data)
         except codec.BatchError as exc:
-            self._poison(peer, exc, data, acks)
+            assert state is not None  # only a batch's body is a BatchError
+            self._poison(peer, exc, data, acks, state)
             return
         except codec.CodecError as exc:
             self._bad(peer, str(exc))
@@ -693,7 +694,7 @@ class Collector:
             self._hello(frame, key)
             acks[peer] = frame.sender_id
         elif isinstance(frame, codec.Batch):
-            state = self.senders[frame.sender_id]  # checked above, before decoding
+            assert state is not None  # a batch of an unknown sender was refused above
             self._apply(frame, state)
             state.bytes += len(data)
             acks[peer] = frame.sender_id
@@ -824,9 +825,13 @@ class Collector:
             state.committed = state.durable = hello.acked
 
     def _poison(
-        self, peer: bytes, exc: codec.BatchError, data: bytes, acks: dict[bytes, bytes]
+        self,
+        peer: bytes,
+        exc: codec.BatchError,
+        data: bytes,
+        acks: dict[bytes, bytes],
+        state: SenderState,
     ) -> None:
-        state = self.senders[exc.sender_id]  # a batch of an unknown sender is not decoded
         acks[peer] = exc.sender_id
         if exc.seq != state.committed + 1:
             return

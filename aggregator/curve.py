@@ -60,6 +60,11 @@ class CurveGate:
         """To poll with the ROUTER: :meth:`handle` when either is readable."""
         return self._zap, self._monitor
 
+    def allows(self, user_id: str | None) -> bool:
+        """Whether a message's ``User-Id`` (its connection's key) is still allowed:
+        a key removed since the connection was made is not."""
+        return user_id is not None and user_id.encode() in self.keys.allowed
+
     def reload(self) -> None:
         """Read the allowed clients' keys again (SIGHUP); a broken directory keeps the old."""
         self.keys = self.keys.reloaded()

@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
 from typing import TextIO
 
 from .query import CollectorQuery
@@ -31,6 +30,8 @@ _COLOURS = {
 }
 _RESET = "\033[0m"
 _FIRST_BYTES = 256 * 1024  # where the last lines are looked for
+_POLL = 0.25  # seconds between looks for new text
+_ANSWER_TIMEOUT = 10.0
 
 
 class RecordFilter:
@@ -73,27 +74,17 @@ def system_log_in(directory: str, prefix: str | None) -> str:
     return found[0]
 
 
-def follow_file(
-    path: str,
-    out: TextIO,
-    records: RecordFilter,
-    last: int,
-    follow: bool = True,
-    poll: float = 0.25,
-    running: Callable[[], bool] = lambda: True,
-) -> None:
-    """Print the last ``last`` passing lines of ``path``, then what is appended,
-    through rotation (a new file under the name) and truncation."""
-    log = _open_waiting(path, follow, poll, running)
-    if log is None:
-        return
+def follow_file(path: str, out: TextIO, records: RecordFilter, last: int, follow: bool) -> None:
+    """Print the last ``last`` passing lines of ``path``, then (``follow``) what is
+    appended, through rotation (a new file under the name) and truncation."""
+    log = _open_waiting(path, follow)
     size = os.fstat(log.fileno()).st_size
     start = max(0, size - _FIRST_BYTES)
     log.seek(start)
     if start:
         log.readline()  # a partial line
     _print(out, records.lines(_whole_lines(log))[-last:] if last else [])
-    while follow and running():
+    while follow:
         chunk = _whole_lines(log)
         if chunk:
             _print(out, records.lines(chunk))
@@ -105,45 +96,35 @@ def follow_file(
         if moved or os.fstat(log.fileno()).st_size < log.tell():
             _print(out, records.lines(_whole_lines(log)))
             log.close()
-            log = _open_waiting(path, follow, poll, running)
-            if log is None:
-                return
+            log = _open_waiting(path, follow)
             continue
-        time.sleep(poll)
+        time.sleep(_POLL)
     log.close()
 
 
 def follow_collector(
-    query: CollectorQuery,
-    out: TextIO,
-    records: RecordFilter,
-    last: int,
-    follow: bool = True,
-    poll: float = 0.25,
-    running: Callable[[], bool] = lambda: True,
-    timeout: float = 10.0,
+    query: CollectorQuery, out: TextIO, records: RecordFilter, last: int, follow: bool
 ) -> None:
     """The same through the collector's ``tail`` query (on another host)."""
-    answer = query.ask({"what": "tail", "offset": None}, timeout)
+    answer = query.ask({"what": "tail", "offset": None}, _ANSWER_TIMEOUT)
     _print(out, records.lines(answer["text"])[-last:] if last else [])
-    while follow and running():
+    while follow:
         where = {"offset": answer["offset"], "file": answer["file"]}
-        answer = query.ask({"what": "tail", **where}, timeout)
+        answer = query.ask({"what": "tail", **where}, _ANSWER_TIMEOUT)
         _print(out, records.lines(answer["text"]))
         if not answer["text"]:
-            time.sleep(poll)
+            time.sleep(_POLL)
 
 
-def _open_waiting(path: str, follow: bool, poll: float, running: Callable[[], bool]):
+def _open_waiting(path: str, follow: bool) -> TextIO:
+    """``path`` opened; when following, waited for while it does not exist (rotation)."""
     while True:
         try:
             return open(path, encoding="utf-8", errors="replace", newline="")  # noqa: SIM115
         except FileNotFoundError:
             if not follow:
                 raise
-        if not running():
-            return None
-        time.sleep(poll)
+        time.sleep(_POLL)
 
 
 def _whole_lines(log: TextIO) -> str:
