@@ -40,7 +40,7 @@ from typing import Any, NamedTuple, TextIO
 
 import zmq
 
-from roxxel import codec
+from roxxel import codec, schema
 from roxxel.security import ServerKeys
 
 from .checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
@@ -717,7 +717,7 @@ class Collector:
         elif what == "tail":
             body = self._tail(query.body.get("offset"), query.body.get("file"))
         else:
-            body = {"error": f"unknown query {codec.describe(what)}: 'status' or 'tail'"}
+            body = {"error": f"unknown query {codec.wire_repr(what)}: 'status' or 'tail'"}
         try:
             reply = codec.encode(codec.Answer(query.sender_id, query.seq, body))
         except codec.CodecError as exc:  # e.g. past the frame limit: never a crash
@@ -859,7 +859,7 @@ class Collector:
             )
 
     def _apply(self, batch: codec.Batch, state: SenderState) -> None:
-        if codec.all_log_lines(batch.records):  # the common batch, checked in one pass
+        if schema.all_log_lines(batch.records):  # the common batch, checked in one pass
             self.sinks.write(state.origin, batch.records)
             self._applied(batch, state, len(batch.records))
             return
@@ -867,7 +867,7 @@ class Collector:
         runs: list[MetricsRun] = []
         warnings: list[str] = []
         for record in batch.records:
-            problem = codec.check_record(record)
+            problem = schema.check_record(record)
             if problem is not None:
                 self.stats["bad_records"] += 1
                 self._quarantine_write(batch.sender_id, batch.seq, problem, record)
@@ -876,18 +876,18 @@ class Collector:
                 )
                 continue
             kind = record[0]
-            if kind in codec.METRICS_KINDS:
+            if kind in schema.METRICS_KINDS:
                 run, dropped = metrics_run(record)
                 if dropped:
                     warnings += self._non_scalars(dropped, state)
                 runs.append(run)
                 continue
-            if kind == codec.RECORD_DEATH:
+            if kind == schema.RECORD_DEATH:
                 self._death(record, state)
                 continue
-            if kind == codec.RECORD_DROPPED:
+            if kind == schema.RECORD_DROPPED:
                 self.stats["client_dropped"] += record[2] + record[3]
-                record = [codec.RECORD_LOG, record[1], logging.WARNING, _dropped_text(record)]
+                record = [schema.RECORD_LOG, record[1], logging.WARNING, _dropped_text(record)]
             lines.append(record)
         for records in (lines, runs):  # one sort per write (the sinks' contract)
             if records:
@@ -1003,7 +1003,7 @@ class Collector:
         self._write_line(time.time(), level, text)
 
     def _write_line(self, ts: float, level: int, text: str) -> None:
-        self.sinks.write(COLLECTOR_ORIGIN, [[codec.RECORD_LOG, ts, level, text]])
+        self.sinks.write(COLLECTOR_ORIGIN, [[schema.RECORD_LOG, ts, level, text]])
         self._dirty = True
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from roxxel.values import NON_SCALAR
+from roxxel.schema import NON_SCALAR
 
 __all__ = ["MetricsRun", "FLOATS", "INTS", "MIXED", "metrics_run", "is_constant"]
 
@@ -27,7 +27,7 @@ _INT = {int}
 
 
 class MetricsRun(NamedTuple):
-    kind: str  # codec.RECORD_METRICS or codec.RECORD_RANKED_METRICS
+    kind: str  # RECORD_METRICS or RECORD_RANKED_METRICS
     keys: tuple[str, ...]
     ts: list[float]  # per row
     steps: list[int]  # per row

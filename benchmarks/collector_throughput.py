@@ -22,7 +22,7 @@ the raw limit of ZeroMQ + msgpack on the same machine.
 * **raw limit**: the same number of processes, each encodes the same records
   as a roxxel client puts them on the wire (metrics: runs of rows with the
   same keys, ``["r", keys, [ts, ...], [step, ...], [[4 floats], ...]]`` from
-  :func:`roxxel.codec.metrics_records`; lines: ``["l", ts, 30, text]``) with
+  :func:`roxxel.schema.metrics_records`; lines: ``["l", ts, 30, text]``) with
   msgpack in batches of 4096 rows and PUSHes them to one PULL process that
   only ``msgpack.unpackb``\\ s each batch and counts its rows. Time from the
   barrier until the PULL process has counted all of them.
@@ -45,7 +45,7 @@ from typing import Any
 
 import msgpack
 
-from roxxel import codec
+from roxxel import schema
 
 from .caller_cost import METRICS, METRICS_SERIES, forget_roxxel_env, roxxel_free_env
 
@@ -203,12 +203,12 @@ def _raw_batch(api: str, first: int, size: int, series: list[dict[str, float]]) 
             ("r", keys, time.time(), i, tuple(series[i % k].values()))
             for i in range(first, first + size)
         ]
-        return codec.metrics_records(entries)
+        return schema.metrics_records(entries)
     return [["l", time.time(), WARNING, LINE] for _ in range(size)]
 
 
 def _rows(records: list[Any]) -> int:
-    return sum(len(r[4]) if r[0] in codec.METRICS_KINDS else 1 for r in records)
+    return sum(len(r[4]) if r[0] in schema.METRICS_KINDS else 1 for r in records)
 
 
 def _raw_pusher(

@@ -37,7 +37,7 @@ import time
 from collections import deque
 from typing import Any, NamedTuple, Protocol
 
-from . import codec
+from . import codec, schema
 from .values import to_wire
 
 __all__ = ["Transport", "Sender", "Unsent", "UnsentBatch"]
@@ -254,7 +254,7 @@ class Sender:
 
     def _drop_report(self) -> bytes:
         """A batch body reporting the records dropped and not yet reported."""
-        return codec.encode_records([(codec.RECORD_DROPPED, time.time(), *self._unreported)])
+        return codec.encode_records([(schema.RECORD_DROPPED, time.time(), *self._unreported)])
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -315,7 +315,7 @@ class Sender:
     def _encode(self, records: list, is_metrics: bool) -> list[tuple[bytes, int]]:
         """Bodies for ``records``, split until each fits in a frame."""
         try:
-            wire = codec.metrics_records(records) if is_metrics else records
+            wire = schema.metrics_records(records) if is_metrics else records
             return [(codec.encode_records(wire, to_wire), len(records))]
         except codec.CodecError:
             if len(records) > 1:

@@ -16,23 +16,7 @@ In a ``batch``, ``seq`` counts the sender's batches from 1; a ``hello``
 carries there the highest seq the client has seen acked, a ``bye`` the last
 seq it sent, an ``ack`` the highest contiguous seq the collector has written.
 
-Records inside a batch are small arrays:
-
-* ``["l", ts, level, text]`` -- a system-log line (``level`` is a stdlib
-  logging level number);
-* ``["m", keys, ts, steps, values]`` -- a run of metrics rows with the same
-  keys: ``keys`` the metric names, then per row its timestamp, its step and
-  its ``[value, ...]`` (a value per key, in ``keys`` order). A client sends
-  consecutive rows with the same keys as one such record
-  (:func:`metrics_records`): the names travel once per run, and the
-  collector checks and formats a run column by column instead of row by row;
-* ``["r", keys, ts, steps, values]`` -- the same, logged with
-  ``all_ranks=True``: written with the sender's rank in a ``rank`` column;
-* ``["d", ts, metrics, lines]`` -- how many records the client dropped
-  (its buffer was full) since its last such report;
-* ``["x", ts, level, text]`` -- a death notice: the sender's process ended
-  abnormally (sent by its watcher, :mod:`roxxel.watcher`); written like a
-  log line, and remembered for the run's summary of failures.
+The records inside a batch body are :mod:`roxxel.schema`' to define.
 
 :func:`decode` never raises anything but :class:`CodecError`, whatever the
 bytes; it uses msgpack's explicit size limits and refuses ext types.
@@ -40,11 +24,8 @@ bytes; it uses msgpack's explicit size limits and refuses ext types.
 
 from __future__ import annotations
 
-import itertools
-import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any
 
 import msgpack
@@ -69,11 +50,7 @@ __all__ = [
     "decode",
     "decode_envelope",
     "Envelope",
-    "check_record",
-    "describe",
-    "all_log_lines",
-    "check_metric_keys",
-    "metrics_records",
+    "wire_repr",
 ]
 
 PROTO_VERSION = 1
@@ -87,11 +64,6 @@ MAX_BIN_LEN = 1024
 MAX_ARRAY_LEN = 65536
 MAX_MAP_LEN = 4096
 MAX_BATCH_RECORDS = 4096
-# Seconds from 1970 a log record's timestamp may be off, either way: within
-# what time.localtime() takes (the system log formats it).
-MAX_TIMESTAMP = 1e11
-MAX_METRIC_KEYS = 4096
-MAX_KEY_LEN = 1024
 # A hello's host and prefix (DNS names have at most 253 characters), and its
 # rank, pid and process count (below 2**32, as pids and ranks are).
 MAX_NAME_LEN = 255
@@ -100,15 +72,7 @@ MAX_PROCESSES = 2**32
 # Version, kind, 16-byte id and a 64-bit seq take at most 37 bytes.
 _MAX_ENVELOPE = 64
 
-RECORD_LOG = "l"
-RECORD_METRICS = "m"
-RECORD_RANKED_METRICS = "r"
-RECORD_DROPPED = "d"
-RECORD_DEATH = "x"
-METRICS_KINDS = (RECORD_METRICS, RECORD_RANKED_METRICS)
 _BATCH_HEAD = b"\x95"
-_KIND, _KEYS = itemgetter(0), itemgetter(1)
-_NUMBERS = {int, float}
 
 
 class CodecError(ValueError):
@@ -321,112 +285,13 @@ def _open_frame(data: bytes) -> tuple[Envelope, msgpack.Unpacker]:
     except Exception as exc:  # msgpack raises many types for bad input
         raise CodecError(f"not a roxxel frame: {type(exc).__name__}: {exc}") from None
     if version != PROTO_VERSION or type(version) is not int:
-        raise CodecError(f"unsupported protocol version {describe(version)}")
+        raise CodecError(f"unsupported protocol version {wire_repr(version)}")
     if kind not in _KINDS:
-        raise CodecError(f"unknown frame kind {describe(kind)}")
+        raise CodecError(f"unknown frame kind {wire_repr(kind)}")
     _check_sender_and_seq(sender_id, seq)
     if kind == "batch" and seq < 1:
         raise CodecError("batch seq starts at 1")
     return Envelope(kind, sender_id, seq), unpacker
-
-
-def metrics_records(entries: Iterable[tuple]) -> list[tuple]:
-    """Wire records for metrics rows as a client queues them.
-
-    An entry is ``(kind, keys, ts, step, values)``; consecutive entries with
-    the same kind and keys become one ``[kind, keys, ts, steps, values]`` record.
-    """
-    records = []
-    # A Logger queues the same keys object while the names do not change:
-    # grouping by it compares identities.
-    for keys, run in itertools.groupby(entries, _KEYS):
-        kinds, _, ts, steps, values = zip(*run, strict=True)
-        if kinds.count(kinds[0]) == len(kinds):
-            records.append((kinds[0], keys, ts, steps, values))
-            continue
-        for kind, part in itertools.groupby(zip(kinds, ts, steps, values, strict=True), _KIND):
-            _, ts, steps, values = zip(*part, strict=True)
-            records.append((kind, keys, ts, steps, values))
-    return records
-
-
-def check_metric_keys(keys: Sequence[Any]) -> str | None:
-    """Return why ``keys`` are not valid metric names, or ``None`` when they are."""
-    if len(keys) > MAX_METRIC_KEYS:
-        return f"at most {MAX_METRIC_KEYS} metrics per row"
-    for key in keys:
-        if type(key) is not str:
-            return f"metric names are str, not {type(key).__name__} ({describe(key)})"
-        if not 0 < len(key) <= MAX_KEY_LEN:
-            return f"a metric name has 1 to {MAX_KEY_LEN} characters, not {len(key)}"
-    if len(set(keys)) != len(keys):
-        return "metric names repeat"
-    return None
-
-
-def check_record(record: Any) -> str | None:
-    """Return why ``record`` is not a valid record, or ``None`` when it is.
-
-    Metric *values* are not judged here: a non-scalar value is the
-    collector's to report by key, without refusing the rest of the row.
-    """
-    if not isinstance(record, list) or not record:
-        return "a record is a non-empty array"
-    kind = record[0]
-    if kind in METRICS_KINDS:
-        return _check_metrics(record)
-    if len(record) != 4:
-        return "a log or dropped record is an array of 4 items"
-    _, ts, a, b = record
-    if not _is_timestamp(ts):
-        return "record timestamp is not a number of seconds within 1e11 of 1970"
-    if kind in (RECORD_LOG, RECORD_DEATH):
-        if type(a) is not int:
-            return "log level is not an integer"
-        if not isinstance(b, str):
-            return "log text is not a string"
-        return None
-    if kind == RECORD_DROPPED:
-        if type(a) is not int or type(b) is not int or a < 0 or b < 0:
-            return "dropped counts are not non-negative integers"
-        return None
-    return f"unknown record kind {describe(kind)}"
-
-
-def all_log_lines(records: list) -> bool:
-    """Whether every record is a valid log line: one pass of C-level calls
-    per field, instead of :func:`check_record` per record."""
-    if set(map(type, records)) != {list} or set(map(len, records)) != {4}:
-        return False
-    kinds, ts, levels, texts = zip(*records, strict=True)
-    return (
-        kinds.count(RECORD_LOG) == len(kinds)
-        and set(map(type, ts)) <= _NUMBERS
-        and -MAX_TIMESTAMP < min(ts)  # also refuses NaN: comparisons with it are false
-        and max(ts) < MAX_TIMESTAMP
-        and all(map(math.isfinite, ts))
-        and set(map(type, levels)) == {int}
-        and set(map(type, texts)) == {str}
-    )
-
-
-def _check_metrics(record: list) -> str | None:
-    # Column by column through C-level map/set calls: a run holds thousands of rows.
-    if len(record) != 5 or any(type(part) is not list for part in record[1:]):
-        return "a metrics record is [kind, keys, timestamps, steps, values] of arrays"
-    _, keys, ts, steps, values = record
-    if not values or not len(ts) == len(steps) == len(values):
-        return "a metrics record has at least one row, each with a timestamp and a step"
-    problem = check_metric_keys(keys)
-    if problem is not None:
-        return problem
-    if not set(map(type, ts)) <= _NUMBERS or not all(map(math.isfinite, ts)):
-        return "record timestamp is not a finite number"
-    if set(map(type, steps)) != {int}:
-        return "metrics step is not an integer"
-    if set(map(type, values)) != {list} or set(map(len, values)) != {len(keys)}:
-        return "the values of a metrics row are an array of one value per key"
-    return None
 
 
 def _decode_hello(sender_id: bytes, acked: int, body: Any) -> Hello:
@@ -457,7 +322,7 @@ def _check_hello_fields(host: Any, prefix: Any, rank: Any, pid: Any, count: Any)
             raise CodecError(f"hello {name} is an integer from 0 to {MAX_PROCESSES - 1}")
 
 
-def describe(value: Any) -> str:
+def wire_repr(value: Any) -> str:
     """A short, safe description of a value from the wire, for error messages.
 
     ``repr`` of a hostile value could be huge or recurse past Python's
@@ -480,10 +345,6 @@ def _check_sender_and_seq(sender_id: Any, seq: Any) -> None:
         raise CodecError(f"sender id is {SENDER_ID_LEN} bytes")
     if type(seq) is not int or not 0 <= seq < 2**63:
         raise CodecError("seq is a non-negative 64-bit integer")
-
-
-def _is_timestamp(value: Any) -> bool:
-    return type(value) in (int, float) and -MAX_TIMESTAMP < value < MAX_TIMESTAMP
 
 
 def _pack(obj: Any, default: Callable[[Any], Any] | None = None) -> bytes:

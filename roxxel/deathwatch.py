@@ -125,8 +125,6 @@ def _report(args: argparse.Namespace, endpoint: str, how: str, tail: str, died_a
     import secrets
 
     from roxxel.codec import (
-        RECORD_DEATH,
-        RECORD_LOG,
         SENDER_ID_LEN,
         Ack,
         Batch,
@@ -136,6 +134,7 @@ def _report(args: argparse.Namespace, endpoint: str, how: str, tail: str, died_a
         decode,
         encode,
     )
+    from roxxel.schema import RECORD_DEATH, RECORD_LOG
     from roxxel.security import client_keys
     from roxxel.transport import DealerTransport
 

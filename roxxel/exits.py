@@ -32,14 +32,31 @@ import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .logger import Logger
+__all__ = ["Drained", "register", "unregister", "closing"]
 
-__all__ = ["register"]
 
-_loggers: set[Logger] = set()  # open Loggers; a closed one unregisters itself
+class Drained(Protocol):
+    """What the hooks need of a Logger (this module does not import it)."""
+
+    def close(self) -> None: ...
+
+    def log_signal(self, signum: int) -> None: ...
+
+    def log_crash(
+        self,
+        exc_type: type[BaseException],
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        *,
+        thread: str | None = None,
+    ) -> None: ...
+
+    def after_fork(self) -> None: ...
+
+
+_loggers: set[Drained] = set()  # open Loggers; a closed one unregisters itself
 _closing = 0  # Logger.close() calls in progress
 _deferred_signal: int | None = None
 _lock = threading.Lock()
@@ -50,7 +67,7 @@ _previous_excepthook = sys.excepthook
 _previous_threading_excepthook = threading.excepthook
 
 
-def register(logger: Logger, handle_sigterm: bool) -> None:
+def register(logger: Drained, handle_sigterm: bool) -> None:
     global _installed
     with _lock:
         _loggers.add(logger)
@@ -61,11 +78,11 @@ def register(logger: Logger, handle_sigterm: bool) -> None:
         _install_sigterm()
 
 
-def unregister(logger: Logger) -> None:
+def unregister(logger: Drained) -> None:
     _loggers.discard(logger)
 
 
-def _live() -> list[Logger]:
+def _live() -> list[Drained]:
     return list(_loggers)
 
 
@@ -147,7 +164,7 @@ def _after_fork_in_child() -> None:
     global _closing, _deferred_signal
     _closing, _deferred_signal = 0, None
     for logger in _live():
-        logger._after_fork()
+        logger.after_fork()
     multiprocessing = sys.modules.get("multiprocessing")
     if multiprocessing is not None:
         # Process._bootstrap clears the finalizers after fork, then runs these.

@@ -16,12 +16,15 @@ import logging
 import threading
 import warnings
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .logger import Logger
+__all__ = ["Capture", "Handler", "RecordTarget", "WARNINGS"]
 
-__all__ = ["Capture", "Handler", "WARNINGS"]
+
+class RecordTarget(Protocol):
+    """Where a :class:`Handler` sends records: a :class:`roxxel.Logger`."""
+
+    def log_record(self, ts: float, level: int, text: str) -> bool: ...
 
 # The logger Python's warnings module reports to once logging captures them.
 WARNINGS = "py.warnings"
@@ -38,7 +41,7 @@ class Handler(logging.Handler):
     (warnings and above, to stderr) rather than nowhere.
     """
 
-    def __init__(self, logger: Logger, level: int = logging.NOTSET) -> None:
+    def __init__(self, logger: RecordTarget, level: int = logging.NOTSET) -> None:
         super().__init__(level)
         self.logger = logger
         self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
@@ -63,7 +66,7 @@ class Capture:
     """A :class:`Handler` on each named logger (``"py.warnings"``: Python's warnings
     too), which stop propagating until :meth:`release` puts everything back."""
 
-    def __init__(self, logger: Logger, names: Iterable[str]) -> None:
+    def __init__(self, logger: RecordTarget, names: Iterable[str]) -> None:
         self.handler = Handler(logger)
         self._loggers: list[tuple[logging.Logger, bool]] = []
         self._captured_warnings = False

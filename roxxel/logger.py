@@ -27,13 +27,13 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
-from . import codec, exits
+from . import codec, exits, schema
 from .client import Sender
 from .discovery import DiscoveringTransport, advertised_host, kv_client, publish_endpoint
 from .embedded import EmbeddedCollector, start_embedded
 from .handler import Capture
 from .lines import format_line
-from .progress import Progress, is_terminal
+from .progress import Progress
 from .ranks import detect_rank
 from .security import (
     ENV_CLIENTS,
@@ -43,6 +43,7 @@ from .security import (
     client_keys,
     server_keys,
 )
+from .terminal import is_terminal
 from .transport import DealerTransport
 from .undelivered import undelivered_path, write_unsent
 from .watcher import Watcher, watch_target, watcher_enabled
@@ -58,9 +59,9 @@ ENV_COLLECTOR_BIND = "ROXXEL_COLLECTOR_BIND"
 _TRUNCATED = " …[truncated by roxxel]"
 # Module-level names for the hot path: one dict lookup instead of two.
 _now = time.time
-_LOG = codec.RECORD_LOG
-_METRICS = codec.RECORD_METRICS
-_RANKED = codec.RECORD_RANKED_METRICS
+_LOG = schema.RECORD_LOG
+_METRICS = schema.RECORD_METRICS
+_RANKED = schema.RECORD_RANKED_METRICS
 
 
 class Logger:
@@ -385,7 +386,7 @@ class Logger:
         train and eval metrics, are checked once each); raises for bad names."""
         known = self._known_keys.get(keys)
         if known is None:
-            problem = codec.check_metric_keys(keys)
+            problem = schema.check_metric_keys(keys)
             if problem is not None:
                 error = TypeError if any(type(k) is not str for k in keys) else ValueError
                 raise error(f"log_metrics_summary: {problem}")
@@ -431,8 +432,9 @@ class Logger:
             text = f"received {name}; draining the log before the process ends"
             self._append_line((_LOG, _now(), logging.WARNING, text))
 
-    def _after_fork(self) -> None:
-        """In a forked child: a sender of its own; the parent's records stay the parent's."""
+    def after_fork(self) -> None:
+        """In a forked child (called by :mod:`roxxel.exits`' fork hook): a sender of its
+        own; the parent's records stay the parent's."""
         if self._closed or self._sender is None:
             return
         self._embedded = None  # the collector belongs to the parent
@@ -540,7 +542,7 @@ class Logger:
             self.close()
 
     def _to_stderr(self, record: tuple[Any, ...]) -> None:
-        if record[0] == codec.RECORD_LOG:
+        if record[0] == schema.RECORD_LOG:
             _, ts, level, text = record
             sys.stderr.write(format_line(ts, level, text, f"[rank {self.rank}] "))
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-__all__ = ["Progress", "is_terminal"]
+__all__ = ["Progress"]
 
 _SHOWN_METRICS = 4
 
@@ -72,11 +72,3 @@ def _short(value: Any) -> str:
         return f"{float(value):.4g}"
     except (TypeError, ValueError, OverflowError):
         return "?"
-
-
-def is_terminal(stream: Any) -> bool:
-    """Whether ``stream`` (possibly ``None``, closed, or without a file) is a terminal."""
-    try:
-        return stream is not None and stream.isatty()
-    except (AttributeError, OSError, ValueError):
-        return False

@@ -17,9 +17,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__all__ = ["NON_SCALAR", "to_wire", "describe"]
+from .schema import NON_SCALAR
 
-NON_SCALAR = "__roxxel_non_scalar__"
+__all__ = ["to_wire", "describe_value"]
 
 
 def to_wire(value: Any) -> Any:
@@ -32,7 +32,7 @@ def to_wire(value: Any) -> Any:
         return _to_wire(value)
     except Exception as exc:
         try:
-            what = describe(value)
+            what = describe_value(value)
         except Exception:
             what = "a value"
         return {NON_SCALAR: f"{what} that could not be read ({type(exc).__name__}: {exc})"}
@@ -53,11 +53,11 @@ def _to_wire(value: Any) -> Any:
             size *= dim
         if size == 1:
             return _python_scalar(item())
-        return {NON_SCALAR: describe(value)}
+        return {NON_SCALAR: describe_value(value)}
     return _as_float(value)
 
 
-def describe(value: Any) -> str:
+def describe_value(value: Any) -> str:
     """A short human description of a value's type (and shape, for arrays)."""
     cls = type(value)
     name = f"{cls.__module__}.{cls.__qualname__}" if cls.__module__ != "builtins" else cls.__name__
@@ -82,4 +82,4 @@ def _as_float(value: Any) -> Any:
     try:
         return float(value)
     except Exception:
-        return {NON_SCALAR: describe(value)}
+        return {NON_SCALAR: describe_value(value)}

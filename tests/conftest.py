@@ -49,13 +49,13 @@ def metrics_runs(rows: list[tuple[str, int, dict]], ts: float = 1.0) -> list:
     as a Logger queues them, grouped and encoded by the client's codec,
     decoded and checked as the collector does."""
     from aggregator.metrics_run import metrics_run
-    from roxxel import codec
+    from roxxel import codec, schema
     from roxxel.values import to_wire
 
     entries = [(kind, tuple(m), ts, step, tuple(m.values())) for kind, step, m in rows]
-    body = codec.encode_records(codec.metrics_records(entries), to_wire)
+    body = codec.encode_records(schema.metrics_records(entries), to_wire)
     frame = codec.decode(codec.batch_frame(b"s" * codec.SENDER_ID_LEN, 1, body))
-    assert all(codec.check_record(r) is None for r in frame.records)
+    assert all(schema.check_record(r) is None for r in frame.records)
     return [metrics_run(r)[0] for r in frame.records]
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import msgpack
 
-from roxxel import codec
+from roxxel import codec, schema
 
 __all__ = ["FrameFuzzer", "Mirror", "pack"]
 
@@ -73,10 +73,10 @@ LENGTH_HEADERS = [
 # One more metric name than a row may have (a fixed record: built once).
 TOO_MANY_KEYS = [
     "m",
-    [f"fzk{i}" for i in range(codec.MAX_METRIC_KEYS + 1)],
+    [f"fzk{i}" for i in range(schema.MAX_METRIC_KEYS + 1)],
     [1.0],
     [1],
-    [[0] * (codec.MAX_METRIC_KEYS + 1)],
+    [[0] * (schema.MAX_METRIC_KEYS + 1)],
 ]
 SPECIAL_BYTES = [0xC1, 0xC7, 0xD4, 0xD6, 0xD8, 0xDD, 0xDF, 0xDB, 0xC6, 0xCF, 0xD3, 0xCB, 0xFF]
 
@@ -155,7 +155,7 @@ class Mirror:
                 return "bad"
             self.committed[frame.sender_id] = frame.seq
             for record in frame.records:  # the collector checks each record
-                codec.check_record(record)
+                schema.check_record(record)
             return "batch"
         if isinstance(frame, codec.Bye):
             self.committed.pop(frame.sender_id, None)

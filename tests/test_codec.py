@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roxxel import codec
+from roxxel import codec, schema
 from roxxel.codec import (
     Ack,
     Batch,
@@ -24,12 +24,12 @@ from roxxel.codec import (
     CodecError,
     Envelope,
     Hello,
-    check_record,
     decode,
     decode_envelope,
     encode,
 )
-from roxxel.values import NON_SCALAR, to_wire
+from roxxel.schema import NON_SCALAR, check_record
+from roxxel.values import to_wire
 
 SID = bytes(range(16))
 OTHER_SID = b"\xff" * 16
@@ -666,10 +666,10 @@ def test_check_record_never_raises(value):
 @PROPERTY
 @given(st.lists(st.one_of(log_records, metrics_records, msgpack_values), max_size=6))
 def test_all_log_lines_agrees_with_check_record(records):
-    expected = all(check_record(r) is None and r[0] == codec.RECORD_LOG for r in records) and bool(
+    expected = all(check_record(r) is None and r[0] == schema.RECORD_LOG for r in records) and bool(
         records
     )
-    assert codec.all_log_lines(records) is expected
+    assert schema.all_log_lines(records) is expected
 
 
 @pytest.mark.parametrize(
@@ -686,7 +686,7 @@ def test_all_log_lines_agrees_with_check_record(records):
     ],
 )
 def test_all_log_lines_is_false_unless_every_record_is_a_valid_line(records):
-    assert codec.all_log_lines(records) is False
+    assert schema.all_log_lines(records) is False
 
 
 def test_metrics_records_group_consecutive_rows_with_the_same_kind_and_keys():
@@ -698,15 +698,15 @@ def test_metrics_records_group_consecutive_rows_with_the_same_kind_and_keys():
         ("m", ba, 4.0, 4, (7.0, 8.0)),
         ("m", ab, 5.0, 5, (9.0, 10.0)),
     ]
-    assert codec.metrics_records(entries) == [
+    assert schema.metrics_records(entries) == [
         ("m", ab, (1.0, 2.0), (1, 2), ((1.0, 2.0), (3.0, 4.0))),
         ("r", ab, (3.0,), (3,), ((5.0, 6.0),)),
         ("m", ba, (4.0,), (4,), ((7.0, 8.0),)),
         ("m", ab, (5.0,), (5,), ((9.0, 10.0),)),
     ]
-    decoded = decode(codec.encode_batch(SID, 1, codec.metrics_records(entries)))
+    decoded = decode(codec.encode_batch(SID, 1, schema.metrics_records(entries)))
     assert [check_record(r) for r in decoded.records] == [None] * 4
-    assert codec.metrics_records([]) == []
+    assert schema.metrics_records([]) == []
 
 
 @pytest.mark.parametrize(
@@ -753,5 +753,5 @@ def test_errors_describe_hostile_values_without_repr() -> None:
     data = msgpack.packb([codec.PROTO_VERSION, deep, SID, 0, None], use_bin_type=True)
     with pytest.raises(codec.CodecError, match="unknown frame kind a list of 1 item"):
         codec.decode(data)
-    assert codec.describe("x" * 1000) == repr("x" * 64) + "..."
-    assert codec.check_record([deep, 1.0, 20, "t"]) == "unknown record kind a list of 1 item(s)"
+    assert codec.wire_repr("x" * 1000) == repr("x" * 64) + "..."
+    assert schema.check_record([deep, 1.0, 20, "t"]) == "unknown record kind a list of 1 item(s)"

@@ -44,7 +44,7 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roxxel import codec
+from roxxel import codec, schema
 
 from .conftest import Daemon, python_env, read, wait_for
 from .frame_fuzzer import FrameFuzzer, pack
@@ -620,7 +620,7 @@ def test_check_record_of_deeply_nested_records_returns_a_reason(depth, wrapper, 
         return  # deeper than msgpack takes
 
     def check() -> None:
-        problem = codec.check_record(batch.records[0])
+        problem = schema.check_record(batch.records[0])
         assert problem is None or isinstance(problem, str)
 
     _as_in_the_daemon(check)

@@ -18,7 +18,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from roxxel.values import NON_SCALAR, describe, to_wire
+from roxxel.schema import NON_SCALAR
+from roxxel.values import describe_value as describe
+from roxxel.values import to_wire
 
 
 def _exact(actual, expected) -> None:
@@ -192,7 +194,8 @@ _JAX_SCRIPT = textwrap.dedent(
     import jax.numpy as jnp
 
     from roxxel import codec
-    from roxxel.values import NON_SCALAR, to_wire
+    from roxxel.schema import NON_SCALAR
+    from roxxel.values import to_wire
 
     results = {
         "float32": to_wire(jnp.float32(2.5)),

@@ -29,7 +29,8 @@ import os
 from collections.abc import Sequence
 from typing import IO, Any
 
-from roxxel.codec import MAX_STR_LEN, METRICS_KINDS, RECORD_RANKED_METRICS
+from roxxel.codec import MAX_STR_LEN
+from roxxel.schema import METRICS_KINDS, RECORD_RANKED_METRICS
 
 from ..checkpoint import replace_file
 from ..metrics_run import FLOATS, INTS, MetricsRun

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from json.encoder import encode_basestring
 from typing import Any
 
-from roxxel.codec import METRICS_KINDS
+from roxxel.schema import METRICS_KINDS
 
 from ..metrics_run import FLOATS, INTS, MIXED
 from .base import FileSink, Origin

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import IO, Any, TextIO
 
-from roxxel.codec import RECORD_LOG
 from roxxel.lines import format_lines
-from roxxel.progress import is_terminal
+from roxxel.schema import RECORD_LOG
+from roxxel.terminal import is_terminal
 
 from .base import FileSink, Origin
 
