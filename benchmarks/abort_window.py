@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from .caller_cost import roxxel_free_env
+from .harness import progress as stderr_progress
+from .harness import roxxel_free_env
 
 __all__ = ["ROWS", "start_logging_process", "loss_window", "main"]
 
@@ -207,10 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seconds, repeats = (0.2, 1) if args.quick else (args.seconds, args.repeats)
 
-    def progress(text: str) -> None:
-        print(f"running {text} ...", file=sys.stderr, flush=True)
-
-    results = run(seconds, repeats, progress)
+    results = run(seconds, repeats, stderr_progress)
     print(format_table(results, seconds))
     bad = any(r["duplicates"] or not r["notice"] for runs in results.values() for r in runs)
     return 1 if bad else 0

@@ -26,15 +26,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .caller_cost import (
-    APIS,
-    MESSAGE,
-    METRICS,
-    PREFIX,
-    _records_on_disk,
-    forget_roxxel_env,
-    log_calls,
-)
+from .harness import forget_roxxel_env, progress
+from .workload import APIS, MESSAGE, METRICS, PREFIX, log_calls, records_on_disk
 
 __all__ = ["main", "measure"]
 
@@ -70,7 +63,7 @@ def _worker(api: str, n: int, out: Any) -> None:
         else:
             logger.log_message(MESSAGE)
         deadline = time.monotonic() + 60
-        while _records_on_disk(api, tmp) < 1:
+        while records_on_disk(api, tmp) < 1:
             if time.monotonic() > deadline:
                 raise RuntimeError("the warm-up record did not reach the disk in 60 s")
             time.sleep(0.01)
@@ -78,7 +71,7 @@ def _worker(api: str, n: int, out: Any) -> None:
         t0 = time.perf_counter()
         log_calls(logger, api, 0, n)
         t1 = time.perf_counter()
-        on_disk_before = _records_on_disk(api, tmp) - 1
+        on_disk_before = records_on_disk(api, tmp) - 1
         in_deque = _pending(logger)
         logger.close()
         t2 = time.perf_counter()
@@ -89,7 +82,7 @@ def _worker(api: str, n: int, out: Any) -> None:
                 "total_s": t2 - t0,
                 "on_disk_before_close": on_disk_before,
                 "in_deque_before_close": in_deque,
-                "on_disk": _records_on_disk(api, tmp) - 1,
+                "on_disk": records_on_disk(api, tmp) - 1,
                 "n": n,
             }
         )
@@ -147,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     n = args.records or (QUICK_RECORDS if args.quick else DEFAULT_RECORDS)
     results = {}
     for api in APIS:
-        print(f"running {api} ...", file=sys.stderr, flush=True)
+        progress(api)
         results[api] = measure(api, n)
     print(format_table(results, n))
     bad = any(r["on_disk"] != r["n"] or r["exit_code"] for r in results.values())

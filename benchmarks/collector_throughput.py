@@ -47,7 +47,9 @@ import msgpack
 
 from roxxel import schema
 
-from .caller_cost import METRICS, METRICS_SERIES, forget_roxxel_env, roxxel_free_env
+from .harness import forget_roxxel_env, roxxel_free_env
+from .harness import progress as stderr_progress
+from .workload import METRICS, METRICS_SERIES
 
 __all__ = ["main", "run"]
 
@@ -356,10 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     series = METRICS_SERIES if args.values == "varying" else [METRICS]
     n = args.records or (QUICK_RECORDS if args.quick else DEFAULT_RECORDS)
 
-    def progress(text: str) -> None:
-        print(f"running {text} ...", file=sys.stderr, flush=True)
-
-    results = run(args.clients, n, series, progress)
+    results = run(args.clients, n, series, stderr_progress)
     print(format_table(results, args.clients, n, args.values))
     return 1 if any(_problems(results[api]) for api in APIS) else 0
 

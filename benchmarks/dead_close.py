@@ -20,21 +20,18 @@ import contextlib
 import io
 import os
 import re
-import resource
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 
-from .caller_cost import APIS, PREFIX, _free_port, log_calls
+from .harness import free_port
+from .stats import peak_rss_mib
+from .workload import APIS, PREFIX, log_calls
 
 CHUNK = 100_000
 MAX_CALLS = 50_000_000
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure(max_buffer_bytes: int, api: str) -> dict[str, float]:
@@ -45,7 +42,7 @@ def measure(max_buffer_bytes: int, api: str) -> dict[str, float]:
         logger = Logger(
             tmp,
             filename_prefix=PREFIX,
-            aggregator=f"tcp://127.0.0.1:{_free_port()}",
+            aggregator=f"tcp://127.0.0.1:{free_port()}",
             close_timeout=0,
             max_buffer_bytes=max_buffer_bytes,
         )
@@ -59,13 +56,13 @@ def measure(max_buffer_bytes: int, api: str) -> dict[str, float]:
         loop_s = time.perf_counter() - t0
         time.sleep(0.2)
         held, dropped = sender._bytes, sender.dropped_total
-        rss_before = _peak_rss_mib()
+        rss_before = peak_rss_mib()
         stderr = io.StringIO()
         t1 = time.perf_counter()
         with contextlib.redirect_stderr(stderr):
             logger.close()
         close_s = time.perf_counter() - t1
-        rss_after = _peak_rss_mib()
+        rss_after = peak_rss_mib()
         match = re.search(r"roxxel: (\d+) record\(s\) were not acknowledged", stderr.getvalue())
         path = os.path.join(tmp, f"{PREFIX}_undelivered_rank{logger.rank}.jsonl")
         file_bytes = os.path.getsize(path) if os.path.exists(path) else 0

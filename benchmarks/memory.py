@@ -35,15 +35,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .caller_cost import (
-    MESSAGE,
-    METRICS,
-    PREFIX,
-    _free_port,
-    _records_on_disk,
-    forget_roxxel_env,
-    log_calls,
-)
+from .harness import forget_roxxel_env, free_port, progress
+from .stats import peak_rss_mib
+from .workload import MESSAGE, METRICS, PREFIX, log_calls, records_on_disk
 
 __all__ = ["main", "measure"]
 
@@ -54,10 +48,6 @@ DEFAULT_SMALL = 1_000_000
 QUICK_RECORDS = 200_000
 QUICK_SMALL = 20_000
 DEAD_BUFFERS = (64 * MIB, 256 * MIB)
-
-
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _deque_len(logger: Any) -> int:
@@ -79,7 +69,7 @@ def _worker(case: str, buffer: int, n: int, out: Any) -> None:
             logger = Logger(
                 tmp,
                 filename_prefix=PREFIX,
-                aggregator=f"tcp://127.0.0.1:{_free_port()}",
+                aggregator=f"tcp://127.0.0.1:{free_port()}",
                 close_timeout=0,
                 max_buffer_bytes=buffer,
             )
@@ -92,11 +82,11 @@ def _worker(case: str, buffer: int, n: int, out: Any) -> None:
         else:
             logger.log_message(MESSAGE)
         deadline = time.monotonic() + 60
-        while (_deque_len(logger) if dead else _records_on_disk(api, tmp) < 1) and (
+        while (_deque_len(logger) if dead else records_on_disk(api, tmp) < 1) and (
             time.monotonic() < deadline
         ):
             time.sleep(0.01)
-        baseline = _rss_mib()
+        baseline = peak_rss_mib()
         max_deque = 0
         t0 = time.perf_counter()
         done = 0
@@ -106,7 +96,7 @@ def _worker(case: str, buffer: int, n: int, out: Any) -> None:
             done = stop
             max_deque = max(max_deque, _deque_len(logger))
         t1 = time.perf_counter()
-        after_loop = _rss_mib()
+        after_loop = peak_rss_mib()
         logger.close()
         t2 = time.perf_counter()
         undelivered = sum(
@@ -118,11 +108,11 @@ def _worker(case: str, buffer: int, n: int, out: Any) -> None:
             {
                 "baseline_mib": baseline,
                 "after_loop_mib": after_loop,
-                "peak_mib": _rss_mib(),
+                "peak_mib": peak_rss_mib(),
                 "child_peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
                 "max_deque": max_deque,
                 "dropped": logger._sender.dropped_total,
-                "on_disk": None if dead else _records_on_disk(api, tmp) - 1,
+                "on_disk": None if dead else records_on_disk(api, tmp) - 1,
                 "undelivered_bytes": undelivered,
                 "loop_s": t1 - t0,
                 "close_s": t2 - t1,
@@ -223,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for label, case, buffer, n in _cases(small, large):
         if args.only and case != args.only:
             continue
-        print(f"running {label} ...", file=sys.stderr, flush=True)
+        progress(label)
         results.append((label, measure(case, buffer, n)))
     print(format_table(results, small, large))
     return 1 if any(_lost(r) for _, r in results) else 0

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
+
+from .harness import free_port
 
 __all__ = ["main"]
 
@@ -65,9 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         _worker(port, rank, args.processes, int(args.worker[4]), log_dir, start_file)
         return 0
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="roxxel-pod-bench-") as tmp:
         log_dir, times = os.path.join(tmp, "logs"), os.path.join(tmp, "times")
         env = {**os.environ, "JAX_PLATFORMS": "cpu"}

@@ -33,7 +33,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .caller_cost import children_cpu_s, forget_roxxel_env
+from .harness import forget_roxxel_env
+from .stats import children_cpu_s
 
 __all__ = ["main"]
 

@@ -31,6 +31,7 @@ import time
 from collections.abc import Sequence
 
 from . import __version__, codec
+from .exchange import exchange
 from .plot import add_plot_command, plot_command
 from .query import CollectorQuery, QueryError
 from .security import ENV_CLIENT_KEY, ENV_SERVER_KEY, ClientKeys, client_keys
@@ -47,23 +48,20 @@ def _check(endpoint: str, timeout: float, keys: ClientKeys | None) -> int:
     hello = codec.Hello(sender_id, socket.gethostname(), 0, os.getpid(), 1, "roxxel-check")
     try:
         started = time.monotonic()
-        deadline = started + timeout
-        sent = False
-        while time.monotonic() < deadline:
-            # The socket takes the hello only once a connection is up.
-            sent = sent or transport.send(codec.encode(hello))
-            for data in transport.receive(min(0.05, max(0.0, deadline - time.monotonic()))):
-                try:
-                    reply = codec.decode(data)
-                except codec.CodecError:
-                    continue
-                if isinstance(reply, codec.Ack) and reply.sender_id == sender_id:
-                    transport.send(codec.encode(codec.Bye(sender_id, 0)))
-                    elapsed = (time.monotonic() - started) * 1000
-                    print(f"collector at {endpoint} answered in {elapsed:.1f} ms")
-                    return 0
-        print(f"no answer from a collector at {endpoint} within {timeout} s", file=sys.stderr)
-        return 1
+        reply = exchange(
+            transport,
+            codec.encode(hello),
+            lambda reply: isinstance(reply, codec.Ack) and reply.sender_id == sender_id,
+            timeout,
+        )
+        if reply is None:
+            print(f"no answer from a collector at {endpoint} within {timeout} s", file=sys.stderr)
+            return 1
+        # The bye's ack is not waited for: the hello's ack is what check reports.
+        transport.send(codec.encode(codec.Bye(sender_id, 0)))
+        elapsed = (time.monotonic() - started) * 1000
+        print(f"collector at {endpoint} answered in {elapsed:.1f} ms")
+        return 0
     finally:
         transport.close()
 

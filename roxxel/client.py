@@ -28,7 +28,6 @@ re-raised by :meth:`Sender.flush` and :meth:`Sender.close`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import sys
@@ -38,6 +37,7 @@ from collections import deque
 from typing import Any, NamedTuple, Protocol
 
 from . import codec, schema
+from .exchange import exchange
 from .values import to_wire
 
 __all__ = ["Transport", "Sender", "Unsent", "UnsentBatch"]
@@ -219,15 +219,19 @@ class Sender:
         handler re-raising the signal) may take the bye with it, and a
         collector draining its senders would wait for it in vain.
         """
-        if not self._transport.send(codec.encode(codec.Bye(self._sender_id, self._next_seq - 1))):
-            return
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            for data in self._transport.receive(left):
-                with contextlib.suppress(codec.CodecError):
-                    reply = codec.decode(data)
-                    if isinstance(reply, codec.Ack) and reply.seq >= self._next_seq - 1:
-                        return
+        last = self._next_seq - 1
+        # Given up at once when the transport does not take it (no connection:
+        # nobody to hear it, and a close does not wait for one). Sent again
+        # every 0.2 s (a repeated bye is only acknowledged again), so a
+        # connection that drops and comes back within the wait still carries one.
+        exchange(
+            self._transport,
+            codec.encode(codec.Bye(self._sender_id, last)),
+            lambda reply: isinstance(reply, codec.Ack) and reply.seq >= last,
+            timeout,
+            resend_every=0.2,
+            connect_within=0.0,
+        )
 
     @property
     def failure(self) -> BaseException | None:

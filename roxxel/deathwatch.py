@@ -33,7 +33,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = ["CLOSED", "ENDPOINT", "describe_end", "main"]
 
@@ -124,16 +124,8 @@ def _report(args: argparse.Namespace, endpoint: str, how: str, tail: str, died_a
     """Send the death notice and the stderr tail as the dead process's rank."""
     import secrets
 
-    from roxxel.codec import (
-        SENDER_ID_LEN,
-        Ack,
-        Batch,
-        Bye,
-        CodecError,
-        Hello,
-        decode,
-        encode,
-    )
+    from roxxel.codec import SENDER_ID_LEN, Ack, Batch, Bye, Frame, Hello, encode
+    from roxxel.exchange import exchange
     from roxxel.schema import RECORD_DEATH, RECORD_LOG
     from roxxel.security import client_keys
     from roxxel.transport import DealerTransport
@@ -153,21 +145,16 @@ def _report(args: argparse.Namespace, endpoint: str, how: str, tail: str, died_a
     keys = client_keys(*key_files) if key_files else None
     transport = DealerTransport(endpoint, sender_id, keys=keys)
     frames = [encode(hello), encode(Batch(sender_id, 1, records)), encode(Bye(sender_id, 1))]
-    deadline = time.monotonic() + 10.0
+    deadline = time.monotonic() + 10.0  # for the three
+
+    def acks(seq: int) -> Callable[[Frame], bool]:
+        return lambda reply: isinstance(reply, Ack) and reply.seq >= seq
+
     try:
+        # Each frame in turn, sent again every second until its ack: the batch
+        # only once the hello is acked, the bye once the batch is written.
         for want, frame in zip((0, 1, 1), frames, strict=True):
-            while time.monotonic() < deadline:
-                if not transport.send(frame):
-                    time.sleep(0.05)  # not connected yet
-                    continue
-                acked = False
-                for data in transport.receive(1.0):
-                    with contextlib.suppress(CodecError):
-                        reply = decode(data)
-                        acked = acked or (isinstance(reply, Ack) and reply.seq >= want)
-                if acked:
-                    break
-            else:
+            if exchange(transport, frame, acks(want), deadline - time.monotonic()) is None:
                 raise TimeoutError(f"the collector at {endpoint} did not answer")
     finally:
         transport.close()

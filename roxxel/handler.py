@@ -26,6 +26,7 @@ class RecordTarget(Protocol):
 
     def log_record(self, ts: float, level: int, text: str) -> bool: ...
 
+
 # The logger Python's warnings module reports to once logging captures them.
 WARNINGS = "py.warnings"
 

@@ -16,11 +16,8 @@ import contextlib
 import logging
 import operator
 import os
-import secrets
 import signal
-import socket
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Iterable, Mapping
@@ -29,33 +26,18 @@ from typing import Any
 
 from . import codec, exits, schema
 from .client import Sender
-from .discovery import DiscoveringTransport, advertised_host, kv_client, publish_endpoint
-from .embedded import EmbeddedCollector, start_embedded
 from .handler import Capture
 from .lines import format_line
 from .progress import Progress
 from .ranks import detect_rank
-from .security import (
-    ENV_CLIENTS,
-    ENV_SERVER_SECRET,
-    ClientKeys,
-    ServerKeys,
-    client_keys,
-    server_keys,
-)
+from .route import ENV_AGGREGATOR, RouteOptions, open_route
+from .security import client_keys
 from .terminal import is_terminal
-from .transport import DealerTransport
 from .undelivered import undelivered_path, write_unsent
-from .watcher import Watcher, watch_target, watcher_enabled
-from .watcher import acquire as acquire_watcher
-from .watcher import found as watcher_found
-from .watcher import release as release_watcher
 
 __all__ = ["Logger", "CRASH_HEADLINE"]
 
 CRASH_HEADLINE = "❌ CRITICAL: Uncaught exception occurred during execution!"
-ENV_AGGREGATOR = "ROXXEL_AGGREGATOR"
-ENV_COLLECTOR_BIND = "ROXXEL_COLLECTOR_BIND"
 _TRUNCATED = " …[truncated by roxxel]"
 # Module-level names for the hot path: one dict lookup instead of two.
 _now = time.time
@@ -170,7 +152,6 @@ class Logger:
         for name in capture_names:
             if not isinstance(name, str) or not name:
                 raise TypeError(f"capture takes logger names, not {name!r}")
-        self._keys = client_keys(curve_server_key, curve_client_key)
         self.log_dir = os.fspath(log_dir)
         self.filename_prefix = filename_prefix
         self.logger_name = logger_name
@@ -182,144 +163,67 @@ class Logger:
         self.world_size = rank.world_size
         self.is_rank_zero = rank.rank == 0
         self._level = _level_number(level)
+        if not self.is_rank_zero:
+            self._level = max(self._level, _level_number(forward_level))
         self._all_ranks = metrics_from_all_ranks
         self._checked_keys: tuple[str, ...] | None = None
         self._known_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._close_timeout = close_timeout
-        self._flush_interval = flush_interval
-        self._max_buffer_bytes = max_buffer_bytes
         self._closed = False
         self._last_crash: BaseException | None = None
-        self._embedded: EmbeddedCollector | None = None
-        self._sender: Sender | None = None
-        self._watcher: Watcher | None = None
-        self._watched_endpoint: str | None = None
-        self._found_endpoint: str | None = None
         self._capture: Capture | None = None
-
-        endpoint = aggregator or os.environ.get(ENV_AGGREGATOR) or None
-        self._discovery_timeout = discovery_timeout
-        self._discover = False
-        multi = self.world_size > 1
-        if endpoint is None and self.is_rank_zero:
-            os.makedirs(self.log_dir, exist_ok=True)
-            bind = collector_bind or os.environ.get(ENV_COLLECTOR_BIND) or None
-            if bind is None and multi:
-                bind = "tcp://0.0.0.0:0"
-            self._embedded = start_embedded(
-                collector,
-                self.log_dir,
-                filename_prefix,
-                bind,
-                drain_senders=close_timeout if multi else 0.0,
-                curve=_collector_keys(self._keys, curve_server_secret, curve_clients),
+        self._progress: Progress | None = None
+        self._route = open_route(
+            RouteOptions(
+                log_dir=self.log_dir,
+                prefix=filename_prefix,
+                rank=self.rank,
+                world_size=self.world_size,
+                aggregator=aggregator,
+                collector=collector,
+                collector_bind=collector_bind,
+                close_timeout=close_timeout,
+                discovery_timeout=discovery_timeout,
+                flush_interval=flush_interval,
+                max_buffer_bytes=max_buffer_bytes,
+                watcher=watcher,
+                keys=client_keys(curve_server_key, curve_client_key),
+                curve_server_secret=curve_server_secret,
+                curve_clients=curve_clients,
             )
-            endpoint = self._embedded.local_endpoint
-            if multi and self._embedded.endpoint.startswith("tcp://"):
-                self._publish(self._embedded.endpoint)
-        elif endpoint is None and multi:
-            self._discover = True
-        self.endpoint = endpoint
+        )
+        self.endpoint = self._route.endpoint
+        if self._route.collector_endpoint is not None:
+            self.collector_endpoint = self._route.collector_endpoint
+        self._sender: Sender | None = None
+        self._connect()
+        if self._route.reachable:
+            self._route.start_watcher()
+        exits.register(self, handle_sigterm)
+        if capture_names:
+            self._capture = Capture(self, capture_names)
+        if progress and self.is_rank_zero and is_terminal(sys.stdout):
+            self._progress = Progress(sys.stdout)
 
-        if not self.is_rank_zero:
-            self._level = max(self._level, _level_number(forward_level))
-            if not metrics_from_all_ranks:
-                self.log_metrics_summary = self._rank_zero_metrics_only  # type: ignore[method-assign]
-        if endpoint is None and not self._discover:
+    def _connect(self) -> None:
+        """Point the hot path at a new sender, or at stderr when there is nowhere to send."""
+        if not self._route.reachable:
             # A rank other than 0 with nowhere to send: its forwarded lines go
             # to its own stderr rather than nowhere.
+            self._sender = None
             self._append_line = self._append_metrics = self._to_stderr
+            self._append_own_metrics = self._to_stderr
             print(
                 f"roxxel: rank {self.rank} has no collector endpoint (aggregator= or "
                 f"{ENV_AGGREGATOR}, or jax.distributed); its warnings go to stderr",
                 file=sys.stderr,
             )
-        else:
-            self._start_sender()
-            # A collector on a thread of this process dies with it: nobody to tell.
-            if watcher_enabled(watcher) and not (collector == "thread" and self._embedded):
-                self._start_watcher()
-        exits.register(self, handle_sigterm)
-        if capture_names:
-            self._capture = Capture(self, capture_names)
-        self._progress: Progress | None = None
-        if progress and self.is_rank_zero and is_terminal(sys.stdout):
-            self._progress = Progress(sys.stdout)
-            self.log_metrics_summary = self._with_progress  # type: ignore[method-assign]
-
-    def _publish(self, bound: str) -> None:
-        """Tell the other ranks where rank 0's collector is, as soon as JAX can."""
-        host, port = bound[len("tcp://") :].rsplit(":", 1)
-        advertised = f"tcp://{advertised_host(host)}:{port}"
-        self.collector_endpoint = advertised
-        client = kv_client()
-        if client is not None:
-            publish_endpoint(client, self.filename_prefix, advertised)
             return
-        # Created before jax.distributed.initialize(): publish once it has run.
-        threading.Thread(
-            target=_publish_when_ready,
-            args=(self.filename_prefix, advertised, self._discovery_timeout),
-            name="roxxel-publish",
-            daemon=True,
-        ).start()
-
-    def _start_watcher(self) -> None:
-        try:
-            self._watcher = acquire_watcher(
-                rank=self.rank,
-                prefix=self.filename_prefix,
-                process_count=self.world_size,
-                endpoint=self._watch_target(self.endpoint),
-            )
-        except OSError as exc:  # logging goes on without one
-            print(f"roxxel: no watcher process for this process: {exc}", file=sys.stderr)
-            return
-        self._watched_endpoint = self._watch_target(self.endpoint)
-        if self._found_endpoint is not None:  # found before the watcher started
-            self._collector_found(self._found_endpoint)
-
-    def _collector_found(self, endpoint: str) -> None:
-        """On the sender thread: discovery found the collector; the watcher reports there."""
-        self._found_endpoint = endpoint
-        watcher = self._watcher
-        if watcher is not None:
-            target = self._watch_target(endpoint)
-            watcher_found(watcher, self._watched_endpoint, target)
-            self._watched_endpoint = target
-
-    def _watch_target(self, endpoint: str | None) -> str | None:
-        return None if endpoint is None else watch_target(endpoint, self._keys)
-
-    def _start_sender(self) -> None:
-        sender_id = secrets.token_bytes(codec.SENDER_ID_LEN)
-        hello = codec.Hello(
-            sender_id=sender_id,
-            host=socket.gethostname(),
-            rank=self.rank,
-            pid=os.getpid(),
-            process_count=self.world_size,
-            prefix=self.filename_prefix,
-        )
-        transport: Any = (
-            DiscoveringTransport(
-                self.filename_prefix,
-                sender_id,
-                self._discovery_timeout,
-                on_found=self._collector_found,
-                keys=self._keys,
-            )
-            if self._discover
-            else DealerTransport(self.endpoint, sender_id, keys=self._keys)
-        )
-        self._sender = Sender(
-            transport,
-            hello,
-            flush_interval=self._flush_interval,
-            max_buffer_bytes=self._max_buffer_bytes,
-        )
+        self._sender = self._route.start_sender()
         self._append_line = self._sender.lines.append
         self._append_metrics = self._sender.metrics.append
+        # Rows logged without all_ranks: only rank 0's are written.
+        self._append_own_metrics = self._append_metrics if self.is_rank_zero else _drop
 
     # -- the hot path ---------------------------------------------------------
 
@@ -372,14 +276,13 @@ class Logger:
             keys = self._checked_keys
         else:
             keys = self._check_metric_names(keys)
-        kind = _RANKED if all_ranks or self._all_ranks else _METRICS
-        self._append_metrics((kind, keys, _now(), step, tuple(metrics.values())))
-
-    def _with_progress(
-        self, step: int, metrics: Mapping[str, Any], *, all_ranks: bool = False
-    ) -> None:
-        Logger.log_metrics_summary(self, step, metrics, all_ranks=all_ranks)
-        self._progress.update(step, metrics)  # type: ignore[union-attr]
+        # Checked the same on every rank; then only rank 0's rows go, unless every rank's are asked.
+        if all_ranks or self._all_ranks:
+            self._append_metrics((_RANKED, keys, _now(), step, tuple(metrics.values())))
+        else:
+            self._append_own_metrics((_METRICS, keys, _now(), step, tuple(metrics.values())))
+        if self._progress is not None:
+            self._progress.update(step, metrics)
 
     def _check_metric_names(self, keys: tuple[str, ...]) -> tuple[str, ...]:
         """The checked tuple equal to ``keys`` (names that alternate, such as
@@ -395,13 +298,6 @@ class Logger:
             known = self._known_keys[keys] = keys
         self._checked_keys = known
         return known
-
-    def _rank_zero_metrics_only(
-        self, step: int, metrics: Mapping[str, Any], *, all_ranks: bool = False
-    ) -> None:
-        """On ranks other than 0, a row is sent only when every rank's rows are wanted."""
-        if all_ranks:
-            Logger.log_metrics_summary(self, step, metrics, all_ranks=True)
 
     # -- crashes and signals ------------------------------------------------------
 
@@ -437,7 +333,7 @@ class Logger:
         own; the parent's records stay the parent's."""
         if self._closed or self._sender is None:
             return
-        self._embedded = None  # the collector belongs to the parent
+        self._route.after_fork()  # the collector belongs to the parent
         if self.endpoint is not None and self.endpoint.startswith("inproc://"):
             # A thread collector lives in the parent's memory: unreachable from here.
             print(
@@ -447,8 +343,9 @@ class Logger:
             )
             self._sender = None
             self._append_line = self._append_metrics = self._to_stderr
+            self._append_own_metrics = self._to_stderr
             return
-        self._start_sender()
+        self._connect()
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -466,7 +363,8 @@ class Logger:
             # Short waits, so a dead embedded collector is noticed in time.
             if self._sender.flush(max(0.0, min(left, 0.25))):
                 return True
-            if left <= 0 or (self._embedded is not None and not self._embedded.running()):
+            embedded = self._route.embedded
+            if left <= 0 or (embedded is not None and not embedded.running()):
                 return False
 
     def close(self) -> None:
@@ -483,8 +381,9 @@ class Logger:
             self._capture.release()
         if self._progress is not None:
             self._progress.close()
-        self.log_message = self._after_close  # type: ignore[method-assign]
-        self.log_metrics_summary = self._after_close  # type: ignore[method-assign]
+        # Every call from now on reaches _closed and raises.
+        self._level = _BELOW_EVERY_LEVEL
+        self._append_line = self._append_metrics = self._append_own_metrics = _closed
         with exits.closing():
             try:
                 if self._sender is not None:
@@ -497,15 +396,7 @@ class Logger:
                         raise RuntimeError("roxxel sender thread failed") from self._sender.failure
             finally:
                 exits.unregister(self)
-                if self._embedded is not None:
-                    code = self._embedded.stop(self._close_timeout)
-                    if code not in (0, None):
-                        print(
-                            f"roxxel: the embedded collector exited with code {code}",
-                            file=sys.stderr,
-                        )
-                if self._watcher is not None:
-                    release_watcher(self._watcher, self._watched_endpoint)
+                self._route.close()
 
     def _save_unsent(self, unsent: Any) -> None:
         path = undelivered_path(self.log_dir, self.filename_prefix, self.rank)
@@ -522,9 +413,6 @@ class Logger:
             f"(deliver them with: roxxel replay {path} --aggregator ENDPOINT)",
             file=sys.stderr,
         )
-
-    def _after_close(self, *args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("this roxxel Logger is closed")
 
     def __enter__(self) -> Logger:
         return self
@@ -548,6 +436,15 @@ class Logger:
 
 
 _MAX_TEXT = codec.MAX_STR_LEN // 4 - len(_TRUNCATED)  # UTF-8 takes up to 4 bytes a character
+_BELOW_EVERY_LEVEL = -(2**63)
+
+
+def _closed(record: tuple[Any, ...]) -> None:
+    raise RuntimeError("this roxxel Logger is closed")
+
+
+def _drop(record: tuple[Any, ...]) -> None:
+    """Where a rank other than 0 sends its own rows: nowhere (they were checked)."""
 
 
 def _level_number(level: int | str) -> int:
@@ -571,36 +468,3 @@ def _metrics_dict(metrics: Any) -> dict[str, Any]:
     if not isinstance(metrics, Mapping):
         raise TypeError(f"metrics must be a mapping of name to value, not {type(metrics).__name__}")
     return dict(metrics)
-
-
-def _publish_when_ready(prefix: str, endpoint: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        client = kv_client()
-        if client is not None:
-            publish_endpoint(client, prefix, endpoint)
-            return
-        time.sleep(0.1)
-    print(
-        f"roxxel: jax.distributed was not initialised within {timeout} s; the other ranks "
-        f"cannot find this collector ({endpoint})",
-        file=sys.stderr,
-    )
-
-
-def _collector_keys(
-    keys: ClientKeys | None, secret_file: str | None, clients_dir: str | None
-) -> ServerKeys | None:
-    """A rank 0's own collector speaks CURVE when its clients do."""
-    if keys is None:
-        return None
-    secret_file = secret_file or os.environ.get(ENV_SERVER_SECRET) or None
-    clients_dir = clients_dir or os.environ.get(ENV_CLIENTS) or None
-    if secret_file is None or clients_dir is None:
-        raise ValueError(
-            "with CURVE keys and no aggregator endpoint, rank 0 runs the collector itself: it "
-            f"needs curve_server_secret= (or {ENV_SERVER_SECRET}), the collector's "
-            f"NAME.key_secret, and curve_clients= (or {ENV_CLIENTS}), the directory of the "
-            "allowed clients' NAME.key files"
-        )
-    return server_keys(secret_file, clients_dir)

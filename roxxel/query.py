@@ -2,16 +2,18 @@
 
 A tool sends a ``query`` frame (``{"what": "status"}``, or ``{"what":
 "tail", "offset": N}``) over a DEALER like any client's, CURVE keys
-included, and waits for the ``answer`` with the same seq.
+included, and waits for the ``answer`` with the same seq (sending the query
+again while none came: :func:`roxxel.exchange.exchange`). One thread at a
+time may ask: a query owns its connection for the length of :meth:`ask`.
 """
 
 from __future__ import annotations
 
 import secrets
-import time
 from typing import Any
 
 from . import codec
+from .exchange import exchange
 from .security import ClientKeys
 from .transport import DealerTransport
 
@@ -34,22 +36,21 @@ class CollectorQuery:
     def ask(self, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         """The collector's answer to ``body``; ``TimeoutError`` without one in ``timeout`` s."""
         self._seq += 1
-        frame = codec.encode(codec.Query(self._id, self._seq, body))
-        deadline = time.monotonic() + timeout
-        sent = False
-        while (left := deadline - time.monotonic()) > 0:
-            # Taken only once a connection is up (the transport queues nothing before).
-            sent = sent or self._transport.send(frame)
-            for data in self._transport.receive(min(0.05, left)):
-                try:
-                    reply = codec.decode(data)
-                except codec.CodecError:
-                    continue
-                if isinstance(reply, codec.Answer) and reply.seq == self._seq:
-                    if "error" in reply.body:
-                        raise QueryError(str(reply.body["error"]))
-                    return reply.body
-        raise TimeoutError(f"no answer from a collector at {self.endpoint} within {timeout} s")
+        seq = self._seq
+        frame = codec.encode(codec.Query(self._id, seq, body))
+        # A late answer to an earlier query (or a second answer to a resent
+        # one) has another seq: skipped.
+        reply = exchange(
+            self._transport,
+            frame,
+            lambda reply: isinstance(reply, codec.Answer) and reply.seq == seq,
+            timeout,
+        )
+        if not isinstance(reply, codec.Answer):  # None: no answer in time
+            raise TimeoutError(f"no answer from a collector at {self.endpoint} within {timeout} s")
+        if "error" in reply.body:
+            raise QueryError(str(reply.body["error"]))
+        return reply.body
 
     def close(self) -> None:
         self._transport.close()

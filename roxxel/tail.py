@@ -11,17 +11,14 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import re
 import time
 from typing import TextIO
 
+from .lines import parse_line
 from .query import CollectorQuery
 
 __all__ = ["RecordFilter", "follow_collector", "follow_file", "system_log_in"]
 
-_RECORD = re.compile(
-    r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] \[([A-Z]+|Level \d+)\] (\[rank (\d+)\] )?"
-)
 _COLOURS = {
     "DEBUG": "\033[2m",
     "WARNING": "\033[33m",
@@ -48,14 +45,15 @@ class RecordFilter:
         """The lines of ``text`` (whole lines) that pass, ready to print."""
         kept = []
         for line in text.splitlines():
-            match = _RECORD.match(line)
-            if match is not None:
-                name, rank = match.group(1), match.group(3)
+            head = parse_line(line)
+            if head is not None:
+                name = head.level
                 level = logging.getLevelName(name)
                 if not isinstance(level, int):  # "Level 25"
                     level = int(name.split()[-1]) if name.startswith("Level ") else 0
+                # An untagged record is rank 0's.
                 self._keep = level >= self.level and (
-                    self.rank is None or int(rank or 0) == self.rank
+                    self.rank is None or (head.rank or 0) == self.rank
                 )
                 self._colour = _COLOURS.get(name, "") if self.colour else ""
             if self._keep:

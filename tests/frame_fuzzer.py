@@ -15,13 +15,13 @@ failure is reproduced by seed and message index::
 
 prints the parts of message 41733 as hex.
 
-A :class:`Mirror` decodes every part with :mod:`roxxel.codec` the way the
-collector does (envelope first, then the frame), to know which senders said
-hello (they get a ``bye`` at the end), the seq each expects next, and how
-many frames the collector must count as bad. A part on which a codec call
-raises anything but ``CodecError`` (``decode_envelope``, ``decode``, or
-``check_record``, which the collector runs on each record of a batch) is
-recorded in :attr:`FrameFuzzer.codec_bugs`, and still sent.
+A :class:`Mirror` feeds every part to the collector's own sans-IO ledger
+(:mod:`aggregator.ledger`), to know which senders said hello (they get a
+``bye`` at the end), the seq each expects next, and how many frames the
+collector must count as bad. A part on which a codec call raises anything
+but ``CodecError`` (``decode_envelope``, ``decode``, or ``check_record``,
+which the collector runs on each record of a batch) is recorded in
+:attr:`FrameFuzzer.codec_bugs`, and still sent.
 
 Sizes stay modest: at most ``max_new_senders`` new sender ids (each is state
 the collector keeps), host names of at most 64 KiB, batches of at most 5,000
@@ -40,6 +40,19 @@ from typing import Any
 
 import msgpack
 
+from aggregator.batch import sort_batch
+from aggregator.ledger import (
+    Apply,
+    Asked,
+    Closed,
+    Foreign,
+    Introduced,
+    Ledger,
+    Malformed,
+    Poisoned,
+    Resent,
+    TooMany,
+)
 from roxxel import codec, schema
 
 __all__ = ["FrameFuzzer", "Mirror", "pack"]
@@ -99,14 +112,27 @@ class CodecBug(Exception):
 
 
 class Mirror:
-    """What the collector knows after the parts seen so far: which sender
-    ids said hello (and not bye), the seq each has applied, how many frames
-    were bad."""
+    """What the collector knows after the parts seen so far, decided by the
+    collector's own :class:`aggregator.ledger.Ledger` (the rules under test,
+    not a copy of them): which sender ids said hello (and not bye), the seq
+    each has applied, how many frames were bad."""
 
     def __init__(self) -> None:
-        self.committed: dict[bytes, int] = {}
+        self.ledger = Ledger(clock=lambda: 0.0)  # a fuzz run never forgets a sender
         self.said_hello: list[bytes] = []  # every sender id that was new in a hello
         self.counts: Counter[str] = Counter()
+
+    def knows(self, sid: bytes) -> bool:
+        return sid in self.ledger.senders
+
+    def applied(self, sid: bytes, default: int | None = None) -> int:
+        """The seq a known sender has applied (``default`` for an unknown one)."""
+        state = self.ledger.senders.get(sid)
+        if state is None:
+            if default is None:
+                raise KeyError(sid.hex())
+            return default
+        return state.committed
 
     def see(self, part: bytes, new_senders: bool = True) -> str:
         """Follow the collector's handling of one frame; the outcome's name.
@@ -124,45 +150,36 @@ class Mirror:
         return outcome
 
     def _see(self, part: bytes, new_senders: bool) -> str:
-        try:
-            envelope = codec.decode_envelope(part)
-        except codec.CodecError:
-            return "bad"
-        committed = self.committed.get(envelope.sender_id)
-        if envelope.kind == "batch" and committed is not None and envelope.seq != committed + 1:
-            return "duplicate" if envelope.seq <= committed else "gap"
+        if not new_senders and self._new_hello(part):
+            return "new-sender"
+        event = self.ledger.receive(part)
+        if isinstance(event, Introduced):
+            if event.new:
+                self.said_hello.append(event.hello.sender_id)
+            return "hello"
+        if isinstance(event, Apply):
+            sort_batch(event.batch.records)  # the collector checks each record
+            return "batch"
+        if isinstance(event, Resent):
+            return "duplicate" if event.duplicate else "gap"
+        return _OUTCOMES[type(event)]
+
+    def _new_hello(self, part: bytes) -> bool:
         try:
             frame = codec.decode(part)
-        except codec.BatchError as exc:
-            if committed is None:
-                return "bad"
-            if exc.seq != committed + 1:
-                return "poison-not-next"
-            self.committed[exc.sender_id] = exc.seq
-            return "poison"
         except codec.CodecError:
-            return "bad"
-        if isinstance(frame, codec.Hello):
-            if committed is None:
-                if not new_senders:
-                    return "new-sender"
-                self.said_hello.append(frame.sender_id)
-            if committed is None or frame.acked > committed:
-                self.committed[frame.sender_id] = frame.acked
-            return "hello"
-        if isinstance(frame, codec.Batch):
-            if committed is None:
-                return "bad"
-            self.committed[frame.sender_id] = frame.seq
-            for record in frame.records:  # the collector checks each record
-                schema.check_record(record)
-            return "batch"
-        if isinstance(frame, codec.Bye):
-            self.committed.pop(frame.sender_id, None)
-            return "bye"
-        if type(frame).__name__ == "Query":  # a tool's question: answered
-            return "query"
-        return "bad"  # an Ack (or an Answer) sent to the collector
+            return False
+        return isinstance(frame, codec.Hello) and frame.sender_id not in self.ledger.senders
+
+
+_OUTCOMES = {
+    Malformed: "bad",
+    Poisoned: "poison",
+    Closed: "bye",
+    Asked: "query",
+    TooMany: "refused",
+    Foreign: "foreign",
+}
 
 
 class FrameFuzzer:
@@ -237,9 +254,9 @@ class FrameFuzzer:
     def goodbyes(self) -> list[list[bytes]]:
         """A bye for every sender of ours that is still known."""
         return [
-            [codec.encode(codec.Bye(sid, self.mirror.committed[sid]))]
+            [codec.encode(codec.Bye(sid, self.mirror.applied(sid)))]
             for sid in dict.fromkeys(self.mirror.said_hello)
-            if sid in self.mirror.committed
+            if self.mirror.knows(sid)
         ]
 
     # -- values -----------------------------------------------------------------------
@@ -423,7 +440,7 @@ class FrameFuzzer:
         return msgpack.packb([codec.PROTO_VERSION, "hello", sid, acked, body], use_bin_type=True)
 
     def _our_senders(self) -> list[bytes]:
-        return [sid for sid in self.mirror.said_hello if sid in self.mirror.committed]
+        return [sid for sid in self.mirror.said_hello if self.mirror.knows(sid)]
 
     def _remember(self, frame: bytes) -> bytes:
         if len(self.pool) < 512:
@@ -447,7 +464,7 @@ class FrameFuzzer:
         if not senders:
             return self._fresh_hello() if self.mirror.said_hello == [] else self._stranger_batch()
         sid = rng.choice(senders)
-        seq = self.mirror.committed[sid] + 1
+        seq = self.mirror.applied(sid) + 1
         if seq >= 2**63:  # its hello claimed the last seq: only a re-hello for it
             return [(self._hello(sid, rng.randrange(2**63)))]
         r = rng.random()
@@ -475,7 +492,7 @@ class FrameFuzzer:
         if not senders:
             return self._stranger_batch()
         sid = self.rng.choice(senders)
-        committed = self.mirror.committed[sid]
+        committed = self.mirror.applied(sid)
         seq = self.rng.choice([committed, committed + 2, committed + 1000, 2**63 - 1])
         seq = min(max(seq, 1), 2**63 - 1)
         return [codec.encode(codec.Batch(sid, seq, self._records(2)))]
@@ -625,7 +642,7 @@ class FrameFuzzer:
         huge = self._huge_header()
         senders = self._our_senders()
         sid = rng.choice(senders) if senders else self._new_id()
-        seq = self.mirror.committed.get(sid, 0) + 1
+        seq = self.mirror.applied(sid, 0) + 1
         head = b"\x95" + pack(codec.PROTO_VERSION)
         where = rng.randrange(7)
         if where == 0:
@@ -659,7 +676,7 @@ class FrameFuzzer:
         nested = self._nest(depth)
         senders = self._our_senders()
         sid = rng.choice(senders) if senders else self._new_id()
-        seq = self.mirror.committed.get(sid, 0) + 1
+        seq = self.mirror.applied(sid, 0) + 1
         if seq >= 2**63:
             seq = 1
         v, sid_b, seq_b = pack(1), pack(sid), pack(seq)
@@ -714,7 +731,7 @@ class FrameFuzzer:
         senders = self._our_senders()
         if senders:
             our = rng.choice(senders)
-            seq = self.mirror.committed[our] + 1
+            seq = self.mirror.applied(our) + 1
             if seq < 2**63:
                 forms.append(
                     codec.batch_frame(our, seq, b"\x91\x94\xa1l" + pack(1.0) + b"\x14" + trick)

@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 from roxxel import CRASH_HEADLINE
+from roxxel.lines import parse_line
 
 from .conftest import REPO, Daemon, free_port, python_env, read, run_python, wait_for
-
-RECORD = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] \[(\w+)\] (.*)$")
 
 # A client that streams numbered warnings (and, on rank 0, metrics), paced so
 # that faults land in the middle of the stream.
@@ -38,9 +37,9 @@ def messages(text: str) -> list[str]:
     """The message of every record line; fails on a line that is neither record nor continuation."""
     out = []
     for line in text.splitlines():
-        m = RECORD.match(line)
-        assert m is not None, f"torn or foreign line in the system log: {line!r}"
-        out.append(m.group(2))
+        head = parse_line(line)
+        assert head is not None, f"torn or foreign line in the system log: {line!r}"
+        out.append(head.message)
     return out
 
 

@@ -31,11 +31,13 @@ from aggregator import Collector
 from aggregator.collector import default_sinks
 from aggregator.sinks import Origin, Sink
 from roxxel import Logger
+from roxxel.lines import parse_line
 from roxxel.security import generate_keys
 
 from .conftest import python_env, read, wait_for
 
-LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] \[INFO\] line (\d+) x{120}$")
+# The message of each numbered line (an untagged INFO record).
+MESSAGE = re.compile(r"line (\d+) x{120}")
 
 
 def check_once(log: str, count: int) -> None:
@@ -43,7 +45,8 @@ def check_once(log: str, count: int) -> None:
     ours = [ln for ln in log.splitlines() if "roxxel-aggregator" not in ln]
     numbers = Counter()
     for ln in ours:
-        match = LINE.match(ln)
+        head = parse_line(ln)
+        match = head and head.level == "INFO" and head.rank is None and MESSAGE.fullmatch(head.text)
         assert match, f"a torn or foreign line: {ln!r}"
         numbers[int(match.group(1))] += 1
     assert sorted(numbers) == list(range(count)), "lines lost"
@@ -78,9 +81,13 @@ class FullDisk(Sink):
         if self.full.is_set():
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    def write(self, origin: Origin, records: Sequence[Any]) -> None:
+    def write_lines(self, origin: Origin, records: Sequence[Any]) -> None:
         self._check()
-        self.inner.write(origin, records)
+        self.inner.write_lines(origin, records)
+
+    def write_metrics(self, origin: Origin, runs: Sequence[Any]) -> None:
+        self._check()
+        self.inner.write_metrics(origin, runs)
 
     def flush(self) -> None:
         self._check()

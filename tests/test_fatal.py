@@ -4,7 +4,7 @@ Each training process (``benchmarks.abort_window``'s) logs metrics rows
 ``(step, t)`` as fast as it can and records every row's time in a
 memory-mapped file (which outlives the process without being written at the
 end). After the process is gone, every row
-older than 100 ms before its end must be in the CSV, once, and the run's log
+older than ``LOSS_WINDOW_S`` before its end must be in the CSV, once, and the run's log
 must hold the watcher's death notice, the tail of the process's stderr and,
 at the collector's end, the run's first failure. ``pytest -s`` prints the
 loss window: the rows missing and the age of the oldest one.
@@ -27,6 +27,18 @@ import pytest
 from benchmarks.abort_window import ROWS, loss_window, start_logging_process
 
 from .conftest import Daemon, free_port, python_env, read, wait_for
+
+# Rows logged longer than this before the end must all be on disk. Generous:
+# a loaded 2-core CI can starve the sender thread (or the collector) for a
+# while, and these tests are about nothing lost beyond that, nothing twice,
+# and the end reported. The figure itself (tens of ms at full speed, <= 20 ms
+# at rates the collector absorbs) is measured by ``benchmarks.abort_window``
+# for os.abort(); it reports the window but fails on none (only on a row
+# written twice or a missing death notice).
+LOSS_WINDOW_S = 1.0
+# How long the abort and SIGKILL cases log: longer than the window, so that
+# rows older than it exist and are checked.
+LOGGING_S = LOSS_WINDOW_S + 0.5
 
 
 def start_child(tmp_path: Path, how: str, seconds: float = 0.5, **env: str):
@@ -52,22 +64,39 @@ def end_all(process: subprocess.Popen, helpers: list[psutil.Process]) -> None:
             pass
 
 
-def report(label: str, window: dict) -> None:
+def check_loss(
+    label: str,
+    csv_path: Path,
+    times: Path,
+    end: float | None = None,
+    within_s: float = LOSS_WINDOW_S,
+) -> int:
+    """Every row logged more than ``within_s`` before the end is in the CSV, and no
+    row is there twice; prints the loss window (``pytest -s``). Returns how many
+    rows were that old (those the window checked)."""
+    window = loss_window(csv_path, times, end=end)
+    logged = np.memmap(times, dtype="float64", mode="r", shape=(ROWS,))
+    end = float(logged[ROWS - 1]) if end is None else end
+    checked = int(np.count_nonzero(logged[: window["logged"]] < end - within_s))
     print(
         f"\n{label}: {window['logged']:,} rows logged, {window['on_disk']:,} on disk, "
         f"{window['missing']:,} missing, the oldest missing logged "
-        f"{window['oldest_missing_age_ms']:.1f} ms before the end"
+        f"{window['oldest_missing_age_ms']:.1f} ms before the end; {checked:,} rows "
+        f"logged more than {within_s:g} s before it"
     )
+    assert window["duplicates"] == 0, window
+    assert window["oldest_missing_age_ms"] <= within_s * 1e3, window
+    return checked
 
 
-def test_abort_at_full_speed_loses_only_the_last_milliseconds_and_is_reported(
+def test_abort_at_full_speed_loses_only_the_last_moments_and_is_reported(
     tmp_path: Path, start_daemon
 ) -> None:
     daemon: Daemon = start_daemon(tmp_path / "logs")
     process, times = start_child(
         tmp_path,
         "abort",
-        0.3,  # of logging faster than the daemon writes: the backlog grows meanwhile
+        LOGGING_S,  # of logging faster than the daemon writes: the backlog grows meanwhile
         ROXXEL_AGGREGATOR=daemon.endpoint,
         RANK="2",
         WORLD_SIZE="4",
@@ -86,22 +115,25 @@ def test_abort_at_full_speed_loses_only_the_last_milliseconds_and_is_reported(
     assert f"[rank 2] process {process.pid} on " in text
     assert "Fatal Python error: Aborted" in text  # the stderr tail, via the watcher
     assert "Current thread" in text and "in <module>" in text
-    window = loss_window(daemon.log_dir / "run_metrics.csv", times)
-    report("os.abort() at full speed (daemon, rank 2)", window)
-    assert window["old_missing"] == 0 and window["duplicates"] == 0, window
+    csv_path = daemon.log_dir / "run_metrics.csv"
+    assert check_loss("os.abort() at full speed (daemon, rank 2)", csv_path, times) > 0
     assert daemon.terminate() == 0
     last = read(log).splitlines()[-1]
     assert "[CRITICAL] roxxel: first failure of this run: rank 2 on " in last
     assert "ended by SIGABRT" in last
 
 
-def test_sigkill_loses_only_the_last_milliseconds_and_is_reported(tmp_path: Path) -> None:
+def test_sigkill_loses_only_the_last_moments_and_is_reported(tmp_path: Path) -> None:
     process, times = start_child(tmp_path, "wait")
     helpers = helpers_of(process)
     log = tmp_path / "logs" / "run_system.log"
     try:
         mapped = np.memmap(times, dtype="float64", mode="r", shape=(ROWS,))
-        wait_for(lambda: mapped[200_000] != 0, what="200,000 rows logged")
+        wait_for(
+            lambda: mapped[0] != 0 and time.time() - mapped[0] > LOGGING_S,
+            timeout=60,
+            what=f"{LOGGING_S:g} s of logging",
+        )
         os.kill(process.pid, signal.SIGKILL)
         end = time.time()
         # Not reaped yet: the watcher reads the exit status of the zombie.
@@ -113,9 +145,9 @@ def test_sigkill_loses_only_the_last_milliseconds_and_is_reported(tmp_path: Path
     assert f"[rank 0] process {process.pid} on " in text
     assert "ended by SIGKILL" in text
     # The process never wrote its end: the SIGKILL came from here.
-    window = loss_window(tmp_path / "logs" / "run_metrics.csv", times, end=end)
-    report("SIGKILL at full speed (embedded collector, rank 0)", window)
-    assert window["old_missing"] == 0 and window["duplicates"] == 0, window
+    csv_path = tmp_path / "logs" / "run_metrics.csv"
+    label = "SIGKILL at full speed (embedded collector, rank 0)"
+    assert check_loss(label, csv_path, times, end=end) > 0
     assert text.splitlines()[-1].count("first failure of this run: rank 0") == 1
 
 
@@ -133,9 +165,10 @@ def test_a_segfault_puts_the_python_stack_in_the_log(tmp_path: Path) -> None:
     assert "Fatal Python error: Segmentation fault" in text
     assert "in read_address_zero" in text  # faulthandler's stack of the crashing thread
     assert "Current thread 0x" in text and "\nThread 0x" in text  # and of the others
-    window = loss_window(tmp_path / "logs" / "run_metrics.csv", times)
-    report("segfault (embedded collector, rank 0)", window)
-    assert window["old_missing"] == 0 and window["duplicates"] == 0, window
+    # 0.1 s of logging: no row older than the window, but none twice either.
+    check_loss(
+        "segfault (embedded collector, rank 0)", tmp_path / "logs" / "run_metrics.csv", times
+    )
 
 
 def test_a_clean_exit_gives_no_death_notice_and_the_watcher_ends(tmp_path: Path) -> None:
@@ -160,16 +193,16 @@ def test_the_watcher_can_be_turned_off(tmp_path: Path) -> None:
     from roxxel import Logger
 
     with Logger(tmp_path, "kw", watcher=False) as logger:
-        assert logger._watcher is None
+        assert logger._route.watcher is None
     with Logger(tmp_path, "thread", collector="thread") as logger:
-        assert logger._watcher is None  # its collector would die with the process
+        assert logger._route.watcher is None  # its collector would die with the process
     os.environ["ROXXEL_WATCHER"] = "0"
     try:
         with Logger(tmp_path, "env") as logger:
-            assert logger._watcher is None
+            assert logger._route.watcher is None
         with Logger(tmp_path, "kw_wins", watcher=True) as logger:
-            assert logger._watcher is not None
-            watcher_pid = logger._watcher.process.pid
+            assert logger._route.watcher is not None
+            watcher_pid = logger._route.watcher.process.pid
     finally:
         del os.environ["ROXXEL_WATCHER"]
     assert not psutil.pid_exists(watcher_pid) or psutil.Process(watcher_pid).status() == "zombie"
@@ -181,7 +214,7 @@ def test_stderr_goes_back_to_its_file_when_the_last_logger_closes(tmp_path, logg
         "import os, sys\n"
         "from roxxel import Logger\n"
         f"lgs = [Logger({str(tmp_path)!r}, f'p{{i}}') for i in range({loggers})]\n"
-        "assert len({id(lg._watcher) for lg in lgs}) == 1  # one watcher per process\n"
+        "assert len({id(lg._route.watcher) for lg in lgs}) == 1  # one watcher per process\n"
         "assert not os.path.samestat(os.fstat(2), os.fstat(99))\n"
         "for lg in lgs:\n"
         "    lg.close()\n"

@@ -45,6 +45,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from roxxel import codec, schema
+from roxxel.lines import parse_line
 
 from .conftest import Daemon, python_env, read, wait_for
 from .frame_fuzzer import FrameFuzzer, pack
@@ -297,8 +298,8 @@ def _lines_in_log(text: str, token: str) -> Counter:
     found = Counter()
     for line in text.splitlines():
         if token in line:
-            match = re.fullmatch(r"\[[^\]]*\] \[(\w+)\] (.*)", line)
-            found[match.groups() if match else ("?", line)] += 1
+            head = parse_line(line)
+            found[(head.level, head.message) if head else ("?", line)] += 1
     return found
 
 

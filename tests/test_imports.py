@@ -13,8 +13,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("roxxel", "aggregator")
 # What client and collector share: frames, records, the log line, terminal
-# detection, key files. They import nothing else of ours.
-WIRE = {"roxxel.codec", "roxxel.schema", "roxxel.lines", "roxxel.terminal", "roxxel.security"}
+# detection, key files, the diagnostics logger. They import nothing else of ours.
+WIRE = {
+    "roxxel.codec",
+    "roxxel.schema",
+    "roxxel.lines",
+    "roxxel.terminal",
+    "roxxel.security",
+    "roxxel.diagnostics",
+}
 # The documented reverse edge: a thread-mode collector runs in the client's process.
 THREAD_MODE = ("roxxel.embedded", "aggregator")
 

@@ -10,7 +10,6 @@ import csv
 import json
 import logging
 import math
-import re
 import threading
 from pathlib import Path
 
@@ -18,10 +17,9 @@ import numpy as np
 import pytest
 
 from roxxel import CRASH_HEADLINE, Logger
+from roxxel.lines import parse_line
 
 from .conftest import read, run_python, wait_for
-
-LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] \[(\w+)\] (.*)$")
 
 
 def csv_rows(path: str) -> list[list[str]]:
@@ -32,9 +30,9 @@ def csv_rows(path: str) -> list[list[str]]:
 def log_lines(path: str) -> list[tuple[str, str]]:
     out = []
     for line in read(path).splitlines():
-        m = LINE.match(line)
-        if m:
-            out.append((m.group(1), m.group(2)))
+        head = parse_line(line)
+        if head is not None:
+            out.append((head.level, head.message))
     return out
 
 
@@ -61,7 +59,7 @@ def test_system_log_line_format_and_levels(tmp_path: Path) -> None:
         logger.log_message("by name", level="ERROR")
         logger.log_message("too quiet", level=logging.DEBUG)
     text = read(tmp_path / "run_alpha_system.log")
-    assert all(LINE.match(line) for line in text.splitlines()), text
+    assert all(parse_line(line) is not None for line in text.splitlines()), text
     assert log_lines(tmp_path / "run_alpha_system.log") == [
         ("INFO", "hello"),
         ("WARNING", "careful"),
@@ -343,7 +341,7 @@ def test_embedded_collector_exits_after_parent_is_killed(tmp_path: Path) -> None
         f"lg = Logger({str(tmp_path)!r}, 'orphan')\n"
         "for i in range(100): lg.log_message(f'line {i}')\n"
         "assert lg.flush(30)\n"
-        "print(lg._embedded.process.pid, flush=True)\n"
+        "print(lg._route.embedded.process.pid, flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
     assert result.returncode == -9, result.stderr
@@ -442,8 +440,8 @@ def test_close_reports_records_a_dead_embedded_collector_never_wrote(
     logger = Logger(tmp_path, "dead", close_timeout=60)
     logger.log_message("written")
     assert logger.flush(30)
-    logger._embedded.process.kill()
-    logger._embedded.process.wait()
+    logger._route.embedded.process.kill()
+    logger._route.embedded.process.wait()
     logger.log_message("never written")
     logger.close()  # returns once it sees the collector is gone, not after 60 s
     err = capfd.readouterr().err

@@ -88,7 +88,9 @@ def general_csv(keys: list[str], rows: list[tuple[str, dict]]) -> str:
 def test_csv_rows_are_what_the_csv_module_writes(tmp_path_factory, rows) -> None:
     path = Path(tmp_path_factory.mktemp("csv")) / "m.csv"
     sink = MetricsCsvSink(str(path))
-    sink.write(ORIGIN, metrics_runs([(kind, step, m) for step, (kind, m) in enumerate(rows)]))
+    sink.write_metrics(
+        ORIGIN, metrics_runs([(kind, step, m) for step, (kind, m) in enumerate(rows)])
+    )
     sink.close()
     text = path.read_text(encoding="utf-8")
     header, _, body = text.partition("\n")
@@ -101,7 +103,7 @@ def test_csv_rows_are_what_the_csv_module_writes(tmp_path_factory, rows) -> None
 def test_jsonl_lines_are_what_the_general_path_writes(tmp_path_factory, rows) -> None:
     path = Path(tmp_path_factory.mktemp("jsonl")) / "m.jsonl"
     sink = MetricsJsonlSink(str(path))
-    sink.write(
+    sink.write_metrics(
         ORIGIN, metrics_runs([(kind, step, m) for step, (kind, m) in enumerate(rows)], ts=1.5)
     )
     sink.close()

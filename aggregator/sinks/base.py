@@ -1,10 +1,10 @@
 """The one interface every sink implements, and the fan-out over several.
 
-Contract: the collector calls ``write`` with records of one applied batch,
-already validated, in the sender's order, and of one sort per call: log
-lines ``[kind, ts, level, text]``, or metrics as
-:class:`aggregator.metrics_run.MetricsRun` (whose first item is its kind too);
-a sink looks at the first record to know which. ``sync`` before it acknowledges
+Contract: the collector calls ``write_lines`` with the log lines
+``[kind, ts, level, text]`` of one applied batch and ``write_metrics`` with
+its metrics as :class:`aggregator.metrics_run.MetricsRun`, already
+validated, in the sender's order; a sink writes the sort it keeps and
+inherits a no-op for the other. ``sync`` before it acknowledges
 anything, and ``close`` once at the end. A sink keeps its files open between
 calls; ``flush`` must leave everything written so far in the operating
 system's hands, ``sync`` on the disk. ``mark`` returns a JSON-able position
@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..metrics_run import MetricsRun
 
 __all__ = ["Origin", "Sink", "FileSink", "FanOut", "truncate_to"]
 
@@ -48,9 +51,11 @@ class Origin:
 
 
 class Sink(abc.ABC):
-    @abc.abstractmethod
-    def write(self, origin: Origin, records: Sequence[Any]) -> None:
-        """Take records of one sort (see above); a sink ignores the sort it does not write."""
+    def write_lines(self, origin: Origin, records: Sequence[Sequence[Any]]) -> None:  # noqa: B027
+        """Take log lines ``[kind, ts, level, text]``; a sink of metrics ignores them."""
+
+    def write_metrics(self, origin: Origin, runs: Sequence[MetricsRun]) -> None:  # noqa: B027
+        """Take runs of metrics rows; a sink of log lines ignores them."""
 
     @abc.abstractmethod
     def flush(self) -> None:
@@ -86,19 +91,22 @@ class FileSink(Sink):
     path: str
     _file: IO[str]
 
+    _synced_size = -1
+    # (inode, size) of the file at the last sync: what is on disk for good.
+    synced: tuple[int, int] | None = None
+
     def flush(self) -> None:
         self._file.flush()
-
-    _synced_size = -1
 
     def sync(self) -> None:
         self._file.flush()
         # An fsync costs a few hundred µs: skip it for a file that has not
         # changed since the last one (a metrics-only batch leaves the log alone).
-        size = os.fstat(self._file.fileno()).st_size
-        if size != self._synced_size:
+        st = os.fstat(self._file.fileno())
+        if st.st_size != self._synced_size:
             os.fsync(self._file.fileno())
-            self._synced_size = size
+            self._synced_size = st.st_size
+        self.synced = (st.st_ino, st.st_size)
 
     def mark(self) -> Any:
         return {"size": os.fstat(self._file.fileno()).st_size}
@@ -130,15 +138,19 @@ class FanOut(Sink):
     def __init__(self, sinks: Sequence[Sink]):
         self.sinks = list(sinks)
 
-    def write(self, origin: Origin, records: Sequence[Any]) -> None:
+    def write_lines(self, origin: Origin, records: Sequence[Sequence[Any]]) -> None:
         for sink in self.sinks:
-            sink.write(origin, records)
+            sink.write_lines(origin, records)
+
+    def write_metrics(self, origin: Origin, runs: Sequence[MetricsRun]) -> None:
+        for sink in self.sinks:
+            sink.write_metrics(origin, runs)
 
     def flush(self) -> None:
-        self._each("flush")
+        _each(sink.flush for sink in self.sinks)
 
     def close(self) -> None:
-        self._each("close")
+        _each(sink.close for sink in self.sinks)
 
     def sync(self) -> None:
         for sink in self.sinks:
@@ -148,7 +160,7 @@ class FanOut(Sink):
         return [sink.mark() for sink in self.sinks]
 
     def reopen(self) -> None:
-        self._each("reopen")
+        _each(sink.reopen for sink in self.sinks)
 
     def rewind(self, mark: Any) -> None:
         if not isinstance(mark, list) or len(mark) != len(self.sinks):
@@ -156,12 +168,14 @@ class FanOut(Sink):
         for sink, position in zip(self.sinks, mark, strict=True):
             sink.rewind(position)
 
-    def _each(self, method: str) -> None:
-        error: BaseException | None = None
-        for sink in self.sinks:
-            try:
-                getattr(sink, method)()
-            except BaseException as exc:  # the others still get the call
-                error = error or exc
-        if error is not None:
-            raise error
+
+def _each(calls: Iterable[Callable[[], None]]) -> None:
+    """Make every call, even when one fails; then raise the first failure."""
+    error: BaseException | None = None
+    for call in calls:
+        try:
+            call()
+        except BaseException as exc:  # the others still get the call
+            error = error or exc
+    if error is not None:
+        raise error

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from roxxel.codec import MAX_STR_LEN
-from roxxel.schema import METRICS_KINDS, RECORD_RANKED_METRICS
+from roxxel.schema import RECORD_RANKED_METRICS
 
 from ..checkpoint import replace_file
 from ..metrics_run import FLOATS, INTS, MetricsRun
@@ -127,10 +127,7 @@ class MetricsCsvSink(FileSink):
             return []
         return list(header[1:]) if header else []
 
-    def write(self, origin: Origin, records: Sequence[Any]) -> None:
-        if not records or records[0][0] not in METRICS_KINDS:
-            return
-        runs: Sequence[MetricsRun] = records
+    def write_metrics(self, origin: Origin, runs: Sequence[MetricsRun]) -> None:
         known = set(self.keys)
         new_keys: list[str] = []
         for run in runs:

@@ -18,11 +18,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from json.encoder import encode_basestring
-from typing import Any
 
-from roxxel.schema import METRICS_KINDS
-
-from ..metrics_run import FLOATS, INTS, MIXED
+from ..metrics_run import FLOATS, INTS, MIXED, MetricsRun
 from .base import FileSink, Origin
 
 __all__ = ["MetricsJsonlSink", "json_scalar"]
@@ -88,12 +85,10 @@ class MetricsJsonlSink(FileSink):
             )
         return fmt
 
-    def write(self, origin: Origin, records: Sequence[Any]) -> None:
+    def write_metrics(self, origin: Origin, runs: Sequence[MetricsRun]) -> None:
         head = f', "rank": {origin.rank}, "host": {json_string(origin.host)}, "metrics": {{'
-        if not records or records[0][0] not in METRICS_KINDS:
-            return
         lines = []
-        for run in records:
+        for run in runs:
             # Finite floats and ints are converted by the format itself, a
             # column of one number is converted once, into the format; other
             # columns become JSON texts first, value by value.

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import IO, Any, TextIO
 
 from roxxel.lines import format_lines
-from roxxel.schema import RECORD_LOG
 from roxxel.terminal import is_terminal
 
 from .base import FileSink, Origin
@@ -25,9 +24,7 @@ class SystemLogSink(FileSink):
     def _open(self) -> IO[str]:
         return open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
 
-    def write(self, origin: Origin, records: Sequence[Any]) -> None:
-        if not records or records[0][0] != RECORD_LOG:
-            return
+    def write_lines(self, origin: Origin, records: Sequence[Sequence[Any]]) -> None:
         text = format_lines(records, origin.tag)
         if text:
             self._file.write(text)

@@ -1,0 +1,90 @@
+"""An applied batch sorted for the sinks: pure, no I/O.
+
+A batch mixes records of several kinds (:mod:`roxxel.schema`). The sinks
+take log lines and metrics runs separately (one ``write_lines`` and one
+``write_metrics`` per batch), so :func:`sort_batch` splits it: log lines (a
+client's report of dropped records becomes a WARNING line), metrics runs
+(typed column by column, :mod:`aggregator.metrics_run`), and, in the
+batch's order, what the collector handles itself before writing those:
+invalid records and death notices. A record's place among the lines and
+among the runs is its place in the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from roxxel import schema
+
+from .metrics_run import MetricsRun, metrics_run
+
+__all__ = ["SortedBatch", "Invalid", "DeathNotice", "sort_batch"]
+
+
+class Invalid(NamedTuple):
+    """A record that fails validation: quarantined and reported, not written."""
+
+    record: Any
+    problem: str
+
+
+class DeathNotice(NamedTuple):
+    """A watcher's notice that the sender's process ended abnormally."""
+
+    ts: float
+    level: int
+    text: str
+
+
+@dataclass
+class SortedBatch:
+    lines: list[list[Any]] = field(default_factory=list)
+    runs: list[MetricsRun] = field(default_factory=list)
+    notices: list[Invalid | DeathNotice] = field(default_factory=list)
+    # Per metric name whose values could not be written: why, and how many.
+    non_scalars: dict[str, tuple[str, int]] = field(default_factory=dict)
+    client_dropped: int = 0  # records the client reported dropped
+
+    @property
+    def written(self) -> int:
+        """Records the sinks write: lines and metrics rows."""
+        return len(self.lines) + sum(len(run.steps) for run in self.runs)
+
+
+def sort_batch(records: list[Any]) -> SortedBatch:
+    """Split a batch's records by what takes them."""
+    if schema.all_log_lines(records):  # the common batch, checked in one pass
+        return SortedBatch(lines=records)
+    sorted_batch = SortedBatch()
+    for record in records:
+        problem = schema.check_record(record)
+        if problem is not None:
+            sorted_batch.notices.append(Invalid(record, problem))
+            continue
+        kind = record[0]
+        if kind in schema.METRICS_KINDS:
+            run, dropped = metrics_run(record)
+            for key, (why, count) in dropped.items():
+                _, before = sorted_batch.non_scalars.get(key, (why, 0))
+                sorted_batch.non_scalars[key] = (why, before + count)
+            sorted_batch.runs.append(run)
+        elif kind == schema.RECORD_DEATH:
+            sorted_batch.notices.append(DeathNotice(*record[1:]))
+        elif kind == schema.RECORD_DROPPED:
+            sorted_batch.client_dropped += record[2] + record[3]
+            sorted_batch.lines.append(
+                [schema.RECORD_LOG, record[1], logging.WARNING, _dropped_text(record)]
+            )
+        else:
+            sorted_batch.lines.append(record)
+    return sorted_batch
+
+
+def _dropped_text(record: list) -> str:
+    _, _, metrics, lines = record
+    return (
+        f"roxxel dropped {metrics} metrics row(s) and {lines} log line(s): the client's buffer "
+        "was full while the collector did not acknowledge them"
+    )

@@ -1,0 +1,320 @@
+"""The exactly-once rules of a collector, sans-IO: a frame's bytes in, a decision out.
+
+A :class:`Ledger` knows every sender of a run: the seq it has applied
+(``committed``) and the seq that is on disk (``durable``). :meth:`Ledger.receive`
+reads one frame and returns what the collector must do with it:
+
+* :class:`Apply` -- the next batch of a known sender: write its records
+  (the ledger counts it applied already; a failed write is undone by
+  :meth:`Ledger.roll_back`, as everything since the last commit is);
+* :class:`Resent` -- a duplicate (already applied) or a gap (a batch is
+  missing before it): write nothing, acknowledge what is durable, and the
+  client resends from there;
+* :class:`Poisoned` -- the next batch, whose body can never be decoded:
+  quarantine it and count it applied, so the client does not resend it forever;
+* :class:`Introduced` -- a ``hello``: the sender is known (a new one, a
+  known one, or one forgotten and remembered), acknowledge it;
+* :class:`TooMany` -- a ``hello`` of a new sender past ``max_senders``: refused;
+* :class:`Closed` -- a ``bye``: the sender is forgotten (nothing of it can
+  follow), acknowledge the bye;
+* :class:`Foreign` -- a frame naming a sender that said hello with another
+  CURVE key: refused before its body is decoded;
+* :class:`Asked` -- a tool's query;
+* :class:`Malformed` -- anything else: count and report it.
+
+:meth:`Ledger.commit` makes what is applied durable (call it once the files
+and the checkpoint are on disk: only durable seqs are acknowledged), and
+:meth:`Ledger.roll_back` returns every sender to its durable seq (the files
+were rewound). Nothing here touches a socket or a file, and time comes from
+an injected ``clock``: tests drive it with case tables, and the fuzzer uses
+it as its oracle. Not thread-safe: one collector thread owns a ledger.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from roxxel import codec
+
+from .sinks.base import Origin
+
+__all__ = [
+    "Ledger",
+    "SenderState",
+    "Event",
+    "Apply",
+    "Resent",
+    "Poisoned",
+    "Introduced",
+    "TooMany",
+    "Closed",
+    "Foreign",
+    "Asked",
+    "Malformed",
+    "MAX_SENDERS",
+    "IDLE_SENDER_SECONDS",
+    "IDLE_SENDERS_KEPT",
+    "FORGOTTEN_KEPT",
+]
+
+# Senders known at once (said hello; a bye forgets one). A pod of thousands of
+# ranks, each with a Logger or two and a watcher, stays far below it.
+MAX_SENDERS = 65_536
+# Senders that crashed without a word (no watcher) are never heard again; a
+# ledger forgets those silent this long once it knows more than this many.
+# Their committed seqs are kept (the last FORGOTTEN_KEPT, not in the
+# checkpoint), so a client that comes back after a long partition is not
+# written twice.
+IDLE_SENDER_SECONDS = 3600.0
+IDLE_SENDERS_KEPT = 1024
+FORGOTTEN_KEPT = 65_536
+# How often silent senders are looked for, at most.
+_FORGET_EVERY = 60.0
+
+
+@dataclass
+class SenderState:
+    origin: Origin
+    prefix: str
+    committed: int  # highest seq applied
+    durable: int  # highest seq in the last checkpoint
+    key: str | None = None  # with CURVE: the public key that said hello
+    warned_keys: set[str] = field(default_factory=set)
+    # Not in the checkpoint: this collector's view of the sender.
+    seen: float = 0.0  # the ledger's clock at its last frame
+    records: int = 0  # written
+    bytes: int = 0  # of the batches applied
+
+    def saved(self) -> dict[str, Any]:
+        """For the checkpoint being written: what is applied now."""
+        o = self.origin
+        return {
+            "committed": self.committed,
+            "rank": o.rank,
+            "host": o.host,
+            "pid": o.pid,
+            "prefix": self.prefix,
+            "key": self.key,
+        }
+
+    @classmethod
+    def restored(cls, saved: dict[str, Any], seen: float) -> SenderState:
+        origin = Origin(rank=int(saved["rank"]), host=str(saved["host"]), pid=int(saved["pid"]))
+        committed = int(saved["committed"])
+        key = saved.get("key")
+        return cls(
+            origin,
+            str(saved["prefix"]),
+            committed,
+            committed,
+            None if key is None else str(key),
+            seen=seen,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Apply:
+    batch: codec.Batch
+    state: SenderState
+
+
+@dataclass(frozen=True, slots=True)
+class Resent:
+    sender_id: bytes
+    duplicate: bool  # False: a gap
+
+
+@dataclass(frozen=True, slots=True)
+class Poisoned:
+    error: codec.BatchError
+    state: SenderState
+
+
+@dataclass(frozen=True, slots=True)
+class Introduced:
+    hello: codec.Hello
+    state: SenderState
+    new: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TooMany:
+    hello: codec.Hello
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    bye: codec.Bye
+    known: bool  # False: a bye repeated, or of a sender this ledger never knew
+
+
+@dataclass(frozen=True, slots=True)
+class Foreign:
+    state: SenderState
+    key: str | None  # the key the frame came with
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    query: codec.Query
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    problem: str
+
+
+Event = Apply | Resent | Poisoned | Introduced | TooMany | Closed | Foreign | Asked | Malformed
+
+
+class Ledger:
+    """Every sender's applied and durable seq, and the decisions they imply."""
+
+    def __init__(
+        self,
+        *,
+        max_senders: int = MAX_SENDERS,
+        idle_seconds: float = IDLE_SENDER_SECONDS,
+        idle_kept: int = IDLE_SENDERS_KEPT,
+        forgotten_kept: int = FORGOTTEN_KEPT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_senders = max_senders
+        self.idle_seconds = idle_seconds
+        self.idle_kept = idle_kept
+        self.forgotten_kept = forgotten_kept
+        self._clock = clock
+        self.senders: dict[bytes, SenderState] = {}
+        self.open: set[bytes] = set()  # said hello, not bye (nor died)
+        self.ranks_seen: set[int] = set()
+        self.process_count = 0
+        self._forgotten: dict[bytes, int] = {}  # sender id -> committed seq, oldest first
+        self._next_forget = clock() + _FORGET_EVERY
+
+    # -- frames ----------------------------------------------------------------
+
+    def receive(self, data: bytes, key: str | None = None) -> Event:
+        """Decide what to do with one frame that came on a connection of ``key``.
+
+        A batch that is not the next one of its sender is decided from its
+        envelope alone: its body (up to 64 MiB) is never decoded.
+        """
+        try:
+            envelope = codec.decode_envelope(data)
+        except codec.CodecError as exc:
+            return Malformed(str(exc))
+        state = self.senders.get(envelope.sender_id)
+        if state is not None:
+            if state.key != key:
+                return Foreign(state, key)
+            state.seen = self._clock()
+        if envelope.kind == "batch":
+            if state is None:
+                return Malformed("batch from a sender that has not said hello")
+            if envelope.seq != state.committed + 1:
+                return Resent(envelope.sender_id, duplicate=envelope.seq <= state.committed)
+        try:
+            frame = codec.decode(data)
+        except codec.BatchError as exc:
+            assert state is not None  # only the body of a next batch gets this far
+            state.committed = exc.seq
+            return Poisoned(exc, state)
+        except codec.CodecError as exc:
+            return Malformed(str(exc))
+        if isinstance(frame, codec.Batch):
+            assert state is not None
+            state.committed = frame.seq
+            return Apply(frame, state)
+        if isinstance(frame, codec.Hello):
+            return self._hello(frame, key)
+        if isinstance(frame, codec.Bye):
+            # Everything of this sender is acknowledged: no resend or replay can follow.
+            self.open.discard(frame.sender_id)
+            return Closed(frame, self.senders.pop(frame.sender_id, None) is not None)
+        if isinstance(frame, codec.Query):
+            return Asked(frame)
+        return Malformed(f"unexpected {type(frame).__name__} frame")
+
+    def _hello(self, hello: codec.Hello, key: str | None) -> Introduced | TooMany:
+        state = self.senders.get(hello.sender_id)
+        if state is None and len(self.senders) >= self.max_senders:
+            # Each sender costs memory and a checkpoint entry.
+            return TooMany(hello)
+        self.open.add(hello.sender_id)
+        if len(self.ranks_seen) < MAX_SENDERS:  # hellos may name any rank
+            self.ranks_seen.add(hello.rank)
+        self.process_count = max(self.process_count, hello.process_count)
+        if state is None:
+            origin = Origin(rank=hello.rank, host=hello.host, pid=hello.pid)
+            # A forgotten sender that comes back: what it had sent is written.
+            committed = max(hello.acked, self._forgotten.pop(hello.sender_id, 0))
+            state = SenderState(origin, hello.prefix, committed, committed, key, seen=self._clock())
+            self.senders[hello.sender_id] = state
+            return Introduced(hello, state, new=True)
+        if hello.acked > state.committed:
+            # The client saw acks we no longer remember (a checkpoint of
+            # another log dir): trust it, it never resends below that.
+            state.committed = state.durable = hello.acked
+        return Introduced(hello, state, new=False)
+
+    # -- commit and roll back ----------------------------------------------------
+
+    def commit(self) -> None:
+        """What is applied is on disk now: it may be acknowledged."""
+        for state in self.senders.values():
+            state.durable = state.committed
+
+    def roll_back(self) -> None:
+        """The files were rewound to the last commit: so is every sender."""
+        for state in self.senders.values():
+            state.committed = state.durable
+
+    def acknowledged(self, sender_id: bytes) -> int | None:
+        """The seq to acknowledge to ``sender_id`` (``None``: not known here)."""
+        state = self.senders.get(sender_id)
+        return None if state is None else state.durable
+
+    def saved(self) -> dict[str, dict[str, Any]]:
+        """The senders as a checkpoint stores them (what is applied now)."""
+        return {sender_id.hex(): state.saved() for sender_id, state in self.senders.items()}
+
+    def restore(self, saved: dict[str, dict[str, Any]]) -> None:
+        """Take the senders of a checkpoint (:meth:`saved`), all durable."""
+        now = self._clock()
+        for hex_id, state in saved.items():
+            self.senders[bytes.fromhex(hex_id)] = SenderState.restored(state, now)
+
+    # -- the end of senders ------------------------------------------------------
+
+    def ended(self, origin: Origin) -> None:
+        """The process ``origin`` died: its senders will never say bye."""
+        for sender_id, state in self.senders.items():
+            if state.origin == origin:
+                self.open.discard(sender_id)
+
+    def done(self) -> bool:
+        """Every rank of the run has said hello, and every sender that did has said bye."""
+        count, seen = self.process_count, self.ranks_seen
+        # Counted first: a hello may claim any process count.
+        return not self.open and len(seen) >= count and all(r in seen for r in range(count))
+
+    def forget_idle(self) -> int:
+        """Forget senders silent for ``idle_seconds`` once more than ``idle_kept``
+        are known (looked for at most once a minute); how many were forgotten."""
+        now = self._clock()
+        if now < self._next_forget:
+            return 0
+        self._next_forget = now + min(_FORGET_EVERY, self.idle_seconds)
+        if len(self.senders) <= self.idle_kept:
+            return 0
+        idle = [i for i, st in self.senders.items() if now - st.seen >= self.idle_seconds]
+        for sender_id in idle:
+            # Remembered (bounded) so a sender that comes back is not written twice.
+            self._forgotten[sender_id] = self.senders.pop(sender_id).committed
+            self.open.discard(sender_id)
+        while len(self._forgotten) > self.forgotten_kept:
+            del self._forgotten[next(iter(self._forgotten))]
+        return len(idle)

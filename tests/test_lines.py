@@ -1,0 +1,166 @@
+"""The system-log line: what :func:`format_line` writes, :func:`parse_line` reads back."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from roxxel.lines import ParsedLine, format_line, format_lines, parse_line, rank_tag
+
+TS = 1_764_085_363.25  # any time: the stamp is checked against strftime, in local time
+STAMP = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(TS))
+
+
+@pytest.mark.parametrize(
+    ("level", "text", "tag", "head"),
+    [
+        (logging.INFO, "hello", "", ParsedLine(STAMP, "INFO", None, "hello")),
+        (logging.DEBUG, "quiet", "", ParsedLine(STAMP, "DEBUG", None, "quiet")),
+        (logging.WARNING, "slow host", rank_tag(2), ParsedLine(STAMP, "WARNING", 2, "slow host")),
+        (logging.ERROR, "", rank_tag(7), ParsedLine(STAMP, "ERROR", 7, "")),
+        (logging.CRITICAL, "boom", rank_tag(0), ParsedLine(STAMP, "CRITICAL", 0, "boom")),
+        (116, "custom", "", ParsedLine(STAMP, "Level 116", None, "custom")),
+        (116, "custom", rank_tag(3), ParsedLine(STAMP, "Level 116", 3, "custom")),
+        (0, "not set", "", ParsedLine(STAMP, "NOTSET", None, "not set")),
+        # The text is kept as written, brackets and all.
+        (20, "[x] ] [", "", ParsedLine(STAMP, "INFO", None, "[x] ] [")),
+        (20, "  padded  ", "", ParsedLine(STAMP, "INFO", None, "  padded  ")),
+        # Control characters are escaped, a tab is kept.
+        (
+            20,
+            "a\x1b[31mred\x08\x7f\tb",
+            "",
+            ParsedLine(STAMP, "INFO", None, "a\\x1b[31mred\\x08\\x7f\tb"),
+        ),
+        # A multi-line message: its head is its first line.
+        (
+            40,
+            f"first\n[{STAMP}] [INFO] looks like a head\n[rank 2] so does this",
+            rank_tag(1),
+            ParsedLine(STAMP, "ERROR", 1, "first"),
+        ),
+        # A carriage return ends a line: what follows is a continuation.
+        (30, "50%\r100%", rank_tag(1), ParsedLine(STAMP, "WARNING", 1, "50%")),
+        # Rank 0 writes no tag: a message that starts like one reads as that rank's.
+        (20, "[rank 5] spoofed", "", ParsedLine(STAMP, "INFO", 5, "spoofed")),
+    ],
+)
+def test_a_formatted_line_parses_back(level: int, text: str, tag: str, head: ParsedLine) -> None:
+    first, *rest = format_line(TS, level, text, tag).split("\n")
+    assert parse_line(first) == head
+    assert all(parse_line(line) is None for line in rest)
+
+
+def test_the_message_is_what_follows_the_level() -> None:
+    assert ParsedLine(STAMP, "INFO", None, "x").message == "x"
+    assert ParsedLine(STAMP, "INFO", 0, "x").message == "[rank 0] x"
+    assert ParsedLine(STAMP, "INFO", 12, "x").message == "[rank 12] x"
+
+
+def test_continuation_lines_of_a_traceback_are_not_heads() -> None:
+    text = (
+        "Uncaught exception\n"
+        "Traceback (most recent call last):\n"
+        '  File "train.py", line 3, in <module>\n'
+        "[2026-01-01 00:00:00] [ERROR] not a record, a line of the message\n"
+        "[rank 3] nor this\n"
+        "ValueError: boom"
+    )
+    written = format_line(TS, logging.CRITICAL, text, rank_tag(4))
+    lines = written.split("\n")
+    assert lines[-1] == ""  # newline-terminated
+    heads = [parse_line(line) for line in lines]
+    assert heads[0] == ParsedLine(STAMP, "CRITICAL", 4, "Uncaught exception")
+    assert heads[1:] == [None] * (len(lines) - 1)
+    # Indented by one space, not otherwise changed.
+    assert lines[3] == " [2026-01-01 00:00:00] [ERROR] not a record, a line of the message"
+    assert lines[4] == " [rank 3] nor this"
+
+
+def test_records_of_format_lines_each_parse() -> None:
+    records = [("l", TS, 20, "one"), ("l", TS + 1, 40, "two\nmore"), ("x", TS + 2, 50, "three")]
+    heads = [parse_line(line) for line in format_lines(records, rank_tag(9)).splitlines()]
+    assert [(h.level, h.rank, h.text) for h in heads if h is not None] == [
+        ("INFO", 9, "one"),
+        ("ERROR", 9, "two"),
+        ("CRITICAL", 9, "three"),
+    ]
+    assert heads[2] is None  # "more"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "",
+        "plain text",
+        " [2026-01-01 00:00:00] [INFO] indented: a continuation",
+        "[2026-01-01 00:00:00] [INFO]",  # torn: no space after the level
+        "[2026-01-01 00:00] [INFO] no seconds",
+        "[2026-01-01 00:00:00] [info] lower case",
+        "[2026-01-01 00:00:00] [Level -5] a negative level",
+        "[2026-01-01 00:00:00]  [INFO] two spaces",
+        "[2026-01-01 00:00:00] [INFO] two\nlines",
+        "2026-01-01 00:00:00 [INFO] no brackets",
+    ],
+)
+def test_what_is_not_a_record_head(line: str) -> None:
+    assert parse_line(line) is None
+
+
+def test_a_line_may_keep_its_newline_and_a_tag_needs_its_space() -> None:
+    assert parse_line("[2026-01-01 00:00:00] [INFO] x\n") == parse_line(
+        "[2026-01-01 00:00:00] [INFO] x"
+    )
+    assert parse_line("[2026-01-01 00:00:00] [INFO] [rank 3]x") == ParsedLine(
+        "2026-01-01 00:00:00", "INFO", None, "[rank 3]x"
+    )
+
+
+# Text drawn from what matters to the format: brackets, line ends, control
+# characters, line separators other than "\n", whole heads (after a line end
+# they must not read as one) and any other character.
+_PIECES = st.sampled_from(
+    ["[", "]", " ", "\n", "\r", "\r\n", "\t", "\x1b", "\x00", "\x7f", "\x85", "\u2028",
+     "[rank 3] ", "[INFO] ", f"[{STAMP}] ", f"\n[{STAMP}] [WARNING] ",
+     f"\r[{STAMP}] [Level 116] [rank 3] ", "Level 116", "é", "✓"]
+)  # fmt: skip
+_TEXT = st.lists(st.one_of(_PIECES, st.text(max_size=8)), max_size=12).map("".join)
+_LEVELS = st.one_of(st.sampled_from([0, 10, 20, 30, 40, 50]), st.integers(0, 1000))
+
+
+def _first_line_as_written(text: str) -> str:
+    """The formatter's rule for the first line, written out independently."""
+    first = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")[0]
+    return "".join(
+        f"\\x{ord(c):02x}" if (ord(c) < 0x20 and c != "\t") or c == "\x7f" else c for c in first
+    )
+
+
+@given(
+    ts=st.floats(0, 4e9),
+    level=_LEVELS,
+    text=_TEXT,
+    rank=st.none() | st.integers(0, 2**32 - 1),
+)
+def test_only_the_first_line_is_a_head_and_it_round_trips(
+    ts: float, level: int, text: str, rank: int | None
+) -> None:
+    tag = "" if rank is None else rank_tag(rank)
+    written = format_line(ts, level, text, tag)
+    lines = written.split("\n")
+    assert lines[-1] == "" and len(lines) >= 2
+    heads = [parse_line(line) for line in lines[:-1]]
+    assert all(head is None for head in heads[1:]), written
+    head = heads[0]
+    assert head is not None, written
+    assert head.stamp == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    assert head.level == logging.getLevelName(level)
+    first = _first_line_as_written(text)
+    if rank is not None:
+        assert (head.rank, head.text) == (rank, first)
+    elif not first.startswith("[rank "):  # rank 0's text may look tagged (see the table)
+        assert (head.rank, head.text) == (None, first)
