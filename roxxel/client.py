@@ -168,12 +168,14 @@ class Sender:
         return self._transport.endpoint
 
     def _idle(self) -> bool:
+        # A drop not yet reported is a record the collector still has to get.
         return not (
             self.lines
             or self.metrics
             or self._pending_metrics
             or self._pending_lines
             or self._in_flight
+            or any(self._unreported)
         )
 
     def flush(self, timeout: float) -> bool:

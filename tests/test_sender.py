@@ -324,12 +324,6 @@ def test_close_with_everything_acked_says_bye_with_the_last_seq(start) -> None:
     assert fake.closed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Sender._idle() ignores _unreported: with every pending batch dropped and none "
-    "in flight, flush() returns True and close() says bye while the drop report is "
-    "undelivered (close() then returns it in Unsent)",
-)
 def test_a_drop_report_not_yet_delivered_keeps_flush_waiting_and_close_from_saying_bye(
     start,
 ) -> None:
