@@ -46,6 +46,7 @@ import zmq
 
 from roxxel import codec, schema
 from roxxel.diagnostics import diagnostics
+from roxxel.lines import rank_tag
 from roxxel.security import ServerKeys
 
 from . import ledger as decisions
@@ -389,7 +390,7 @@ class Collector:
         they sent before is still applied."""
         self.stats["deaths"] += 1
         self._deaths.add(state.origin, notice.ts, notice.text)
-        self._write_line(notice.ts, notice.level, f"[rank {state.origin.rank}] {notice.text}")
+        self._write_line(notice.ts, notice.level, rank_tag(state.origin.rank) + notice.text)
         self.ledger.ended(state.origin)
 
     def _poisoned(self, exc: codec.BatchError, data: bytes, state: SenderState) -> None:

@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import sys
+import logging
 import threading
 import time
 from collections import deque
 from typing import Any, NamedTuple, Protocol
 
 from . import codec, schema
+from .diagnostics import diagnostics
 from .exchange import exchange
 from .values import to_wire
 
@@ -107,7 +108,9 @@ class Sender:
         max_batch: int = codec.MAX_BATCH_RECORDS,
         window: int = 1024,
         resume: Unsent | None = None,
+        log: logging.Logger | None = None,
     ) -> None:
+        self._diag = log or diagnostics("roxxel.client")
         self.lines: deque[tuple[Any, ...]] = deque()
         self.metrics: deque[tuple[Any, ...]] = deque()
         self.dropped_total = 0
@@ -417,7 +420,7 @@ class Sender:
         try:
             frame = codec.decode(data)
         except codec.CodecError as exc:
-            print(f"roxxel: ignoring a malformed reply from the collector: {exc}", file=sys.stderr)
+            self._diag.warning("roxxel: ignoring a malformed reply from the collector: %s", exc)
             return
         if not isinstance(frame, codec.Ack) or frame.sender_id != self._sender_id:
             return

@@ -14,12 +14,14 @@ sender thread, so a rank never waits for rank 0 inside a ``log_*`` call.
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from .diagnostics import diagnostics
 from .security import ClientKeys
 from .transport import DealerTransport
 
@@ -98,7 +100,9 @@ class DiscoveringTransport:
         timeout: float,
         on_found: Callable[[str], None] | None = None,
         keys: ClientKeys | None = None,
+        log: logging.Logger | None = None,
     ):
+        self._diag = log or diagnostics("roxxel.client")
         self.connects = 0
         self._keys = keys
         self._on_found = on_found
@@ -135,10 +139,11 @@ class DiscoveringTransport:
             return
         if time.monotonic() > self._deadline:
             self._gave_up = True
-            print(
-                f"roxxel: no collector endpoint under {collector_key(self._prefix)!r} in JAX's "
-                f"key-value store after {self._timeout} s; records stay in this process",
-                file=sys.stderr,
+            self._diag.warning(
+                "roxxel: no collector endpoint under %r in JAX's key-value store after %s s; "
+                "records stay in this process",
+                collector_key(self._prefix),
+                self._timeout,
             )
             return
         client = kv_client()
@@ -151,7 +156,7 @@ class DiscoveringTransport:
             endpoint = client.blocking_key_value_get(collector_key(self._prefix), _LOOKUP_MS)
         except Exception:  # DEADLINE_EXCEEDED until rank 0 publishes
             return
-        self._inner = DealerTransport(endpoint, self._sender_id, keys=self._keys)
+        self._inner = DealerTransport(endpoint, self._sender_id, keys=self._keys, log=self._diag)
         if self._on_found is not None:
             self._on_found(endpoint)
 

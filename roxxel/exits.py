@@ -34,6 +34,8 @@ from collections.abc import Iterator
 from types import FrameType, TracebackType
 from typing import Any, Protocol
 
+from .diagnostics import diagnostics
+
 __all__ = ["Drained", "register", "unregister", "closing"]
 
 
@@ -123,7 +125,7 @@ def _close_all() -> None:
         try:
             logger.close()
         except Exception as exc:  # one failing Logger must not keep the others open
-            print(f"roxxel: closing a Logger failed: {exc!r}", file=sys.stderr)
+            diagnostics("roxxel.client").error("roxxel: closing a Logger failed: %r", exc)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 from . import codec, exits, schema
 from .client import Sender
 from .handler import Capture
-from .lines import format_line
+from .lines import format_line, rank_tag
 from .progress import Progress
 from .ranks import detect_rank
 from .route import ENV_AGGREGATOR, RouteOptions, open_route
@@ -210,13 +210,9 @@ class Logger:
         if not self._route.reachable:
             # A rank other than 0 with nowhere to send: its forwarded lines go
             # to its own stderr rather than nowhere.
-            self._sender = None
-            self._append_line = self._append_metrics = self._to_stderr
-            self._append_own_metrics = self._to_stderr
-            print(
-                f"roxxel: rank {self.rank} has no collector endpoint (aggregator= or "
-                f"{ENV_AGGREGATOR}, or jax.distributed); its warnings go to stderr",
-                file=sys.stderr,
+            self._lines_to_stderr(
+                f"rank {self.rank} has no collector endpoint (aggregator= or "
+                f"{ENV_AGGREGATOR}, or jax.distributed)"
             )
             return
         self._sender = self._route.start_sender()
@@ -336,16 +332,17 @@ class Logger:
         self._route.after_fork()  # the collector belongs to the parent
         if self.endpoint is not None and self.endpoint.startswith("inproc://"):
             # A thread collector lives in the parent's memory: unreachable from here.
-            print(
-                f"roxxel: a forked child (pid {os.getpid()}) cannot reach its parent's thread "
-                "collector; its warnings go to stderr",
-                file=sys.stderr,
+            self._lines_to_stderr(
+                f"a forked child (pid {os.getpid()}) cannot reach its parent's thread collector"
             )
-            self._sender = None
-            self._append_line = self._append_metrics = self._to_stderr
-            self._append_own_metrics = self._to_stderr
             return
         self._connect()
+
+    def _lines_to_stderr(self, why: str) -> None:
+        """No collector to send to: lines go to this process's stderr, metrics nowhere."""
+        self._route.log.warning("roxxel: %s; its warnings go to stderr", why)
+        self._sender = None
+        self._append_line = self._append_metrics = self._append_own_metrics = self._to_stderr
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -406,12 +403,16 @@ class Logger:
             if unsent.dropped
             else ""
         )
-        print(
-            f"roxxel: {unsent.records} record(s) were not acknowledged by the collector at "
-            f"{self.endpoint} when close() gave up (close_timeout={self._close_timeout} s)"
-            f"{dropped}; they are in {path} "
-            f"(deliver them with: roxxel replay {path} --aggregator ENDPOINT)",
-            file=sys.stderr,
+        self._route.log.warning(
+            "roxxel: %d record(s) were not acknowledged by the collector at %s when close() "
+            "gave up (close_timeout=%s s)%s; they are in %s "
+            "(deliver them with: roxxel replay %s --aggregator ENDPOINT)",
+            unsent.records,
+            self.endpoint,
+            self._close_timeout,
+            dropped,
+            path,
+            path,
         )
 
     def __enter__(self) -> Logger:
@@ -432,7 +433,7 @@ class Logger:
     def _to_stderr(self, record: tuple[Any, ...]) -> None:
         if record[0] == schema.RECORD_LOG:
             _, ts, level, text = record
-            sys.stderr.write(format_line(ts, level, text, f"[rank {self.rank}] "))
+            sys.stderr.write(format_line(ts, level, text, rank_tag(self.rank)))
 
 
 _MAX_TEXT = codec.MAX_STR_LEN // 4 - len(_TRUNCATED)  # UTF-8 takes up to 4 bytes a character

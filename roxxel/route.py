@@ -20,16 +20,17 @@ sender thread.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 
 from . import codec
 from .client import Sender
+from .diagnostics import diagnostics
 from .discovery import DiscoveringTransport, advertised_host, kv_client, publish_endpoint
 from .embedded import EmbeddedCollector, start_embedded
 from .security import (
@@ -85,6 +86,8 @@ class Route:
     watcher: Watcher | None = field(default=None, repr=False)
     _watched: str | None = None  # the endpoint the watcher was told
     _found: str | None = None  # found by discovery (maybe before the watcher started)
+    # Where the route's parts (sender, transports, watcher) say what goes wrong.
+    log: logging.Logger = field(default_factory=lambda: diagnostics("roxxel.client"))
 
     @property
     def reachable(self) -> bool:
@@ -106,16 +109,22 @@ class Route:
         transport: DealerTransport | DiscoveringTransport
         if self.discover:
             transport = DiscoveringTransport(
-                o.prefix, sender_id, o.discovery_timeout, on_found=self._found_at, keys=o.keys
+                o.prefix,
+                sender_id,
+                o.discovery_timeout,
+                on_found=self._found_at,
+                keys=o.keys,
+                log=self.log,
             )
         else:
             assert self.endpoint is not None
-            transport = DealerTransport(self.endpoint, sender_id, keys=o.keys)
+            transport = DealerTransport(self.endpoint, sender_id, keys=o.keys, log=self.log)
         self.sender = Sender(
             transport,
             hello,
             flush_interval=o.flush_interval,
             max_buffer_bytes=o.max_buffer_bytes,
+            log=self.log,
         )
         return self.sender
 
@@ -131,7 +140,7 @@ class Route:
                 rank=o.rank, prefix=o.prefix, process_count=o.world_size, endpoint=target
             )
         except OSError as exc:  # logging goes on without one
-            print(f"roxxel: no watcher process for this process: {exc}", file=sys.stderr)
+            self.log.warning("roxxel: no watcher process for this process: %s", exc)
             return
         self._watched = target
         if self._found is not None:  # found before the watcher started
@@ -148,9 +157,7 @@ class Route:
             if self.embedded is not None:
                 code = self.embedded.stop(self.options.close_timeout)
                 if code not in (0, None):
-                    print(
-                        f"roxxel: the embedded collector exited with code {code}", file=sys.stderr
-                    )
+                    self.log.warning("roxxel: the embedded collector exited with code %s", code)
         finally:
             if self.watcher is not None:
                 release_watcher(self.watcher, self._watched)
@@ -219,10 +226,11 @@ def _publish_when_ready(prefix: str, endpoint: str, timeout: float) -> None:
             publish_endpoint(client, prefix, endpoint)
             return
         time.sleep(0.1)  # JAX offers no event to wait on: its state is polled
-    print(
-        f"roxxel: jax.distributed was not initialised within {timeout} s; the other ranks "
-        f"cannot find this collector ({endpoint})",
-        file=sys.stderr,
+    diagnostics("roxxel.client").warning(
+        "roxxel: jax.distributed was not initialised within %s s; the other ranks cannot "
+        "find this collector (%s)",
+        timeout,
+        endpoint,
     )
 
 

@@ -6,12 +6,13 @@ the sender thread alone (ZeroMQ sockets are not thread-safe).
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from .diagnostics import diagnostics
 from .security import ClientKeys
 
 __all__ = ["DealerTransport"]
@@ -39,7 +40,9 @@ class DealerTransport:
         sender_id: bytes,
         context: zmq.Context | None = None,
         keys: ClientKeys | None = None,
+        log: logging.Logger | None = None,
     ):
+        self._diag = log or diagnostics("roxxel.client")
         self.endpoint = endpoint
         self.connects = 0
         self._context = context or zmq.Context.instance()
@@ -119,9 +122,8 @@ class DealerTransport:
             else "could not complete a handshake (only one side uses CURVE keys, or this "
             "client has another collector's public key?)"
         )
-        print(
-            f"roxxel: the collector at {self.endpoint} {why}; records stay in this process",
-            file=sys.stderr,
+        self._diag.warning(
+            "roxxel: the collector at %s %s; records stay in this process", self.endpoint, why
         )
 
     def close(self) -> None:

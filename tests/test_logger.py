@@ -314,6 +314,33 @@ def test_bad_arguments_fail_clearly_at_the_caller(tmp_path: Path) -> None:
     assert read(logger.metrics_csv_path) == "step,x\n2,1.00000\n4,3.00000\n"
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_metric_names_are_checked_alike_on_every_rank(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, daemon, rank: int
+) -> None:
+    for name in ("TPU_WORKER_ID", "MEGASCALE_SLICE_ID", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", str(rank))  # torchrun's (RANK alone is too common a name)
+    with Logger(tmp_path, "run", aggregator=daemon.endpoint, watcher=False) as logger:
+        assert logger.rank == rank
+        with pytest.raises(TypeError, match=r"metric names are str, not int \(7\)"):
+            logger.log_metrics_summary(1, {"x": 1.0, 7: 2.0})
+        with pytest.raises(ValueError, match="1 to 1024 characters, not 0"):
+            logger.log_metrics_summary(1, {"": 1.0})
+        logger.log_metrics_summary(2, {"x": 1.0})  # written by rank 0 only
+        logger.log_metrics_summary(3, {"x": 2.0}, all_ranks=True)
+    logger.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        logger.log_metrics_summary(4, {"x": 3.0})  # after close, on every rank
+    rows = csv_rows(str(daemon.log_dir / "run_metrics.csv"))
+    if rank == 0:
+        assert rows == [["step", "x", "rank"], ["2", "1.00000", ""], ["3", "2.00000", "0"]]
+    else:
+        assert rows == [["step", "rank", "x"], ["3", "1", "2.00000"]]
+
+
 def test_many_records_from_several_threads_all_arrive_in_order(tmp_path: Path) -> None:
     n = 20_000
 

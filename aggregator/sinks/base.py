@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
+from roxxel.lines import rank_tag
+
 if TYPE_CHECKING:
     from ..metrics_run import MetricsRun
 
@@ -47,7 +49,7 @@ class Origin:
     @property
     def tag(self) -> str:
         """The prefix of this origin's log lines: none for rank 0."""
-        return f"[rank {self.rank}] " if self.rank else ""
+        return rank_tag(self.rank) if self.rank else ""
 
 
 class Sink(abc.ABC):
