@@ -38,8 +38,9 @@ class RateMeter:
         return (records - before) / max(last - then, 1e-9)
 
 
-def senders_status(ledger: Ledger, now: float) -> dict[str, Any]:
+def senders_status(ledger: Ledger) -> dict[str, Any]:
     """The ledger's part of a status: counts, and the busiest senders first."""
+    now = ledger.now()
     busiest = sorted(ledger.senders.values(), key=lambda st: st.records, reverse=True)
     return {
         "open_senders": len(ledger.open),

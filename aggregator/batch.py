@@ -67,8 +67,8 @@ def sort_batch(records: list[Any]) -> SortedBatch:
         if kind in schema.METRICS_KINDS:
             run, dropped = metrics_run(record)
             for key, (why, count) in dropped.items():
-                _, before = sorted_batch.non_scalars.get(key, (why, 0))
-                sorted_batch.non_scalars[key] = (why, before + count)
+                first_why, before = sorted_batch.non_scalars.get(key, (why, 0))
+                sorted_batch.non_scalars[key] = (first_why, before + count)
             sorted_batch.runs.append(run)
         elif kind == schema.RECORD_DEATH:
             sorted_batch.notices.append(DeathNotice(*record[1:]))

@@ -49,14 +49,24 @@ from roxxel.diagnostics import diagnostics
 from roxxel.lines import rank_tag
 from roxxel.security import ServerKeys
 
-from . import ledger as decisions
 from .answers import RateMeter, senders_status, tail_piece
 from .batch import DeathNotice, sort_batch
 from .checkpoint import checkpoint_path
 from .commit import GroupCommit
 from .curve import Refusal
 from .deaths import Deaths
-from .ledger import Ledger, SenderState
+from .ledger import (
+    Apply,
+    Asked,
+    Closed,
+    Foreign,
+    Introduced,
+    Ledger,
+    Poisoned,
+    Resent,
+    SenderState,
+    TooMany,
+)
 from .lock import RunLock
 from .quarantine import Quarantine, quarantine_path
 from .reports import Reports
@@ -304,33 +314,33 @@ class Collector:
     def _dispatch(self, peer: bytes, data: bytes, key: str | None) -> None:
         """Do what the ledger decides for one frame."""
         event = self.ledger.receive(data, key)
-        if isinstance(event, decisions.Apply):
+        if isinstance(event, Apply):
             self._apply(event.batch, event.state)
             event.state.bytes += len(data)
             self._acks[peer] = event.batch.sender_id
-        elif isinstance(event, decisions.Resent):
+        elif isinstance(event, Resent):
             # Answered without decoding the body: the client resends from the ack.
             self.stats["duplicate" if event.duplicate else "gap"] += 1
             self._acks[peer] = event.sender_id
-        elif isinstance(event, decisions.Introduced):
+        elif isinstance(event, Introduced):
             if event.new:
                 self.stats["senders"] += 1
             self._acks[peer] = event.hello.sender_id
-        elif isinstance(event, decisions.Closed):
+        elif isinstance(event, Closed):
             self._commits.dirty |= event.known
             self._byes.append((peer, event.bye))
             self._commit_due = time.monotonic()  # a closing client waits for this ack
-        elif isinstance(event, decisions.Poisoned):
+        elif isinstance(event, Poisoned):
             self._poisoned(event.error, data, event.state)
             self._acks[peer] = event.error.sender_id
-        elif isinstance(event, decisions.Asked):
+        elif isinstance(event, Asked):
             self._answer(peer, event.query)
-        elif isinstance(event, decisions.TooMany):
+        elif isinstance(event, TooMany):
             # Refused, counted, reported once; its batches are then malformed frames.
             self.stats["refused_senders"] += 1
             limit = self.ledger.max_senders
             self._report(b"", "senders", f"more than {limit} senders: refusing new ones")
-        elif isinstance(event, decisions.Foreign):
+        elif isinstance(event, Foreign):
             self.stats["foreign_frames"] += 1
             self._report(
                 peer,
@@ -389,9 +399,10 @@ class Collector:
         senders are no longer waited for (they will never say bye), but what
         they sent before is still applied."""
         self.stats["deaths"] += 1
-        self._deaths.add(state.origin, notice.ts, notice.text)
+        first = self._deaths.add(state.origin, notice.ts, notice.text)
         self._write_line(notice.ts, notice.level, rank_tag(state.origin.rank) + notice.text)
-        self.ledger.ended(state.origin)
+        if first:  # a batch may repeat notices: the senders are looked up once
+            self.ledger.ended(state.origin)
 
     def _poisoned(self, exc: codec.BatchError, data: bytes, state: SenderState) -> None:
         self.stats["poison_batches"] += 1
@@ -532,7 +543,7 @@ class Collector:
             "prefix": self.prefix,
             "curve": self._router.gate is not None,
             "uptime": time.time() - self._started,
-            **senders_status(self.ledger, time.monotonic()),
+            **senders_status(self.ledger),
             "records_per_second": self._rate.rate(),
             "stats": dict(self.stats),
         }
@@ -546,7 +557,7 @@ class Collector:
                 "error": "this collector shows its log only to CURVE clients or on a local "
                 "endpoint; run `roxxel tail LOG_DIR` on its host"
             }
-        return tail_piece(log.path, log.synced, offset, file_id)
+        return tail_piece(os.path.abspath(log.path), log.synced, offset, file_id)
 
     def stats_line(self, records_per_second: float) -> str:
         s = self.stats

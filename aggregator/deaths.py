@@ -28,9 +28,12 @@ class Deaths:
     def __init__(self) -> None:
         self._by_process: dict[Origin, Death] = {}
 
-    def add(self, origin: Origin, ts: float, text: str) -> None:
-        death = Death(ts, origin.rank, origin.host, origin.pid, text)
-        self._by_process.setdefault(origin, death)
+    def add(self, origin: Origin, ts: float, text: str) -> bool:
+        """Keep the notice; ``True`` if it is the first of its process."""
+        if origin in self._by_process:
+            return False
+        self._by_process[origin] = Death(ts, origin.rank, origin.host, origin.pid, text)
+        return True
 
     def heard_from(self, pid: int | None) -> bool:
         return any(d.pid == pid for d in self._by_process.values())

@@ -194,6 +194,10 @@ class Ledger:
         self._forgotten: dict[bytes, int] = {}  # sender id -> committed seq, oldest first
         self._next_forget = clock() + _FORGET_EVERY
 
+    def now(self) -> float:
+        """The ledger's clock (what a sender's ``seen`` is measured on)."""
+        return self._clock()
+
     # -- frames ----------------------------------------------------------------
 
     def receive(self, data: bytes, key: str | None = None) -> Event:

@@ -42,7 +42,8 @@ def diagnostics(name: str) -> logging.Logger:
     root = logging.getLogger("roxxel")
     if not root.handlers:
         root.addHandler(_StderrHandler())
-        root.setLevel(logging.INFO)
+        if root.level == logging.NOTSET:  # a level the application set stays
+            root.setLevel(logging.INFO)
         # Not also through the application's root logger: said once, as written.
         root.propagate = False
     return logging.getLogger(name) if name.startswith("roxxel") else root.getChild(name)

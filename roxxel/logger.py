@@ -163,6 +163,8 @@ class Logger:
         self.world_size = rank.world_size
         self.is_rank_zero = rank.rank == 0
         self._level = _level_number(level)
+        # Rows logged without all_ranks: only rank 0's are sent.
+        self._own_rows = self.is_rank_zero
         if not self.is_rank_zero:
             self._level = max(self._level, _level_number(forward_level))
         self._all_ranks = metrics_from_all_ranks
@@ -216,10 +218,9 @@ class Logger:
             )
             return
         self._sender = self._route.start_sender()
+        self._pid = os.getpid()
         self._append_line = self._sender.lines.append
         self._append_metrics = self._sender.metrics.append
-        # Rows logged without all_ranks: only rank 0's are written.
-        self._append_own_metrics = self._append_metrics if self.is_rank_zero else _drop
 
     # -- the hot path ---------------------------------------------------------
 
@@ -275,8 +276,8 @@ class Logger:
         # Checked the same on every rank; then only rank 0's rows go, unless every rank's are asked.
         if all_ranks or self._all_ranks:
             self._append_metrics((_RANKED, keys, _now(), step, tuple(metrics.values())))
-        else:
-            self._append_own_metrics((_METRICS, keys, _now(), step, tuple(metrics.values())))
+        elif self._own_rows:
+            self._append_metrics((_METRICS, keys, _now(), step, tuple(metrics.values())))
         if self._progress is not None:
             self._progress.update(step, metrics)
 
@@ -327,8 +328,8 @@ class Logger:
     def after_fork(self) -> None:
         """In a forked child (called by :mod:`roxxel.exits`' fork hook): a sender of its
         own; the parent's records stay the parent's."""
-        if self._closed or self._sender is None:
-            return
+        if self._closed or self._sender is None or os.getpid() == self._pid:
+            return  # nothing to do, or not a child (a live sender is never replaced)
         self._route.after_fork()  # the collector belongs to the parent
         if self.endpoint is not None and self.endpoint.startswith("inproc://"):
             # A thread collector lives in the parent's memory: unreachable from here.
@@ -342,7 +343,7 @@ class Logger:
         """No collector to send to: lines go to this process's stderr, metrics nowhere."""
         self._route.log.warning("roxxel: %s; its warnings go to stderr", why)
         self._sender = None
-        self._append_line = self._append_metrics = self._append_own_metrics = self._to_stderr
+        self._append_line = self._append_metrics = self._to_stderr
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -378,9 +379,11 @@ class Logger:
             self._capture.release()
         if self._progress is not None:
             self._progress.close()
-        # Every call from now on reaches _closed and raises.
+        # Every call from now on reaches _closed and raises (the level last:
+        # another thread's call must not pass it on its way to the sender).
+        self._append_line = self._append_metrics = _closed
+        self._own_rows = True
         self._level = _BELOW_EVERY_LEVEL
-        self._append_line = self._append_metrics = self._append_own_metrics = _closed
         with exits.closing():
             try:
                 if self._sender is not None:
@@ -442,10 +445,6 @@ _BELOW_EVERY_LEVEL = -(2**63)
 
 def _closed(record: tuple[Any, ...]) -> None:
     raise RuntimeError("this roxxel Logger is closed")
-
-
-def _drop(record: tuple[Any, ...]) -> None:
-    """Where a rank other than 0 sends its own rows: nowhere (they were checked)."""
 
 
 def _level_number(level: int | str) -> int:

@@ -13,7 +13,9 @@
 3. the watcher process that reports this process's death
    (:mod:`roxxel.watcher`), told where the collector is, also once found.
 
-The :class:`Route` it returns undoes it all at :meth:`Route.close`. Threading:
+The :class:`Route` it returns starts senders for the Logger (which owns and
+closes them) and, at :meth:`Route.close`, stops the embedded collector and
+releases the watcher. Threading:
 built and closed on the Logger's thread; the discovery callback runs on the
 sender thread.
 """
@@ -75,14 +77,13 @@ class RouteOptions:
 
 @dataclass
 class Route:
-    """A Logger's way to its collector: the sender, and what runs beside it."""
+    """A Logger's way to its collector, and what runs beside its sender."""
 
     options: RouteOptions
     endpoint: str | None  # where the sender connects (None: found later, or nowhere)
     discover: bool  # the endpoint comes from JAX's key-value store
     embedded: EmbeddedCollector | None = None
     collector_endpoint: str | None = None  # rank 0's own collector, as the others reach it
-    sender: Sender | None = None
     watcher: Watcher | None = field(default=None, repr=False)
     _watched: str | None = None  # the endpoint the watcher was told
     _found: str | None = None  # found by discovery (maybe before the watcher started)
@@ -119,14 +120,13 @@ class Route:
         else:
             assert self.endpoint is not None
             transport = DealerTransport(self.endpoint, sender_id, keys=o.keys, log=self.log)
-        self.sender = Sender(
+        return Sender(
             transport,
             hello,
             flush_interval=o.flush_interval,
             max_buffer_bytes=o.max_buffer_bytes,
             log=self.log,
         )
-        return self.sender
 
     def start_watcher(self) -> None:
         """The process's watcher, unless turned off (or useless: a thread collector
@@ -149,7 +149,6 @@ class Route:
     def after_fork(self) -> None:
         """In a forked child: the collector is the parent's."""
         self.embedded = None
-        self.sender = None
 
     def close(self) -> None:
         """Stop the embedded collector (after it wrote everything) and release the watcher."""

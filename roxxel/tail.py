@@ -44,7 +44,12 @@ class RecordFilter:
     def lines(self, text: str) -> list[str]:
         """The lines of ``text`` (whole lines) that pass, ready to print."""
         kept = []
-        for line in text.splitlines():
+        # At "\n" only, as the collector writes them: a message's own U+2028 or
+        # U+0085 must not start a line that could pass for a record.
+        lines = text.split("\n")
+        if lines[-1] == "":
+            lines.pop()
+        for line in lines:
             head = parse_line(line)
             if head is not None:
                 name = head.level

@@ -15,7 +15,7 @@ failure is reproduced by seed and message index::
 
 prints the parts of message 41733 as hex.
 
-A :class:`Mirror` feeds every part to the collector's own sans-IO ledger
+A :class:`Mirror` (:mod:`tests.fuzz_mirror`) feeds every part to the collector's ledger
 (:mod:`aggregator.ledger`), to know which senders said hello (they get a
 ``bye`` at the end), the seq each expects next, and how many frames the
 collector must count as bad. A part on which a codec call raises anything
@@ -40,20 +40,9 @@ from typing import Any
 
 import msgpack
 
-from aggregator.batch import sort_batch
-from aggregator.ledger import (
-    Apply,
-    Asked,
-    Closed,
-    Foreign,
-    Introduced,
-    Ledger,
-    Malformed,
-    Poisoned,
-    Resent,
-    TooMany,
-)
 from roxxel import codec, schema
+
+from .fuzz_mirror import CodecBug, Mirror
 
 __all__ = ["FrameFuzzer", "Mirror", "pack"]
 
@@ -105,81 +94,6 @@ def _map_key(value: Any) -> Any:
     except TypeError:
         return repr(value)[:20]
     return value
-
-
-class CodecBug(Exception):
-    """roxxel.codec raised something else than CodecError (decode, check_record)."""
-
-
-class Mirror:
-    """What the collector knows after the parts seen so far, decided by the
-    collector's own :class:`aggregator.ledger.Ledger` (the rules under test,
-    not a copy of them): which sender ids said hello (and not bye), the seq
-    each has applied, how many frames were bad."""
-
-    def __init__(self) -> None:
-        self.ledger = Ledger(clock=lambda: 0.0)  # a fuzz run never forgets a sender
-        self.said_hello: list[bytes] = []  # every sender id that was new in a hello
-        self.counts: Counter[str] = Counter()
-
-    def knows(self, sid: bytes) -> bool:
-        return sid in self.ledger.senders
-
-    def applied(self, sid: bytes, default: int | None = None) -> int:
-        """The seq a known sender has applied (``default`` for an unknown one)."""
-        state = self.ledger.senders.get(sid)
-        if state is None:
-            if default is None:
-                raise KeyError(sid.hex())
-            return default
-        return state.committed
-
-    def see(self, part: bytes, new_senders: bool = True) -> str:
-        """Follow the collector's handling of one frame; the outcome's name.
-
-        A hello of a new sender when ``new_senders`` is false changes nothing:
-        ``"new-sender"``. An exception other than ``CodecError`` from the
-        codec propagates as :class:`CodecBug`.
-        """
-        try:
-            outcome = self._see(part, new_senders)
-        except Exception as exc:  # noqa: BLE001 -- the decoder promises CodecError only
-            self.counts["codec-bug"] += 1
-            raise CodecBug(f"{type(exc).__name__}: {exc}"[:300]) from exc
-        self.counts[outcome] += 1
-        return outcome
-
-    def _see(self, part: bytes, new_senders: bool) -> str:
-        if not new_senders and self._new_hello(part):
-            return "new-sender"
-        event = self.ledger.receive(part)
-        if isinstance(event, Introduced):
-            if event.new:
-                self.said_hello.append(event.hello.sender_id)
-            return "hello"
-        if isinstance(event, Apply):
-            sort_batch(event.batch.records)  # the collector checks each record
-            return "batch"
-        if isinstance(event, Resent):
-            return "duplicate" if event.duplicate else "gap"
-        return _OUTCOMES[type(event)]
-
-    def _new_hello(self, part: bytes) -> bool:
-        try:
-            frame = codec.decode(part)
-        except codec.CodecError:
-            return False
-        return isinstance(frame, codec.Hello) and frame.sender_id not in self.ledger.senders
-
-
-_OUTCOMES = {
-    Malformed: "bad",
-    Poisoned: "poison",
-    Closed: "bye",
-    Asked: "query",
-    TooMany: "refused",
-    Foreign: "foreign",
-}
 
 
 class FrameFuzzer:

@@ -43,6 +43,7 @@ def test_non_scalar_values_are_counted_per_name_across_runs() -> None:
         ["m", ["v", "ok"], [1.0], [0], [[bad, 1.0]]],
         ["m", ["v"], [2.0, 3.0], [1, 2], [[bad], [bad]]],
     ]
+    records[1][4][0] = [{NON_SCALAR: "a list"}]  # another reason later: the first is kept
     part = sort_batch(records)
     why, count = part.non_scalars["v"]
     assert count == 3 and "(3,)" in why

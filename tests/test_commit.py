@@ -96,3 +96,19 @@ def test_default_diagnostics_write_each_message_to_the_stderr_of_the_moment(
 ) -> None:
     diagnostics("roxxel.test").warning("roxxel: %s went wrong", "something")
     assert capsys.readouterr().err == "roxxel: something went wrong\n"
+
+
+def test_the_default_diagnostics_keep_a_level_the_application_set(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = logging.getLogger("roxxel")
+    saved = (root.handlers[:], root.level, root.propagate)
+    root.handlers.clear()
+    root.setLevel(logging.ERROR)
+    try:
+        diagnostics("roxxel.test").warning("not shown")
+        diagnostics("roxxel.test").error("shown")
+        assert capsys.readouterr().err == "shown\n"
+    finally:
+        root.handlers[:], root.propagate = saved[0], saved[2]
+        root.setLevel(saved[1])

@@ -341,6 +341,15 @@ def test_metric_names_are_checked_alike_on_every_rank(
         assert rows == [["step", "rank", "x"], ["3", "1", "2.00000"]]
 
 
+def test_after_fork_called_outside_a_forked_child_changes_nothing(tmp_path: Path) -> None:
+    with Logger(tmp_path, "fork", collector="thread", watcher=False) as logger:
+        sender = logger._sender
+        logger.after_fork()  # the fork hook's call, made in the same process
+        assert logger._sender is sender
+        logger.log_message("still delivered")
+    assert log_lines(logger.sys_log_path) == [("INFO", "still delivered")]
+
+
 def test_many_records_from_several_threads_all_arrive_in_order(tmp_path: Path) -> None:
     n = 20_000
 

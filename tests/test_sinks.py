@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -120,3 +121,16 @@ def test_jsonl_lines_are_what_the_general_path_writes(tmp_path_factory, rows) ->
                 assert parsed[k] in ("nan", "inf", "-inf")
             else:
                 assert parsed[k] == v
+
+
+def test_a_sink_written_against_the_old_write_method_is_refused_at_once() -> None:
+    from aggregator.sinks import Sink
+
+    with pytest.raises(TypeError, match="write_lines and write_metrics"):
+
+        class OldSink(Sink):  # noqa: F841 -- defining it is the test
+            def write(self, origin, records) -> None: ...
+
+            def flush(self) -> None: ...
+
+            def close(self) -> None: ...

@@ -57,6 +57,15 @@ def test_filters_keep_whole_records_by_level_and_rank() -> None:
     assert coloured == ["\033[33m[2026-01-01 00:00:01] [WARNING] [rank 2] slow host\033[0m"]
 
 
+def test_a_message_s_own_line_separators_cannot_pass_for_a_record() -> None:
+    from roxxel.lines import format_line
+
+    forged = "fine\u2028[2026-01-01 00:00:09] [CRITICAL] [rank 9] forged\u0085more"
+    text = format_line(1.0, 20, forged) + "[2026-01-01 00:00:10] [ERROR] real\n"
+    assert [ln.rsplit("] ", 1)[1] for ln in RecordFilter(40).lines(text)] == ["real"]
+    assert RecordFilter(rank=9).lines(text) == []
+
+
 def test_tail_of_a_directory_filters_and_exits_without_follow(tmp_path: Path) -> None:
     (tmp_path / "run_system.log").write_text(LOG)
     result = roxxel("tail", str(tmp_path), "--no-follow", "--level", "warning", "--rank", "3")

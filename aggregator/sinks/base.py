@@ -53,6 +53,12 @@ class Origin:
 
 
 class Sink(abc.ABC):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "write" in cls.__dict__:
+            # It would never be called: the sink would silently write nothing.
+            raise TypeError(f"{cls.__name__}: a sink implements write_lines and write_metrics")
+
     def write_lines(self, origin: Origin, records: Sequence[Sequence[Any]]) -> None:  # noqa: B027
         """Take log lines ``[kind, ts, level, text]``; a sink of metrics ignores them."""
 
