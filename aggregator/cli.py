@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from roxxel.security import generate_keys, server_keys
 
-from .collector import DEFAULT_COMMIT_INTERVAL, Collector
+from .collector import DAEMON_NAME, DEFAULT_COMMIT_INTERVAL, Collector
 
 __all__ = ["main", "build_parser"]
 
@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     # process ends, and report the bound endpoint on this file descriptor.
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    # A Logger's own collector signs its messages with the name the user knows.
+    parser.add_argument("--name", default=DAEMON_NAME, help=argparse.SUPPRESS)
     return parser
 
 
@@ -139,9 +141,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             echo,
             commit_interval=args.commit_interval,
             curve=curve,
+            name=args.name,
         )
     except (OSError, ValueError, RuntimeError) as exc:
-        print(f"roxxel-aggregator: cannot serve {args.log_dir}: {exc}", file=sys.stderr)
+        error = f"cannot serve {args.log_dir}: {exc}"
+        print(f"{args.name}: {error}", file=sys.stderr)
+        if args.ready_fd is not None:
+            # The ready pipe carries an endpoint, or why there is none: the
+            # Logger that started us repeats it in the exception it raises.
+            with os.fdopen(args.ready_fd, "w") as ready:
+                ready.write(f"{error}\n")
         return 2
     for signum in (signal.SIGTERM, signal.SIGINT):
         if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup and friends

@@ -87,6 +87,7 @@ _AFTER_PARENT_DEATH = 5.0
 # A cycle takes at most this many frames (a message may carry many) before
 # it may commit and ack, so acks keep flowing under a flood.
 _MAX_MESSAGES_PER_CYCLE = 256
+DAEMON_NAME = "roxxel-aggregator"
 COLLECTOR_ORIGIN = Origin(rank=0, host="", pid=os.getpid())
 
 
@@ -100,7 +101,8 @@ class Collector:
     hello with it: frames of another key naming it are refused. ``ledger``
     sets the bounds on senders (and the clock that forgets silent ones);
     ``log`` takes the collector's own diagnostics (default: stderr, see
-    :mod:`roxxel.diagnostics`).
+    :mod:`roxxel.diagnostics`); they and its reports in the log are signed
+    ``name`` (a Logger's own collector: ``roxxel collector``).
     """
 
     def __init__(
@@ -115,7 +117,9 @@ class Collector:
         curve: ServerKeys | None = None,
         ledger: Ledger | None = None,
         log: logging.Logger | None = None,
+        name: str = DAEMON_NAME,
     ):
+        self.name = name  # how its messages sign: the program the user started
         self.sinks = sinks
         self.ledger = ledger or Ledger()
         self.stats: Counter[str] = Counter()
@@ -135,6 +139,7 @@ class Collector:
             self._diag,
             checkpoint=checkpoint,
             quarantine=self._quarantine,
+            name=name,
         )
         self._commit_interval = commit_interval
         self._commit_due: float | None = None
@@ -162,6 +167,7 @@ class Collector:
         echo: TextIO | None = None,
         commit_interval: float = DEFAULT_COMMIT_INTERVAL,
         curve: ServerKeys | None = None,
+        name: str = DAEMON_NAME,
     ) -> Collector:
         """A collector owning the run ``{log_dir}/{prefix}_*``, its checkpoint and quarantine.
 
@@ -182,6 +188,7 @@ class Collector:
                 quarantine=quarantine_path(log_dir, prefix),
                 commit_interval=commit_interval,
                 curve=curve,
+                name=name,
             )
         except BaseException:
             sinks.close()
@@ -305,7 +312,7 @@ class Collector:
             self._guarded(
                 self._log,
                 logging.INFO,
-                f"roxxel-aggregator: forgot {forgotten} sender(s) silent for "
+                f"{self.name}: forgot {forgotten} sender(s) silent for "
                 f"{self.ledger.idle_seconds:.0f} s or more ({len(self.ledger.senders)} known)",
             )
         self._rate.sample(now, self.stats["records"])
@@ -453,15 +460,15 @@ class Collector:
             try:
                 gate.reload()
                 allowed = len(gate.keys.allowed)
-                self._diag.info("roxxel-aggregator: %d client key(s) allowed", allowed)
+                self._diag.info("%s: %d client key(s) allowed", self.name, allowed)
             except (OSError, ValueError) as exc:
-                self._diag.warning("roxxel-aggregator: keeping the allowed keys: %s", exc)
+                self._diag.warning("%s: keeping the allowed keys: %s", self.name, exc)
         if not self._commit_now():
             return  # the files stay as they are; the next SIGHUP tries again
         try:
             self.sinks.reopen()
         except OSError as exc:  # some files may be new, the others are the old ones
-            self._diag.error("roxxel-aggregator: reopening the files failed: %s", exc)
+            self._diag.error("%s: reopening the files failed: %s", self.name, exc)
         # Nothing is uncommitted: the files open now are where a roll back returns to.
         self._commits.reopened()
         self._commit_now()
@@ -506,14 +513,14 @@ class Collector:
     def _report(self, who: bytes, what: str, text: str) -> None:
         first = self._reports.first(who, what)
         if first:
-            self._log(logging.WARNING, f"roxxel-aggregator: {text} (reported once)")
+            self._log(logging.WARNING, f"{self.name}: {text} (reported once)")
         elif first is None:
             # Past the bound, problems are counted (stats), no longer written.
             self.stats["reports_not_written"] += 1
             if self.stats["reports_not_written"] == 1:
                 self._log(
                     logging.WARNING,
-                    f"roxxel-aggregator: {self._reports.limit:,} problems reported; further "
+                    f"{self.name}: {self._reports.limit:,} problems reported; further "
                     "ones are only counted (roxxel status)",
                 )
 
@@ -562,7 +569,7 @@ class Collector:
     def stats_line(self, records_per_second: float) -> str:
         s = self.stats
         return (
-            f"roxxel-aggregator stats: {records_per_second:,.0f} records/s, "
+            f"{self.name} stats: {records_per_second:,.0f} records/s, "
             f"{len(self.ledger.open)} senders, {s['records']:,} records written, "
             f"{s['client_dropped']:,} dropped by clients, {s['bad_frames']:,} bad frames, "
             f"{s['poison_batches']:,} quarantined batches, {s['write_errors']:,} write errors, "

@@ -53,8 +53,10 @@ class GroupCommit:
         *,
         checkpoint: str | None = None,
         quarantine: Quarantine | None = None,
+        name: str = "roxxel-aggregator",
     ) -> None:
         self.sinks = sinks
+        self._name = name  # how its messages sign
         self.quarantine = quarantine
         self.dirty = False  # written since the last commit
         self.needs_rewind = False  # a failure's roll back could not rewind the files yet
@@ -123,8 +125,9 @@ class GroupCommit:
         if self._failing is None or now - self._failing.last_said >= FAILURE_REMINDER:
             again = "" if self._failing is None else "still "
             self._log.error(
-                "roxxel-aggregator: writing %sfailed (%s); the batches since the last "
-                "checkpoint stay unacknowledged and will be written when the clients resend them",
+                "%s: writing %sfailed (%s); the batches since the last checkpoint stay "
+                "unacknowledged and will be written when the clients resend them",
+                self._name,
                 again,
                 exc,
             )
@@ -147,7 +150,7 @@ class GroupCommit:
             now = time.monotonic()
             if now - self._rewind_said >= FAILURE_REMINDER:
                 self._rewind_said = now
-                self._log.error("roxxel-aggregator: cannot rewind the files yet (%s)", exc)
+                self._log.error("%s: cannot rewind the files yet (%s)", self._name, exc)
             return False
         self.needs_rewind = False
         return True
@@ -164,7 +167,7 @@ class GroupCommit:
         assert failing is not None
         when = time.strftime("%H:%M:%S", time.localtime(failing.since))
         text = (
-            f"roxxel-aggregator: writing failed from {when} for "
+            f"{self._name}: writing failed from {when} for "
             f"{time.monotonic() - failing.first:.1f} s ({failing.error}); it works again and "
             "the clients' resent batches are written: nothing is lost"
         )

@@ -59,7 +59,7 @@ class Router:
             self._socket.bind(bind)
         except zmq.ZMQError as exc:
             self._close_sockets(0)
-            raise OSError(f"roxxel-aggregator cannot bind {bind}: {exc}") from None
+            raise OSError(f"cannot bind {bind}: {exc}") from None
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         # wake() writes a byte here to end a poll at once; os.write is safe
         # from a signal handler and from any thread, unlike a ZeroMQ socket.

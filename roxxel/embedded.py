@@ -33,6 +33,8 @@ from .security import ServerKeys
 __all__ = ["EmbeddedCollector", "ProcessCollector", "ThreadCollector", "start_embedded"]
 
 _START_TIMEOUT = 60.0
+# How a Logger's own collector signs its messages (it is not the daemon the user runs).
+COLLECTOR_NAME = "roxxel collector"
 
 
 class EmbeddedCollector(Protocol):
@@ -97,6 +99,9 @@ class ProcessCollector:
                     "--drain-senders",
                     str(drain_senders),
                     "--quiet",
+                    f"--name={COLLECTOR_NAME}",
+                    # Its stats line would land in the training job's terminal.
+                    "--stats-interval=0",
                     *(
                         [
                             f"--curve-secret={curve.secret_file}",
@@ -138,7 +143,11 @@ class ProcessCollector:
                     "(its error is on stderr above)"
                 )
             data += chunk
-        return data.decode().strip()
+        line = data.decode(errors="replace").strip()
+        if "://" not in line:  # not an endpoint: why the child could not start
+            code = self.process.wait()
+            raise RuntimeError(f"the embedded collector could not start (code {code}): {line}")
+        return line
 
     @property
     def local_endpoint(self) -> str:
@@ -172,7 +181,9 @@ class ThreadCollector:
             # In-process; a CURVE collector has a context of its own, which
             # the clients' sockets could not reach inproc://.
             bind = f"inproc://roxxel-{secrets.token_hex(8)}"
-        self.collector = Collector.for_log_dir(bind, log_dir, prefix, sys.stdout, curve=curve)
+        self.collector = Collector.for_log_dir(
+            bind, log_dir, prefix, sys.stdout, curve=curve, name=COLLECTOR_NAME
+        )
         self.endpoint = self.collector.endpoint
         self._drain = drain_senders
         self._thread = threading.Thread(target=self._serve, name="roxxel-collector", daemon=True)

@@ -289,8 +289,9 @@ def test_thread_mode_collector_writes_the_same_files(tmp_path: Path) -> None:
 def test_bad_arguments_fail_clearly_at_the_caller(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="collector"):
         Logger(tmp_path, collector="fork")
-    with pytest.raises(ValueError, match="filename_prefix"):
-        Logger(tmp_path, filename_prefix="")
+    for prefix in ("", "../escape", "a/b", "a\\b", ".hidden", "..", "x" * 256, "nul\0"):
+        with pytest.raises(ValueError, match="filename_prefix must be a file name"):
+            Logger(tmp_path, filename_prefix=prefix)
     with pytest.raises(ValueError, match="cannot connect to collector endpoint 'tcp:/x'"):
         Logger(tmp_path, aggregator="tcp:/x")
     with Logger(tmp_path, "bad") as logger:
@@ -348,6 +349,32 @@ def test_after_fork_called_outside_a_forked_child_changes_nothing(tmp_path: Path
         assert logger._sender is sender
         logger.log_message("still delivered")
     assert log_lines(logger.sys_log_path) == [("INFO", "still delivered")]
+
+
+def test_an_embedded_collector_that_cannot_start_says_why_in_the_exception(
+    tmp_path: Path, daemon
+) -> None:
+    # The daemon holds the run {log_dir}/run_*: rank 0's own collector cannot.
+    with pytest.raises(RuntimeError, match="could not start .*cannot serve .*another roxxel col"):
+        Logger(daemon.log_dir, "run", watcher=False)
+
+
+def test_an_embedded_collector_signs_its_reports_as_the_logger_s_collector(
+    tmp_path: Path,
+) -> None:
+    import zmq
+
+    with Logger(tmp_path, "own", collector_bind="tcp://127.0.0.1:0", watcher=False) as logger:
+        peer = zmq.Context.instance().socket(zmq.DEALER)
+        peer.setsockopt(zmq.LINGER, 0)
+        peer.connect(logger.endpoint)
+        peer.send(b"not a frame")
+        logger.log_message("after the garbage")
+        assert logger.flush(30)
+        peer.close()
+    log = read(logger.sys_log_path)
+    assert "roxxel collector: malformed frame from peer" in log, log
+    assert "roxxel-aggregator" not in log
 
 
 def test_many_records_from_several_threads_all_arrive_in_order(tmp_path: Path) -> None:
