@@ -38,15 +38,15 @@ class RateMeter:
         return (records - before) / max(last - then, 1e-9)
 
 
-def senders_status(ledger: Ledger) -> dict[str, Any]:
-    """The ledger's part of a status: counts, and the busiest senders first."""
-    now = ledger.now()
-    busiest = sorted(ledger.senders.values(), key=lambda st: st.records, reverse=True)
+def senders_status(ledgers: list[Ledger]) -> dict[str, Any]:
+    """The ledgers' part of a status (one per run): counts, and the busiest senders first."""
+    states = [(ledger.now(), st) for ledger in ledgers for st in ledger.senders.values()]
+    busiest = sorted(states, key=lambda item: item[1].records, reverse=True)
     return {
-        "open_senders": len(ledger.open),
-        "known_senders": len(ledger.senders),
-        "process_count": ledger.process_count,
-        "ranks_seen": len(ledger.ranks_seen),
+        "open_senders": sum(len(ledger.open) for ledger in ledgers),
+        "known_senders": len(states),
+        "process_count": max((ledger.process_count for ledger in ledgers), default=0),
+        "ranks_seen": max((len(ledger.ranks_seen) for ledger in ledgers), default=0),
         "senders": [
             {
                 "rank": st.origin.rank,
@@ -56,7 +56,7 @@ def senders_status(ledger: Ledger) -> dict[str, Any]:
                 "bytes": st.bytes,
                 "idle": now - st.seen,
             }
-            for st in busiest[:STATUS_SENDERS]
+            for now, st in busiest[:STATUS_SENDERS]
         ],
     }
 

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         "log directory. Clients connect with Logger(..., aggregator=ENDPOINT) or "
         "ROXXEL_AGGREGATOR=ENDPOINT.",
         epilog="Example: roxxel-aggregator --bind tcp://0.0.0.0:5555 --log-dir ./logs "
-        "--prefix run_alpha",
+        "(one set of files per run), or ... --prefix run_alpha (that run only)",
     )
     parser.add_argument(
         "--bind",
@@ -41,11 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="ZeroMQ endpoint to listen on, e.g. tcp://0.0.0.0:5555, tcp://127.0.0.1:0 "
         "(a free port; the ready line names it) or ipc:///tmp/roxxel.sock",
     )
-    parser.add_argument("--log-dir", required=True, help="directory of the run's files")
+    parser.add_argument("--log-dir", required=True, help="directory of the runs' files")
     parser.add_argument(
         "--prefix",
-        default="roxxel",
-        help="file name prefix, as Logger's filename_prefix (default: %(default)s)",
+        help="serve this run only (file name prefix, as Logger's filename_prefix); without "
+        "it, every run that reaches the daemon gets its own files, named by its clients' "
+        "filename_prefix",
     )
     parser.add_argument(
         "--no-echo", action="store_true", help="do not echo system-log lines to stdout"
@@ -134,15 +135,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         curve = None
         if args.curve_secret is not None:
             curve = server_keys(args.curve_secret, args.curve_clients)
-        collector = Collector.for_log_dir(
-            args.bind,
-            args.log_dir,
-            args.prefix,
-            echo,
-            commit_interval=args.commit_interval,
-            curve=curve,
-            name=args.name,
-        )
+        if args.prefix is None:
+            collector = Collector.for_runs(
+                args.bind,
+                args.log_dir,
+                echo,
+                commit_interval=args.commit_interval,
+                curve=curve,
+                name=args.name,
+            )
+        else:
+            collector = Collector.for_log_dir(
+                args.bind,
+                args.log_dir,
+                args.prefix,
+                echo,
+                commit_interval=args.commit_interval,
+                curve=curve,
+                name=args.name,
+            )
     except (OSError, ValueError, RuntimeError) as exc:
         error = f"cannot serve {args.log_dir}: {exc}"
         print(f"{args.name}: {error}", file=sys.stderr)
@@ -169,7 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.quiet:
         print(
             f"roxxel-aggregator ready on {collector.endpoint} "
-            f"(log dir {os.path.abspath(args.log_dir)}, prefix {args.prefix}, pid {os.getpid()})",
+            f"(log dir {os.path.abspath(args.log_dir)}, "
+            f"{f'prefix {args.prefix}' if args.prefix else 'a run per prefix'}, "
+            f"pid {os.getpid()})",
             flush=True,
         )
     try:

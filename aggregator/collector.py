@@ -29,6 +29,16 @@ said hello, invalid records, non-scalar metric values) is counted in
 never stops the loop. A batch with a valid envelope but a body that can never
 be applied, and each invalid record, is acknowledged once and saved to the
 quarantine dot-file ``.{prefix}_quarantine.jsonl``.
+
+A collector serves one run (:meth:`Collector.for_log_dir`, and a Logger's
+own collector), or every run whose clients reach it
+(:meth:`Collector.for_runs`: the daemon without ``--prefix``): then each
+client's ``filename_prefix`` names its run, whose files, ledger, checkpoint
+and lock are its own (:mod:`aggregator.run`), opened at its first hello and
+closed when it has been idle without senders; the daemon's own reports go
+to ``{log_dir}/roxxel-aggregator_system.log``. A client whose run cannot be
+served (a prefix that is not a file name, too many open runs, a run another
+collector holds) gets a ``refusal`` frame saying why.
 """
 
 from __future__ import annotations
@@ -44,17 +54,12 @@ from typing import Any, TextIO
 
 import zmq
 
-from roxxel import codec, schema
+from roxxel import codec
 from roxxel.diagnostics import diagnostics
-from roxxel.lines import rank_tag
 from roxxel.security import ServerKeys
 
 from .answers import RateMeter, senders_status, tail_piece
-from .batch import DeathNotice, sort_batch
-from .checkpoint import checkpoint_path
-from .commit import GroupCommit
 from .curve import Refusal
-from .deaths import Deaths
 from .ledger import (
     Apply,
     Asked,
@@ -64,16 +69,13 @@ from .ledger import (
     Ledger,
     Poisoned,
     Resent,
-    SenderState,
     TooMany,
 )
-from .lock import RunLock
-from .quarantine import Quarantine, quarantine_path
-from .reports import Reports
 from .router import Router
-from .sinks import FanOut, Origin, Sink, SystemLogSink, default_sinks
+from .run import Run
+from .sinks import FanOut, Sink, SystemLogSink, default_sinks
 
-__all__ = ["Collector", "default_sinks"]
+__all__ = ["Collector", "default_sinks", "DAEMON_NAME", "MAX_RUNS"]
 
 # A commit (fsync of the files, checkpoint replaced: ~0.9 ms of CPU on a
 # 2-vCPU VM) happens at most this often, except when a client says bye; acks
@@ -88,7 +90,10 @@ _AFTER_PARENT_DEATH = 5.0
 # it may commit and ack, so acks keep flowing under a flood.
 _MAX_MESSAGES_PER_CYCLE = 256
 DAEMON_NAME = "roxxel-aggregator"
-COLLECTOR_ORIGIN = Origin(rank=0, host="", pid=os.getpid())
+# Runs a many-runs daemon keeps open at once (each holds three files, a lock
+# and a ledger), and how long one without senders stays open after its last frame.
+MAX_RUNS = 256
+IDLE_RUN_SECONDS = 60.0
 
 
 class Collector:
@@ -118,37 +123,39 @@ class Collector:
         ledger: Ledger | None = None,
         log: logging.Logger | None = None,
         name: str = DAEMON_NAME,
+        home: Run | None = None,
     ):
         self.name = name  # how its messages sign: the program the user started
-        self.sinks = sinks
-        self.ledger = ledger or Ledger()
-        self.stats: Counter[str] = Counter()
-        self.log_dir: str | None = None
-        self.prefix: str | None = None
         self._diag = log or diagnostics("roxxel.aggregator")
-        self._reports = Reports()
-        self._deaths = Deaths()
+        # One run's files, or (serving many runs) the daemon's own log; ``home``:
+        # a run opened already (files, lock, checkpoint), see for_log_dir.
+        self._home = home or Run(
+            sinks,
+            ledger or Ledger(),
+            Counter(),
+            self._diag,
+            name=name,
+            checkpoint=checkpoint,
+            quarantine=quarantine,
+        )
+        self.stats: Counter[str] = self._home.stats
+        self._runs: dict[str, Run] = {}  # serving many runs: by prefix
+        self._run_of: dict[bytes, Run] = {}  # serving many runs: sender id -> its run
+        self._runs_dir: str | None = None  # set: a run per client prefix, under it
+        self._echo: TextIO | None = None
+        self.max_runs = MAX_RUNS
+        self.idle_run_seconds = IDLE_RUN_SECONDS
+        self._writing = self._home  # the run a write failure belongs to
         self._rate = RateMeter()
         self._started = time.time()
-        self._quarantine = None if quarantine is None else Quarantine(quarantine)
-        self._commits = GroupCommit(
-            sinks,
-            self.ledger,
-            self._reports,
-            self.stats,
-            self._diag,
-            checkpoint=checkpoint,
-            quarantine=self._quarantine,
-            name=name,
-        )
         self._commit_interval = commit_interval
         self._commit_due: float | None = None
         self._last_commit = -math.inf
-        self._acks: dict[bytes, bytes] = {}  # peer -> sender id, to acknowledge
-        self._byes: list[tuple[bytes, codec.Bye]] = []
-        self._lock: RunLock | None = None
+        self._acks: dict[bytes, tuple[Run, bytes]] = {}  # peer -> (run, sender id) to ack
+        self._byes: list[tuple[bytes, codec.Bye, Run]] = []
         self._reopen = False
-        self._commits.resume()
+        if home is None:
+            self._home.commits.resume()
         # A plain flag, not a threading.Event: stop() runs in signal handlers, and
         # Event.set() takes a lock that a second signal would wait on forever.
         self._stopping = False
@@ -173,30 +180,76 @@ class Collector:
 
         Raises ``OSError`` if another collector holds the run's lock.
         """
+        return cls._around(
+            Run.open(log_dir, prefix, echo, Ledger(), Counter(), _diagnostics(), name=name),
+            bind,
+            commit_interval,
+            curve,
+            name,
+        )
+
+    @classmethod
+    def for_runs(
+        cls,
+        bind: str,
+        log_dir: str,
+        echo: TextIO | None = None,
+        commit_interval: float = DEFAULT_COMMIT_INTERVAL,
+        curve: ServerKeys | None = None,
+        name: str = DAEMON_NAME,
+    ) -> Collector:
+        """A collector of every run that reaches it: ``{log_dir}/{prefix}_*`` per
+        client prefix; its own reports in ``{log_dir}/{name}_system.log``.
+
+        Raises ``OSError`` if another collector serves ``log_dir`` so.
+        """
         os.makedirs(log_dir, exist_ok=True)
-        lock = RunLock(log_dir, prefix)
+        home = Run.open(
+            log_dir, name, echo, Ledger(), Counter(), _diagnostics(), name=name, log_only=True
+        )
+        collector = cls._around(home, bind, commit_interval, curve, name)
+        collector._runs_dir, collector._echo = os.path.abspath(log_dir), echo
+        return collector
+
+    @classmethod
+    def _around(
+        cls,
+        run: Run,
+        bind: str,
+        commit_interval: float,
+        curve: ServerKeys | None,
+        name: str,
+    ) -> Collector:
+        """A collector whose home is ``run``, opened already (files, lock, checkpoint)."""
         try:
-            sinks = default_sinks(log_dir, prefix, echo)
-        except BaseException:
-            lock.release()
-            raise
-        try:
-            collector = cls(
-                bind,
-                sinks,
-                checkpoint=checkpoint_path(log_dir, prefix),
-                quarantine=quarantine_path(log_dir, prefix),
-                commit_interval=commit_interval,
-                curve=curve,
-                name=name,
+            return cls(
+                bind, run.sinks, commit_interval=commit_interval, curve=curve, name=name, home=run
             )
         except BaseException:
-            sinks.close()
-            lock.release()
+            run.close()
             raise
-        collector._lock = lock
-        collector.log_dir, collector.prefix = os.path.abspath(log_dir), prefix
-        return collector
+
+    # -- what it serves ----------------------------------------------------------
+
+    @property
+    def sinks(self) -> Sink:
+        return self._home.sinks
+
+    @property
+    def ledger(self) -> Ledger:
+        return self._home.ledger
+
+    @property
+    def log_dir(self) -> str | None:
+        return self._runs_dir or self._home.log_dir
+
+    @property
+    def prefix(self) -> str | None:
+        """The run served (``None``: every run that reaches it)."""
+        return None if self._runs_dir is not None else self._home.prefix
+
+    def _all_runs(self) -> list[Run]:
+        return [self._home, *self._runs.values()]
 
     # -- control, from any thread ------------------------------------------------
 
@@ -247,7 +300,10 @@ class Collector:
                 next_check = time.monotonic() + 0.2
                 if not parent_alive():
                     self._guarded(
-                        self._log, logging.WARNING, "parent process ended; writing what arrived"
+                        self._home,
+                        self._home.log,
+                        logging.WARNING,
+                        "parent process ended; writing what arrived",
                     )
                     self._await_death_notices(parent_pid)
                     break
@@ -257,12 +313,12 @@ class Collector:
                 self.serve_once(min(poll, max(0.0, deadline - time.monotonic())))
         while self.serve_once(0.01):
             pass
-        summary = self._deaths.summary()
-        if summary is not None:
-            self._guarded(self._log, logging.CRITICAL, summary)
-        self._commit()
-        if not self._commits.dirty:
-            self._send_acks()
+        for run in self._all_runs():
+            summary = run.deaths.summary()
+            if summary is not None:
+                self._guarded(run, run.log, logging.CRITICAL, summary)
+            self._commit(run)
+        self._send_acks()
 
     def serve_once(self, timeout: float) -> int:
         """Wait up to ``timeout`` s (less when a commit is due), apply what
@@ -270,7 +326,7 @@ class Collector:
         the last one was less than ``commit_interval`` ago. Returns messages handled."""
         if self._commit_due is not None:
             timeout = min(timeout, max(0.0, self._commit_due - time.monotonic()))
-        if self._commits.needs_rewind and not self._commits.roll_back():
+        if any(r.commits.needs_rewind and not r.commits.roll_back() for r in self._all_runs()):
             # The files cannot be rewound yet: read nothing (it could not be
             # written), wait for the disk or a stop instead of spinning.
             self._router.wait_for_wake(max(timeout, 0.1))
@@ -278,6 +334,7 @@ class Collector:
         ready = self._router.poll(timeout)
         handled = 0
         try:
+            self._writing = self._home
             for refusal in ready.refusals:
                 self._refused(refusal)
             while ready.messages and handled < _MAX_MESSAGES_PER_CYCLE:
@@ -286,6 +343,7 @@ class Collector:
                 except zmq.Again:
                     break
                 handled += max(1, len(parts) - 1)  # frames: a message may carry many
+                self._writing = self._home
                 if len(parts) < 2:
                     self._bad(parts[0] if parts else b"", "message without a frame")
                     continue
@@ -295,61 +353,64 @@ class Collector:
                 for data in parts[1:]:  # a client sends what it has as one message
                     self._dispatch(parts[0], data, key)
         except OSError as exc:
-            self._commits.failed(exc)
+            self._writing.commits.failed(exc)
         now = time.monotonic()
-        if self._commits.dirty and self._commit_due is None:
+        dirty = any(r.commits.dirty for r in self._all_runs())
+        if dirty and self._commit_due is None:
             # At most one commit per interval: at once after a quiet spell.
             self._commit_due = max(now, self._last_commit + self._commit_interval)
         if self._commit_due is not None and now >= self._commit_due:
-            self._commit()
+            for run in self._all_runs():
+                self._commit(run)
             self._last_commit = now
-        if not self._commits.dirty:
             self._commit_due = None
-            self._send_acks()
-        forgotten = self.ledger.forget_idle()
-        if forgotten:
-            self.stats["forgotten_senders"] += forgotten
-            self._guarded(
-                self._log,
-                logging.INFO,
-                f"{self.name}: forgot {forgotten} sender(s) silent for "
-                f"{self.ledger.idle_seconds:.0f} s or more ({len(self.ledger.senders)} known)",
-            )
+        self._send_acks()
+        for run in self._all_runs():
+            self._forget_idle(run)
+        self._close_idle_runs(now)
         self._rate.sample(now, self.stats["records"])
         return handled
 
     def _dispatch(self, peer: bytes, data: bytes, key: str | None) -> None:
-        """Do what the ledger decides for one frame."""
-        event = self.ledger.receive(data, key)
+        """Do what the ledger of the frame's run decides for it."""
+        run = self._home if self._runs_dir is None else self._run_for(peer, data)
+        if run is None:
+            return  # refused
+        self._writing = run
+        event = run.ledger.receive(data, key)
+        run.active = time.monotonic()
         if isinstance(event, Apply):
-            self._apply(event.batch, event.state)
+            run.apply(event.batch, event.state)
             event.state.bytes += len(data)
-            self._acks[peer] = event.batch.sender_id
+            self._acks[peer] = (run, event.batch.sender_id)
         elif isinstance(event, Resent):
             # Answered without decoding the body: the client resends from the ack.
             self.stats["duplicate" if event.duplicate else "gap"] += 1
-            self._acks[peer] = event.sender_id
+            self._acks[peer] = (run, event.sender_id)
         elif isinstance(event, Introduced):
             if event.new:
                 self.stats["senders"] += 1
-            self._acks[peer] = event.hello.sender_id
+            if run is not self._home:
+                self._run_of[event.hello.sender_id] = run
+            self._acks[peer] = (run, event.hello.sender_id)
         elif isinstance(event, Closed):
-            self._commits.dirty |= event.known
-            self._byes.append((peer, event.bye))
+            run.commits.dirty |= event.known
+            self._run_of.pop(event.bye.sender_id, None)
+            self._byes.append((peer, event.bye, run))
             self._commit_due = time.monotonic()  # a closing client waits for this ack
         elif isinstance(event, Poisoned):
-            self._poisoned(event.error, data, event.state)
-            self._acks[peer] = event.error.sender_id
+            run.poisoned(event.error, data, event.state)
+            self._acks[peer] = (run, event.error.sender_id)
         elif isinstance(event, Asked):
             self._answer(peer, event.query)
         elif isinstance(event, TooMany):
             # Refused, counted, reported once; its batches are then malformed frames.
             self.stats["refused_senders"] += 1
-            limit = self.ledger.max_senders
-            self._report(b"", "senders", f"more than {limit} senders: refusing new ones")
+            limit = run.ledger.max_senders
+            run.report(b"", "senders", f"more than {limit} senders: refusing new ones")
         elif isinstance(event, Foreign):
             self.stats["foreign_frames"] += 1
-            self._report(
+            run.report(
                 peer,
                 "foreign",
                 f"refused frames from key {event.key or '(none)'} naming a sender of "
@@ -358,100 +419,144 @@ class Collector:
         else:
             self._bad(peer, event.problem)
 
+    def _run_for(self, peer: bytes, data: bytes) -> Run | None:
+        """Serving many runs: the run of the frame's sender, or of the run its hello
+        names (opened now); the daemon's own for anything else; ``None`` if refused."""
+        try:
+            envelope = codec.decode_envelope(data)
+        except codec.CodecError:
+            return self._home  # its ledger says why
+        run = self._run_of.get(envelope.sender_id)
+        if run is not None or envelope.kind != "hello":
+            return run or self._home
+        try:
+            hello = codec.decode(data)
+        except codec.CodecError:
+            return self._home
+        assert isinstance(hello, codec.Hello)
+        run = self._runs.get(hello.prefix)
+        if run is not None:
+            return run
+        why = self._cannot_serve(hello.prefix)
+        if why is None:
+            try:
+                run = self._open_run(hello.prefix)
+            except (OSError, ValueError) as exc:
+                why = f"run {hello.prefix!r} cannot be opened here: {exc}"
+        if why is not None:
+            self._refuse(peer, hello, why)
+        return run
+
+    def _cannot_serve(self, prefix: str) -> str | None:
+        if not _is_file_name(prefix) or prefix == self.name:
+            return (
+                f"{prefix!r} cannot name a run's files (1 to 255 characters, no path "
+                f"separator, not starting with '.', not {self.name!r})"
+            )
+        if len(self._runs) >= self.max_runs:
+            return f"this collector has {self.max_runs} runs open already"
+        return None
+
+    def _open_run(self, prefix: str) -> Run:
+        assert self._runs_dir is not None
+        run = Run.open(
+            self._runs_dir, prefix, self._echo, Ledger(), self.stats, self._diag, name=self.name
+        )
+        self._runs[prefix] = run
+        for sender_id in run.ledger.senders:  # from its checkpoint: they resend
+            self._run_of[sender_id] = run
+        self._guarded(
+            self._home,
+            self._home.log,
+            logging.INFO,
+            f"{self.name}: serving run {prefix!r} ({len(self._runs)} open)",
+        )
+        return run
+
+    def _refuse(self, peer: bytes, hello: codec.Hello, why: str) -> None:
+        self.stats["refused_runs"] += 1
+        self._router.send(peer, codec.encode(codec.Refusal(hello.sender_id, 0, {"reason": why})))
+        self._home.report(
+            hello.prefix.encode(errors="replace")[:255],
+            "refused run",
+            f"refused a client of run {hello.prefix!r} (rank {hello.rank} on "
+            f"{hello.host[:64]}): {why}",
+        )
+
+    def _close_idle_runs(self, now: float) -> None:
+        """Close the runs no sender uses any more (all said bye, or were forgotten)."""
+        waiting = {id(run) for run, _ in self._acks.values()} | {id(r) for *_, r in self._byes}
+        for prefix, run in list(self._runs.items()):
+            if (
+                not run.ledger.senders
+                and not run.commits.dirty
+                and not run.commits.needs_rewind
+                and id(run) not in waiting
+                and now - run.active >= self.idle_run_seconds
+            ):
+                del self._runs[prefix]
+                self._guarded(self._home, run.close)
+
+    def _forget_idle(self, run: Run) -> None:
+        forgotten = run.ledger.forget_idle()
+        if not forgotten:
+            return
+        for sender_id in forgotten:
+            self._run_of.pop(sender_id, None)
+        self.stats["forgotten_senders"] += len(forgotten)
+        self._guarded(
+            run,
+            run.log,
+            logging.INFO,
+            f"{self.name}: forgot {len(forgotten)} sender(s) silent for "
+            f"{run.ledger.idle_seconds:.0f} s or more ({len(run.ledger.senders)} known)",
+        )
+
     def _send_acks(self) -> None:
-        """Acknowledge what is durable to every sender heard since the last acks."""
-        for peer, sender_id in self._acks.items():
-            seq = self.ledger.acknowledged(sender_id)
+        """Acknowledge what is durable to every sender heard since the last acks
+        (a run's once it is committed)."""
+        waiting: dict[bytes, tuple[Run, bytes]] = {}
+        for peer, (run, sender_id) in self._acks.items():
+            if run.commits.dirty:
+                waiting[peer] = (run, sender_id)
+                continue
+            seq = run.ledger.acknowledged(sender_id)
             if seq is not None:
                 self._router.send(peer, codec.encode(codec.Ack(sender_id, seq)))
-        self._acks.clear()
-        for peer, bye in self._byes:  # heard: the client may end now
-            self._router.send(peer, codec.encode(codec.Ack(bye.sender_id, bye.seq)))
-        self._byes.clear()
+        self._acks = waiting
+        byes = []
+        for peer, bye, run in self._byes:  # heard: the client may end now
+            if run.commits.dirty:
+                byes.append((peer, bye, run))
+            else:
+                self._router.send(peer, codec.encode(codec.Ack(bye.sender_id, bye.seq)))
+        self._byes = byes
 
-    # -- writing -----------------------------------------------------------------
+    # -- committing --------------------------------------------------------------
 
-    def _apply(self, batch: codec.Batch, state: SenderState) -> None:
-        part = sort_batch(batch.records)
-        for notice in part.notices:
-            if isinstance(notice, DeathNotice):
-                self._died(notice, state)
-                continue
-            self.stats["bad_records"] += 1
-            self._quarantine_write(batch.sender_id, batch.seq, notice.problem, notice.record)
-            self._report(
-                batch.sender_id, "record", f"{state.origin.tag}invalid record: {notice.problem}"
-            )
-        self.stats["client_dropped"] += part.client_dropped
-        if part.lines:
-            self.sinks.write_lines(state.origin, part.lines)
-        if part.runs:
-            self.sinks.write_metrics(state.origin, part.runs)
-        self._commits.dirty = True
-        for key, (why, count) in part.non_scalars.items():
-            self.stats["non_scalar_values"] += count
-            if self._reports.first_in(state.warned_keys, key):
-                self._log(
-                    logging.WARNING,
-                    f"{state.origin.tag}metric {key!r} is {why}; "
-                    "it is not written (reported once per key)",
-                )
-        state.records += part.written
-        self.stats["batches"] += 1
-        self.stats["records"] += part.written
-
-    def _died(self, notice: DeathNotice, state: SenderState) -> None:
-        """A watcher's notice that its process ended: written (before the rest of
-        the batch, its stderr tail) and kept for the summary; the dead process's
-        senders are no longer waited for (they will never say bye), but what
-        they sent before is still applied."""
-        self.stats["deaths"] += 1
-        first = self._deaths.add(state.origin, notice.ts, notice.text)
-        self._write_line(notice.ts, notice.level, rank_tag(state.origin.rank) + notice.text)
-        if first:  # a batch may repeat notices: the senders are looked up once
-            self.ledger.ended(state.origin)
-
-    def _poisoned(self, exc: codec.BatchError, data: bytes, state: SenderState) -> None:
-        self.stats["poison_batches"] += 1
-        self._quarantine_write(exc.sender_id, exc.seq, str(exc), data[:65536].hex())
-        self._report(
-            exc.sender_id,
-            "batch",
-            f"{state.origin.tag}batch {exc.seq} can never be applied ({exc}); "
-            "it is acknowledged and saved to the quarantine file",
-        )
-        self._commits.dirty = True
-
-    def _quarantine_write(self, sender_id: bytes, seq: int, reason: str, content: Any) -> None:
-        if self._quarantine is None:
-            return
-        if not self._quarantine.save(sender_id, seq, reason, content):
-            self.stats["quarantine_full"] += 1
-            self._report(
-                b"",
-                "quarantine full",
-                f"the quarantine file holds {self._quarantine.max_bytes:,} bytes: what can "
-                "never be applied is now counted, not saved",
-            )
-
-    def _log(self, level: int, text: str) -> None:
-        self._write_line(time.time(), level, text)
-
-    def _write_line(self, ts: float, level: int, text: str) -> None:
-        self.sinks.write_lines(COLLECTOR_ORIGIN, [[schema.RECORD_LOG, ts, level, text]])
-        self._commits.dirty = True
-
-    def _guarded(self, write: Callable[..., None], *args: Any) -> None:
+    def _guarded(self, run: Run, write: Callable[..., None], *args: Any) -> None:
         """``write`` (lines of the collector's own), a write failure handled as any other."""
         try:
             write(*args)
         except OSError as exc:
-            self._commits.failed(exc)
+            run.commits.failed(exc)
 
-    def _commit(self) -> None:
-        recovered = self._commits.commit_or_roll_back()
+    def _commit(self, run: Run) -> None:
+        recovered = run.commits.commit_or_roll_back()
         if recovered is not None:
-            self._guarded(self._log, logging.WARNING, recovered)  # committed with the next batch
+            # Committed with the next batch.
+            self._guarded(run, run.log, logging.WARNING, recovered)
+
+    def _commit_now(self, run: Run) -> bool:
+        """Commit, dirty or not; ``False`` if it failed (and was rolled back)."""
+        try:
+            recovered = run.commits.commit()
+        except OSError as exc:
+            run.commits.failed(exc)
+            return False
+        if recovered is not None:
+            self._guarded(run, run.log, logging.WARNING, recovered)
+        return True
 
     def _reopen_files(self) -> None:
         self._reopen = False
@@ -463,26 +568,16 @@ class Collector:
                 self._diag.info("%s: %d client key(s) allowed", self.name, allowed)
             except (OSError, ValueError) as exc:
                 self._diag.warning("%s: keeping the allowed keys: %s", self.name, exc)
-        if not self._commit_now():
-            return  # the files stay as they are; the next SIGHUP tries again
-        try:
-            self.sinks.reopen()
-        except OSError as exc:  # some files may be new, the others are the old ones
-            self._diag.error("%s: reopening the files failed: %s", self.name, exc)
-        # Nothing is uncommitted: the files open now are where a roll back returns to.
-        self._commits.reopened()
-        self._commit_now()
-
-    def _commit_now(self) -> bool:
-        """Commit, dirty or not; ``False`` if it failed (and was rolled back)."""
-        try:
-            recovered = self._commits.commit()
-        except OSError as exc:
-            self._commits.failed(exc)
-            return False
-        if recovered is not None:
-            self._guarded(self._log, logging.WARNING, recovered)
-        return True
+        for run in self._all_runs():
+            if not self._commit_now(run):
+                continue  # the files stay as they are; the next SIGHUP tries again
+            try:
+                run.sinks.reopen()
+            except OSError as exc:  # some files may be new, the others are the old ones
+                self._diag.error("%s: reopening the files failed: %s", self.name, exc)
+            # Nothing is uncommitted: the files open now are where a roll back returns to.
+            run.commits.reopened()
+            self._commit_now(run)
 
     # -- problems ----------------------------------------------------------------
 
@@ -498,40 +593,32 @@ class Collector:
                 "handshake (a client without keys, or with another collector's public key?)"
             )
         # Once per host (a retrying client's port changes; keys cost nothing to make).
-        self._report(refusal.address.rsplit(":", 1)[0].encode(), f"refused {refusal.kind}", text)
+        address = refusal.address.rsplit(":", 1)[0].encode()
+        self._home.report(address, f"refused {refusal.kind}", text)
 
     def _revoked(self, peer: bytes, key: str | None) -> None:
         self.stats["refused_connections"] += 1
-        self._report(
+        self._home.report(
             peer, "revoked", f"refused frames from key {key}: no longer among the allowed keys"
         )
 
     def _bad(self, peer: bytes, problem: str) -> None:
         self.stats["bad_frames"] += 1
-        self._report(peer, "frame", f"malformed frame from peer {peer.hex() or '?'}: {problem}")
-
-    def _report(self, who: bytes, what: str, text: str) -> None:
-        first = self._reports.first(who, what)
-        if first:
-            self._log(logging.WARNING, f"{self.name}: {text} (reported once)")
-        elif first is None:
-            # Past the bound, problems are counted (stats), no longer written.
-            self.stats["reports_not_written"] += 1
-            if self.stats["reports_not_written"] == 1:
-                self._log(
-                    logging.WARNING,
-                    f"{self.name}: {self._reports.limit:,} problems reported; further "
-                    "ones are only counted (roxxel status)",
-                )
+        self._home.report(
+            peer, "frame", f"malformed frame from peer {peer.hex() or '?'}: {problem}"
+        )
 
     # -- answers -----------------------------------------------------------------
 
     def _answer(self, peer: bytes, query: codec.Query) -> None:
         what = query.body.get("what")
-        if what == "status":
-            body = self.status()
+        run = self._asked_run(query.body.get("run"))
+        if isinstance(run, str):
+            body: dict[str, Any] = {"error": run}
+        elif what == "status":
+            body = self.status(run)
         elif what == "tail":
-            body = self._tail(query.body.get("offset"), query.body.get("file"))
+            body = self._tail(run, query.body.get("offset"), query.body.get("file"))
         else:
             body = {"error": f"unknown query {codec.wire_repr(what)}: 'status' or 'tail'"}
         try:
@@ -541,23 +628,46 @@ class Collector:
             reply = codec.encode(codec.Answer(query.sender_id, query.seq, body))
         self._router.send(peer, reply)  # if the tool's queue is full, it asks again
 
-    def status(self) -> dict[str, Any]:
-        """What ``roxxel status`` shows: the run, its senders, rates and problems."""
-        return {
+    def _asked_run(self, prefix: Any) -> Run | None | str:
+        """The run a query names (``None``: all of them), or why there is none."""
+        if prefix is None:
+            return None
+        if self._runs_dir is None:
+            if prefix == self._home.prefix:
+                return self._home
+            return f"this collector serves run {self._home.prefix!r} only"
+        run = self._runs.get(prefix) if isinstance(prefix, str) else None
+        if run is None:
+            open_runs = ", ".join(sorted(self._runs)[:20]) or "none"
+            return f"no run {codec.wire_repr(prefix)} is open here (open: {open_runs})"
+        return run
+
+    def status(self, run: Run | None = None) -> dict[str, Any]:
+        """What ``roxxel status`` shows: the run (or all of them), its senders,
+        rates and problems."""
+        runs = [run] if run is not None else self._all_runs()
+        body = {
             "endpoint": self.endpoint,
             "pid": os.getpid(),
             "log_dir": self.log_dir,
-            "prefix": self.prefix,
+            "prefix": self.prefix if run is None else run.prefix,
             "curve": self._router.gate is not None,
             "uptime": time.time() - self._started,
-            **senders_status(self.ledger),
+            **senders_status([r.ledger for r in runs]),
             "records_per_second": self._rate.rate(),
             "stats": dict(self.stats),
         }
+        if self._runs_dir is not None and run is None:
+            body["runs"] = sorted(self._runs)[:100]
+        return body
 
-    def _tail(self, offset: Any, file_id: Any) -> dict[str, Any]:
-        log = next((s for s in _leaves(self.sinks) if isinstance(s, SystemLogSink)), None)
-        if log is None or self.log_dir is None:
+    def _tail(self, run: Run | None, offset: Any, file_id: Any) -> dict[str, Any]:
+        if run is None:
+            if self._runs_dir is not None:
+                return {"error": "this collector serves several runs: name one (--run)"}
+            run = self._home
+        log = next((s for s in _leaves(run.sinks) if isinstance(s, SystemLogSink)), None)
+        if log is None or run.log_dir is None:
             return {"error": "this collector writes no system log file"}
         if not self._serves_log:
             return {
@@ -568,9 +678,10 @@ class Collector:
 
     def stats_line(self, records_per_second: float) -> str:
         s = self.stats
+        open_senders = sum(len(run.ledger.open) for run in self._all_runs())
         return (
             f"{self.name} stats: {records_per_second:,.0f} records/s, "
-            f"{len(self.ledger.open)} senders, {s['records']:,} records written, "
+            f"{open_senders} senders, {s['records']:,} records written, "
             f"{s['client_dropped']:,} dropped by clients, {s['bad_frames']:,} bad frames, "
             f"{s['poison_batches']:,} quarantined batches, {s['write_errors']:,} write errors, "
             f"{s['refused_senders']:,} senders refused, "
@@ -580,8 +691,8 @@ class Collector:
     # -- the end -----------------------------------------------------------------
 
     def senders_done(self) -> bool:
-        """Every rank of the run has said hello, and every sender that did has said bye."""
-        return self.ledger.done()
+        """Every rank of every run has said hello, and every sender that did has said bye."""
+        return all(run.ledger.done() for run in self._all_runs())
 
     def _await_death_notices(self, parent_pid: int | None) -> None:
         """After the parent died: serve until its watcher's notice has come and
@@ -589,18 +700,31 @@ class Collector:
         now = time.monotonic()
         deadline, last_heard = now + _AFTER_PARENT_DEATH, now
         while (now := time.monotonic()) < deadline:
-            if self._deaths.heard_from(parent_pid) and now - last_heard >= 0.5:
+            if self._home.deaths.heard_from(parent_pid) and now - last_heard >= 0.5:
                 return
             if self.serve_once(0.05):
                 last_heard = time.monotonic()
 
     def close(self) -> None:
         try:
-            self._commits.close()
+            for run in self._runs.values():
+                run.close()
+            self._home.close()
         finally:
-            if self._lock is not None:
-                self._lock.release()
             self._router.close()
+
+
+def _diagnostics() -> logging.Logger:
+    return diagnostics("roxxel.aggregator")
+
+
+def _is_file_name(prefix: str) -> bool:
+    """A prefix that names files inside the log dir: never a dot-file or a path."""
+    return (
+        0 < len(prefix) <= codec.MAX_NAME_LEN
+        and not prefix.startswith(".")
+        and not any(c in prefix for c in "/\\\0")
+    )
 
 
 def _leaves(sink: Sink) -> list[Sink]:

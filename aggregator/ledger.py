@@ -305,15 +305,15 @@ class Ledger:
         # Counted first: a hello may claim any process count.
         return not self.open and len(seen) >= count and all(r in seen for r in range(count))
 
-    def forget_idle(self) -> int:
+    def forget_idle(self) -> list[bytes]:
         """Forget senders silent for ``idle_seconds`` once more than ``idle_kept``
-        are known (looked for at most once a minute); how many were forgotten."""
+        are known (looked for at most once a minute); the ids forgotten."""
         now = self._clock()
         if now < self._next_forget:
-            return 0
+            return []
         self._next_forget = now + min(_FORGET_EVERY, self.idle_seconds)
         if len(self.senders) <= self.idle_kept:
-            return 0
+            return []
         idle = [i for i, st in self.senders.items() if now - st.seen >= self.idle_seconds]
         for sender_id in idle:
             # Remembered (bounded) so a sender that comes back is not written twice.
@@ -321,4 +321,4 @@ class Ledger:
             self.open.discard(sender_id)
         while len(self._forgotten) > self.forgotten_kept:
             del self._forgotten[next(iter(self._forgotten))]
-        return len(idle)
+        return idle

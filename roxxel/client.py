@@ -139,6 +139,7 @@ class Sender:
         self._acked = 0
         self._connects_seen = 0
         self._need_hello = True
+        self._told_refusal = False
         self._last_progress = time.monotonic()
         self._changed = threading.Condition()
         self._stopping = False
@@ -422,7 +423,12 @@ class Sender:
         except codec.CodecError as exc:
             self._diag.warning("roxxel: ignoring a malformed reply from the collector: %s", exc)
             return
-        if not isinstance(frame, codec.Ack) or frame.sender_id != self._sender_id:
+        if frame.sender_id != self._sender_id:
+            return
+        if isinstance(frame, codec.Refusal):
+            self._refused(frame)
+            return
+        if not isinstance(frame, codec.Ack):
             return
         # Every in-flight seq up to the ack, including any numbered after an
         # ack that ran ahead of us (a replay the collector had seen).
@@ -436,6 +442,18 @@ class Sender:
                 self._acked = max(self._acked, frame.seq)
                 self._changed.notify_all()
         self._last_progress = time.monotonic()
+
+    def _refused(self, refusal: codec.Refusal) -> None:
+        """Said once; the records stay here (and end in the undelivered file at close)."""
+        if not self._told_refusal:
+            self._told_refusal = True
+            self._diag.warning(
+                "roxxel: the collector at %s refused this client: %s; its records stay in "
+                "this process",
+                self.endpoint,
+                refusal.body.get("reason", "no reason given"),
+            )
+        self._last_progress = time.monotonic()  # asked again after resend_after, not at once
 
     def _resend_if_needed(self) -> None:
         reconnected = self._transport.connects > max(self._connects_seen, 1)

@@ -9,7 +9,8 @@ and a ZeroMQ message carries one or more frames (a client sends everything
 it may send at once as one message).
 
 ``kind`` is one of ``hello``, ``batch``, ``bye`` (client to collector) and
-``ack`` (collector to client); a tool asks a collector with ``query`` (body
+``ack`` and ``refusal`` (collector to client: its records are not taken,
+``{"reason": ...}``); a tool asks a collector with ``query`` (body
 a map, e.g. ``{"what": "status"}``) and it replies with ``answer`` (a map),
 the same ``seq`` in both. ``sender_id`` is 16 random bytes per client.
 In a ``batch``, ``seq`` counts the sender's batches from 1; a ``hello``
@@ -42,6 +43,7 @@ __all__ = [
     "Ack",
     "Query",
     "Answer",
+    "Refusal",
     "Frame",
     "encode",
     "encode_batch",
@@ -148,18 +150,31 @@ class Answer:
     body: dict
 
 
-Frame = Hello | Batch | Bye | Ack | Query | Answer
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The collector will not take this sender's records; ``body["reason"]`` says why.
+
+    The client keeps its records (they end in its undelivered file) and says so once.
+    """
+
+    sender_id: bytes
+    seq: int
+    body: dict
+
+
+Frame = Hello | Batch | Bye | Ack | Query | Answer | Refusal
 
 _HELLO_FIELDS = ("host", "rank", "pid", "process_count", "prefix")
-_KINDS = ("hello", "batch", "bye", "ack", "query", "answer")
-_MAPPED = {Query: "query", Answer: "answer"}
+_KINDS = ("hello", "batch", "bye", "ack", "query", "answer", "refusal")
+_MAPPED = {Query: "query", Answer: "answer", Refusal: "refusal"}
+_MAPPED_KINDS = {kind: cls for cls, kind in _MAPPED.items()}
 
 
 def encode(frame: Frame) -> bytes:
     """Encode one frame. Raises :class:`CodecError` for a malformed frame."""
-    if not isinstance(frame, (Hello, Batch, Bye, Ack, Query, Answer)):
+    if not isinstance(frame, (Hello, Batch, Bye, Ack, Query, Answer, Refusal)):
         raise CodecError(f"not a roxxel frame: {type(frame).__name__}")
-    if isinstance(frame, (Query, Answer)):
+    if isinstance(frame, (Query, Answer, Refusal)):
         _check_sender_and_seq(frame.sender_id, frame.seq)
         if not isinstance(frame.body, dict):
             raise CodecError(f"a {_MAPPED[type(frame)]} body is a map")
@@ -253,10 +268,10 @@ def decode(data: bytes) -> Frame:
         return _decode_hello(sender_id, seq, body)
     if kind == "bye":
         return Bye(sender_id, seq)
-    if kind in ("query", "answer"):
+    if kind in _MAPPED_KINDS:
         if not isinstance(body, dict):
             raise CodecError(f"{kind} body is a map")
-        return (Query if kind == "query" else Answer)(sender_id, seq, body)
+        return _MAPPED_KINDS[kind](sender_id, seq, body)
     return Ack(sender_id, seq)
 
 

@@ -81,8 +81,10 @@ def run_python(code: str, timeout: float = 120.0, **env: str) -> subprocess.Comp
 _daemons = itertools.count()
 
 
-def daemon_argv(log_dir: str | os.PathLike, prefix: str, bind: str, *extra: str) -> list[str]:
-    """The command line of a roxxel-aggregator daemon."""
+def daemon_argv(
+    log_dir: str | os.PathLike, prefix: str | None, bind: str, *extra: str
+) -> list[str]:
+    """The command line of a roxxel-aggregator daemon (``prefix`` None: of every run)."""
     return [
         sys.executable,
         "-m",
@@ -91,8 +93,7 @@ def daemon_argv(log_dir: str | os.PathLike, prefix: str, bind: str, *extra: str)
         bind,
         "--log-dir",
         str(log_dir),
-        "--prefix",
-        prefix,
+        *(["--prefix", prefix] if prefix is not None else []),
         *extra,
     ]
 
@@ -104,7 +105,7 @@ class Daemon:
         self,
         xprocess,
         log_dir: Path,
-        prefix: str = "run",
+        prefix: str | None = "run",
         bind: str = "tcp://127.0.0.1:0",
         extra: tuple[str, ...] = (),
     ):

@@ -116,7 +116,7 @@ def test_kubernetes_job_command_runs_against_the_deployment_daemon(tmp_path: Pat
     argv = deployment_daemon_argv()[1:]
     argv = replace_daemon_option(argv, "--bind", "tcp://127.0.0.1:0")
     argv = replace_daemon_option(argv, "--log-dir", str(tmp_path / "logs"))
-    args = daemon_args(argv, "the Deployment's args")
+    assert daemon_args(argv, "the Deployment's args").prefix is None  # a run per prefix
     (job,) = load_yaml(K8S_JOB).values()
     container = only_container(job["spec"]["template"]["spec"])
     command = [*container["command"], *container["args"]]
@@ -147,8 +147,10 @@ def test_kubernetes_job_command_runs_against_the_deployment_daemon(tmp_path: Pat
         for proc in procs:
             out, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, err
-    system_log = read(tmp_path / "logs" / f"{args.prefix}_system.log")
+    prefix = "run"  # the Job's Logger's filename_prefix
+    assert f'filename_prefix="{prefix}"' in command[2]
+    system_log = read(tmp_path / "logs" / f"{prefix}_system.log")
     for index in pods:
         assert f"rank {index} done" in system_log
-    rows = read(tmp_path / "logs" / f"{args.prefix}_metrics.csv").splitlines()
+    rows = read(tmp_path / "logs" / f"{prefix}_metrics.csv").splitlines()
     assert len(rows) == 1 + 100 * len(pods), rows[:3]

@@ -22,6 +22,7 @@ from .conftest import python_env, read, wait_for
 from .deploy_helpers import DEPLOY, console_script, daemon_args, running_daemon, tool
 
 UNIT = DEPLOY / "systemd" / "roxxel-aggregator.service"
+RUN_FILES = ("system.log", "metrics.csv", "metrics.jsonl")
 LOGROTATE = DEPLOY / "systemd" / "roxxel.logrotate"
 
 
@@ -131,12 +132,10 @@ def test_logrotate_config_matches_the_daemon() -> None:
     assert header.endswith("{") and directives.count("}") == 1
     patterns = header[:-1].split()
     args = daemon_args(unit_exec_start()[1:], str(UNIT))
-    names = [
-        f"{args.prefix}_system.log",
-        f"{args.prefix}_metrics.csv",
-        f"{args.prefix}_metrics.jsonl",
-    ]
-    hidden = [f".{args.prefix}_checkpoint.json", f".{args.prefix}.lock"]
+    assert args.prefix is None  # the service serves every job: a run per prefix
+    names = [f"{run}_{kind}" for run in ("jobA", "run_beta") for kind in RUN_FILES]
+    names.append("roxxel-aggregator_system.log")  # the daemon's own reports
+    hidden = [".jobA_checkpoint.json", ".jobA.lock"]
     for name in names:
         path = f"{args.log_dir}/{name}"
         assert any(fnmatch.fnmatch(path, p) for p in patterns), (name, patterns)
@@ -166,7 +165,7 @@ def test_logrotate_rotates_under_a_live_daemon(tmp_path: Path) -> None:
     assert count == 1
     config.write_text(text)
 
-    argv = ["--bind", "tcp://127.0.0.1:0", "--log-dir", str(log_dir), "--prefix", args.prefix]
+    argv = ["--bind", "tcp://127.0.0.1:0", "--log-dir", str(log_dir)]
     argv += ["--no-echo", "--pidfile", str(pidfile)]
     client = (
         "import sys\nfrom roxxel import Logger\n"
@@ -175,7 +174,7 @@ def test_logrotate_rotates_under_a_live_daemon(tmp_path: Path) -> None:
         "    lg.log_metrics_summary(int(sys.argv[3]), {'loss': 0.5})\n"
     )
     env = python_env()
-    files = {name: log_dir / f"{args.prefix}_{name}" for name in ("system.log", "metrics.csv")}
+    files = {name: log_dir / f"run_{name}" for name in ("system.log", "metrics.csv")}
     with running_daemon(argv, tmp_path / "daemon.out", env) as endpoint:
         for step in ("1", "2"):
             if step == "2":

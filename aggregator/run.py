@@ -1,0 +1,220 @@
+"""One run's files and exactly-once state, and how an applied batch is written there.
+
+A :class:`Run` is what a collector keeps per run: the sinks (system log,
+CSV, JSONL), the ledger of its senders, the group commit with its
+checkpoint and quarantine, the problems reported once, the deaths, and the
+lock that keeps a second collector off its files. A one-run collector has
+one; a daemon serving many runs opens one per ``filename_prefix`` on its
+first hello (:mod:`aggregator.runs`).
+
+Threading: used only by the collector's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from typing import Any, TextIO
+
+from roxxel import codec, schema
+from roxxel.lines import rank_tag
+
+from .batch import DeathNotice, sort_batch
+from .checkpoint import checkpoint_path
+from .commit import GroupCommit
+from .deaths import Deaths
+from .ledger import Ledger, SenderState
+from .lock import RunLock
+from .quarantine import Quarantine, quarantine_path
+from .reports import Reports
+from .sinks import FanOut, Origin, Sink, SystemLogSink, default_sinks
+
+__all__ = ["Run", "COLLECTOR_ORIGIN"]
+
+COLLECTOR_ORIGIN = Origin(rank=0, host="", pid=os.getpid())
+
+
+class Run:
+    """A run's sinks, ledger and commit; ``name`` signs the collector's own lines."""
+
+    def __init__(
+        self,
+        sinks: Sink,
+        ledger: Ledger,
+        stats: Counter[str],
+        diagnostics: logging.Logger,
+        *,
+        name: str,
+        checkpoint: str | None = None,
+        quarantine: str | None = None,
+        prefix: str | None = None,
+        log_dir: str | None = None,
+    ) -> None:
+        self.sinks = sinks
+        self.ledger = ledger
+        self.name = name
+        self.prefix = prefix
+        self.log_dir = log_dir
+        self.reports = Reports()
+        self.deaths = Deaths()
+        self.quarantine = None if quarantine is None else Quarantine(quarantine)
+        self.commits = GroupCommit(
+            sinks,
+            ledger,
+            self.reports,
+            stats,
+            diagnostics,
+            checkpoint=checkpoint,
+            quarantine=self.quarantine,
+            name=name,
+        )
+        self.lock: RunLock | None = None
+        self.active = time.monotonic()  # its last frame
+        self.stats = stats  # the collector's, shared by its runs
+
+    @classmethod
+    def open(
+        cls,
+        log_dir: str,
+        prefix: str,
+        echo: TextIO | None,
+        ledger: Ledger,
+        stats: Counter[str],
+        diagnostics: logging.Logger,
+        *,
+        name: str,
+        log_only: bool = False,
+    ) -> Run:
+        """The run ``{log_dir}/{prefix}_*``: locked, rewound to its checkpoint;
+        with ``log_only``, its system log alone (a daemon's own lines).
+
+        Raises ``OSError`` if another collector holds the run's lock.
+        """
+        os.makedirs(log_dir, exist_ok=True)
+        lock = RunLock(log_dir, prefix)
+        try:
+            if log_only:
+                log = SystemLogSink(os.path.join(log_dir, f"{prefix}_system.log"), echo)
+                sinks: Sink = FanOut([log])
+            else:
+                sinks = default_sinks(log_dir, prefix, echo)
+        except BaseException:
+            lock.release()
+            raise
+        try:
+            run = cls(
+                sinks,
+                ledger,
+                stats,
+                diagnostics,
+                name=name,
+                checkpoint=checkpoint_path(log_dir, prefix),
+                quarantine=quarantine_path(log_dir, prefix),
+                prefix=prefix,
+                log_dir=os.path.abspath(log_dir),
+            )
+            run.commits.resume()
+        except BaseException:
+            sinks.close()
+            lock.release()
+            raise
+        run.lock = lock
+        return run
+
+    def close(self) -> None:
+        try:
+            self.commits.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    # -- writing -----------------------------------------------------------------
+
+    def apply(self, batch: codec.Batch, state: SenderState) -> None:
+        """Write a batch the ledger applied: its lines, its metrics, its notices."""
+        stats = self.stats
+        part = sort_batch(batch.records)
+        for notice in part.notices:
+            if isinstance(notice, DeathNotice):
+                self._died(notice, state)
+                continue
+            stats["bad_records"] += 1
+            self.quarantine_write(batch.sender_id, batch.seq, notice.problem, notice.record)
+            self.report(
+                batch.sender_id, "record", f"{state.origin.tag}invalid record: {notice.problem}"
+            )
+        stats["client_dropped"] += part.client_dropped
+        if part.lines:
+            self.sinks.write_lines(state.origin, part.lines)
+        if part.runs:
+            self.sinks.write_metrics(state.origin, part.runs)
+        self.commits.dirty = True
+        for key, (why, count) in part.non_scalars.items():
+            stats["non_scalar_values"] += count
+            if self.reports.first_in(state.warned_keys, key):
+                self.log(
+                    logging.WARNING,
+                    f"{state.origin.tag}metric {key!r} is {why}; "
+                    "it is not written (reported once per key)",
+                )
+        state.records += part.written
+        stats["batches"] += 1
+        stats["records"] += part.written
+
+    def _died(self, notice: DeathNotice, state: SenderState) -> None:
+        """A watcher's notice that its process ended: written (before the rest of
+        the batch, its stderr tail) and kept for the summary; the dead process's
+        senders are no longer waited for (they will never say bye), but what
+        they sent before is still applied."""
+        self.stats["deaths"] += 1
+        first = self.deaths.add(state.origin, notice.ts, notice.text)
+        self.write_line(notice.ts, notice.level, rank_tag(state.origin.rank) + notice.text)
+        if first:  # a batch may repeat notices: the senders are looked up once
+            self.ledger.ended(state.origin)
+
+    def poisoned(self, exc: codec.BatchError, data: bytes, state: SenderState) -> None:
+        self.stats["poison_batches"] += 1
+        self.quarantine_write(exc.sender_id, exc.seq, str(exc), data[:65536].hex())
+        self.report(
+            exc.sender_id,
+            "batch",
+            f"{state.origin.tag}batch {exc.seq} can never be applied ({exc}); "
+            "it is acknowledged and saved to the quarantine file",
+        )
+        self.commits.dirty = True
+
+    def quarantine_write(self, sender_id: bytes, seq: int, reason: str, content: Any) -> None:
+        if self.quarantine is None:
+            return
+        if not self.quarantine.save(sender_id, seq, reason, content):
+            self.stats["quarantine_full"] += 1
+            self.report(
+                b"",
+                "quarantine full",
+                f"the quarantine file holds {self.quarantine.max_bytes:,} bytes: what can "
+                "never be applied is now counted, not saved",
+            )
+
+    def report(self, who: bytes, what: str, text: str) -> None:
+        """A problem, written once (past the bound only counted)."""
+        first = self.reports.first(who, what)
+        if first:
+            self.log(logging.WARNING, f"{self.name}: {text} (reported once)")
+        elif first is None:
+            # Past the bound, problems are counted (stats), no longer written.
+            self.stats["reports_not_written"] += 1
+            if self.stats["reports_not_written"] == 1:
+                self.log(
+                    logging.WARNING,
+                    f"{self.name}: {self.reports.limit:,} problems reported; further "
+                    "ones are only counted (roxxel status)",
+                )
+
+    def log(self, level: int, text: str) -> None:
+        self.write_line(time.time(), level, text)
+
+    def write_line(self, ts: float, level: int, text: str) -> None:
+        self.sinks.write_lines(COLLECTOR_ORIGIN, [[schema.RECORD_LOG, ts, level, text]])
+        self.commits.dirty = True

@@ -1,0 +1,191 @@
+"""One daemon, many runs: each client's filename_prefix names its run's files.
+
+Real daemon processes (no ``--prefix``), real client processes, a real kill -9.
+"""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import zmq
+
+from roxxel import codec
+from roxxel.query import CollectorQuery, QueryError
+
+from .conftest import free_port, python_env, read, run_python, wait_for
+from .test_delivery import assert_exactly_once, wait_all
+
+# A client of run argv[4] streaming numbered warnings (and, on rank 0, metrics).
+STREAM = """
+import logging, sys, time
+from roxxel import Logger
+n = int(sys.argv[2])
+with Logger(sys.argv[1], sys.argv[4], close_timeout=120) as lg:
+    for i in range(n):
+        lg.log_message(f"{sys.argv[3]} {i}", level=logging.WARNING)
+        lg.log_metrics_summary(i, {"i": float(i)})
+        if i % 10 == 9:
+            time.sleep(0.002)
+"""
+
+
+def start_run(endpoint: str, prefix: str, n: int, ranks: int, workdir: Path) -> list:
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                STREAM,
+                str(workdir / f"{prefix}{rank}"),
+                str(n),
+                prefix,
+                prefix,
+            ],
+            env=python_env(
+                SLURM_PROCID=str(rank), SLURM_NTASKS=str(ranks), ROXXEL_AGGREGATOR=endpoint
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(ranks)
+    ]
+
+
+def rows(path: Path) -> list[int]:
+    lines = read(path).splitlines()
+    assert lines[0] == "step,i", lines[:2]
+    return sorted(int(line.split(",")[0]) for line in lines[1:])
+
+
+def test_two_runs_through_one_daemon_keep_their_own_files_across_a_kill_9(
+    tmp_path: Path, start_daemon
+) -> None:
+    n, ranks = 2000, 2
+    bind = f"tcp://127.0.0.1:{free_port()}"
+    log_dir = tmp_path / "logs"
+    first = start_daemon(log_dir, None, bind)
+    clients = start_run(first.endpoint, "jobA", n, ranks, tmp_path)
+    clients += start_run(first.endpoint, "jobB", n, ranks, tmp_path)
+    try:
+        wait_for(
+            lambda: all(
+                (log_dir / f"{p}_system.log").exists()
+                and len(read(log_dir / f"{p}_system.log").splitlines()) >= 200
+                for p in ("jobA", "jobB")
+            ),
+            60,
+            "both runs writing",
+        )
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(30)
+        at_kill = [len(read(log_dir / f"{p}_system.log").splitlines()) for p in ("jobA", "jobB")]
+        second = start_daemon(log_dir, None, bind)
+        try:
+            results = wait_all(clients)
+            assert [code for code, _ in results] == [0] * len(clients), results
+            assert second.terminate() == 0
+        finally:
+            second.kill()
+    finally:
+        first.kill()
+        wait_all(clients, 1)
+    assert min(at_kill) < n * ranks, "the kill came after everything was written"
+    for prefix in ("jobA", "jobB"):
+        log = read(log_dir / f"{prefix}_system.log")
+        expected = [
+            f"{'[rank 1] ' if r else ''}{prefix} {i}" for r in range(ranks) for i in range(n)
+        ]
+        assert_exactly_once(log, expected)
+        other = "jobB" if prefix == "jobA" else "jobA"
+        assert f"{other} " not in log  # nothing of the other run
+        assert rows(log_dir / f"{prefix}_metrics.csv") == list(range(n))
+    own = read(log_dir / "roxxel-aggregator_system.log")
+    assert "serving run 'jobA'" in own and "serving run 'jobB'" in own
+    assert not list(tmp_path.glob("job*/*undelivered*"))
+
+
+def hello_refusal(endpoint: str, prefix: str) -> codec.Frame:
+    sender_id = secrets.token_bytes(codec.SENDER_ID_LEN)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.ROUTING_ID, sender_id)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 30_000)
+    try:
+        sock.connect(endpoint)
+        sock.send(codec.encode(codec.Hello(sender_id, "h", 0, 1, 1, prefix)))
+        return codec.decode(sock.recv())
+    finally:
+        sock.close()
+
+
+def test_a_prefix_that_is_not_a_file_name_is_refused_with_a_reason(
+    tmp_path: Path, start_daemon
+) -> None:
+    log_dir = tmp_path / "root" / "logs"
+    daemon = start_daemon(log_dir, None)
+    for prefix in ("../escape", ".hidden", "a/b", "roxxel-aggregator"):
+        reply = hello_refusal(daemon.endpoint, prefix)
+        assert isinstance(reply, codec.Refusal), reply
+        assert "cannot name a run's files" in reply.body["reason"]
+    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == ["logs"]
+    assert not [p for p in log_dir.iterdir() if "escape" in p.name or "hidden" in p.name]
+    wait_for(
+        lambda: (
+            "refused a client of run '../escape'" in read(log_dir / "roxxel-aggregator_system.log")
+        ),
+        30,
+        "the refusal reported",
+    )
+    with CollectorQuery(daemon.endpoint) as query:
+        assert query.ask({"what": "status"}, 30)["runs"] == []
+
+
+def test_a_client_of_a_run_that_cannot_be_opened_is_told_and_keeps_its_records(
+    tmp_path: Path, start_daemon
+) -> None:
+    log_dir = tmp_path / "logs"
+    start_daemon(log_dir, "taken")  # a one-run daemon holds run "taken" in the same dir
+    many = start_daemon(log_dir, None)
+    result = run_python(
+        "import logging\n"
+        "from roxxel import Logger\n"
+        f"with Logger({str(tmp_path / 'c')!r}, 'taken', aggregator={many.endpoint!r}, "
+        "close_timeout=2, watcher=False) as lg:\n"
+        "    lg.log_message('kept here', logging.WARNING)\n",
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "refused this client: run 'taken' cannot be opened here" in result.stderr
+    assert "another roxxel collector" in result.stderr
+    assert list((tmp_path / "c").glob("taken_undelivered_rank0.jsonl"))
+    with CollectorQuery(many.endpoint) as query:
+        answer = query.ask({"what": "status"}, 30)
+    assert answer["stats"]["refused_runs"] >= 1 and answer["runs"] == []
+
+
+def test_status_and_tail_name_the_run(tmp_path: Path, start_daemon) -> None:
+    daemon = start_daemon(tmp_path / "logs", None)
+    for prefix in ("alpha", "beta"):
+        result = run_python(
+            "from roxxel import Logger\n"
+            f"with Logger({str(tmp_path / 'c')!r}, {prefix!r}, aggregator={daemon.endpoint!r}, "
+            "watcher=False)"
+            " as lg:\n"
+            f"    lg.log_message('hello from {prefix}')\n",
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+    with CollectorQuery(daemon.endpoint) as query:
+        status = query.ask({"what": "status"}, 30)
+        assert status["runs"] == ["alpha", "beta"] and status["prefix"] is None
+        assert query.ask({"what": "status", "run": "beta"}, 30)["prefix"] == "beta"
+        piece = query.ask({"what": "tail", "run": "alpha"}, 30)
+        assert "hello from alpha" in piece["text"] and "beta" not in piece["text"]
+        with pytest.raises(QueryError, match="serves several runs"):
+            query.ask({"what": "tail"}, 30)
