@@ -373,9 +373,14 @@ class Collector:
 
     def _dispatch(self, peer: bytes, data: bytes, key: str | None) -> None:
         """Do what the ledger of the frame's run decides for it."""
-        run = self._home if self._runs_dir is None else self._run_for(peer, data)
-        if run is None:
+        if self._runs_dir is not None:
+            run = self._run_for(peer, data)
+            if run is None:
+                return  # refused
+        elif self._home.prefix is not None and self._of_another_run(peer, data):
             return  # refused
+        else:
+            run = self._home
         self._writing = run
         event = run.ledger.receive(data, key)
         run.active = time.monotonic()
@@ -446,6 +451,29 @@ class Collector:
         if why is not None:
             self._refuse(peer, hello, why)
         return run
+
+    def _of_another_run(self, peer: bytes, data: bytes) -> bool:
+        """Serving one run: whether the frame is a new sender's hello naming another
+        run (refused: its records would land in this run's files)."""
+        try:
+            envelope = codec.decode_envelope(data)
+            if envelope.kind != "hello" or envelope.sender_id in self._home.ledger.senders:
+                return False
+            hello = codec.decode(data)
+        except codec.CodecError:
+            return False  # the ledger says why
+        assert isinstance(hello, codec.Hello)
+        run = self._home.prefix
+        if hello.prefix == run:
+            return False
+        self._refuse(
+            peer,
+            hello,
+            f"this collector writes run {run!r} only (in {self._home.log_dir}): use "
+            f"filename_prefix={run!r}, or a collector of your run (one without --prefix "
+            "serves every run)",
+        )
+        return True
 
     def _cannot_serve(self, prefix: str) -> str | None:
         if not _is_file_name(prefix) or prefix == self.name:

@@ -16,6 +16,10 @@ needs the ``plot`` extra, matplotlib).
 ``roxxel replay FILE --aggregator ENDPOINT`` delivers the records a closing
 Logger could not (its ``*_undelivered_rank{N}.jsonl``), exactly once, and
 renames the file to ``FILE.replayed`` when every record is acknowledged.
+
+An ENDPOINT that cannot be parsed or resolved (``localhost:5555``, a port
+out of range, a host name that does not exist, a directory) is said in one
+line, ``roxxel: ...``, with exit status 2, before anything is sent.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import json
 import logging
 import os
 import secrets
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -36,7 +39,7 @@ from .plot import add_plot_command, plot_command
 from .query import CollectorQuery, QueryError
 from .security import ENV_CLIENT_KEY, ENV_SERVER_KEY, ClientKeys, client_keys
 from .tail import RecordFilter, follow_collector, follow_file, system_log_in
-from .transport import DealerTransport
+from .transport import DealerTransport, EndpointError, check_endpoint, is_host_port
 from .undelivered import replay
 
 __all__ = ["main"]
@@ -45,20 +48,19 @@ __all__ = ["main"]
 def _check(endpoint: str, timeout: float, keys: ClientKeys | None) -> int:
     sender_id = secrets.token_bytes(codec.SENDER_ID_LEN)
     transport = DealerTransport(endpoint, sender_id, keys=keys)
-    hello = codec.Hello(sender_id, socket.gethostname(), 0, os.getpid(), 1, "roxxel-check")
+    # A question, not a hello: a collector of many runs would open a run for a hello.
+    question = codec.Query(sender_id, 1, {"what": "status"})
     try:
         started = time.monotonic()
         reply = exchange(
             transport,
-            codec.encode(hello),
-            lambda reply: isinstance(reply, codec.Ack) and reply.sender_id == sender_id,
+            codec.encode(question),
+            lambda reply: isinstance(reply, codec.Answer) and reply.sender_id == sender_id,
             timeout,
         )
         if reply is None:
             print(f"no answer from a collector at {endpoint} within {timeout} s", file=sys.stderr)
             return 1
-        # The bye's ack is not waited for: the hello's ack is what check reports.
-        transport.send(codec.encode(codec.Bye(sender_id, 0)))
         elapsed = (time.monotonic() - started) * 1000
         print(f"collector at {endpoint} answered in {elapsed:.1f} ms")
         return 0
@@ -78,10 +80,13 @@ def _replay(path: str, endpoint: str, timeout: float, keys: ClientKeys | None) -
     return 0
 
 
-def _status(endpoint: str, timeout: float, as_json: bool, keys: ClientKeys | None) -> int:
+def _status(
+    endpoint: str, timeout: float, as_json: bool, keys: ClientKeys | None, run: str | None
+) -> int:
+    question: dict = {"what": "status"} if run is None else {"what": "status", "run": run}
     try:
         with CollectorQuery(endpoint, keys) as query:
-            answer = query.ask({"what": "status"}, timeout)
+            answer = query.ask(question, timeout)
     except (TimeoutError, QueryError) as exc:
         print(f"roxxel status: {exc}", file=sys.stderr)
         return 1
@@ -95,7 +100,8 @@ def _status_text(s: dict) -> str:
     lines = [
         f"collector at {s['endpoint']} (pid {s['pid']}, up {s['uptime']:.0f} s"
         f"{', CURVE' if s.get('curve') else ''}): log dir {s.get('log_dir')}, "
-        f"prefix {s.get('prefix')}",
+        + (f"prefix {s.get('prefix')}" if "runs" not in s else "a run per prefix"),
+        *([f"runs open: {', '.join(s['runs']) or 'none'}"] if "runs" in s else []),
         f"senders: {s['open_senders']} open, {s['known_senders']} known; "
         f"ranks seen {s['ranks_seen']} of {count}",
         f"records: {stats.get('records', 0):,} written, {s['records_per_second']:,.0f}/s "
@@ -110,6 +116,7 @@ def _status_text(s: dict) -> str:
                 ("write_errors", "write errors"),
                 ("refused_connections", "connections refused"),
                 ("foreign_frames", "frames naming another key's sender"),
+                ("refused_runs", "clients of a run refused"),
                 ("deaths", "processes ended abnormally"),
             )
         ),
@@ -139,7 +146,7 @@ def _tail(args: argparse.Namespace, keys: ClientKeys | None) -> int:
         follow = not args.no_follow
         if "://" in args.source:
             with CollectorQuery(args.source, keys) as query:
-                follow_collector(query, sys.stdout, records, args.lines, follow)
+                follow_collector(query, sys.stdout, records, args.lines, follow, args.prefix)
         else:
             path = system_log_in(args.source, args.prefix)
             follow_file(path, sys.stdout, records, args.lines, follow)
@@ -177,12 +184,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = commands.add_parser("status", help="a collector's live figures")
     status.add_argument("endpoint", help="e.g. tcp://127.0.0.1:5555")
     status.add_argument("--json", action="store_true", help="the raw answer, as JSON")
+    status.add_argument("--run", help="one run of a collector that serves several (its prefix)")
     status.add_argument("--timeout", type=float, default=5.0, help="seconds (default: 5)")
     tail = commands.add_parser("tail", help="follow a run's system log")
     tail.add_argument(
         "source", help="the run's log directory, or its collector's endpoint (tcp://, ipc://)"
     )
-    tail.add_argument("--prefix", help="the run's file name prefix, if DIR holds several runs")
+    tail.add_argument(
+        "--prefix",
+        "--run",
+        dest="prefix",
+        help="the run's file name prefix, if DIR (or the collector) holds several runs",
+    )
     tail.add_argument("--level", default="NOTSET", help="lowest level shown, e.g. WARNING")
     tail.add_argument("--rank", type=int, help="only this rank's records (0: rank 0's)")
     tail.add_argument("-n", "--lines", type=int, default=10, help="lines shown first (default: 10)")
@@ -203,13 +216,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         keys = client_keys(args.curve_server_key, args.curve_client_key)
     except (ValueError, RuntimeError) as exc:
         parser.error(str(exc))
-    if args.command == "replay":
-        return _replay(args.file, args.aggregator, args.timeout, keys)
-    if args.command == "status":
-        return _status(args.endpoint, args.timeout, args.json, keys)
-    if args.command == "tail":
-        return _tail(args, keys)
-    return _check(args.endpoint, args.timeout, keys)
+    try:
+        if args.command == "replay":
+            return _replay(args.file, check_endpoint(args.aggregator), args.timeout, keys)
+        if args.command == "status":
+            return _status(_needed_endpoint(args), args.timeout, args.json, keys, args.run)
+        if args.command == "tail":
+            if "://" in args.source or (
+                is_host_port(args.source) and not os.path.isdir(args.source)
+            ):
+                args.source = check_endpoint(args.source)
+            return _tail(args, keys)
+        return _check(_needed_endpoint(args), args.timeout, keys)
+    except EndpointError as exc:
+        # One line, as for any other usage error: the command never ran.
+        print(f"roxxel: {exc}", file=sys.stderr)
+        return 2
+
+
+def _needed_endpoint(args: argparse.Namespace) -> str:
+    """The ENDPOINT of ``check`` and ``status``, which only a running collector can answer."""
+    if os.path.isdir(args.endpoint):
+        raise EndpointError(
+            f"{args.endpoint!r} is a directory: roxxel {args.command} asks a running "
+            "collector, give its endpoint (e.g. tcp://HOST:5555)"
+            + ("; roxxel tail DIR reads a run's files" if args.command == "status" else "")
+        )
+    return check_endpoint(args.endpoint)
 
 
 def _add_curve_options(parser: argparse.ArgumentParser) -> None:

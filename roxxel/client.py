@@ -20,7 +20,12 @@ step, values)``, names and values as tuples); ``collections.deque``:
 4. *retains*: an in-flight batch is kept until the collector acknowledges its
    seq (acks are cumulative). After a reconnect, or when no ack came for
    ``resend_after`` seconds, it says hello again and resends them all; the
-   collector keeps only what it had not written yet.
+   collector keeps only what it had not written yet;
+5. *says when nobody answers*: with ``no_answer_warning``, if no collector has
+   answered within that many seconds of the first batch waiting to go, it
+   says so once (the endpoint, what it does with the records meanwhile), and
+   once more when the collector answers: a wrong or dead endpoint is seen at
+   the start of a run, not when ``close()`` gives up.
 
 Errors of the sender thread never surface inside a ``log_*`` call; they are
 re-raised by :meth:`Sender.flush` and :meth:`Sender.close`.
@@ -109,6 +114,8 @@ class Sender:
         window: int = 1024,
         resume: Unsent | None = None,
         log: logging.Logger | None = None,
+        no_answer_warning: float | None = None,
+        undelivered_file: str | None = None,
     ) -> None:
         self._diag = log or diagnostics("roxxel.client")
         self.lines: deque[tuple[Any, ...]] = deque()
@@ -144,6 +151,15 @@ class Sender:
         self._changed = threading.Condition()
         self._stopping = False
         self._error: BaseException | None = None
+        # The first answer watched for (None: not watched): when records
+        # began to wait for it, whether the silence was said, the records
+        # acknowledged since (for the "answers now" line).
+        self._no_answer_warning = no_answer_warning
+        self._undelivered_file = undelivered_file
+        self._answered = no_answer_warning is None
+        self._waiting_since: float | None = None
+        self._warned_at: float | None = None
+        self._delivered_since_warning = 0
         if resume is not None:
             self._resume(resume)
         self._thread = threading.Thread(target=self._run, name="roxxel-sender", daemon=True)
@@ -284,8 +300,11 @@ class Sender:
                     next_cut = time.monotonic() + self._flush_interval
                 self._send()
                 wait = max(0.0, next_cut - time.monotonic())
-                for frame in self._transport.receive(wait):
-                    self._on_reply(frame)
+                if self._answered:
+                    for frame in self._transport.receive(wait):
+                        self._on_reply(frame)
+                else:
+                    self._receive_watching(wait)
                 self._resend_if_needed()
         except BaseException as exc:  # surfaced by flush()/close()
             self._error = exc
@@ -455,6 +474,63 @@ class Sender:
             )
         self._last_progress = time.monotonic()  # asked again after resend_after, not at once
 
+    def _receive_watching(self, wait: float) -> None:
+        """Receive and handle replies while no collector has answered yet (only
+        then: the watch costs a look at the buffers each pass)."""
+        progress = self._last_progress
+        held = self._in_flight_records() if self._warned_at is not None else 0
+        for frame in self._transport.receive(wait):
+            self._on_reply(frame)
+        if self._told_refusal:  # an answer, already said: nothing more to say
+            self._answered = True
+            return
+        now = time.monotonic()
+        # _on_reply stamps _last_progress on every ack of ours (and on a
+        # refusal, handled above), and only it runs between the two looks.
+        answered = self._last_progress != progress
+        if self._warned_at is None:
+            if answered:
+                self._answered = True
+            elif self._waiting_since is None:
+                # Counted from when the first records wait and the endpoint is
+                # known (a discovering rank says so itself while it looks).
+                if not self._idle() and "://" in self.endpoint:
+                    self._waiting_since = now
+            elif now - self._waiting_since >= self._no_answer_warning:
+                self._warn_no_answer(now)
+            return
+        self._delivered_since_warning += held - self._in_flight_records()
+        # The hello's ack comes before the batches' acks: said once records
+        # are delivered (or when there is nothing left to deliver).
+        if answered and (self._delivered_since_warning or not self._in_flight):
+            self._answered = True
+            self._diag.warning(
+                "roxxel: the collector at %s answers now (after %.1f s); %d record(s) delivered",
+                self.endpoint,
+                now - self._waiting_since,
+                self._delivered_since_warning,
+            )
+
+    def _in_flight_records(self) -> int:
+        return sum(b.metrics + b.lines for b in self._in_flight.values())
+
+    def _warn_no_answer(self, now: float) -> None:
+        self._warned_at = now
+        after_close = (
+            f"writes what is unacknowledged at close() to {self._undelivered_file}"
+            if self._undelivered_file
+            else "returns what is unacknowledged at close()"
+        )
+        self._diag.warning(
+            "roxxel: no collector at %s has answered for %.1f s; this process keeps its "
+            "records and sends them when one answers (up to max_buffer_bytes=%s; past it "
+            "the oldest unsent metrics, then lines, are dropped and counted), and %s",
+            self.endpoint,
+            now - self._waiting_since,
+            _size(self._max_bytes),
+            after_close,
+        )
+
     def _resend_if_needed(self) -> None:
         reconnected = self._transport.connects > max(self._connects_seen, 1)
         self._connects_seen = self._transport.connects
@@ -469,3 +545,11 @@ class Sender:
         self._need_hello = True
         self._sent_upto = self._acked
         self._last_progress = time.monotonic()
+
+
+def _size(n: int) -> str:
+    """``n`` bytes for a person: 256 MiB, 100,000 bytes."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n:,} bytes"

@@ -78,6 +78,11 @@ class Logger:
     * ``max_buffer_bytes`` (default 256 MiB): what this process keeps while
       the collector has not acknowledged it; past it the oldest unsent
       metrics (then lines) are dropped and counted, never the caller blocked.
+    * ``no_answer_warning`` (default 5 s; ``None``: off): if no collector has
+      answered that many seconds after the first records began to wait, say
+      so once on stderr (the endpoint; the records are kept up to
+      ``max_buffer_bytes`` and what is unacknowledged at ``close()`` goes to
+      the undelivered file), and once more when it answers.
     * ``handle_sigterm`` (default ``True``): on SIGTERM, log it, drain every
       Logger, then end the process by SIGTERM (or run the previous handler).
     * ``metrics_from_all_ranks`` (default ``False``): every
@@ -120,6 +125,7 @@ class Logger:
         flush_interval: float = 0.01,
         close_timeout: float = 30.0,
         max_buffer_bytes: int = 256 * 1024 * 1024,
+        no_answer_warning: float | None = 5.0,
         handle_sigterm: bool = True,
         collector_bind: str | None = None,
         discovery_timeout: float = 300.0,
@@ -144,6 +150,10 @@ class Logger:
         if close_timeout < 0 or flush_interval < 0.001 or max_buffer_bytes <= 0:
             raise ValueError(
                 "close_timeout must be >= 0, flush_interval >= 0.001 s, max_buffer_bytes > 0"
+            )
+        if no_answer_warning is not None and not no_answer_warning > 0:
+            raise ValueError(
+                f"no_answer_warning must be > 0 seconds or None, not {no_answer_warning!r}"
             )
         capture_names = (capture,) if isinstance(capture, str) else tuple(capture)
         for name in capture_names:
@@ -185,6 +195,7 @@ class Logger:
                 discovery_timeout=discovery_timeout,
                 flush_interval=flush_interval,
                 max_buffer_bytes=max_buffer_bytes,
+                no_answer_warning=no_answer_warning,
                 watcher=watcher,
                 keys=client_keys(curve_server_key, curve_client_key),
                 curve_server_secret=curve_server_secret,

@@ -9,6 +9,12 @@ number). Only cells that read as numbers are plotted; non-finite ones are
 counted in the subplot's title rather than drawn, so a run that diverged
 still gets a readable curve up to where it did.
 
+A ``rank`` column (rows logged with ``all_ranks=True``; rank 0's plain rows
+leave it empty) is never a metric: each rank gets its own line, in its own
+colour. A line is broken where the step goes backwards -- a run appended to
+the same file starts its steps again -- so no segment joins the end of one
+run to the start of the next.
+
 matplotlib is an optional extra (``pip install 'roxxel[plot]'``): only
 :func:`draw` imports it, so the rest of roxxel never pays for it or needs it.
 """
@@ -27,6 +33,8 @@ from dataclasses import dataclass
 from .codec import MAX_STR_LEN
 
 __all__ = [
+    "Curves",
+    "Line",
     "MISSING_MATPLOTLIB",
     "Panel",
     "PlotError",
@@ -41,9 +49,12 @@ __all__ = [
 
 MISSING_MATPLOTLIB = "roxxel plot needs matplotlib: pip install 'roxxel[plot]'"
 
-# A metric's steps and values, in file order (a run appended to an existing
-# file starts its steps again: the curve shows that rather than hiding it).
+# A metric's steps and values of one rank, in file order (a run appended to
+# an existing file starts its steps again: the line is broken there).
 Series = tuple[list[int], list[float]]
+# A metric's series by rank; ``None`` when the CSV has no rank column.
+Curves = dict[int | None, Series]
+RANK_COLUMN = "rank"  # as the collector's CSV sink names it
 
 # What the sink writes for a number (``%d``, ``.5f``, ``.6g``, nan, inf),
 # and no more: ``float()`` would also take text such as "1_000" or " 7 ".
@@ -63,8 +74,9 @@ class PlotError(Exception):
     """A CSV that cannot be plotted, or keys it does not have; the message is for the user."""
 
 
-def read_metrics_csv(path: str | os.PathLike[str]) -> dict[str, Series]:
-    """``{key: (steps, values)}`` of every metric column, in header order.
+def read_metrics_csv(path: str | os.PathLike[str]) -> dict[str, Curves]:
+    """``{key: {rank: (steps, values)}}`` of every metric column, in header order
+    (rank ``None`` for every row of a CSV without a ``rank`` column).
 
     Empty cells and text cells are left out (a key logged only on some rows
     has values only at those steps); ``nan``/``inf`` are kept, for the caller
@@ -82,12 +94,13 @@ def read_metrics_csv(path: str | os.PathLike[str]) -> dict[str, Series]:
                 raise PlotError(f"{name}: empty file")
             if not header or header[0] != "step":
                 raise PlotError(f"{name}: not a metrics CSV (its first line is not 'step,<keys>')")
-            keys = header[1:]
+            if len(set(header)) != len(header):
+                raise PlotError(f"{name}: its header repeats a column name")
+            at_rank = header.index(RANK_COLUMN) if RANK_COLUMN in header else None
+            keys = [key for key in header[1:] if key != RANK_COLUMN]
             if not keys:
                 raise PlotError(f"{name}: no metric columns")
-            if len(set(keys)) != len(keys):
-                raise PlotError(f"{name}: its header repeats a column name")
-            series: dict[str, Series] = {key: ([], []) for key in keys}
+            series: dict[str, Curves] = {key: {} for key in keys}
             rows = 0
             for row in reader:
                 if not row:
@@ -99,13 +112,17 @@ def read_metrics_csv(path: str | os.PathLike[str]) -> dict[str, Series]:
                     )
                 try:
                     step = int(row[0])
+                    # Rank 0's plain rows leave the rank cell empty.
+                    rank = None if at_rank is None else int(_cell(row, at_rank) or 0)
                 except ValueError:
-                    raise PlotError(f"{name}, line {reader.line_num}: step {row[0]!r}") from None
+                    raise PlotError(
+                        f"{name}, line {reader.line_num}: step {row[0]!r} or its rank"
+                    ) from None
                 rows += 1
                 # A row shorter than the header has empty cells at its end.
-                for key, cell in zip(keys, row[1:], strict=False):
-                    if _NUMBER.fullmatch(cell):
-                        steps, values = series[key]
+                for key, cell in zip(header[1:], row[1:], strict=False):
+                    if key != RANK_COLUMN and _NUMBER.fullmatch(cell):
+                        steps, values = series[key].setdefault(rank, ([], []))
                         steps.append(step)
                         values.append(float(cell))
     except (UnicodeDecodeError, csv.Error) as exc:
@@ -115,7 +132,11 @@ def read_metrics_csv(path: str | os.PathLike[str]) -> dict[str, Series]:
     return series
 
 
-def select_keys(series: Mapping[str, Series], keys: Sequence[str] | None) -> dict[str, Series]:
+def _cell(row: list[str], index: int) -> str:
+    return row[index] if index < len(row) else ""
+
+
+def select_keys(series: Mapping[str, Curves], keys: Sequence[str] | None) -> dict[str, Curves]:
     """The ``keys`` of ``series`` in that order (all of them for ``None``);
     an unknown key names the ones there are, so a typo is fixed at once."""
     if keys is None:
@@ -130,42 +151,66 @@ def select_keys(series: Mapping[str, Series], keys: Sequence[str] | None) -> dic
 
 
 @dataclass(frozen=True)
-class Panel:
-    """One subplot: the finite points of a metric and a title that says what was left out."""
+class Line:
+    """Finite points of one rank drawn as one connected line (``rank`` None: no rank column)."""
 
-    key: str
+    rank: int | None
     steps: list[int]
     values: list[float]
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One subplot: a metric's lines and a title that says what was left out."""
+
+    key: str
+    lines: list[Line]
     title: str
     log_y: bool
 
 
-def panels(series: Mapping[str, Series], *, log_y: bool = False) -> list[Panel]:
+def panels(series: Mapping[str, Curves], *, log_y: bool = False) -> list[Panel]:
     """What :func:`draw` draws, decided without matplotlib (so it can be tested without it).
 
-    Non-finite values are dropped and counted in the title; a log y-axis is
-    used only where every drawn value is positive (log of 0 or less does not
-    exist), and the title says when a subplot stayed linear.
+    Each rank's points become lines, a new one wherever the step goes
+    backwards (a new run in the same file). Non-finite values are dropped and
+    counted in the title; a log y-axis is used only where every drawn value is
+    positive (log of 0 or less does not exist), and the title says when a
+    subplot stayed linear.
     """
     result = []
-    for key, (steps, values) in series.items():
-        points = [(s, v) for s, v in zip(steps, values, strict=True) if math.isfinite(v)]
+    for key, curves in series.items():
+        lines: list[Line] = []
+        total = drawn = 0
+        for rank, (steps, values) in sorted(curves.items(), key=lambda c: c[0] or 0):
+            total += len(values)
+            last = None
+            for step, value in zip(steps, values, strict=True):
+                if not math.isfinite(value):
+                    continue
+                if last is None or step < last:
+                    lines.append(Line(rank, [], []))
+                lines[-1].steps.append(step)
+                lines[-1].values.append(value)
+                last = step
+                drawn += 1
         notes = []
-        if not values:
+        if not total:
             notes.append("no numeric values")
-        skipped = len(values) - len(points)
+        skipped = total - drawn
         if skipped:
             notes.append(f"{skipped} non-finite value{'s' if skipped > 1 else ''} skipped")
-        log = log_y and bool(points) and all(v > 0 for _, v in points)
+        points = [v for line in lines for v in line.values]
+        log = log_y and bool(points) and all(v > 0 for v in points)
         if log_y and points and not log:
             notes.append("linear y: values <= 0")
         title = f"{key} ({'; '.join(notes)})" if notes else key
-        result.append(Panel(key, [s for s, _ in points], [v for _, v in points], title, log))
+        result.append(Panel(key, lines, title, log))
     return result
 
 
 def draw(
-    series: Mapping[str, Series],
+    series: Mapping[str, Curves],
     out: str | os.PathLike[str],
     *,
     log_y: bool = False,
@@ -203,8 +248,24 @@ def draw(
     )
     try:
         for ax, panel in zip(axes.flat, drawn, strict=False):
-            # A marker, so that a metric logged once (or rarely) is still seen.
-            ax.plot(panel.steps, panel.values, marker=".", markersize=3, linewidth=1)
+            ranks = list(dict.fromkeys(line.rank for line in panel.lines))
+            labelled: set[int | None] = {None}
+            for line in panel.lines:
+                # A colour per rank, the same for each of its runs, named once in
+                # the legend; a marker, so that a metric logged once is still seen.
+                first = line.rank not in labelled
+                labelled.add(line.rank)
+                ax.plot(
+                    line.steps,
+                    line.values,
+                    marker=".",
+                    markersize=3,
+                    linewidth=1,
+                    color=f"C{ranks.index(line.rank) % 10}",
+                    label=f"rank {line.rank}" if first else None,
+                )
+            if len(ranks) > 1 or (ranks and ranks[0] is not None):
+                ax.legend(fontsize=7, loc="best")
             if panel.log_y:
                 ax.set_yscale("log")
             ax.set_title(panel.title, fontsize=10)

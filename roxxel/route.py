@@ -42,7 +42,8 @@ from .security import (
     ServerKeys,
     server_keys,
 )
-from .transport import DealerTransport
+from .transport import DealerTransport, check_endpoint
+from .undelivered import undelivered_path
 from .watcher import Watcher, watch_target, watcher_enabled
 from .watcher import acquire as acquire_watcher
 from .watcher import found as watcher_found
@@ -69,6 +70,7 @@ class RouteOptions:
     discovery_timeout: float = 300.0
     flush_interval: float = 0.01
     max_buffer_bytes: int = 256 * 1024 * 1024
+    no_answer_warning: float | None = 5.0
     watcher: bool | None = None
     keys: ClientKeys | None = None
     curve_server_secret: str | None = None
@@ -126,6 +128,8 @@ class Route:
             flush_interval=o.flush_interval,
             max_buffer_bytes=o.max_buffer_bytes,
             log=self.log,
+            no_answer_warning=o.no_answer_warning,
+            undelivered_file=undelivered_path(o.log_dir, o.prefix, o.rank),
         )
 
     def start_watcher(self) -> None:
@@ -179,7 +183,10 @@ def open_route(options: RouteOptions) -> Route:
     endpoint = o.aggregator or os.environ.get(ENV_AGGREGATOR) or None
     multi = o.world_size > 1
     if endpoint is not None:
-        return Route(o, endpoint, discover=False)
+        # At Logger(), in one line: ZeroMQ would retry a name that does not
+        # resolve in silence for the whole run.
+        source = "aggregator=" if o.aggregator else f"{ENV_AGGREGATOR}="
+        return Route(o, check_endpoint(endpoint, source), discover=False)
     if o.rank != 0:
         return Route(o, None, discover=multi)
     os.makedirs(o.log_dir, exist_ok=True)

@@ -106,14 +106,21 @@ def follow_file(path: str, out: TextIO, records: RecordFilter, last: int, follow
 
 
 def follow_collector(
-    query: CollectorQuery, out: TextIO, records: RecordFilter, last: int, follow: bool
+    query: CollectorQuery,
+    out: TextIO,
+    records: RecordFilter,
+    last: int,
+    follow: bool,
+    run: str | None = None,
 ) -> None:
-    """The same through the collector's ``tail`` query (on another host)."""
-    answer = query.ask({"what": "tail", "offset": None}, _ANSWER_TIMEOUT)
+    """The same through the collector's ``tail`` query (on another host); ``run``
+    names one of the runs a collector of several serves."""
+    which = {} if run is None else {"run": run}
+    answer = query.ask({"what": "tail", "offset": None, **which}, _ANSWER_TIMEOUT)
     _print(out, records.lines(answer["text"])[-last:] if last else [])
     while follow:
         where = {"offset": answer["offset"], "file": answer["file"]}
-        answer = query.ask({"what": "tail", **where}, _ANSWER_TIMEOUT)
+        answer = query.ask({"what": "tail", **where, **which}, _ANSWER_TIMEOUT)
         _print(out, records.lines(answer["text"]))
         if not answer["text"]:
             time.sleep(_POLL)

@@ -2,12 +2,23 @@
 
 This is the only module of ``roxxel`` that touches sockets. It is used from
 the sender thread alone (ZeroMQ sockets are not thread-safe).
+
+:func:`check_endpoint` is the one judge of an endpoint to connect to, used by
+the Logger's route, by :class:`DealerTransport` and by the ``roxxel``
+command: ZeroMQ takes ``localhost:5555`` or ``tcp://host:99999`` only to
+raise a bare ``Invalid argument``, and resolves a host name only once it
+tries to connect -- a name that does not exist is then retried in silence
+for the whole run.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import re
+import socket
+import threading
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -15,7 +26,96 @@ from zmq.utils.monitor import recv_monitor_message
 from .diagnostics import diagnostics
 from .security import ClientKeys
 
-__all__ = ["DealerTransport"]
+__all__ = ["DealerTransport", "EndpointError", "check_endpoint", "is_host_port"]
+
+# How long a host name may take to resolve before it is let through: a
+# resolver that is slow now is not proof that the name does not exist (the
+# client then says that no collector answers, see roxxel.client).
+RESOLVE_TIMEOUT = 5.0
+_SCHEMES = ("tcp", "ipc", "inproc")
+# host:port without a scheme (a name, an IPv4 address or a bracketed IPv6 one).
+_HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d+")
+
+
+class EndpointError(ValueError):
+    """An endpoint that cannot be connected to; the message is one line for the user."""
+
+
+def check_endpoint(endpoint: object, what: str = "", *, resolve: bool = True) -> str:
+    """``endpoint`` when a client can connect to it, else :class:`EndpointError`.
+
+    ``what`` names where the endpoint came from (``"aggregator="``,
+    ``"ROXXEL_AGGREGATOR="``) and starts the message. ``tcp://HOST:PORT``
+    needs a port from 1 to 65535 and, with ``resolve``, a HOST that resolves
+    (at most :data:`RESOLVE_TIMEOUT` seconds are waited for the resolver);
+    ``ipc://PATH`` and ``inproc://NAME`` need a non-empty name. Endpoints
+    to bind (``tcp://0.0.0.0:0``, ``tcp://*:5555``) are not judged here.
+    """
+    said = f"{what}{endpoint!r}"
+    if not isinstance(endpoint, str):
+        raise EndpointError(f"{said} is not a ZeroMQ endpoint (a str such as tcp://HOST:PORT)")
+    scheme, sep, address = endpoint.partition("://")
+    if not sep:
+        if is_host_port(endpoint):
+            raise EndpointError(f"{said} is not a ZeroMQ endpoint: did you mean tcp://{endpoint}?")
+        if os.path.isdir(endpoint):
+            raise EndpointError(
+                f"{said} is a directory, not a collector's endpoint (tcp://HOST:PORT, "
+                "ipc://PATH or inproc://NAME)"
+            )
+        raise EndpointError(
+            f"{said} is not a ZeroMQ endpoint (tcp://HOST:PORT, ipc://PATH or inproc://NAME)"
+        )
+    if scheme not in _SCHEMES:
+        raise EndpointError(
+            f"{said}: roxxel connects over tcp://, ipc:// or inproc://, not {scheme}://"
+        )
+    if scheme != "tcp":
+        if not address:
+            raise EndpointError(f"{said} names no {'path' if scheme == 'ipc' else 'name'}")
+        return endpoint
+    # ZeroMQ's "tcp://SOURCE;HOST:PORT" names the local address to connect from.
+    host, sep, port = address.rpartition(";")[2].rpartition(":")
+    if not sep or not host:
+        raise EndpointError(f"{said} is not tcp://HOST:PORT")
+    if not port.isdigit():
+        raise EndpointError(f"{said}: the port {port!r} is not a number")
+    if not 1 <= int(port) <= 65535:
+        raise EndpointError(f"{said}: the port {port} is out of range (1 to 65535)")
+    if host == "*":
+        raise EndpointError(f"{said}: '*' is for binding; a client connects to a host")
+    if resolve:
+        _resolve(said, host.removeprefix("[").removesuffix("]"), int(port))
+    return endpoint
+
+
+def is_host_port(text: str) -> bool:
+    """Whether ``text`` is ``HOST:PORT`` without a scheme (meant as ``tcp://HOST:PORT``)."""
+    return _HOST_PORT.fullmatch(text) is not None
+
+
+def _resolve(said: str, host: str, port: int) -> None:
+    """Raise when ``host`` certainly does not resolve; let a slow resolver through."""
+    failure: list[socket.gaierror] = []
+
+    def look_up() -> None:
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            failure.append(exc)
+        except (OSError, UnicodeError):
+            pass  # not the resolver's verdict: ZeroMQ's own connect judges it
+
+    # getaddrinfo has no timeout of its own: a thread bounds the wait (and is
+    # left to finish on its own if the resolver hangs).
+    thread = threading.Thread(target=look_up, name="roxxel-resolve", daemon=True)
+    thread.start()
+    thread.join(RESOLVE_TIMEOUT)
+    # EAI_AGAIN is "try again later" (no DNS server reachable now): ZeroMQ
+    # does try again, so that is not a reason to refuse the endpoint.
+    if failure and failure[0].errno != socket.EAI_AGAIN:
+        raise EndpointError(f"{said}: the host {host!r} does not resolve ({failure[0].strerror})")
+
 
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -43,7 +143,9 @@ class DealerTransport:
         log: logging.Logger | None = None,
     ):
         self._diag = log or diagnostics("roxxel.client")
-        self.endpoint = endpoint
+        # Only its form here: resolving is for the entry points (Logger(), the
+        # command), once, and a forked child's new transport need not wait for it.
+        self.endpoint = check_endpoint(endpoint, "collector endpoint ", resolve=False)
         self.connects = 0
         self._context = context or zmq.Context.instance()
         self._socket = self._context.socket(zmq.DEALER)
@@ -69,7 +171,9 @@ class DealerTransport:
             self._socket.connect(endpoint)
         except zmq.ZMQError as exc:
             self.close()
-            raise ValueError(f"cannot connect to collector endpoint {endpoint!r}: {exc}") from None
+            raise EndpointError(
+                f"cannot connect to collector endpoint {endpoint!r}: {exc}"
+            ) from None
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)

@@ -99,10 +99,11 @@ def _map_key(value: Any) -> Any:
 class FrameFuzzer:
     """Hostile messages from ``random.Random(seed)``; see the module docstring."""
 
-    def __init__(self, seed: int, max_new_senders: int = 200):
+    def __init__(self, seed: int, max_new_senders: int = 200, run: str | None = None):
         self.seed = seed
         self.rng = random.Random(seed)
-        self.mirror = Mirror()
+        self.run = run  # the run the collector serves: most hellos name it
+        self.mirror = Mirror(run)
         self.max_new_senders = max_new_senders
         self.messages = 0
         self.parts = 0
@@ -349,9 +350,14 @@ class FrameFuzzer:
             "rank": rng.choice([0, 1, 3, 2**32, 2**63 - 1, 2**64 - 1]),
             "pid": rng.choice([1, 4242, 2**64 - 1]),
             "process_count": rng.choice([0, 1, 2, 64, 2**31, 2**64 - 1]),
-            "prefix": self._text(12),
+            "prefix": self._prefix(),
         }
         return msgpack.packb([codec.PROTO_VERSION, "hello", sid, acked, body], use_bin_type=True)
+
+    def _prefix(self) -> str:
+        text = self._text(12)
+        # Mostly the collector's run (whose senders' batches go deep), sometimes another.
+        return self.run if self.run is not None and self.rng.random() < 0.9 else text
 
     def _our_senders(self) -> list[bytes]:
         return [sid for sid in self.mirror.said_hello if self.mirror.knows(sid)]

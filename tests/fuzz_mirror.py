@@ -38,7 +38,8 @@ class Mirror:
     not a copy of them): which sender ids said hello (and not bye), the seq
     each has applied, how many frames were bad."""
 
-    def __init__(self) -> None:
+    def __init__(self, run: str | None = None) -> None:
+        self.run = run  # a collector of this run only refuses hellos naming another
         self.ledger = Ledger(clock=lambda: 0.0)  # a fuzz run never forgets a sender
         self.said_hello: list[bytes] = []  # every sender id that was new in a hello
         self.counts: Counter[str] = Counter()
@@ -71,8 +72,11 @@ class Mirror:
         return outcome
 
     def _see(self, part: bytes, new_senders: bool) -> str:
-        if not new_senders and self._new_hello(part):
+        hello = self._new_hello(part)
+        if hello is not None and not new_senders:
             return "new-sender"
+        if hello is not None and self.run is not None and hello.prefix != self.run:
+            return "refused-run"  # answered with a refusal, nothing kept
         event = self.ledger.receive(part)
         if isinstance(event, Introduced):
             if event.new:
@@ -85,12 +89,17 @@ class Mirror:
             return "duplicate" if event.duplicate else "gap"
         return _OUTCOMES[type(event)]
 
-    def _new_hello(self, part: bytes) -> bool:
+    def _new_hello(self, part: bytes) -> codec.Hello | None:
+        """The hello of a sender the collector does not know yet, if ``part`` is one."""
         try:
+            if codec.decode_envelope(part).kind != "hello":
+                return None
             frame = codec.decode(part)
         except codec.CodecError:
-            return False
-        return isinstance(frame, codec.Hello) and frame.sender_id not in self.ledger.senders
+            return None
+        if isinstance(frame, codec.Hello) and frame.sender_id not in self.ledger.senders:
+            return frame
+        return None
 
 
 _OUTCOMES = {

@@ -447,7 +447,12 @@ def test_sigterm_during_close_waits_for_the_close_then_ends_the_process(tmp_path
         f"lg = Logger({str(tmp_path / 'c')!r}, 'run', aggregator='tcp://127.0.0.1:{port}',"
         " close_timeout=3)\n"
         "for i in range(1000): lg.log_message(f'line {i}')\n"
-        f"open({str(marker)!r}, 'w').close()\n"
+        # The marker once close() has begun (a SIGTERM just before it is another case).
+        "import threading, time, roxxel.exits as exits\n"
+        "def mark():\n"
+        "    while not exits._closing: time.sleep(0.001)\n"
+        f"    open({str(marker)!r}, 'w').close()\n"
+        "threading.Thread(target=mark, daemon=True).start()\n"
         "lg.close()\n"
         "print('close returned', flush=True)\n"
     )

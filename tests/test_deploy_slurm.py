@@ -148,7 +148,7 @@ TRAIN = """
 import logging, os, sys, time
 from pathlib import Path
 from roxxel import Logger
-with Logger(sys.argv[1], "train") as lg:
+with Logger(sys.argv[1], os.environ["ROXXEL_PREFIX"]) as lg:
     assert lg.rank == int(os.environ["SLURM_PROCID"]), lg.rank
     lg.log_message(f"rank {lg.rank} of {lg.world_size} via {lg.endpoint}", logging.WARNING)
     lg.log_metrics_summary(10 + lg.rank, {"loss": 0.25}, all_ranks=True)

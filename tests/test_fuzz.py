@@ -326,7 +326,7 @@ def test_a_live_daemon_survives_100k_hostile_messages_and_serves_a_good_client(
 ) -> None:
     started = time.monotonic()
     daemon = start_daemon(tmp_path / "logs", "fuzz", extra=("--stats-interval", "0.5"))
-    fuzzer = FrameFuzzer(SEED)
+    fuzzer = FrameFuzzer(SEED, run="fuzz")
     print(f"\nfuzz seed {SEED} (set ROXXEL_FUZZ_SEED to change it)")
     rss = RssPeak(daemon.process)
     rss.start()

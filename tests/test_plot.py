@@ -12,7 +12,14 @@ import pytest
 
 from roxxel import Logger
 from roxxel.cli import main
-from roxxel.plot import MISSING_MATPLOTLIB, PlotError, panels, read_metrics_csv, select_keys
+from roxxel.plot import (
+    MISSING_MATPLOTLIB,
+    Line,
+    PlotError,
+    panels,
+    read_metrics_csv,
+    select_keys,
+)
 
 from .conftest import python_env, run_python
 
@@ -81,11 +88,11 @@ def line_rows(path: Path) -> list[int]:
 def test_parser_reads_a_widened_csv_exactly(run_csv: Path) -> None:
     series = read_metrics_csv(run_csv)
     assert list(series) == ["loss", "lr"]
-    steps, values = series["loss"]
+    steps, values = series["loss"][None]
     # Step 4's empty cell, step 6's text and step 7's None are not values.
     assert steps == [0, 1, 2, 3, 5]
     assert list(map(str, values)) == ["1.0", "0.5", "0.25", "0.125", "nan"]
-    steps, values = series["lr"]
+    steps, values = series["lr"][None]
     # Rows 0-2, written before "lr" existed, have empty cells for it.
     assert steps == [3, 4, 5, 6, 7]
     assert list(map(str, values)) == ["0.001", "0.0005", "inf", "0.00025", "-2.0"]
@@ -94,7 +101,7 @@ def test_parser_reads_a_widened_csv_exactly(run_csv: Path) -> None:
 def test_parser_takes_only_what_the_sink_writes_for_numbers(tmp_path: Path) -> None:
     path = tmp_path / "hand.csv"
     path.write_text('step,a,b\n0,1_000, 7 \n\n1,-3\n2,"4,5",1e-06\n', encoding="utf-8")
-    assert read_metrics_csv(path) == {"a": ([1], [-3.0]), "b": ([2], [1e-06])}
+    assert read_metrics_csv(path) == {"a": {None: ([1], [-3.0])}, "b": {None: ([2], [1e-06])}}
 
 
 @pytest.mark.parametrize(
@@ -123,7 +130,7 @@ def test_a_bad_csv_exits_1_with_the_reason(
 
 
 def test_keys_select_in_order_and_name_the_available_ones() -> None:
-    series = {"loss": ([0], [1.0]), "lr": ([0], [0.1])}
+    series = {"loss": {None: ([0], [1.0])}, "lr": {None: ([0], [0.1])}}
     assert list(select_keys(series, ["lr", "loss"])) == ["lr", "loss"]
     assert select_keys(series, None) == series
     with pytest.raises(PlotError, match="no metric 'nosuch'.*its metrics are: 'loss', 'lr'"):
@@ -133,17 +140,17 @@ def test_keys_select_in_order_and_name_the_available_ones() -> None:
 def test_panels_drop_non_finite_values_and_say_so() -> None:
     nan, inf = float("nan"), float("inf")
     series = {
-        "loss": ([0, 1, 2, 3], [2.0, nan, 1.0, -inf]),
-        "lr": ([0, 1], [0.1, 0.01]),
-        "delta": ([0, 1, 2], [0.5, 0.0, inf]),
-        "note": ([], []),
+        "loss": {None: ([0, 1, 2, 3], [2.0, nan, 1.0, -inf])},
+        "lr": {None: ([0, 1], [0.1, 0.01])},
+        "delta": {None: ([0, 1, 2], [0.5, 0.0, inf])},
+        "note": {},
     }
     linear = panels(series)
-    assert [(p.steps, p.values, p.log_y) for p in linear] == [
-        ([0, 2], [2.0, 1.0], False),
-        ([0, 1], [0.1, 0.01], False),
-        ([0, 1], [0.5, 0.0], False),
-        ([], [], False),
+    assert [(p.lines, p.log_y) for p in linear] == [
+        ([Line(None, [0, 2], [2.0, 1.0])], False),
+        ([Line(None, [0, 1], [0.1, 0.01])], False),
+        ([Line(None, [0, 1], [0.5, 0.0])], False),
+        ([], False),
     ]
     assert [p.title for p in linear] == [
         "loss (2 non-finite values skipped)",
@@ -158,7 +165,7 @@ def test_panels_drop_non_finite_values_and_say_so() -> None:
         ("delta (1 non-finite value skipped; linear y: values <= 0)", False),
         ("note (no numeric values)", False),
     ]
-    assert not any(math.isnan(v) for p in logged for v in p.values)
+    assert not any(math.isnan(v) for p in logged for line in p.lines for v in line.values)
 
 
 def test_plot_writes_a_png_with_a_subplot_per_metric(run_csv: Path, tmp_path: Path) -> None:
@@ -223,3 +230,76 @@ def test_roxxel_does_not_import_matplotlib() -> None:
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))\n"
     )
     assert (result.returncode, result.stdout, result.stderr) == (0, "[]\n", "")
+
+
+def test_a_run_appended_to_the_same_file_starts_a_new_line_not_a_diagonal(
+    tmp_path: Path,
+) -> None:
+    # Two runs of a script on one log dir: steps 0-10 at 0.0, then again 0-10 at 1.0.
+    for value in (0.0, 1.0):
+        with Logger(tmp_path, "run", collector="thread", watcher=False) as logger:
+            for step in range(11):
+                logger.log_metrics_summary(step, {"loss": value})
+    csv_path = tmp_path / "run_metrics.csv"
+    (panel,) = panels(read_metrics_csv(csv_path))
+    assert panel.lines == [
+        Line(None, list(range(11)), [0.0] * 11),
+        Line(None, list(range(11)), [1.0] * 11),
+    ]
+    result = plot(str(csv_path))
+    assert (result.returncode, result.stderr) == (0, "")
+    rows = line_rows(csv_path.with_suffix(".png"))
+    # Two flat lines: two bands of pixel rows, nothing between them (a line
+    # from step 10 of the first run back to step 0 of the second would cross).
+    low, high = min(rows), max(rows)
+    assert high - low > 50
+    middle = [r for r in rows if low + 10 < r < high - 10]
+    assert middle == [], middle
+
+
+# The CSV sink's format for rows logged with all_ranks=True by 3 ranks, and
+# rank 0's plain rows (empty rank cell), as `make demo`'s pod run writes it.
+RANKED_CSV = """\
+step,rank,loss
+0,0,1.00000
+0,1,2.00000
+0,2,3.00000
+1,,0.90000
+1,1,1.90000
+1,2,2.90000
+0,0,5.00000
+"""
+
+
+def test_a_rank_column_gives_a_line_per_rank_and_is_never_a_metric(tmp_path: Path) -> None:
+    csv_path = tmp_path / "pod_metrics.csv"
+    csv_path.write_text(RANKED_CSV, encoding="utf-8")
+    series = read_metrics_csv(csv_path)
+    assert series == {
+        "loss": {0: ([0, 1, 0], [1.0, 0.9, 5.0]), 1: ([0, 1], [2.0, 1.9]), 2: ([0, 1], [3.0, 2.9])}
+    }
+    (panel,) = panels(series)
+    assert panel.title == "loss"
+    # Rank 0's step going back to 0 is a new run of rank 0: a line of its own.
+    assert panel.lines == [
+        Line(0, [0, 1], [1.0, 0.9]),
+        Line(0, [0], [5.0]),
+        Line(1, [0, 1], [2.0, 1.9]),
+        Line(2, [0, 1], [3.0, 2.9]),
+    ]
+    assert plot(str(csv_path), "--keys", "rank").stderr == (
+        "roxxel plot: no metric 'rank' in this CSV; its metrics are: 'loss'\n"
+    )
+    result = plot(str(csv_path))
+    assert (result.returncode, result.stderr) == (0, "")
+    png = csv_path.with_suffix(".png")
+    assert png_size(png) == png_size_of_one_panel(tmp_path)
+    assert line_rows(png)  # rank 0's colour is drawn
+
+
+def png_size_of_one_panel(tmp_path: Path) -> tuple[int, int]:
+    """The size of a PNG of one metric: a rank column adds no subplot."""
+    one = tmp_path / "one.csv"
+    one.write_text("step,loss\n0,1.0\n1,2.0\n", encoding="utf-8")
+    assert plot(str(one)).returncode == 0
+    return png_size(one.with_suffix(".png"))

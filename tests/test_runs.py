@@ -189,3 +189,37 @@ def test_status_and_tail_name_the_run(tmp_path: Path, start_daemon) -> None:
         assert "hello from alpha" in piece["text"] and "beta" not in piece["text"]
         with pytest.raises(QueryError, match="serves several runs"):
             query.ask({"what": "tail"}, 30)
+    cli = [sys.executable, "-m", "roxxel.cli"]
+    tail = subprocess.run(
+        [*cli, "tail", daemon.endpoint, "--run", "alpha", "--no-follow"],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=60,
+    )
+    assert tail.returncode == 0 and "hello from alpha" in tail.stdout, tail.stderr
+    status = subprocess.run(
+        [*cli, "status", daemon.endpoint], capture_output=True, text=True, env=python_env()
+    )
+    assert "a run per prefix" in status.stdout and "runs open: alpha, beta" in status.stdout
+
+
+def test_a_one_run_daemon_refuses_a_client_of_another_run(tmp_path: Path, start_daemon) -> None:
+    daemon = start_daemon(tmp_path / "logs", "jobA")
+    result = run_python(
+        "import logging\n"
+        "from roxxel import Logger\n"
+        f"with Logger({str(tmp_path / 'c')!r}, 'jobB', aggregator={daemon.endpoint!r}, "
+        "close_timeout=2, watcher=False) as lg:\n"
+        "    lg.log_message('from run B', logging.WARNING)\n",
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "refused this client: this collector writes run 'jobA' only" in result.stderr
+    assert "use filename_prefix='jobA'" in result.stderr
+    assert list((tmp_path / "c").glob("jobB_undelivered_rank0.jsonl"))
+    wait_for(
+        lambda: "refused a client of run 'jobB'" in daemon.file("system.log"), 30, "the report"
+    )
+    assert "from run B" not in daemon.file("system.log")
+    assert not list((tmp_path / "logs").glob("jobB*"))
