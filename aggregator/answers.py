@@ -14,8 +14,9 @@ from collections import deque
 from typing import Any
 
 from .ledger import Ledger
+from .run import Run
 
-__all__ = ["RateMeter", "senders_status", "tail_piece", "STATUS_SENDERS", "TAIL_BYTES"]
+__all__ = ["RateMeter", "senders_status", "tail_of", "tail_piece", "STATUS_SENDERS", "TAIL_BYTES"]
 
 STATUS_SENDERS = 100
 TAIL_BYTES = 256 * 1024
@@ -59,6 +60,14 @@ def senders_status(ledgers: list[Ledger]) -> dict[str, Any]:
             for now, st in busiest[:STATUS_SENDERS]
         ],
     }
+
+
+def tail_of(run: Run, offset: Any, file_id: Any) -> dict[str, Any]:
+    """The tail answer for ``run``'s system log (see :func:`tail_piece`)."""
+    log = run.system_log
+    if log is None or run.log_dir is None:
+        return {"error": "this collector writes no system log file"}
+    return tail_piece(os.path.abspath(log.path), log.synced, offset, file_id)
 
 
 def tail_piece(

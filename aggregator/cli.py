@@ -135,25 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         curve = None
         if args.curve_secret is not None:
             curve = server_keys(args.curve_secret, args.curve_clients)
-        if args.prefix is None:
-            collector = Collector.for_runs(
-                args.bind,
-                args.log_dir,
-                echo,
-                commit_interval=args.commit_interval,
-                curve=curve,
-                name=args.name,
-            )
+        options = {"commit_interval": args.commit_interval, "curve": curve, "name": args.name}
+        if args.prefix is None:  # every run that reaches it
+            collector = Collector.for_runs(args.bind, args.log_dir, echo, **options)
         else:
-            collector = Collector.for_log_dir(
-                args.bind,
-                args.log_dir,
-                args.prefix,
-                echo,
-                commit_interval=args.commit_interval,
-                curve=curve,
-                name=args.name,
-            )
+            collector = Collector.for_log_dir(args.bind, args.log_dir, args.prefix, echo, **options)
     except (OSError, ValueError, RuntimeError) as exc:
         error = f"cannot serve {args.log_dir}: {exc}"
         print(f"{args.name}: {error}", file=sys.stderr)

@@ -58,7 +58,7 @@ from roxxel import codec
 from roxxel.diagnostics import diagnostics
 from roxxel.security import ServerKeys
 
-from .answers import RateMeter, senders_status, tail_piece
+from .answers import RateMeter, senders_status, tail_of
 from .curve import Refusal
 from .ledger import (
     Apply,
@@ -73,9 +73,10 @@ from .ledger import (
 )
 from .router import Router
 from .run import Run
-from .sinks import FanOut, Sink, SystemLogSink, default_sinks
+from .runs import Refused, Runs
+from .sinks import Sink, default_sinks
 
-__all__ = ["Collector", "default_sinks", "DAEMON_NAME", "MAX_RUNS"]
+__all__ = ["Collector", "default_sinks", "DAEMON_NAME"]
 
 # A commit (fsync of the files, checkpoint replaced: ~0.9 ms of CPU on a
 # 2-vCPU VM) happens at most this often, except when a client says bye; acks
@@ -90,10 +91,6 @@ _AFTER_PARENT_DEATH = 5.0
 # it may commit and ack, so acks keep flowing under a flood.
 _MAX_MESSAGES_PER_CYCLE = 256
 DAEMON_NAME = "roxxel-aggregator"
-# Runs a many-runs daemon keeps open at once (each holds three files, a lock
-# and a ledger), and how long one without senders stays open after its last frame.
-MAX_RUNS = 256
-IDLE_RUN_SECONDS = 60.0
 
 
 class Collector:
@@ -124,12 +121,14 @@ class Collector:
         log: logging.Logger | None = None,
         name: str = DAEMON_NAME,
         home: Run | None = None,
+        root: str | None = None,
+        echo: TextIO | None = None,
     ):
         self.name = name  # how its messages sign: the program the user started
         self._diag = log or diagnostics("roxxel.aggregator")
         # One run's files, or (serving many runs) the daemon's own log; ``home``:
         # a run opened already (files, lock, checkpoint), see for_log_dir.
-        self._home = home or Run(
+        home_run = home or Run(
             sinks,
             ledger or Ledger(),
             Counter(),
@@ -138,14 +137,10 @@ class Collector:
             checkpoint=checkpoint,
             quarantine=quarantine,
         )
-        self.stats: Counter[str] = self._home.stats
-        self._runs: dict[str, Run] = {}  # serving many runs: by prefix
-        self._run_of: dict[bytes, Run] = {}  # serving many runs: sender id -> its run
-        self._runs_dir: str | None = None  # set: a run per client prefix, under it
-        self._echo: TextIO | None = None
-        self.max_runs = MAX_RUNS
-        self.idle_run_seconds = IDLE_RUN_SECONDS
-        self._writing = self._home  # the run a write failure belongs to
+        # ``root``: a run per client prefix under it (see aggregator.runs).
+        self.runs = Runs(home_run, root=root, echo=echo, diagnostics=self._diag, name=name)
+        self.stats: Counter[str] = home_run.stats
+        self._writing = home_run  # the run a write failure belongs to
         self._rate = RateMeter()
         self._started = time.time()
         self._commit_interval = commit_interval
@@ -155,7 +150,7 @@ class Collector:
         self._byes: list[tuple[bytes, codec.Bye, Run]] = []
         self._reopen = False
         if home is None:
-            self._home.commits.resume()
+            home_run.commits.resume()
         # A plain flag, not a threading.Event: stop() runs in signal handlers, and
         # Event.set() takes a lock that a second signal would wait on forever.
         self._stopping = False
@@ -207,9 +202,7 @@ class Collector:
         home = Run.open(
             log_dir, name, echo, Ledger(), Counter(), _diagnostics(), name=name, log_only=True
         )
-        collector = cls._around(home, bind, commit_interval, curve, name)
-        collector._runs_dir, collector._echo = os.path.abspath(log_dir), echo
-        return collector
+        return cls._around(home, bind, commit_interval, curve, name, os.path.abspath(log_dir), echo)
 
     @classmethod
     def _around(
@@ -219,17 +212,30 @@ class Collector:
         commit_interval: float,
         curve: ServerKeys | None,
         name: str,
+        root: str | None = None,
+        echo: TextIO | None = None,
     ) -> Collector:
         """A collector whose home is ``run``, opened already (files, lock, checkpoint)."""
         try:
             return cls(
-                bind, run.sinks, commit_interval=commit_interval, curve=curve, name=name, home=run
+                bind,
+                run.sinks,
+                commit_interval=commit_interval,
+                curve=curve,
+                name=name,
+                home=run,
+                root=root,
+                echo=echo,
             )
         except BaseException:
             run.close()
             raise
 
     # -- what it serves ----------------------------------------------------------
+
+    @property
+    def _home(self) -> Run:
+        return self.runs.home
 
     @property
     def sinks(self) -> Sink:
@@ -241,15 +247,12 @@ class Collector:
 
     @property
     def log_dir(self) -> str | None:
-        return self._runs_dir or self._home.log_dir
+        return self.runs.root or self._home.log_dir
 
     @property
     def prefix(self) -> str | None:
         """The run served (``None``: every run that reaches it)."""
-        return None if self._runs_dir is not None else self._home.prefix
-
-    def _all_runs(self) -> list[Run]:
-        return [self._home, *self._runs.values()]
+        return None if self.runs.root is not None else self._home.prefix
 
     # -- control, from any thread ------------------------------------------------
 
@@ -313,7 +316,7 @@ class Collector:
                 self.serve_once(min(poll, max(0.0, deadline - time.monotonic())))
         while self.serve_once(0.01):
             pass
-        for run in self._all_runs():
+        for run in self.runs.all():
             summary = run.deaths.summary()
             if summary is not None:
                 self._guarded(run, run.log, logging.CRITICAL, summary)
@@ -326,7 +329,7 @@ class Collector:
         the last one was less than ``commit_interval`` ago. Returns messages handled."""
         if self._commit_due is not None:
             timeout = min(timeout, max(0.0, self._commit_due - time.monotonic()))
-        if any(r.commits.needs_rewind and not r.commits.roll_back() for r in self._all_runs()):
+        if any(r.commits.needs_rewind and not r.commits.roll_back() for r in self.runs.all()):
             # The files cannot be rewound yet: read nothing (it could not be
             # written), wait for the disk or a stop instead of spinning.
             self._router.wait_for_wake(max(timeout, 0.1))
@@ -355,17 +358,17 @@ class Collector:
         except OSError as exc:
             self._writing.commits.failed(exc)
         now = time.monotonic()
-        dirty = any(r.commits.dirty for r in self._all_runs())
+        dirty = any(r.commits.dirty for r in self.runs.all())
         if dirty and self._commit_due is None:
             # At most one commit per interval: at once after a quiet spell.
             self._commit_due = max(now, self._last_commit + self._commit_interval)
         if self._commit_due is not None and now >= self._commit_due:
-            for run in self._all_runs():
+            for run in self.runs.all():
                 self._commit(run)
             self._last_commit = now
             self._commit_due = None
         self._send_acks()
-        for run in self._all_runs():
+        for run in self.runs.all():
             self._forget_idle(run)
         self._close_idle_runs(now)
         self._rate.sample(now, self.stats["records"])
@@ -373,14 +376,10 @@ class Collector:
 
     def _dispatch(self, peer: bytes, data: bytes, key: str | None) -> None:
         """Do what the ledger of the frame's run decides for it."""
-        if self._runs_dir is not None:
-            run = self._run_for(peer, data)
-            if run is None:
-                return  # refused
-        elif self._home.prefix is not None and self._of_another_run(peer, data):
-            return  # refused
-        else:
-            run = self._home
+        run = self.runs.route(data)
+        if isinstance(run, Refused):
+            self._refuse(peer, run)
+            return
         self._writing = run
         event = run.ledger.receive(data, key)
         run.active = time.monotonic()
@@ -395,12 +394,11 @@ class Collector:
         elif isinstance(event, Introduced):
             if event.new:
                 self.stats["senders"] += 1
-            if run is not self._home:
-                self._run_of[event.hello.sender_id] = run
+            self.runs.joined(event.hello.sender_id, run)
             self._acks[peer] = (run, event.hello.sender_id)
         elif isinstance(event, Closed):
             run.commits.dirty |= event.known
-            self._run_of.pop(event.bye.sender_id, None)
+            self.runs.left(event.bye.sender_id)
             self._byes.append((peer, event.bye, run))
             self._commit_due = time.monotonic()  # a closing client waits for this ack
         elif isinstance(event, Poisoned):
@@ -424,84 +422,8 @@ class Collector:
         else:
             self._bad(peer, event.problem)
 
-    def _run_for(self, peer: bytes, data: bytes) -> Run | None:
-        """Serving many runs: the run of the frame's sender, or of the run its hello
-        names (opened now); the daemon's own for anything else; ``None`` if refused."""
-        try:
-            envelope = codec.decode_envelope(data)
-        except codec.CodecError:
-            return self._home  # its ledger says why
-        run = self._run_of.get(envelope.sender_id)
-        if run is not None or envelope.kind != "hello":
-            return run or self._home
-        try:
-            hello = codec.decode(data)
-        except codec.CodecError:
-            return self._home
-        assert isinstance(hello, codec.Hello)
-        run = self._runs.get(hello.prefix)
-        if run is not None:
-            return run
-        why = self._cannot_serve(hello.prefix)
-        if why is None:
-            try:
-                run = self._open_run(hello.prefix)
-            except (OSError, ValueError) as exc:
-                why = f"run {hello.prefix!r} cannot be opened here: {exc}"
-        if why is not None:
-            self._refuse(peer, hello, why)
-        return run
-
-    def _of_another_run(self, peer: bytes, data: bytes) -> bool:
-        """Serving one run: whether the frame is a new sender's hello naming another
-        run (refused: its records would land in this run's files)."""
-        try:
-            envelope = codec.decode_envelope(data)
-            if envelope.kind != "hello" or envelope.sender_id in self._home.ledger.senders:
-                return False
-            hello = codec.decode(data)
-        except codec.CodecError:
-            return False  # the ledger says why
-        assert isinstance(hello, codec.Hello)
-        run = self._home.prefix
-        if hello.prefix == run:
-            return False
-        self._refuse(
-            peer,
-            hello,
-            f"this collector writes run {run!r} only (in {self._home.log_dir}): use "
-            f"filename_prefix={run!r}, or a collector of your run (one without --prefix "
-            "serves every run)",
-        )
-        return True
-
-    def _cannot_serve(self, prefix: str) -> str | None:
-        if not _is_file_name(prefix) or prefix == self.name:
-            return (
-                f"{prefix!r} cannot name a run's files (1 to 255 characters, no path "
-                f"separator, not starting with '.', not {self.name!r})"
-            )
-        if len(self._runs) >= self.max_runs:
-            return f"this collector has {self.max_runs} runs open already"
-        return None
-
-    def _open_run(self, prefix: str) -> Run:
-        assert self._runs_dir is not None
-        run = Run.open(
-            self._runs_dir, prefix, self._echo, Ledger(), self.stats, self._diag, name=self.name
-        )
-        self._runs[prefix] = run
-        for sender_id in run.ledger.senders:  # from its checkpoint: they resend
-            self._run_of[sender_id] = run
-        self._guarded(
-            self._home,
-            self._home.log,
-            logging.INFO,
-            f"{self.name}: serving run {prefix!r} ({len(self._runs)} open)",
-        )
-        return run
-
-    def _refuse(self, peer: bytes, hello: codec.Hello, why: str) -> None:
+    def _refuse(self, peer: bytes, refused: Refused) -> None:
+        hello, why = refused.hello, refused.reason
         self.stats["refused_runs"] += 1
         self._router.send(peer, codec.encode(codec.Refusal(hello.sender_id, 0, {"reason": why})))
         self._home.report(
@@ -514,23 +436,15 @@ class Collector:
     def _close_idle_runs(self, now: float) -> None:
         """Close the runs no sender uses any more (all said bye, or were forgotten)."""
         waiting = {id(run) for run, _ in self._acks.values()} | {id(r) for *_, r in self._byes}
-        for prefix, run in list(self._runs.items()):
-            if (
-                not run.ledger.senders
-                and not run.commits.dirty
-                and not run.commits.needs_rewind
-                and id(run) not in waiting
-                and now - run.active >= self.idle_run_seconds
-            ):
-                del self._runs[prefix]
-                self._guarded(self._home, run.close)
+        for run in self.runs.close_idle(now, waiting):
+            self._guarded(self._home, run.close)
 
     def _forget_idle(self, run: Run) -> None:
         forgotten = run.ledger.forget_idle()
         if not forgotten:
             return
         for sender_id in forgotten:
-            self._run_of.pop(sender_id, None)
+            self.runs.left(sender_id)
         self.stats["forgotten_senders"] += len(forgotten)
         self._guarded(
             run,
@@ -596,7 +510,7 @@ class Collector:
                 self._diag.info("%s: %d client key(s) allowed", self.name, allowed)
             except (OSError, ValueError) as exc:
                 self._diag.warning("%s: keeping the allowed keys: %s", self.name, exc)
-        for run in self._all_runs():
+        for run in self.runs.all():
             if not self._commit_now(run):
                 continue  # the files stay as they are; the next SIGHUP tries again
             try:
@@ -640,7 +554,7 @@ class Collector:
 
     def _answer(self, peer: bytes, query: codec.Query) -> None:
         what = query.body.get("what")
-        run = self._asked_run(query.body.get("run"))
+        run = self.runs.asked(query.body.get("run"))
         if isinstance(run, str):
             body: dict[str, Any] = {"error": run}
         elif what == "status":
@@ -656,24 +570,10 @@ class Collector:
             reply = codec.encode(codec.Answer(query.sender_id, query.seq, body))
         self._router.send(peer, reply)  # if the tool's queue is full, it asks again
 
-    def _asked_run(self, prefix: Any) -> Run | None | str:
-        """The run a query names (``None``: all of them), or why there is none."""
-        if prefix is None:
-            return None
-        if self._runs_dir is None:
-            if prefix == self._home.prefix:
-                return self._home
-            return f"this collector serves run {self._home.prefix!r} only"
-        run = self._runs.get(prefix) if isinstance(prefix, str) else None
-        if run is None:
-            open_runs = ", ".join(sorted(self._runs)[:20]) or "none"
-            return f"no run {codec.wire_repr(prefix)} is open here (open: {open_runs})"
-        return run
-
     def status(self, run: Run | None = None) -> dict[str, Any]:
         """What ``roxxel status`` shows: the run (or all of them), its senders,
         rates and problems."""
-        runs = [run] if run is not None else self._all_runs()
+        runs = [run] if run is not None else self.runs.all()
         body = {
             "endpoint": self.endpoint,
             "pid": os.getpid(),
@@ -685,28 +585,25 @@ class Collector:
             "records_per_second": self._rate.rate(),
             "stats": dict(self.stats),
         }
-        if self._runs_dir is not None and run is None:
-            body["runs"] = sorted(self._runs)[:100]
+        if self.runs.root is not None and run is None:
+            body["runs"] = sorted(self.runs.by_prefix)[:100]
         return body
 
     def _tail(self, run: Run | None, offset: Any, file_id: Any) -> dict[str, Any]:
         if run is None:
-            if self._runs_dir is not None:
+            if self.runs.root is not None:
                 return {"error": "this collector serves several runs: name one (--run)"}
             run = self._home
-        log = next((s for s in _leaves(run.sinks) if isinstance(s, SystemLogSink)), None)
-        if log is None or run.log_dir is None:
-            return {"error": "this collector writes no system log file"}
         if not self._serves_log:
             return {
                 "error": "this collector shows its log only to CURVE clients or on a local "
                 "endpoint; run `roxxel tail LOG_DIR` on its host"
             }
-        return tail_piece(os.path.abspath(log.path), log.synced, offset, file_id)
+        return tail_of(run, offset, file_id)
 
     def stats_line(self, records_per_second: float) -> str:
         s = self.stats
-        open_senders = sum(len(run.ledger.open) for run in self._all_runs())
+        open_senders = sum(len(run.ledger.open) for run in self.runs.all())
         return (
             f"{self.name} stats: {records_per_second:,.0f} records/s, "
             f"{open_senders} senders, {s['records']:,} records written, "
@@ -720,7 +617,7 @@ class Collector:
 
     def senders_done(self) -> bool:
         """Every rank of every run has said hello, and every sender that did has said bye."""
-        return all(run.ledger.done() for run in self._all_runs())
+        return all(run.ledger.done() for run in self.runs.all())
 
     def _await_death_notices(self, parent_pid: int | None) -> None:
         """After the parent died: serve until its watcher's notice has come and
@@ -735,27 +632,10 @@ class Collector:
 
     def close(self) -> None:
         try:
-            for run in self._runs.values():
-                run.close()
-            self._home.close()
+            self.runs.close()
         finally:
             self._router.close()
 
 
 def _diagnostics() -> logging.Logger:
     return diagnostics("roxxel.aggregator")
-
-
-def _is_file_name(prefix: str) -> bool:
-    """A prefix that names files inside the log dir: never a dot-file or a path."""
-    return (
-        0 < len(prefix) <= codec.MAX_NAME_LEN
-        and not prefix.startswith(".")
-        and not any(c in prefix for c in "/\\\0")
-    )
-
-
-def _leaves(sink: Sink) -> list[Sink]:
-    if isinstance(sink, FanOut):
-        return [leaf for inner in sink.sinks for leaf in _leaves(inner)]
-    return [sink]

@@ -53,6 +53,8 @@ class Run:
         log_dir: str | None = None,
     ) -> None:
         self.sinks = sinks
+        # What roxxel tail reads (None: a collector over sinks without one).
+        self.system_log = next((s for s in _leaves(sinks) if isinstance(s, SystemLogSink)), None)
         self.ledger = ledger
         self.name = name
         self.prefix = prefix
@@ -218,3 +220,9 @@ class Run:
     def write_line(self, ts: float, level: int, text: str) -> None:
         self.sinks.write_lines(COLLECTOR_ORIGIN, [[schema.RECORD_LOG, ts, level, text]])
         self.commits.dirty = True
+
+
+def _leaves(sink: Sink) -> list[Sink]:
+    if isinstance(sink, FanOut):
+        return [leaf for inner in sink.sinks for leaf in _leaves(inner)]
+    return [sink]

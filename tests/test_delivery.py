@@ -24,7 +24,7 @@ STREAM = """
 import logging, sys, time
 from roxxel import Logger
 n = int(sys.argv[2])
-with Logger(sys.argv[1], "run", close_timeout=120) as lg:
+with Logger(sys.argv[1], sys.argv[4], close_timeout=120) as lg:
     for i in range(n):
         lg.log_message(f"{sys.argv[3]} {i}", level=logging.WARNING)
         lg.log_metrics_summary(i, {"i": float(i)})
@@ -71,10 +71,21 @@ def roxxel_replay(path: Path, endpoint: str) -> subprocess.CompletedProcess:
     )
 
 
-def start_clients(endpoint: str, n: int, ranks: int, workdir: Path) -> list[subprocess.Popen]:
+def start_clients(
+    endpoint: str, n: int, ranks: int, workdir: Path, prefix: str = "run", tag: str = "c"
+) -> list[subprocess.Popen]:
+    """``ranks`` client processes of run ``prefix``, each logging lines ``{tag}{rank} i``."""
     return [
         subprocess.Popen(
-            [sys.executable, "-c", STREAM, str(workdir / f"client{rank}"), str(n), f"c{rank}"],
+            [
+                sys.executable,
+                "-c",
+                STREAM,
+                str(workdir / f"{prefix}-client{rank}"),
+                str(n),
+                f"{tag}{rank}",
+                prefix,
+            ],
             env=python_env(
                 SLURM_PROCID=str(rank), SLURM_NTASKS=str(ranks), ROXXEL_AGGREGATOR=endpoint
             ),
@@ -125,7 +136,7 @@ def test_kill_9_of_the_daemon_and_restart_lose_and_duplicate_nothing(
     assert_exactly_once(second.file("system.log"), expected)
     assert sorted(csv_steps(log_dir / "run_metrics.csv")) == list(range(n))
     print(f"kill -9: {len(expected)} lines + {n} rows sent; {at_kill} lines on disk at the kill")
-    assert not list(tmp_path.glob("client*/*undelivered*"))
+    assert not list(tmp_path.glob("*client*/*undelivered*"))
 
 
 def test_broken_connections_and_dropped_acks_lose_and_duplicate_nothing(

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 import zmq
@@ -18,43 +19,21 @@ from roxxel import codec
 from roxxel.query import CollectorQuery, QueryError
 
 from .conftest import free_port, python_env, read, run_python, wait_for
-from .test_delivery import assert_exactly_once, wait_all
-
-# A client of run argv[4] streaming numbered warnings (and, on rank 0, metrics).
-STREAM = """
-import logging, sys, time
-from roxxel import Logger
-n = int(sys.argv[2])
-with Logger(sys.argv[1], sys.argv[4], close_timeout=120) as lg:
-    for i in range(n):
-        lg.log_message(f"{sys.argv[3]} {i}", level=logging.WARNING)
-        lg.log_metrics_summary(i, {"i": float(i)})
-        if i % 10 == 9:
-            time.sleep(0.002)
-"""
+from .test_delivery import assert_exactly_once, start_clients, wait_all
 
 
-def start_run(endpoint: str, prefix: str, n: int, ranks: int, workdir: Path) -> list:
-    return [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                STREAM,
-                str(workdir / f"{prefix}{rank}"),
-                str(n),
-                prefix,
-                prefix,
-            ],
-            env=python_env(
-                SLURM_PROCID=str(rank), SLURM_NTASKS=str(ranks), ROXXEL_AGGREGATOR=endpoint
-            ),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in range(ranks)
-    ]
+def log_once(log_dir: Path, prefix: str, endpoint: str, text: str) -> CompletedProcess:
+    """A client process of run ``prefix`` logs one WARNING and closes (2 s at most)."""
+    result = run_python(
+        "import logging\n"
+        "from roxxel import Logger\n"
+        f"with Logger({str(log_dir)!r}, {prefix!r}, aggregator={endpoint!r}, "
+        "close_timeout=2, watcher=False) as lg:\n"
+        f"    lg.log_message({text!r}, logging.WARNING)\n",
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
 
 
 def rows(path: Path) -> list[int]:
@@ -70,8 +49,8 @@ def test_two_runs_through_one_daemon_keep_their_own_files_across_a_kill_9(
     bind = f"tcp://127.0.0.1:{free_port()}"
     log_dir = tmp_path / "logs"
     first = start_daemon(log_dir, None, bind)
-    clients = start_run(first.endpoint, "jobA", n, ranks, tmp_path)
-    clients += start_run(first.endpoint, "jobB", n, ranks, tmp_path)
+    clients = start_clients(first.endpoint, n, ranks, tmp_path, prefix="jobA", tag="jobA")
+    clients += start_clients(first.endpoint, n, ranks, tmp_path, prefix="jobB", tag="jobB")
     try:
         wait_for(
             lambda: all(
@@ -99,15 +78,15 @@ def test_two_runs_through_one_daemon_keep_their_own_files_across_a_kill_9(
     for prefix in ("jobA", "jobB"):
         log = read(log_dir / f"{prefix}_system.log")
         expected = [
-            f"{'[rank 1] ' if r else ''}{prefix} {i}" for r in range(ranks) for i in range(n)
+            f"{'[rank 1] ' if r else ''}{prefix}{r} {i}" for r in range(ranks) for i in range(n)
         ]
         assert_exactly_once(log, expected)
         other = "jobB" if prefix == "jobA" else "jobA"
-        assert f"{other} " not in log  # nothing of the other run
+        assert other not in log  # nothing of the other run
         assert rows(log_dir / f"{prefix}_metrics.csv") == list(range(n))
     own = read(log_dir / "roxxel-aggregator_system.log")
     assert "serving run 'jobA'" in own and "serving run 'jobB'" in own
-    assert not list(tmp_path.glob("job*/*undelivered*"))
+    assert not list(tmp_path.glob("job*-client*/*undelivered*"))
 
 
 def hello_refusal(endpoint: str, prefix: str) -> codec.Frame:
@@ -152,15 +131,7 @@ def test_a_client_of_a_run_that_cannot_be_opened_is_told_and_keeps_its_records(
     log_dir = tmp_path / "logs"
     start_daemon(log_dir, "taken")  # a one-run daemon holds run "taken" in the same dir
     many = start_daemon(log_dir, None)
-    result = run_python(
-        "import logging\n"
-        "from roxxel import Logger\n"
-        f"with Logger({str(tmp_path / 'c')!r}, 'taken', aggregator={many.endpoint!r}, "
-        "close_timeout=2, watcher=False) as lg:\n"
-        "    lg.log_message('kept here', logging.WARNING)\n",
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
+    result = log_once(tmp_path / "c", "taken", many.endpoint, "kept here")
     assert "refused this client: run 'taken' cannot be opened here" in result.stderr
     assert "another roxxel collector" in result.stderr
     assert list((tmp_path / "c").glob("taken_undelivered_rank0.jsonl"))
@@ -206,15 +177,7 @@ def test_status_and_tail_name_the_run(tmp_path: Path, start_daemon) -> None:
 
 def test_a_one_run_daemon_refuses_a_client_of_another_run(tmp_path: Path, start_daemon) -> None:
     daemon = start_daemon(tmp_path / "logs", "jobA")
-    result = run_python(
-        "import logging\n"
-        "from roxxel import Logger\n"
-        f"with Logger({str(tmp_path / 'c')!r}, 'jobB', aggregator={daemon.endpoint!r}, "
-        "close_timeout=2, watcher=False) as lg:\n"
-        "    lg.log_message('from run B', logging.WARNING)\n",
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
+    result = log_once(tmp_path / "c", "jobB", daemon.endpoint, "from run B")
     assert "refused this client: this collector writes run 'jobA' only" in result.stderr
     assert "use filename_prefix='jobA'" in result.stderr
     assert list((tmp_path / "c").glob("jobB_undelivered_rank0.jsonl"))

@@ -1,0 +1,198 @@
+"""The runs a collector serves, and which run a frame belongs to. No sockets.
+
+A collector of one run has only its *home* run: every frame is that run's,
+except a new sender's hello that names another run, which is refused (its
+records would land in this run's files). A collector of many runs (the
+daemon without ``--prefix``) keeps a run per client ``filename_prefix``
+under one directory: a sender's frames go to the run its hello named, a
+hello of a new run opens it (at most ``max_runs`` at once), and a run no
+sender uses any more is closed after ``idle_seconds``; its home run is the
+daemon's own log. Anything that names no known sender (garbage, a tool's
+query, a stranger's batch) goes to the home run, whose ledger says what it is.
+
+Threading: used only by the collector's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import TextIO
+
+from roxxel import codec
+
+from .ledger import Ledger
+from .run import Run
+
+__all__ = ["Runs", "Refused", "MAX_RUNS", "IDLE_RUN_SECONDS", "is_file_name"]
+
+# Runs a many-runs daemon keeps open at once (each holds three files, a lock
+# and a ledger), and how long one without senders stays open after its last frame.
+MAX_RUNS = 256
+IDLE_RUN_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A hello that no run here takes, and why (the client is told)."""
+
+    hello: codec.Hello
+    reason: str
+
+
+class Runs:
+    """The home run and, serving many runs (``root`` given), one run per prefix."""
+
+    def __init__(
+        self,
+        home: Run,
+        *,
+        root: str | None = None,
+        echo: TextIO | None = None,
+        diagnostics: logging.Logger,
+        name: str,
+    ) -> None:
+        self.home = home
+        self.root = root
+        self.by_prefix: dict[str, Run] = {}
+        self.max_runs = MAX_RUNS
+        self.idle_seconds = IDLE_RUN_SECONDS
+        self._of_sender: dict[bytes, Run] = {}
+        self._echo = echo
+        self._diag = diagnostics
+        self._name = name
+
+    @property
+    def stats(self) -> Counter[str]:
+        return self.home.stats
+
+    def all(self) -> list[Run]:
+        return [self.home, *self.by_prefix.values()]
+
+    def route(self, data: bytes) -> Run | Refused:
+        """The run a frame belongs to (opened now for a new run's hello), or its refusal.
+
+        Raises ``OSError`` from opening a run's files only as a refusal's reason.
+        """
+        if self.root is None and self.home.prefix is None:
+            return self.home  # a collector over given sinks: no run to tell apart
+        try:
+            envelope = codec.decode_envelope(data)
+        except codec.CodecError:
+            return self.home  # its ledger says why
+        if self.root is None:
+            if envelope.kind != "hello" or envelope.sender_id in self.home.ledger.senders:
+                return self.home
+        else:
+            run = self._of_sender.get(envelope.sender_id)
+            if run is not None or envelope.kind != "hello":
+                return run or self.home
+        try:
+            hello = codec.decode(data)
+        except codec.CodecError:
+            return self.home
+        assert isinstance(hello, codec.Hello)
+        if self.root is None:
+            return self.home if hello.prefix == self.home.prefix else self._not_this_run(hello)
+        run = self.by_prefix.get(hello.prefix)
+        if run is not None:
+            return run
+        why = self._cannot_serve(hello.prefix)
+        if why is not None:
+            return Refused(hello, why)
+        try:
+            return self._open(hello.prefix)
+        except (OSError, ValueError) as exc:
+            return Refused(hello, f"run {hello.prefix!r} cannot be opened here: {exc}")
+
+    def _not_this_run(self, hello: codec.Hello) -> Refused:
+        run = self.home.prefix
+        return Refused(
+            hello,
+            f"this collector writes run {run!r} only (in {self.home.log_dir}): use "
+            f"filename_prefix={run!r}, or a collector of your run (one without --prefix "
+            "serves every run)",
+        )
+
+    def _cannot_serve(self, prefix: str) -> str | None:
+        if not is_file_name(prefix) or prefix == self._name:
+            return (
+                f"{prefix!r} cannot name a run's files (1 to 255 characters, no path "
+                f"separator, not starting with '.', not {self._name!r})"
+            )
+        if len(self.by_prefix) >= self.max_runs:
+            return f"this collector has {self.max_runs} runs open already"
+        return None
+
+    def _open(self, prefix: str) -> Run:
+        assert self.root is not None
+        run = Run.open(
+            self.root, prefix, self._echo, Ledger(), self.stats, self._diag, name=self._name
+        )
+        self.by_prefix[prefix] = run
+        for sender_id in run.ledger.senders:  # from its checkpoint: they resend
+            self._of_sender[sender_id] = run
+        # Said in the daemon's own log; a failure to write it is that run's to handle.
+        try:
+            self.home.log(
+                logging.INFO, f"{self._name}: serving run {prefix!r} ({len(self.by_prefix)} open)"
+            )
+        except OSError as exc:
+            self.home.commits.failed(exc)
+        return run
+
+    def joined(self, sender_id: bytes, run: Run) -> None:
+        """A sender said hello in ``run``."""
+        if run is not self.home:
+            self._of_sender[sender_id] = run
+
+    def left(self, sender_id: bytes) -> None:
+        """A sender said bye, or was forgotten."""
+        self._of_sender.pop(sender_id, None)
+
+    def asked(self, prefix: object) -> Run | None | str:
+        """The run a query names (``None``: all of them), or why there is none."""
+        if prefix is None:
+            return None
+        if self.root is None:
+            if prefix == self.home.prefix:
+                return self.home
+            return f"this collector serves run {self.home.prefix!r} only"
+        run = self.by_prefix.get(prefix) if isinstance(prefix, str) else None
+        if run is None:
+            open_runs = ", ".join(sorted(self.by_prefix)[:20]) or "none"
+            return f"no run {codec.wire_repr(prefix)} is open here (open: {open_runs})"
+        return run
+
+    def close_idle(self, now: float, busy: set[int]) -> list[Run]:
+        """Take out the runs no sender uses, idle for ``idle_seconds`` and not
+        waiting for an ack (``busy``: their ids); the caller closes them."""
+        idle = [
+            (prefix, run)
+            for prefix, run in self.by_prefix.items()
+            if not run.ledger.senders
+            and not run.commits.dirty
+            and not run.commits.needs_rewind
+            and id(run) not in busy
+            and now - run.active >= self.idle_seconds
+        ]
+        for prefix, _ in idle:
+            del self.by_prefix[prefix]
+        return [run for _, run in idle]
+
+    def close(self) -> None:
+        try:
+            for run in self.by_prefix.values():
+                run.close()
+        finally:
+            self.home.close()
+
+
+def is_file_name(prefix: str) -> bool:
+    """A prefix that names files inside the log dir: never a dot-file or a path."""
+    return (
+        0 < len(prefix) <= codec.MAX_NAME_LEN
+        and not prefix.startswith(".")
+        and not any(c in prefix for c in "/\\\0")
+    )
