@@ -5,7 +5,8 @@ except a new sender's hello that names another run, which is refused (its
 records would land in this run's files). A collector of many runs (the
 daemon without ``--prefix``) keeps a run per client ``filename_prefix``
 under one directory: a sender's frames go to the run its hello named, a
-hello of a new run opens it (at most ``max_runs`` at once), and a run no
+hello of a new run opens it (at most ``max_runs`` at once: 256, fewer where
+the file-descriptor limit would not hold them), and a run no
 sender uses any more is closed after ``idle_seconds``; its home run is the
 daemon's own log. Anything that names no known sender (garbage, a tool's
 query, a stranger's batch) goes to the home run, whose ledger says what it is.
@@ -16,6 +17,7 @@ Threading: used only by the collector's thread.
 from __future__ import annotations
 
 import logging
+import resource
 from collections import Counter
 from dataclasses import dataclass
 from typing import TextIO
@@ -31,6 +33,10 @@ __all__ = ["Runs", "Refused", "MAX_RUNS", "IDLE_RUN_SECONDS", "is_file_name"]
 # and a ledger), and how long one without senders stays open after its last frame.
 MAX_RUNS = 256
 IDLE_RUN_SECONDS = 60.0
+# File descriptors a run may hold (its files, lock, checkpoint being replaced,
+# quarantine), and those kept for everything else (sockets, connections).
+_FDS_PER_RUN = 8
+_FDS_KEPT = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +62,7 @@ class Runs:
         self.home = home
         self.root = root
         self.by_prefix: dict[str, Run] = {}
-        self.max_runs = MAX_RUNS
+        self.max_runs = max_runs_for_fds()
         self.idle_seconds = IDLE_RUN_SECONDS
         self._of_sender: dict[bytes, Run] = {}
         self._echo = echo
@@ -196,3 +202,12 @@ def is_file_name(prefix: str) -> bool:
         and not prefix.startswith(".")
         and not any(c in prefix for c in "/\\\0")
     )
+
+
+def max_runs_for_fds() -> int:
+    """:data:`MAX_RUNS`, or fewer where the process may open fewer files: past
+    the limit a run's open (and the daemon's connections) would fail."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_RUNS
+    return max(1, min(MAX_RUNS, (soft - _FDS_KEPT) // _FDS_PER_RUN))

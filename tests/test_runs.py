@@ -186,3 +186,16 @@ def test_a_one_run_daemon_refuses_a_client_of_another_run(tmp_path: Path, start_
     )
     assert "from run B" not in daemon.file("system.log")
     assert not list((tmp_path / "logs").glob("jobB*"))
+
+
+def test_the_runs_open_at_once_fit_the_open_files_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import resource
+
+    from aggregator.runs import MAX_RUNS, max_runs_for_fds
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
+    assert max_runs_for_fds() == (1024 - 256) // 8
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (65536, 65536))
+    assert max_runs_for_fds() == MAX_RUNS
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (100, 100))
+    assert max_runs_for_fds() == 1
