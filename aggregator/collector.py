@@ -91,6 +91,8 @@ _AFTER_PARENT_DEATH = 5.0
 # it may commit and ack, so acks keep flowing under a flood.
 _MAX_MESSAGES_PER_CYCLE = 256
 DAEMON_NAME = "roxxel-aggregator"
+# Refused senders remembered, so their other frames are not reported as malformed.
+_REFUSED_KEPT = 4096
 
 
 class Collector:
@@ -141,6 +143,7 @@ class Collector:
         self.runs = Runs(home_run, root=root, echo=echo, diagnostics=self._diag, name=name)
         self.stats: Counter[str] = home_run.stats
         self._writing = home_run  # the run a write failure belongs to
+        self._refused_ids: dict[bytes, None] = {}  # senders refused lately, oldest first
         self._rate = RateMeter()
         self._started = time.time()
         self._commit_interval = commit_interval
@@ -420,13 +423,17 @@ class Collector:
                 f"{event.state.origin.tag or 'rank 0 '}that said hello with another key",
             )
         else:
-            self._bad(peer, event.problem)
+            self._bad(peer, event.problem, data)
 
     def _refuse(self, peer: bytes, refused: Refused) -> None:
         hello, why = refused.hello, refused.reason
         self.stats["refused_runs"] += 1
+        # Its batches that came with the hello are the refusal's, not malformed frames.
+        self._refused_ids[hello.sender_id] = None
+        while len(self._refused_ids) > _REFUSED_KEPT:
+            del self._refused_ids[next(iter(self._refused_ids))]
         self._router.send(peer, codec.encode(codec.Refusal(hello.sender_id, 0, {"reason": why})))
-        self._home.report(
+        self._report_home(
             hello.prefix.encode(errors="replace")[:255],
             "refused run",
             f"refused a client of run {hello.prefix!r} (rank {hello.rank} on "
@@ -523,6 +530,10 @@ class Collector:
 
     # -- problems ----------------------------------------------------------------
 
+    def _report_home(self, who: bytes, what: str, text: str) -> None:
+        """A problem of no run's: in the collector's own log, a write failure its own."""
+        self._guarded(self._home, self._home.report, who, what, text)
+
     def _refused(self, refusal: Refusal) -> None:
         self.stats["refused_connections"] += 1
         if refusal.kind == "unknown_key":
@@ -536,17 +547,20 @@ class Collector:
             )
         # Once per host (a retrying client's port changes; keys cost nothing to make).
         address = refusal.address.rsplit(":", 1)[0].encode()
-        self._home.report(address, f"refused {refusal.kind}", text)
+        self._report_home(address, f"refused {refusal.kind}", text)
 
     def _revoked(self, peer: bytes, key: str | None) -> None:
         self.stats["refused_connections"] += 1
-        self._home.report(
+        self._report_home(
             peer, "revoked", f"refused frames from key {key}: no longer among the allowed keys"
         )
 
-    def _bad(self, peer: bytes, problem: str) -> None:
+    def _bad(self, peer: bytes, problem: str, data: bytes = b"") -> None:
+        if data and self._refused_ids and _sender_of(data) in self._refused_ids:
+            self.stats["refused_frames"] += 1  # a refused client's, said already
+            return
         self.stats["bad_frames"] += 1
-        self._home.report(
+        self._report_home(
             peer, "frame", f"malformed frame from peer {peer.hex() or '?'}: {problem}"
         )
 
@@ -639,3 +653,10 @@ class Collector:
 
 def _diagnostics() -> logging.Logger:
     return diagnostics("roxxel.aggregator")
+
+
+def _sender_of(data: bytes) -> bytes | None:
+    try:
+        return codec.decode_envelope(data).sender_id
+    except codec.CodecError:
+        return None

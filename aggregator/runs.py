@@ -22,17 +22,20 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TextIO
 
-from roxxel import codec
+from roxxel import codec, schema
 
 from .ledger import Ledger
 from .run import Run
 
-__all__ = ["Runs", "Refused", "MAX_RUNS", "IDLE_RUN_SECONDS", "is_file_name"]
+__all__ = ["Runs", "Refused", "MAX_RUNS", "IDLE_RUN_SECONDS", "max_runs_for_fds"]
 
 # Runs a many-runs daemon keeps open at once (each holds three files, a lock
 # and a ledger), and how long one without senders stays open after its last frame.
 MAX_RUNS = 256
 IDLE_RUN_SECONDS = 60.0
+# A run whose senders never said goodbye (killed without a watcher, a replay,
+# a client that said hello only) is closed after this long without a frame.
+_SILENT_RUN_SECONDS = 3600.0
 # File descriptors a run may hold (its files, lock, checkpoint being replaced,
 # quarantine), and those kept for everything else (sockets, connections).
 _FDS_PER_RUN = 8
@@ -109,7 +112,7 @@ class Runs:
             return Refused(hello, why)
         try:
             return self._open(hello.prefix)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 -- one run's bad files must not stop the others
             return Refused(hello, f"run {hello.prefix!r} cannot be opened here: {exc}")
 
     def _not_this_run(self, hello: codec.Hello) -> Refused:
@@ -122,10 +125,10 @@ class Runs:
         )
 
     def _cannot_serve(self, prefix: str) -> str | None:
-        if not is_file_name(prefix) or prefix == self._name:
+        if not schema.is_run_name(prefix) or prefix == self._name:
             return (
-                f"{prefix!r} cannot name a run's files (1 to 255 characters, no path "
-                f"separator, not starting with '.', not {self._name!r})"
+                f"{prefix!r} cannot name a run's files (1 to {schema.MAX_PREFIX_BYTES} bytes, "
+                f"no path separator, not starting with '.', not {self._name!r})"
             )
         if len(self.by_prefix) >= self.max_runs:
             return f"this collector has {self.max_runs} runs open already"
@@ -177,14 +180,19 @@ class Runs:
         idle = [
             (prefix, run)
             for prefix, run in self.by_prefix.items()
-            if not run.ledger.senders
+            if (not run.ledger.open or now - run.active >= _SILENT_RUN_SECONDS)
             and not run.commits.dirty
             and not run.commits.needs_rewind
             and id(run) not in busy
             and now - run.active >= self.idle_seconds
         ]
-        for prefix, _ in idle:
+        for prefix, run in idle:
             del self.by_prefix[prefix]
+            # Its checkpoint keeps their seqs: a sender that comes back says hello,
+            # which opens the run again.
+            for sender_id in run.ledger.senders:
+                if self._of_sender.get(sender_id) is run:
+                    del self._of_sender[sender_id]
         return [run for _, run in idle]
 
     def close(self) -> None:
@@ -193,15 +201,6 @@ class Runs:
                 run.close()
         finally:
             self.home.close()
-
-
-def is_file_name(prefix: str) -> bool:
-    """A prefix that names files inside the log dir: never a dot-file or a path."""
-    return (
-        0 < len(prefix) <= codec.MAX_NAME_LEN
-        and not prefix.startswith(".")
-        and not any(c in prefix for c in "/\\\0")
-    )
 
 
 def max_runs_for_fds() -> int:

@@ -147,6 +147,8 @@ class Sender:
         self._connects_seen = 0
         self._need_hello = True
         self._told_refusal = False
+        # Refused by the collector: only the hello goes, every resend_after, until an ack.
+        self._held_back = False
         self._last_progress = time.monotonic()
         self._changed = threading.Condition()
         self._stopping = False
@@ -379,6 +381,12 @@ class Sender:
         (5 ms). If ZeroMQ cannot take the message, nothing changes.
         """
         frames: list[bytes] = []
+        if self._held_back:
+            # Refused: the records stay pending (never numbered, so still droppable).
+            hello = [codec.encode(self._hello_now())] if self._need_hello else []
+            if hello and self._transport.send_many(hello):
+                self._need_hello = False
+            return
         if self._need_hello:
             frames.append(codec.encode(self._hello_now()))
         frames += [
@@ -449,6 +457,7 @@ class Sender:
             return
         if not isinstance(frame, codec.Ack):
             return
+        self._held_back = False  # taken (again)
         # Every in-flight seq up to the ack, including any numbered after an
         # ack that ran ahead of us (a replay the collector had seen).
         done = [seq for seq in self._in_flight if seq <= frame.seq]
@@ -472,6 +481,7 @@ class Sender:
                 self.endpoint,
                 refusal.body.get("reason", "no reason given"),
             )
+        self._held_back = True
         self._last_progress = time.monotonic()  # asked again after resend_after, not at once
 
     def _receive_watching(self, wait: float) -> None:
@@ -534,6 +544,12 @@ class Sender:
     def _resend_if_needed(self) -> None:
         reconnected = self._transport.connects > max(self._connects_seen, 1)
         self._connects_seen = self._transport.connects
+        if self._held_back:
+            if reconnected or time.monotonic() - self._last_progress >= self._resend_after:
+                self._need_hello = True  # asked again: the run may be served by now
+                self._sent_upto = self._acked
+                self._last_progress = time.monotonic()
+            return
         if not self._in_flight:
             self._last_progress = time.monotonic()
             if not reconnected:

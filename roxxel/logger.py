@@ -140,9 +140,9 @@ class Logger:
     ) -> None:
         if not isinstance(log_dir, (str, os.PathLike)):
             raise TypeError(f"log_dir must be a path, not {type(log_dir).__name__}")
-        if not isinstance(filename_prefix, str) or not _is_prefix(filename_prefix):
+        if not isinstance(filename_prefix, str) or not schema.is_run_name(filename_prefix):
             raise ValueError(
-                f"filename_prefix must be a file name of 1 to {codec.MAX_NAME_LEN} characters, "
+                f"filename_prefix must be a file name of 1 to {schema.MAX_PREFIX_BYTES} bytes, "
                 f"without a path separator and not starting with '.', not {filename_prefix!r}"
             )
         if collector not in ("process", "thread"):
@@ -453,15 +453,6 @@ _BELOW_EVERY_LEVEL = -(2**63)
 
 def _closed(record: tuple[Any, ...]) -> None:
     raise RuntimeError("this roxxel Logger is closed")
-
-
-def _is_prefix(prefix: str) -> bool:
-    """Whether ``prefix`` names files inside the log dir, never a dot-file or a path."""
-    return (
-        0 < len(prefix) <= codec.MAX_NAME_LEN
-        and not prefix.startswith(".")  # the run's own dot-files (checkpoint, lock) start so
-        and not any(c in prefix for c in "/\\\0")
-    )
 
 
 def _level_number(level: int | str) -> int:

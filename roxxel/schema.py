@@ -46,6 +46,8 @@ __all__ = [
     "MAX_TIMESTAMP",
     "MAX_METRIC_KEYS",
     "MAX_KEY_LEN",
+    "MAX_PREFIX_BYTES",
+    "is_run_name",
     "check_record",
     "all_log_lines",
     "check_metric_keys",
@@ -65,6 +67,10 @@ NON_SCALAR = "__roxxel_non_scalar__"
 MAX_TIMESTAMP = 1e11
 MAX_METRIC_KEYS = 4096
 MAX_KEY_LEN = 1024
+
+# A run's name (a Logger's filename_prefix) names its files in the log dir,
+# the longest being ".{prefix}_checkpoint.json.tmp": within a file name's 255 bytes.
+MAX_PREFIX_BYTES = 200
 
 _KIND, _KEYS = itemgetter(0), itemgetter(1)
 _NUMBERS = {int, float}
@@ -171,3 +177,13 @@ def _check_metrics(record: list) -> str | None:
 
 def _is_timestamp(value: Any) -> bool:
     return type(value) in (int, float) and -MAX_TIMESTAMP < value < MAX_TIMESTAMP
+
+
+def is_run_name(prefix: str) -> bool:
+    """Whether ``prefix`` can name a run's files inside a log dir: a file name
+    of 1 to :data:`MAX_PREFIX_BYTES` UTF-8 bytes, not a dot-file, not a path."""
+    return (
+        0 < len(prefix.encode("utf-8", "surrogatepass")) <= MAX_PREFIX_BYTES
+        and not prefix.startswith(".")  # the run's own dot-files (checkpoint, lock) start so
+        and not any(c in prefix for c in "/\\\0")
+    )

@@ -78,7 +78,7 @@ def check_endpoint(endpoint: object, what: str = "", *, resolve: bool = True) ->
     host, sep, port = address.rpartition(";")[2].rpartition(":")
     if not sep or not host:
         raise EndpointError(f"{said} is not tcp://HOST:PORT")
-    if not port.isdigit():
+    if not (port.isascii() and port.isdigit()):
         raise EndpointError(f"{said}: the port {port!r} is not a number")
     if not 1 <= int(port) <= 65535:
         raise EndpointError(f"{said}: the port {port} is out of range (1 to 65535)")

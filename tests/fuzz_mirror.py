@@ -42,6 +42,7 @@ class Mirror:
         self.run = run  # a collector of this run only refuses hellos naming another
         self.ledger = Ledger(clock=lambda: 0.0)  # a fuzz run never forgets a sender
         self.said_hello: list[bytes] = []  # every sender id that was new in a hello
+        self.refused: set[bytes] = set()  # senders whose hello named another run
         self.counts: Counter[str] = Counter()
 
     def knows(self, sid: bytes) -> bool:
@@ -76,6 +77,7 @@ class Mirror:
         if hello is not None and not new_senders:
             return "new-sender"
         if hello is not None and self.run is not None and hello.prefix != self.run:
+            self.refused.add(hello.sender_id)
             return "refused-run"  # answered with a refusal, nothing kept
         event = self.ledger.receive(part)
         if isinstance(event, Introduced):
@@ -87,6 +89,8 @@ class Mirror:
             return "batch"
         if isinstance(event, Resent):
             return "duplicate" if event.duplicate else "gap"
+        if isinstance(event, Malformed) and self.refused and _sender_of(part) in self.refused:
+            return "refused-frame"  # a refused client's frame: not counted as bad
         return _OUTCOMES[type(event)]
 
     def _new_hello(self, part: bytes) -> codec.Hello | None:
@@ -110,3 +114,10 @@ _OUTCOMES = {
     TooMany: "refused",
     Foreign: "foreign",
 }
+
+
+def _sender_of(part: bytes) -> bytes | None:
+    try:
+        return codec.decode_envelope(part).sender_id
+    except codec.CodecError:
+        return None

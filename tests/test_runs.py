@@ -9,6 +9,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from subprocess import CompletedProcess
 
@@ -186,6 +187,10 @@ def test_a_one_run_daemon_refuses_a_client_of_another_run(tmp_path: Path, start_
     )
     assert "from run B" not in daemon.file("system.log")
     assert not list((tmp_path / "logs").glob("jobB*"))
+    with CollectorQuery(daemon.endpoint) as query:
+        stats = query.ask({"what": "status"}, 30)["stats"]
+    # Its batch that came with the hello is the refusal's, not a malformed frame.
+    assert stats.get("bad_frames", 0) == 0 and stats["refused_runs"] >= 1, stats
 
 
 def test_the_runs_open_at_once_fit_the_open_files_limit(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -199,3 +204,63 @@ def test_the_runs_open_at_once_fit_the_open_files_limit(monkeypatch: pytest.Monk
     assert max_runs_for_fds() == MAX_RUNS
     monkeypatch.setattr(resource, "getrlimit", lambda _: (100, 100))
     assert max_runs_for_fds() == 1
+
+
+def test_a_run_with_a_broken_checkpoint_is_refused_and_the_daemon_serves_on(
+    tmp_path: Path, start_daemon
+) -> None:
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    (log_dir / ".broken_checkpoint.json").write_text('{"version": 1, "senders": {"zz": {}}}')
+    daemon = start_daemon(log_dir, None)
+    reply = hello_refusal(daemon.endpoint, "broken")
+    assert isinstance(reply, codec.Refusal), reply
+    assert "run 'broken' cannot be opened here" in reply.body["reason"]
+    log_once(tmp_path / "c", "fine", daemon.endpoint, "still served")
+    assert "still served" in read(log_dir / "fine_system.log")
+
+
+def test_a_run_whose_senders_died_is_closed_and_reopened_by_a_returning_sender(
+    tmp_path: Path,
+) -> None:
+    from aggregator import Collector
+
+    collector = Collector.for_runs("tcp://127.0.0.1:0", str(tmp_path / "logs"))
+    collector.runs.idle_seconds = 0.0
+    serving = threading.Thread(target=collector.run, kwargs={"poll": 0.02})
+    serving.start()
+    sender_id = secrets.token_bytes(codec.SENDER_ID_LEN)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.ROUTING_ID, sender_id)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 30_000)
+
+    def send(frame: codec.Frame) -> int:
+        sock.send(codec.encode(frame))
+        reply = codec.decode(sock.recv())
+        assert isinstance(reply, codec.Ack), reply
+        return reply.seq
+
+    try:
+        sock.connect(collector.endpoint)
+        hello = codec.Hello(sender_id, "h", 1, 7, 2, "p")
+        assert send(hello) == 0
+        # Its process died (as a watcher says): the run has no open sender left.
+        died = [["l", 1.0, 20, "before"], ["x", 2.0, 50, "process 7 was killed"]]
+        assert send(codec.Batch(sender_id, 1, died)) == 1
+        wait_for(lambda: "p" not in collector.runs.by_prefix, 30, "the run closed")
+        # The same sender id comes back (a replay): the run opens from its checkpoint.
+        assert send(hello) == 1
+        assert send(codec.Batch(sender_id, 1, [["l", 3.0, 20, "twice?"]])) == 1  # duplicate
+        assert send(codec.Batch(sender_id, 2, [["l", 4.0, 20, "after"]])) == 2
+    finally:
+        sock.close()
+        collector.stop()
+        serving.join(30)
+        collector.close()
+    log = read(tmp_path / "logs" / "p_system.log")
+    assert [ln.split("] ", 2)[2] for ln in log.splitlines()] == [
+        "[rank 1] process 7 was killed",  # a notice goes before its batch's lines
+        "[rank 1] before",
+        "[rank 1] after",
+    ]
