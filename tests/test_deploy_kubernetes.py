@@ -94,7 +94,7 @@ def test_kubernetes_job_is_indexed_and_points_at_the_service() -> None:
     assert spec["completionMode"] == "Indexed"  # JOB_COMPLETION_INDEX: roxxel's rank
     assert spec["parallelism"] == spec["completions"] == 4
     container = only_container(spec["template"]["spec"])
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     service_port = service["spec"]["ports"][0]["port"]
     assert env["ROXXEL_AGGREGATOR"] == f"tcp://{service['metadata']['name']}:{service_port}"
 
@@ -129,7 +129,11 @@ def test_kubernetes_job_command_runs_against_the_deployment_daemon(tmp_path: Pat
         )
         cleanup.callback(lambda: [p.kill() for p in procs if p.poll() is None])
         for index in pods:
-            pod_env = {e["name"]: e["value"] for e in container["env"]}
+            pod_env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+            # The downward API's label, as the Job controller sets it on its pods.
+            [run_env] = [e for e in container["env"] if e["name"] == "ROXXEL_RUN"]
+            assert run_env["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['job-name']"
+            pod_env["ROXXEL_RUN"] = job["metadata"]["name"]
             pod_env.update(ROXXEL_AGGREGATOR=endpoint, JOB_COMPLETION_INDEX=str(index))
             pod_tmp = tmp_path / f"pod{index}"
             pod_tmp.mkdir()
@@ -147,8 +151,7 @@ def test_kubernetes_job_command_runs_against_the_deployment_daemon(tmp_path: Pat
         for proc in procs:
             out, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, err
-    prefix = "run"  # the Job's Logger's filename_prefix
-    assert f'filename_prefix="{prefix}"' in command[2]
+    prefix = job["metadata"]["name"]  # the Job's Logger's filename_prefix: its name
     system_log = read(tmp_path / "logs" / f"{prefix}_system.log")
     for index in pods:
         assert f"rank {index} done" in system_log
