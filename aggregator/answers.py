@@ -10,13 +10,23 @@ rewind is never shown.
 from __future__ import annotations
 
 import os
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 from .ledger import Ledger
 from .run import Run
+from .runs import Runs
 
-__all__ = ["RateMeter", "senders_status", "tail_of", "tail_piece", "STATUS_SENDERS", "TAIL_BYTES"]
+__all__ = [
+    "RateMeter",
+    "status_answer",
+    "senders_status",
+    "stats_line",
+    "tail_answer",
+    "tail_piece",
+    "STATUS_SENDERS",
+    "TAIL_BYTES",
+]
 
 STATUS_SENDERS = 100
 TAIL_BYTES = 256 * 1024
@@ -62,12 +72,54 @@ def senders_status(ledgers: list[Ledger]) -> dict[str, Any]:
     }
 
 
-def tail_of(run: Run, offset: Any, file_id: Any) -> dict[str, Any]:
-    """The tail answer for ``run``'s system log (see :func:`tail_piece`)."""
+def status_answer(runs: Runs, run: Run | None, **collector: Any) -> dict[str, Any]:
+    """What ``roxxel status`` shows of ``run`` (``None``: every run): the
+    ``collector``'s own fields (endpoint, pid, uptime, rate, stats...), then
+    its senders; a collector of many runs also lists them."""
+    served = [run] if run is not None else runs.all()
+    body = {
+        **collector,
+        "log_dir": runs.log_dir,
+        "prefix": runs.prefix if run is None else run.prefix,
+        **senders_status([r.ledger for r in served]),
+    }
+    if runs.root is not None and run is None:
+        body["runs"] = sorted(runs.by_prefix)[:100]
+    return body
+
+
+def tail_answer(
+    runs: Runs, run: Run | None, serves_log: bool, offset: Any, file_id: Any
+) -> dict[str, Any]:
+    """The tail answer for ``run``'s system log (``None``: the only run), see
+    :func:`tail_piece`; ``serves_log``: whether this tool may read it."""
+    if run is None:
+        if runs.root is not None:
+            return {"error": "this collector serves several runs: name one (--run)"}
+        run = runs.home
+    if not serves_log:
+        return {
+            "error": "this collector shows its log only to CURVE clients or on a local "
+            "endpoint; run `roxxel tail LOG_DIR` on its host"
+        }
     log = run.system_log
     if log is None or run.log_dir is None:
         return {"error": "this collector writes no system log file"}
     return tail_piece(os.path.abspath(log.path), log.synced, offset, file_id)
+
+
+def stats_line(name: str, runs: Runs, stats: Counter[str], records_per_second: float) -> str:
+    """The line a daemon prints every ``--stats-interval`` seconds."""
+    s = stats
+    open_senders = sum(len(run.ledger.open) for run in runs.all())
+    return (
+        f"{name} stats: {records_per_second:,.0f} records/s, "
+        f"{open_senders} senders, {s['records']:,} records written, "
+        f"{s['client_dropped']:,} dropped by clients, {s['bad_frames']:,} bad frames, "
+        f"{s['poison_batches']:,} quarantined batches, {s['write_errors']:,} write errors, "
+        f"{s['refused_senders']:,} senders refused, "
+        f"{s['refused_connections']:,} connections refused"
+    )
 
 
 def tail_piece(

@@ -58,7 +58,7 @@ from roxxel import codec
 from roxxel.diagnostics import diagnostics
 from roxxel.security import ServerKeys
 
-from .answers import RateMeter, senders_status, tail_of
+from .answers import RateMeter, stats_line, status_answer, tail_answer
 from .curve import Refusal
 from .ledger import (
     Apply,
@@ -250,12 +250,12 @@ class Collector:
 
     @property
     def log_dir(self) -> str | None:
-        return self.runs.root or self._home.log_dir
+        return self.runs.log_dir
 
     @property
     def prefix(self) -> str | None:
         """The run served (``None``: every run that reaches it)."""
-        return None if self.runs.root is not None else self._home.prefix
+        return self.runs.prefix
 
     # -- control, from any thread ------------------------------------------------
 
@@ -288,7 +288,7 @@ class Collector:
 
         With ``drain_senders``, a stop request keeps serving until every rank
         of the run has said bye (see :meth:`senders_done`), at most that long.
-        With ``stats_every``, a :meth:`stats_line` goes to ``stats_out`` that often.
+        With ``stats_every``, a stats line goes to ``stats_out`` that often.
         """
         next_check = 0.0
         next_stats = time.monotonic() + stats_every
@@ -301,7 +301,8 @@ class Collector:
                 rate = (self.stats["records"] - last_records) / stats_every
                 last_records = self.stats["records"]
                 next_stats += stats_every
-                print(self.stats_line(rate), file=stats_out or sys.stderr, flush=True)
+                line = stats_line(self.name, self.runs, self.stats, rate)
+                print(line, file=stats_out or sys.stderr, flush=True)
             if parent_alive is not None and time.monotonic() >= next_check:
                 next_check = time.monotonic() + 0.2
                 if not parent_alive():
@@ -490,20 +491,17 @@ class Collector:
         except OSError as exc:
             run.commits.failed(exc)
 
-    def _commit(self, run: Run) -> None:
-        recovered = run.commits.commit_or_roll_back()
-        if recovered is not None:
-            # Committed with the next batch.
-            self._guarded(run, run.log, logging.WARNING, recovered)
-
-    def _commit_now(self, run: Run) -> bool:
-        """Commit, dirty or not; ``False`` if it failed (and was rolled back)."""
+    def _commit(self, run: Run, *, even_clean: bool = False) -> bool:
+        """Commit what ``run`` wrote (``even_clean``: also when nothing); on a failure,
+        roll back, say so, and return ``False``."""
+        if not even_clean and (not run.commits.dirty or run.commits.needs_rewind):
+            return True
         try:
             recovered = run.commits.commit()
         except OSError as exc:
             run.commits.failed(exc)
             return False
-        if recovered is not None:
+        if recovered is not None:  # committed with the next batch
             self._guarded(run, run.log, logging.WARNING, recovered)
         return True
 
@@ -518,7 +516,7 @@ class Collector:
             except (OSError, ValueError) as exc:
                 self._diag.warning("%s: keeping the allowed keys: %s", self.name, exc)
         for run in self.runs.all():
-            if not self._commit_now(run):
+            if not self._commit(run, even_clean=True):
                 continue  # the files stay as they are; the next SIGHUP tries again
             try:
                 run.sinks.reopen()
@@ -526,7 +524,7 @@ class Collector:
                 self._diag.error("%s: reopening the files failed: %s", self.name, exc)
             # Nothing is uncommitted: the files open now are where a roll back returns to.
             run.commits.reopened()
-            self._commit_now(run)
+            self._commit(run, even_clean=True)
 
     # -- problems ----------------------------------------------------------------
 
@@ -572,9 +570,20 @@ class Collector:
         if isinstance(run, str):
             body: dict[str, Any] = {"error": run}
         elif what == "status":
-            body = self.status(run)
+            body = status_answer(
+                self.runs,
+                run,
+                endpoint=self.endpoint,
+                pid=os.getpid(),
+                curve=self._router.gate is not None,
+                uptime=time.time() - self._started,
+                records_per_second=self._rate.rate(),
+                stats=dict(self.stats),
+            )
         elif what == "tail":
-            body = self._tail(run, query.body.get("offset"), query.body.get("file"))
+            body = tail_answer(
+                self.runs, run, self._serves_log, query.body.get("offset"), query.body.get("file")
+            )
         else:
             body = {"error": f"unknown query {codec.wire_repr(what)}: 'status' or 'tail'"}
         try:
@@ -583,49 +592,6 @@ class Collector:
             body = {"error": f"the answer cannot be sent: {exc}"}
             reply = codec.encode(codec.Answer(query.sender_id, query.seq, body))
         self._router.send(peer, reply)  # if the tool's queue is full, it asks again
-
-    def status(self, run: Run | None = None) -> dict[str, Any]:
-        """What ``roxxel status`` shows: the run (or all of them), its senders,
-        rates and problems."""
-        runs = [run] if run is not None else self.runs.all()
-        body = {
-            "endpoint": self.endpoint,
-            "pid": os.getpid(),
-            "log_dir": self.log_dir,
-            "prefix": self.prefix if run is None else run.prefix,
-            "curve": self._router.gate is not None,
-            "uptime": time.time() - self._started,
-            **senders_status([r.ledger for r in runs]),
-            "records_per_second": self._rate.rate(),
-            "stats": dict(self.stats),
-        }
-        if self.runs.root is not None and run is None:
-            body["runs"] = sorted(self.runs.by_prefix)[:100]
-        return body
-
-    def _tail(self, run: Run | None, offset: Any, file_id: Any) -> dict[str, Any]:
-        if run is None:
-            if self.runs.root is not None:
-                return {"error": "this collector serves several runs: name one (--run)"}
-            run = self._home
-        if not self._serves_log:
-            return {
-                "error": "this collector shows its log only to CURVE clients or on a local "
-                "endpoint; run `roxxel tail LOG_DIR` on its host"
-            }
-        return tail_of(run, offset, file_id)
-
-    def stats_line(self, records_per_second: float) -> str:
-        s = self.stats
-        open_senders = sum(len(run.ledger.open) for run in self.runs.all())
-        return (
-            f"{self.name} stats: {records_per_second:,.0f} records/s, "
-            f"{open_senders} senders, {s['records']:,} records written, "
-            f"{s['client_dropped']:,} dropped by clients, {s['bad_frames']:,} bad frames, "
-            f"{s['poison_batches']:,} quarantined batches, {s['write_errors']:,} write errors, "
-            f"{s['refused_senders']:,} senders refused, "
-            f"{s['refused_connections']:,} connections refused"
-        )
 
     # -- the end -----------------------------------------------------------------
 

@@ -103,16 +103,6 @@ class GroupCommit:
         self.dirty = False
         return self._recovered() if self._failing is not None else None
 
-    def commit_or_roll_back(self) -> str | None:
-        """Commit what is dirty; on a failure, roll back (and say so)."""
-        if not self.dirty or self.needs_rewind:
-            return None
-        try:
-            return self.commit()
-        except OSError as exc:
-            self.failed(exc)
-            return None
-
     def reopened(self) -> None:
         """The files were reopened (after rotation), all committed: roll backs return here."""
         self._marks = self._current_marks()

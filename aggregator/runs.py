@@ -76,6 +76,15 @@ class Runs:
     def stats(self) -> Counter[str]:
         return self.home.stats
 
+    @property
+    def log_dir(self) -> str | None:
+        return self.root or self.home.log_dir
+
+    @property
+    def prefix(self) -> str | None:
+        """The run served (``None``: every run that reaches it)."""
+        return None if self.root is not None else self.home.prefix
+
     def all(self) -> list[Run]:
         return [self.home, *self.by_prefix.values()]
 

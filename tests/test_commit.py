@@ -68,7 +68,7 @@ def test_a_failed_commit_rolls_back_files_and_ledger_and_says_so_once(
     commits.resume()
     ledger.receive(codec.encode(codec.Hello(SID, "h", 0, 1, 1, "run")))
     write_line(commits, ledger, 1, "kept")
-    assert commits.commit_or_roll_back() is None
+    assert commits.commit() is None  # no spell of failures ended
     assert ledger.acknowledged(SID) == 1
     write_line(commits, ledger, 2, "rewound")
     for _ in range(2):  # the same failure twice: said once
@@ -78,7 +78,7 @@ def test_a_failed_commit_rolls_back_files_and_ledger_and_says_so_once(
     assert (ledger.senders[SID].committed, stats["write_errors"]) == (1, 2)
     assert len(said.messages) == 1 and "writing failed ([Errno 28]" in said.messages[0]
     write_line(commits, ledger, 2, "again")
-    recovered = commits.commit_or_roll_back()
+    recovered = commits.commit()
     assert recovered is not None and "it works again" in recovered
     assert ledger.acknowledged(SID) == 2
     saved = load_checkpoint(str(tmp_path / ".run_checkpoint.json"))
