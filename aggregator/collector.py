@@ -150,6 +150,7 @@ class Collector:
         self._commit_due: float | None = None
         self._last_commit = -math.inf
         self._acks: dict[bytes, tuple[Run, bytes]] = {}  # peer -> (run, sender id) to ack
+        self._greet: set[bytes] = set()  # peers whose next ack says where their files are
         self._byes: list[tuple[bytes, codec.Bye, Run]] = []
         self._reopen = False
         if home is None:
@@ -398,8 +399,13 @@ class Collector:
         elif isinstance(event, Introduced):
             if event.new:
                 self.stats["senders"] += 1
+                if event.hello.rank == 0 and event.hello.acked == 0:  # a Logger's first hello
+                    self._guarded(run, run.started, event.hello)
+            if event.overclaimed:
+                self._overclaimed(peer, run, event)
             self.runs.joined(event.hello.sender_id, run)
             self._acks[peer] = (run, event.hello.sender_id)
+            self._greet.add(peer)
         elif isinstance(event, Closed):
             run.commits.dirty |= event.known
             self.runs.left(event.bye.sender_id)
@@ -425,6 +431,18 @@ class Collector:
             )
         else:
             self._bad(peer, event.problem, data)
+
+    def _overclaimed(self, peer: bytes, run: Run, event: Introduced) -> None:
+        self.stats["overclaiming_hellos"] += 1
+        hello, state = event.hello, event.state
+        run.report(
+            peer,
+            "overclaim",
+            f"a hello from {hello.host[:64]} (pid {hello.pid}) for the sender of "
+            f"{state.origin.tag or 'rank 0 '}claimed batches up to {hello.acked} were written, "
+            f"but only {state.committed} were: not believed (no client does that; a peer that "
+            "knows its sender id would, to have its batches taken for duplicates)",
+        )
 
     def _refuse(self, peer: bytes, refused: Refused) -> None:
         hello, why = refused.hello, refused.reason
@@ -472,7 +490,9 @@ class Collector:
                 continue
             seq = run.ledger.acknowledged(sender_id)
             if seq is not None:
-                self._router.send(peer, codec.encode(codec.Ack(sender_id, seq)))
+                where = run.where if peer in self._greet else None
+                self._router.send(peer, codec.encode(codec.Ack(sender_id, seq, where)))
+            self._greet.discard(peer)
         self._acks = waiting
         byes = []
         for peer, bye, run in self._byes:  # heard: the client may end now

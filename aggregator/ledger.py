@@ -138,6 +138,10 @@ class Introduced:
     hello: codec.Hello
     state: SenderState
     new: bool
+    # A hello of a known sender claiming acks past what is committed: not
+    # believed (the claim; 0: none). No client does that; a peer that learnt
+    # the sender's id would, to have its next batches taken for duplicates.
+    overclaimed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,16 +257,16 @@ class Ledger:
         self.process_count = max(self.process_count, hello.process_count)
         if state is None:
             origin = Origin(rank=hello.rank, host=hello.host, pid=hello.pid)
-            # A forgotten sender that comes back: what it had sent is written.
-            committed = max(hello.acked, self._forgotten.pop(hello.sender_id, 0))
+            # A forgotten sender that comes back: what it had sent is written
+            # (what this ledger remembers, not what the hello claims). An
+            # unknown one saw acks of a collector that kept no checkpoint of
+            # them: it never resends below its claim.
+            committed = self._forgotten.pop(hello.sender_id, hello.acked)
             state = SenderState(origin, hello.prefix, committed, committed, key, seen=self._clock())
             self.senders[hello.sender_id] = state
-            return Introduced(hello, state, new=True)
-        if hello.acked > state.committed:
-            # The client saw acks we no longer remember (a checkpoint of
-            # another log dir): trust it, it never resends below that.
-            state.committed = state.durable = hello.acked
-        return Introduced(hello, state, new=False)
+            return Introduced(hello, state, new=True, overclaimed=_past(hello.acked, committed))
+        # A known sender's committed seq moves only with its batches.
+        return Introduced(hello, state, new=False, overclaimed=_past(hello.acked, state.committed))
 
     # -- commit and roll back ----------------------------------------------------
 
@@ -322,3 +326,7 @@ class Ledger:
         while len(self._forgotten) > self.forgotten_kept:
             del self._forgotten[next(iter(self._forgotten))]
         return idle
+
+
+def _past(claimed: int, committed: int) -> int:
+    return claimed if claimed > committed else 0

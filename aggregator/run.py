@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections import Counter
 from typing import Any, TextIO
@@ -29,7 +30,15 @@ from .ledger import Ledger, SenderState
 from .lock import RunLock
 from .quarantine import Quarantine, quarantine_path
 from .reports import Reports
-from .sinks import FanOut, Origin, Sink, SystemLogSink, default_sinks
+from .sinks import (
+    FanOut,
+    MetricsCsvSink,
+    MetricsJsonlSink,
+    Origin,
+    Sink,
+    SystemLogSink,
+    default_sinks,
+)
 
 __all__ = ["Run", "COLLECTOR_ORIGIN"]
 
@@ -73,6 +82,7 @@ class Run:
             name=name,
         )
         self.lock: RunLock | None = None
+        self.where = _where(sinks)
         self.active = time.monotonic()  # its last frame
         self.stats = stats  # the collector's, shared by its runs
 
@@ -217,9 +227,42 @@ class Run:
     def log(self, level: int, text: str) -> None:
         self.write_line(time.time(), level, text)
 
+    def started(self, hello: codec.Hello) -> None:
+        """A new rank 0 said hello to files that already hold lines (a script run
+        again with the same log_dir and prefix): a line in the system log, not on
+        stdout, that keeps this run apart from the earlier one. A run's first
+        start leaves its files exactly as the original roxxel wrote them."""
+        if self.system_log is None or not self.system_log.holds_lines():
+            return
+        text = (
+            f"roxxel {hello.version or '(version unknown)'}: a new run of {hello.prefix} "
+            "starts here: rank 0 on "
+            f"{hello.host} (pid {hello.pid}), {hello.process_count} process(es); the lines "
+            "above are an earlier run's"
+        )
+        record = [schema.RECORD_LOG, time.time(), logging.INFO, text]
+        self.system_log.write_unechoed(COLLECTOR_ORIGIN, [record])
+        self.commits.dirty = True
+
     def write_line(self, ts: float, level: int, text: str) -> None:
         self.sinks.write_lines(COLLECTOR_ORIGIN, [[schema.RECORD_LOG, ts, level, text]])
         self.commits.dirty = True
+
+
+def _where(sinks: Sink) -> codec.Where | None:
+    """Where the run's three files are, as a client is told (None: not those three)."""
+    paths = {
+        type(leaf): os.path.abspath(leaf.path) for leaf in _leaves(sinks) if hasattr(leaf, "path")
+    }
+    try:
+        return codec.Where(
+            host=socket.gethostname(),
+            system_log=paths[SystemLogSink],
+            metrics_csv=paths[MetricsCsvSink],
+            metrics_jsonl=paths[MetricsJsonlSink],
+        )
+    except KeyError:
+        return None
 
 
 def _leaves(sink: Sink) -> list[Sink]:

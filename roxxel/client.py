@@ -25,7 +25,10 @@ step, values)``, names and values as tuples); ``collections.deque``:
    answered within that many seconds of the first batch waiting to go, it
    says so once (the endpoint, what it does with the records meanwhile), and
    once more when the collector answers: a wrong or dead endpoint is seen at
-   the start of a run, not when ``close()`` gives up.
+   the start of a run, not when ``close()`` gives up;
+6. *says where*: the collector's answer to the hello names the host and
+   paths of the run's files (:attr:`Sender.where`); with ``announce`` (rank
+   0 of a run whose collector is a daemon) it prints them once on stderr.
 
 Errors of the sender thread never surface inside a ``log_*`` call; they are
 re-raised by :meth:`Sender.flush` and :meth:`Sender.close`.
@@ -116,8 +119,13 @@ class Sender:
         log: logging.Logger | None = None,
         no_answer_warning: float | None = None,
         undelivered_file: str | None = None,
+        announce: bool = False,
     ) -> None:
         self._diag = log or diagnostics("roxxel.client")
+        # Where the collector writes this run's files, once it has said (its
+        # answer to the hello); ``announce``: say so on stderr, once.
+        self.where: codec.Where | None = None
+        self._announce = announce
         self.lines: deque[tuple[Any, ...]] = deque()
         self.metrics: deque[tuple[Any, ...]] = deque()
         self.dropped_total = 0
@@ -458,6 +466,8 @@ class Sender:
         if not isinstance(frame, codec.Ack):
             return
         self._held_back = False  # taken (again)
+        if frame.where is not None and frame.where != self.where:
+            self._located(frame.where)
         # Every in-flight seq up to the ack, including any numbered after an
         # ack that ran ahead of us (a replay the collector had seen).
         done = [seq for seq in self._in_flight if seq <= frame.seq]
@@ -470,6 +480,18 @@ class Sender:
                 self._acked = max(self._acked, frame.seq)
                 self._changed.notify_all()
         self._last_progress = time.monotonic()
+
+    def _located(self, where: codec.Where) -> None:
+        said = self.where is not None
+        self.where = where
+        if self._announce and not said:
+            base = where.system_log.removesuffix("_system.log")
+            self._diag.info(
+                "roxxel: logging to %s → %s_*.{log,csv,jsonl} on %s",
+                self.endpoint,
+                base,
+                where.host,
+            )
 
     def _refused(self, refusal: codec.Refusal) -> None:
         """Said once; the records stay here (and end in the undelivered file at close)."""

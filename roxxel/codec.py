@@ -15,7 +15,9 @@ a map, e.g. ``{"what": "status"}``) and it replies with ``answer`` (a map),
 the same ``seq`` in both. ``sender_id`` is 16 random bytes per client.
 In a ``batch``, ``seq`` counts the sender's batches from 1; a ``hello``
 carries there the highest seq the client has seen acked, a ``bye`` the last
-seq it sent, an ``ack`` the highest contiguous seq the collector has written.
+seq it sent, an ``ack`` the highest contiguous seq the collector has written
+(and, answering a hello, where the run's files are: a map of ``host``,
+``system_log``, ``metrics_csv`` and ``metrics_jsonl``; ``nil`` otherwise).
 
 The records inside a batch body are :mod:`roxxel.schema`' to define.
 
@@ -26,7 +28,7 @@ bytes; it uses msgpack's explicit size limits and refuses ext types.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -41,6 +43,7 @@ __all__ = [
     "Batch",
     "Bye",
     "Ack",
+    "Where",
     "Query",
     "Answer",
     "Refusal",
@@ -105,6 +108,8 @@ class Hello:
     process_count: int
     prefix: str
     acked: int = 0
+    # The client's roxxel version ("" from a client older than the field).
+    version: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,11 +130,31 @@ class Bye:
 
 
 @dataclass(frozen=True, slots=True)
+class Where:
+    """Where a collector writes a run's files: paths on ``host``, its machine."""
+
+    host: str
+    system_log: str
+    metrics_csv: str
+    metrics_jsonl: str
+
+
+_WHERE_FIELDS = ("host", "system_log", "metrics_csv", "metrics_jsonl")
+_MAX_PATH_LEN = 4096
+
+
+@dataclass(frozen=True, slots=True)
 class Ack:
-    """Every batch of ``sender_id`` up to and including ``seq`` is written."""
+    """Every batch of ``sender_id`` up to and including ``seq`` is written.
+
+    The answer to a hello also says ``where`` the run's files are (an older
+    collector does not: ``None``).
+    """
 
     sender_id: bytes
     seq: int
+    # Not part of what an ack means (equal acks acknowledge the same batches).
+    where: Where | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,12 +209,20 @@ def encode(frame: Frame) -> bytes:
     if isinstance(frame, Hello):
         _check_sender_and_seq(frame.sender_id, frame.acked)
         _check_hello_fields(frame.host, frame.prefix, frame.rank, frame.pid, frame.process_count)
+        _check_version(frame.version)
         body = {name: getattr(frame, name) for name in _HELLO_FIELDS}
+        if frame.version:
+            body["version"] = frame.version
         return _pack([PROTO_VERSION, "hello", frame.sender_id, frame.acked, body])
     _check_sender_and_seq(frame.sender_id, frame.seq)
     if isinstance(frame, Bye):
         return _pack([PROTO_VERSION, "bye", frame.sender_id, frame.seq, None])
-    return _pack([PROTO_VERSION, "ack", frame.sender_id, frame.seq, None])
+    where = None
+    if frame.where is not None:
+        where = {name: getattr(frame.where, name) for name in _WHERE_FIELDS}
+        if _where_of(where) is None:
+            raise CodecError(f"where holds {', '.join(_WHERE_FIELDS)}: strings, not empty")
+    return _pack([PROTO_VERSION, "ack", frame.sender_id, frame.seq, where])
 
 
 def encode_batch(
@@ -272,7 +305,7 @@ def decode(data: bytes) -> Frame:
         if not isinstance(body, dict):
             raise CodecError(f"{kind} body is a map")
         return _MAPPED_KINDS[kind](sender_id, seq, body)
-    return Ack(sender_id, seq)
+    return Ack(sender_id, seq, _where_of(body))
 
 
 def _open_frame(data: bytes) -> tuple[Envelope, msgpack.Unpacker]:
@@ -323,7 +356,28 @@ def _decode_hello(sender_id: bytes, acked: int, body: Any) -> Hello:
     except KeyError as exc:
         raise CodecError(f"hello lacks {exc.args[0]!r}") from None
     _check_hello_fields(host, prefix, rank, pid, count)
-    return Hello(sender_id, host, rank, pid, count, prefix, acked)
+    version = body.get("version", "")
+    _check_version(version)
+    return Hello(sender_id, host, rank, pid, count, prefix, acked, version)
+
+
+def _check_version(version: Any) -> None:
+    # Written into the run's log as it is: short and printable.
+    if not isinstance(version, str) or len(version) > 64 or not version.isprintable():
+        raise CodecError("hello version is a printable string of at most 64 characters")
+
+
+def _where_of(body: Any) -> Where | None:
+    """The ``where`` of an ack, or ``None`` for anything else: an ack stays an ack."""
+    if not isinstance(body, dict):
+        return None
+    values = [body.get(name) for name in _WHERE_FIELDS]
+    # Printed on the client's terminal: no control characters.
+    if not all(
+        isinstance(v, str) and 0 < len(v) <= _MAX_PATH_LEN and v.isprintable() for v in values
+    ):
+        return None
+    return Where(*values)
 
 
 def _check_hello_fields(host: Any, prefix: Any, rank: Any, pid: Any, count: Any) -> None:

@@ -57,7 +57,11 @@ class Logger:
       ``$ROXXEL_AGGREGATOR``; with neither, rank 0 starts its own collector
       (``collector="process"``, or ``"thread"`` where spawning is not allowed).
       With an endpoint every rank, rank 0 included, is only a client and the
-      files are written where that collector runs.
+      files are written where that collector runs: rank 0 says where on
+      stderr once it answers (``roxxel: logging to ENDPOINT → DIR/PREFIX_*
+      on HOST``), and :attr:`sys_log_path`, :attr:`metrics_csv_path` and
+      :attr:`metrics_jsonl_path` are its paths on :attr:`collector_host`
+      (``None`` until it has answered).
     * ``collector_bind`` (default ``$ROXXEL_COLLECTOR_BIND``, else
       ``tcp://0.0.0.0:0`` in a multi-process run and a private ``ipc://``
       endpoint otherwise): where rank 0's own collector listens. In a
@@ -162,9 +166,6 @@ class Logger:
         self.log_dir = os.fspath(log_dir)
         self.filename_prefix = filename_prefix
         self.logger_name = logger_name
-        self.sys_log_path = os.path.join(self.log_dir, f"{filename_prefix}_system.log")
-        self.metrics_csv_path = os.path.join(self.log_dir, f"{filename_prefix}_metrics.csv")
-        self.metrics_jsonl_path = os.path.join(self.log_dir, f"{filename_prefix}_metrics.jsonl")
         rank = detect_rank()
         self.rank = rank.rank
         self.world_size = rank.world_size
@@ -214,6 +215,39 @@ class Logger:
             self._capture = Capture(self, capture_names)
         if progress and self.is_rank_zero and is_terminal(sys.stdout):
             self._progress = Progress(sys.stdout)
+
+    # -- where the run's files are -------------------------------------------------
+
+    @property
+    def sys_log_path(self) -> str | None:
+        """``{log_dir}/{prefix}_system.log``; with a daemon (``aggregator=``), the
+        path it writes on :attr:`collector_host` (``None`` until it has answered)."""
+        return self._path("system_log", "_system.log")
+
+    @property
+    def metrics_csv_path(self) -> str | None:
+        """As :attr:`sys_log_path`, for the metrics CSV."""
+        return self._path("metrics_csv", "_metrics.csv")
+
+    @property
+    def metrics_jsonl_path(self) -> str | None:
+        """As :attr:`sys_log_path`, for the metrics JSONL."""
+        return self._path("metrics_jsonl", "_metrics.jsonl")
+
+    @property
+    def collector_host(self) -> str | None:
+        """The host name of the collector that writes the files, once it has answered."""
+        where = self._where()
+        return None if where is None else where.host
+
+    def _where(self) -> codec.Where | None:
+        return None if self._sender is None else self._sender.where
+
+    def _path(self, field: str, suffix: str) -> str | None:
+        if not self._route.remote:
+            return os.path.join(self.log_dir, self.filename_prefix + suffix)
+        where = self._where()
+        return None if where is None else getattr(where, field)
 
     def _connect(self) -> None:
         """Point the hot path at a new sender, or at stderr when there is nowhere to send."""

@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from . import codec
+from . import __version__, codec
 from .client import Sender
 from .diagnostics import diagnostics
 from .discovery import DiscoveringTransport, advertised_host, kv_client, publish_endpoint
@@ -84,8 +84,11 @@ class Route:
     options: RouteOptions
     endpoint: str | None  # where the sender connects (None: found later, or nowhere)
     discover: bool  # the endpoint comes from JAX's key-value store
+    remote: bool = False  # a daemon's (aggregator=): the run's files are where it says
     embedded: EmbeddedCollector | None = None
     collector_endpoint: str | None = None  # rank 0's own collector, as the others reach it
+    # Rank 0 says where a daemon writes the run's files (a forked child does not).
+    announce: bool = False
     watcher: Watcher | None = field(default=None, repr=False)
     _watched: str | None = None  # the endpoint the watcher was told
     _found: str | None = None  # found by discovery (maybe before the watcher started)
@@ -108,6 +111,7 @@ class Route:
             pid=os.getpid(),
             process_count=o.world_size,
             prefix=o.prefix,
+            version=__version__,
         )
         transport: DealerTransport | DiscoveringTransport
         if self.discover:
@@ -130,6 +134,7 @@ class Route:
             log=self.log,
             no_answer_warning=o.no_answer_warning,
             undelivered_file=undelivered_path(o.log_dir, o.prefix, o.rank),
+            announce=self.announce,
         )
 
     def start_watcher(self) -> None:
@@ -151,8 +156,9 @@ class Route:
             self._found_at(self._found)
 
     def after_fork(self) -> None:
-        """In a forked child: the collector is the parent's."""
+        """In a forked child: the collector is the parent's, and so is saying where it writes."""
         self.embedded = None
+        self.announce = False
 
     def close(self) -> None:
         """Stop the embedded collector (after it wrote everything) and release the watcher."""
@@ -186,7 +192,9 @@ def open_route(options: RouteOptions) -> Route:
         # At Logger(), in one line: ZeroMQ would retry a name that does not
         # resolve in silence for the whole run.
         source = "aggregator=" if o.aggregator else f"{ENV_AGGREGATOR}="
-        return Route(o, check_endpoint(endpoint, source), discover=False)
+        return Route(
+            o, check_endpoint(endpoint, source), discover=False, remote=True, announce=o.rank == 0
+        )
     if o.rank != 0:
         return Route(o, None, discover=multi)
     os.makedirs(o.log_dir, exist_ok=True)

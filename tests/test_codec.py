@@ -24,6 +24,7 @@ from roxxel.codec import (
     CodecError,
     Envelope,
     Hello,
+    Where,
     decode,
     decode_envelope,
     encode,
@@ -33,6 +34,13 @@ from roxxel.values import to_wire
 
 SID = bytes(range(16))
 OTHER_SID = b"\xff" * 16
+WHERE = Where("collector-host", "/logs/a_system.log", "/logs/a_metrics.csv", "/logs/a.jsonl")
+_WHERE_BODY = {
+    "host": WHERE.host,
+    "system_log": WHERE.system_log,
+    "metrics_csv": WHERE.metrics_csv,
+    "metrics_jsonl": WHERE.metrics_jsonl,
+}
 FRAME_TYPES = (Hello, Batch, Bye, Ack)
 
 PROPERTY = settings(max_examples=200, deadline=None)
@@ -98,6 +106,7 @@ CASES = [
     pytest.param(Bye(SID, 17), Bye(SID, 17), id="bye"),
     pytest.param(Ack(SID, 0), Ack(SID, 0), id="ack-zero"),
     pytest.param(Ack(OTHER_SID, 2**63 - 1), Ack(OTHER_SID, 2**63 - 1), id="ack-max"),
+    pytest.param(Ack(SID, 0, WHERE), Ack(SID, 0, WHERE), id="ack-where"),
 ]
 
 
@@ -228,10 +237,13 @@ hellos = st.builds(
     process_count=hello_ints,
     prefix=texts,
     acked=seqs,
+    version=st.text(max_size=64).filter(str.isprintable),
 )
 batches = st.builds(Batch, sender_id=sender_ids, seq=st.integers(1, 2**63 - 1), records=records)
 byes = st.builds(Bye, sender_id=sender_ids, seq=seqs)
-acks = st.builds(Ack, sender_id=sender_ids, seq=seqs)
+paths = st.text(min_size=1, max_size=64).filter(str.isprintable)
+wheres = st.builds(Where, host=paths, system_log=paths, metrics_csv=paths, metrics_jsonl=paths)
+acks = st.builds(Ack, sender_id=sender_ids, seq=seqs, where=st.none() | wheres)
 frames = st.one_of(hellos, batches, byes, acks)
 
 
@@ -435,6 +447,33 @@ def test_hand_packed_frames_with_valid_fields_decode():
     assert decode(_raw(1, "batch", SID, 1, [])) == Batch(SID, 1, [])
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param("where", id="str"),
+        pytest.param([1, 2], id="list"),
+        pytest.param({"host": "h"}, id="partial"),
+        pytest.param({**_WHERE_BODY, "system_log": ""}, id="empty-path"),
+        pytest.param({**_WHERE_BODY, "metrics_csv": 7}, id="int-path"),
+        pytest.param({**_WHERE_BODY, "host": "h\x1b[2J"}, id="escape-in-host"),
+        pytest.param({**_WHERE_BODY, "system_log": "/" + "x" * 5000}, id="path-too-long"),
+    ],
+)
+def test_an_ack_whose_where_is_not_valid_is_still_an_ack_without_it(body):
+    # Printed on the client's terminal: only plain, bounded strings are believed.
+    assert decode(_raw(1, "ack", SID, 4, body)) == Ack(SID, 4)
+
+
+def test_an_ack_says_where_with_extra_keys_ignored():
+    body = {**_WHERE_BODY, "future_field": 1}
+    assert decode(_raw(1, "ack", SID, 4, body)) == Ack(SID, 4, WHERE)
+
+
+def test_a_where_that_cannot_be_read_back_is_not_encoded():
+    with pytest.raises(CodecError, match="where holds host"):
+        encode(Ack(SID, 1, Where("h", "", "/c", "/j")))
+
+
 def test_hello_body_with_extra_keys_is_accepted():
     body = {**_HELLO_BODY, "future_field": [1, 2]}
     assert decode(_raw(1, "hello", SID, 3, body)) == Hello(SID, "h", 0, 1, 1, "p", 3)
@@ -502,6 +541,8 @@ def test_encode_refuses_a_frame_over_the_size_limit(monkeypatch):
         pytest.param(Bye(SID, 1.0), id="bye-float-seq"),
         pytest.param(Hello(SID, "h", 0, 1, 1, "p", acked=-1), id="hello-negative-acked"),
         pytest.param(Hello(SID, "h", 2**64, 1, 1, "p"), id="hello-rank-over-uint64"),
+        pytest.param(Hello(SID, "h", 0, 1, 1, "p", version="1\x1b[2J"), id="hello-escape-version"),
+        pytest.param(Hello(SID, "h", 0, 1, 1, "p", version="v" * 65), id="hello-long-version"),
         pytest.param(Batch(SID, 0, []), id="batch-seq-0"),
         pytest.param(Batch(SID + b"!", 1, []), id="batch-long-sender"),
         pytest.param(Batch(SID, 1, [["m", 0, 0, {"a": object()}]]), id="batch-unencodable-value"),

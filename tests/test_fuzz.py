@@ -52,10 +52,10 @@ from .frame_fuzzer import FrameFuzzer, pack
 
 SEED = int(os.environ.get("ROXXEL_FUZZ_SEED", "20251125"))
 MESSAGES = 100_000
-# Messages sent before a round trip (a hello of a ping sender, acknowledged
-# only once the collector has handled everything before it on that
-# connection): at most this many wait in the daemon's queue, so a daemon slower
-# than the fuzzer shows as time, not as queued memory.
+# Messages sent before a round trip (a query, answered only once the
+# collector has handled everything before it on that connection): at most
+# this many wait in the daemon's queue, so a daemon slower than the fuzzer
+# shows as time, not as queued memory.
 BURST = 2_500
 MiB = 1024 * 1024
 # The daemon idles at ~35 MiB. Measured on a 2-core VM with the bugs this test
@@ -195,19 +195,26 @@ class Fuzzing:
                 try:
                     answers.append(codec.decode(part))
                 except codec.CodecError:
-                    pass  # an answer to a query: not this test's to read
+                    pass  # a reply the codec refuses: not this test's to read
 
     def sync(self, index: int) -> None:
         """A round trip on socket ``index``: every message sent on it before is handled.
 
-        The ping is a hello whose ``acked`` counts the pings: the collector
-        takes it as the sender's seq and acknowledges it, so an ack of an
-        earlier ping (resent, or late) is told apart.
+        The ping is a query whose ``seq`` counts the pings: the collector
+        answers it with that seq (an error answer: "ping" is no query it
+        knows), so the answer to an earlier ping (resent, or late) is told apart.
         """
         sock, ping_id = self.sockets[index], self.ping_ids[index]
         self.pings += 1
-        ping = [codec.encode(codec.Hello(ping_id, "fuzz-ping", 0, 1, 1, "fuzz", self.pings))]
-        wanted = codec.Ack(ping_id, self.pings)
+        ping = [codec.encode(codec.Query(ping_id, self.pings, {"what": "ping"}))]
+        seq = self.pings
+
+        def pong(frame: codec.Frame) -> bool:
+            return isinstance(frame, codec.Answer) and (frame.sender_id, frame.seq) == (
+                ping_id,
+                seq,
+            )
+
         started = time.monotonic()
         sent_at = [-math.inf]
 
@@ -216,7 +223,7 @@ class Fuzzing:
             if time.monotonic() - sent_at[0] > 5.0:  # an ack lost to a full queue: ask again
                 self.send(sock, ping)
                 sent_at[0] = time.monotonic()
-            return bool(sock.poll(50, zmq.POLLIN)) and wanted in self.drain(sock)
+            return bool(sock.poll(50, zmq.POLLIN)) and any(map(pong, self.drain(sock)))
 
         wait_for(answered, 60, f"the daemon's answer to ping {index} (seed {self.fuzzer.seed})")
         self.round_trips.append(time.monotonic() - started)
@@ -227,8 +234,6 @@ class Fuzzing:
         """Every sender of the fuzzer's says bye."""
         for message in self.fuzzer.goodbyes():
             self.send(self.sockets[0], message)
-        for ping_id in self.ping_ids:
-            self.send(self.sockets[0], [codec.encode(codec.Bye(ping_id, self.pings))])
 
     def burst(self, index: int, count: int) -> None:
         sock = self.sockets[index]

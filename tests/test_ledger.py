@@ -65,8 +65,8 @@ def name(event: object) -> str:
     kind = type(event).__name__
     if isinstance(event, Resent):
         return f"{kind}:{'duplicate' if event.duplicate else 'gap'}"
-    if isinstance(event, Introduced) and event.new:
-        return f"{kind}:new"
+    if isinstance(event, Introduced):
+        return kind + (":new" if event.new else "") + (":overclaimed" if event.overclaimed else "")
     return kind
 
 
@@ -88,10 +88,13 @@ CASES = {
         Step(batch(1), "Resent:duplicate", 1),
         Step(batch(2), "Apply", 2),
     ],
-    "hello of a known sender that saw more acks is trusted": [
+    "a hello never moves a known sender forward (its batches would be taken for duplicates)": [
         Step(hello(), "Introduced:new", 0),
-        Step(hello(acked=3), "Introduced", 3),
-        Step(batch(4), "Apply", 4),
+        Step(batch(1), "Apply", 1),
+        Step(hello(acked=2**62), "Introduced:overclaimed", 1),
+        Step(batch(2), "Apply", 2),
+        Step(hello(acked=2), "Introduced", 2),
+        Step(batch(5), "Resent:gap", 2),
     ],
     "a duplicate is only re-acknowledged": [
         Step(hello(), "Introduced:new", 0),
@@ -219,6 +222,13 @@ def test_silent_senders_are_forgotten_past_the_bound_and_remembered_when_back() 
     assert name(ledger.receive(hello(A, acked=0))) == "Introduced:new"
     assert name(ledger.receive(batch(1, A))) == "Resent:duplicate"
     assert name(ledger.receive(batch(2, A))) == "Apply"
+    clock.now += 1200.0
+    ledger.receive(batch(2, B))  # only A is silent again
+    clock.now += 60.0
+    assert ledger.forget_idle() == [A]
+    # What the ledger remembers of a forgotten sender wins over a hello's claim.
+    assert name(ledger.receive(hello(A, acked=99))) == "Introduced:new:overclaimed"
+    assert name(ledger.receive(batch(3, A))) == "Apply"
 
 
 def test_forgotten_seqs_are_bounded() -> None:

@@ -10,12 +10,14 @@ import csv
 import json
 import logging
 import math
+import os
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import roxxel
 from roxxel import CRASH_HEADLINE, Logger
 from roxxel.lines import parse_line
 
@@ -116,7 +118,9 @@ def test_close_is_idempotent_and_later_calls_fail_clearly(tmp_path: Path) -> Non
     assert log_lines(logger.sys_log_path) == [("INFO", "once")]
 
 
-def test_reopening_a_log_dir_appends_and_keeps_header_order(tmp_path: Path) -> None:
+def test_reopening_a_log_dir_appends_and_keeps_header_order(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     with Logger(tmp_path, "again") as logger:
         logger.log_message("first run")
         logger.log_metrics_summary(1, {"a": 1.0, "b": 2.0})
@@ -128,7 +132,12 @@ def test_reopening_a_log_dir_appends_and_keeps_header_order(tmp_path: Path) -> N
         ["1", "1.00000", "2.00000"],
         ["2", "10.00000", "20.00000"],
     ]
-    assert [m for _, m in log_lines(logger.sys_log_path)] == ["first run", "second run"]
+    first, marker, second = [m for _, m in log_lines(logger.sys_log_path)]
+    assert (first, second) == ("first run", "second run")
+    # The second run is kept apart by a line of the collector's (the file only).
+    assert marker.startswith(f"roxxel {roxxel.__version__}: a new run of again starts here")
+    assert f"(pid {os.getpid()}), 1 process(es)" in marker
+    assert "a new run" not in capfd.readouterr().out  # stdout shows the script's lines only
 
 
 # -- the defects of the original, one test each ----------------------------------

@@ -18,7 +18,7 @@ from roxxel.client import Unsent, UnsentBatch
 from roxxel.route import ENV_AGGREGATOR
 from roxxel.undelivered import read_unsent, write_unsent
 
-from .conftest import free_port, wait_for
+from .conftest import free_port, run_python, wait_for
 from .test_delivery import messages, roxxel_replay
 
 NO_HOST = "no-such-host.invalid"
@@ -161,15 +161,38 @@ def test_a_collector_that_does_not_answer_is_said_once_then_its_answer(
     assert not (tmp_path / "client").exists()  # everything delivered
 
 
-def test_a_collector_that_answers_at_once_brings_no_warning(
+def test_a_collector_that_answers_at_once_says_where_the_files_are_and_nothing_else(
     tmp_path: Path, daemon, said: Said
 ) -> None:
     with Logger(
-        tmp_path, "run", aggregator=daemon.endpoint, no_answer_warning=0.05, watcher=False
+        tmp_path / "ignored", "run", aggregator=daemon.endpoint, no_answer_warning=0.05
     ) as logger:
         logger.log_message("hello")
         assert logger.flush(30)
-    assert said.messages == []
+        # The daemon's files, on its host: never a path under log_dir that nobody writes.
+        files = daemon.log_dir.resolve() / "run"
+        assert logger.sys_log_path == f"{files}_system.log"
+        assert logger.metrics_csv_path == f"{files}_metrics.csv"
+        assert logger.metrics_jsonl_path == f"{files}_metrics.jsonl"
+        assert logger.collector_host == socket.gethostname()
+    assert said.messages == [
+        f"roxxel: logging to {daemon.endpoint} → {files}_*.{{log,csv,jsonl}} on "
+        f"{socket.gethostname()}"
+    ]
+    assert not (tmp_path / "ignored").exists()
+
+
+def test_a_rank_other_than_0_does_not_say_where(tmp_path: Path, daemon) -> None:
+    code = f"""
+import roxxel
+with roxxel.Logger({str(tmp_path)!r}, "run", aggregator={daemon.endpoint!r}) as log:
+    log.log_message("from rank 1", level=30)
+    assert log.flush(30)
+    assert log.sys_log_path.endswith("/run_system.log"), log.sys_log_path
+"""
+    done = run_python(code, RANK="1", LOCAL_RANK="1", WORLD_SIZE="2", ROXXEL_WATCHER="0")
+    assert done.returncode == 0, done.stderr
+    assert "logging to" not in done.stderr
     with pytest.raises(ValueError, match="no_answer_warning must be > 0 seconds or None"):
         Logger(tmp_path, "run", aggregator=daemon.endpoint, no_answer_warning=0)
 
@@ -192,6 +215,8 @@ def test_the_undelivered_file_is_readable_json_lines_and_replays_exactly_once(
     for step in range(3):
         logger.log_metrics_summary(step, {"loss": 1.5 / (step + 1), "nan": float("nan")})
     logger.log_metrics_summary(3, {"loss": "nan", "big": 2**64 - 1})
+    # Nobody answered: where the files will be is not known, and not guessed.
+    assert logger.sys_log_path is None and logger.collector_host is None
     logger.close()
     path = client_dir / "run_undelivered_rank0.jsonl"
     text = path.read_text(encoding="utf-8")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -264,3 +265,23 @@ def test_a_run_whose_senders_died_is_closed_and_reopened_by_a_returning_sender(
         "[rank 1] before",
         "[rank 1] after",
     ]
+
+
+def test_each_client_is_told_its_own_runs_files_and_a_run_again_is_marked(
+    tmp_path: Path, start_daemon
+) -> None:
+    log_dir = tmp_path / "logs"
+    daemon = start_daemon(log_dir, None, f"tcp://127.0.0.1:{free_port()}")
+    said = {}
+    for prefix, text in (("jobA", "first"), ("jobB", "other"), ("jobA", "second")):
+        said[prefix] = log_once(tmp_path / "c", prefix, daemon.endpoint, text).stderr
+        files = f"{log_dir.resolve()}/{prefix}_*.{{log,csv,jsonl}}"
+        line = f"roxxel: logging to {daemon.endpoint} → {files} on {socket.gethostname()}"
+        assert said[prefix].splitlines() == [line]
+    first, marker, second = read(log_dir / "jobA_system.log").splitlines()
+    assert first.endswith("] [WARNING] first") and second.endswith("] [WARNING] second")
+    assert "] [INFO] roxxel " in marker and ": a new run of jobA starts here: rank 0 on " in marker
+    # A run's first start leaves its file as the original roxxel wrote it.
+    assert read(log_dir / "jobB_system.log").splitlines()[0].endswith("] [WARNING] other")
+    assert len(read(log_dir / "jobB_system.log").splitlines()) == 1
+    assert not (tmp_path / "c").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import IO, Any, TextIO
 
@@ -33,6 +34,16 @@ class SystemLogSink(FileSink):
                     self._echo.write(self._clear + text if self._clear else text)
                 except (OSError, ValueError):
                     self._echo = None  # a closed stdout must not stop the log file
+
+    def holds_lines(self) -> bool:
+        """Whether the file already has lines (an earlier run's, appended to)."""
+        self._file.flush()
+        return os.fstat(self._file.fileno()).st_size > 0
+
+    def write_unechoed(self, origin: Origin, records: Sequence[Sequence[Any]]) -> None:
+        """Lines for the file alone: what the collector notes about a run (its
+        start), which stdout, the training script's own, does not show."""
+        self._file.write(format_lines(records, origin.tag))
 
     def flush(self) -> None:
         self._file.flush()
