@@ -347,19 +347,24 @@ class Collector:
                 self._refused(refusal)
             while ready.messages and handled < _MAX_MESSAGES_PER_CYCLE:
                 try:
-                    parts, key = self._router.receive()
+                    message = self._router.receive()
                 except zmq.Again:
                     break
-                handled += max(1, len(parts) - 1)  # frames: a message may carry many
+                peer, frames = message.peer, message.frames
+                handled += max(1, len(frames))  # a message may carry many
                 self._writing = self._home
-                if len(parts) < 2:
-                    self._bad(parts[0] if parts else b"", "message without a frame")
+                if message.refused is not None:
+                    self.stats["oversized_messages"] += 1
+                    self._bad(peer, f"{message.refused}: dropped unread")
                     continue
-                if not self._router.allows(key):
-                    self._revoked(parts[0], key)
+                if not frames:
+                    self._bad(peer, "message without a frame")
                     continue
-                for data in parts[1:]:  # a client sends what it has as one message
-                    self._dispatch(parts[0], data, key)
+                if not self._router.allows(message.key):
+                    self._revoked(peer, message.key)
+                    continue
+                for data in frames:  # a client sends what it has as one message
+                    self._dispatch(peer, data, message.key, message.source)
         except OSError as exc:
             self._writing.commits.failed(exc)
         now = time.monotonic()
@@ -379,14 +384,14 @@ class Collector:
         self._rate.sample(now, self.stats["records"])
         return handled
 
-    def _dispatch(self, peer: bytes, data: bytes, key: str | None) -> None:
+    def _dispatch(self, peer: bytes, data: bytes, key: str | None, source: str) -> None:
         """Do what the ledger of the frame's run decides for it."""
         run = self.runs.route(data)
         if isinstance(run, Refused):
             self._refuse(peer, run)
             return
         self._writing = run
-        event = run.ledger.receive(data, key)
+        event = run.ledger.receive(data, key, source, peer)
         run.active = time.monotonic()
         if isinstance(event, Apply):
             run.apply(event.batch, event.state)
@@ -417,10 +422,24 @@ class Collector:
         elif isinstance(event, Asked):
             self._answer(peer, event.query)
         elif isinstance(event, TooMany):
-            # Refused, counted, reported once; its batches are then malformed frames.
+            # Refused, counted, reported once (per address); its batches are then
+            # malformed frames. The client says hello again until it gets in.
             self.stats["refused_senders"] += 1
-            limit = run.ledger.max_senders
-            run.report(b"", "senders", f"more than {limit} senders: refusing new ones")
+            if event.bound == "run":
+                limit = run.ledger.max_senders
+                run.report(b"", "senders", f"more than {limit} senders: refusing new ones")
+            else:
+                limit = (
+                    run.ledger.max_per_connection
+                    if event.bound == "connection"
+                    else run.ledger.max_per_source
+                )
+                run.report(
+                    peer if event.bound == "connection" else event.source.encode()[:255],
+                    "senders",
+                    f"more than {limit} senders on one {event.bound} from "
+                    f"{event.source or 'this host'}: refusing new ones there",
+                )
         elif isinstance(event, Foreign):
             self.stats["foreign_frames"] += 1
             run.report(

@@ -33,6 +33,7 @@ it as its oracle. Not thread-safe: one collector thread owns a ledger.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,9 @@ __all__ = [
     "Asked",
     "Malformed",
     "MAX_SENDERS",
+    "MAX_SENDERS_PER_SOURCE",
+    "MAX_SENDERS_PER_CONNECTION",
+    "NEVER_BATCHED_SECONDS",
     "IDLE_SENDER_SECONDS",
     "IDLE_SENDERS_KEPT",
     "FORGOTTEN_KEPT",
@@ -63,6 +67,12 @@ __all__ = [
 # Senders known at once (said hello; a bye forgets one). A pod of thousands of
 # ranks, each with a Logger or two and a watcher, stays far below it.
 MAX_SENDERS = 65_536
+# Senders introduced on one connection (a client has one sender on its own
+# connection) and from one network address (a host: its ranks, their
+# watchers, a replay or two): a peer that floods hellos with made-up ids fills
+# these, not the run's table, and other connections and hosts still get in.
+MAX_SENDERS_PER_CONNECTION = 64
+MAX_SENDERS_PER_SOURCE = 4096
 # Senders that crashed without a word (no watcher) are never heard again; a
 # ledger forgets those silent this long once it knows more than this many.
 # Their committed seqs are kept (the last FORGOTTEN_KEPT, not in the
@@ -71,6 +81,10 @@ MAX_SENDERS = 65_536
 IDLE_SENDER_SECONDS = 3600.0
 IDLE_SENDERS_KEPT = 1024
 FORGOTTEN_KEPT = 65_536
+# A sender that never had a batch applied has nothing to protect: past
+# idle_kept senders, it is forgotten (not remembered) after this long silent,
+# so hellos with made-up ids leave the table within minutes.
+NEVER_BATCHED_SECONDS = 60.0
 # How often silent senders are looked for, at most.
 _FORGET_EVERY = 60.0
 
@@ -85,6 +99,11 @@ class SenderState:
     warned_keys: set[str] = field(default_factory=set)
     # Not in the checkpoint: this collector's view of the sender.
     seen: float = 0.0  # the ledger's clock at its last frame
+    # The network address and connection whose bounds it counts in.
+    counted: tuple[str, bytes] | None = None
+    # A batch of it was applied here, or it came from a checkpoint: what a
+    # hello claims (acked) alone does not count.
+    batched: bool = False
     records: int = 0  # written
     bytes: int = 0  # of the batches applied
 
@@ -112,6 +131,7 @@ class SenderState:
             committed,
             None if key is None else str(key),
             seen=seen,
+            batched=True,
         )
 
 
@@ -147,6 +167,9 @@ class Introduced:
 @dataclass(frozen=True, slots=True)
 class TooMany:
     hello: codec.Hello
+    # Whose bound was reached: "run" (the run's table), "connection" or "address".
+    bound: str = "run"
+    source: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,12 +204,18 @@ class Ledger:
         self,
         *,
         max_senders: int = MAX_SENDERS,
+        max_per_source: int = MAX_SENDERS_PER_SOURCE,
+        max_per_connection: int = MAX_SENDERS_PER_CONNECTION,
         idle_seconds: float = IDLE_SENDER_SECONDS,
         idle_kept: int = IDLE_SENDERS_KEPT,
         forgotten_kept: int = FORGOTTEN_KEPT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_senders = max_senders
+        self.max_per_source = max_per_source
+        self.max_per_connection = max_per_connection
+        self._per_source: Counter[str] = Counter()
+        self._per_connection: Counter[bytes] = Counter()
         self.idle_seconds = idle_seconds
         self.idle_kept = idle_kept
         self.forgotten_kept = forgotten_kept
@@ -204,8 +233,11 @@ class Ledger:
 
     # -- frames ----------------------------------------------------------------
 
-    def receive(self, data: bytes, key: str | None = None) -> Event:
-        """Decide what to do with one frame that came on a connection of ``key``.
+    def receive(
+        self, data: bytes, key: str | None = None, source: str = "", connection: bytes = b""
+    ) -> Event:
+        """Decide what to do with one frame that came on ``connection``, of CURVE
+        ``key``, from the network address ``source``.
 
         A batch that is not the next one of its sender is decided from its
         envelope alone: its body (up to 64 MiB) is never decoded.
@@ -228,33 +260,40 @@ class Ledger:
             frame = codec.decode(data)
         except codec.BatchError as exc:
             assert state is not None  # only the body of a next batch gets this far
-            state.committed = exc.seq
+            state.committed, state.batched = exc.seq, True
             return Poisoned(exc, state)
         except codec.CodecError as exc:
             return Malformed(str(exc))
         if isinstance(frame, codec.Batch):
             assert state is not None
-            state.committed = frame.seq
+            state.committed, state.batched = frame.seq, True
             return Apply(frame, state)
         if isinstance(frame, codec.Hello):
-            return self._hello(frame, key)
+            return self._hello(frame, key, (source, connection))
         if isinstance(frame, codec.Bye):
             # Everything of this sender is acknowledged: no resend or replay can follow.
-            self.open.discard(frame.sender_id)
-            return Closed(frame, self.senders.pop(frame.sender_id, None) is not None)
+            return Closed(frame, self._drop(frame.sender_id) is not None)
         if isinstance(frame, codec.Query):
             return Asked(frame)
         return Malformed(f"unexpected {type(frame).__name__} frame")
 
-    def _hello(self, hello: codec.Hello, key: str | None) -> Introduced | TooMany:
+    def _hello(
+        self, hello: codec.Hello, key: str | None, where: tuple[str, bytes]
+    ) -> Introduced | TooMany:
         state = self.senders.get(hello.sender_id)
         if state is None and len(self.senders) >= self.max_senders:
             # Each sender costs memory and a checkpoint entry.
             return TooMany(hello)
+        if state is None or state.counted is None:
+            if self._per_connection[where[1]] >= self.max_per_connection:
+                return TooMany(hello, "connection", where[0])
+            if self._per_source[where[0]] >= self.max_per_source:
+                return TooMany(hello, "address", where[0])
         self.open.add(hello.sender_id)
         if len(self.ranks_seen) < MAX_SENDERS:  # hellos may name any rank
             self.ranks_seen.add(hello.rank)
         self.process_count = max(self.process_count, hello.process_count)
+        new = state is None
         if state is None:
             origin = Origin(rank=hello.rank, host=hello.host, pid=hello.pid)
             # A forgotten sender that comes back: what it had sent is written
@@ -264,9 +303,24 @@ class Ledger:
             committed = self._forgotten.pop(hello.sender_id, hello.acked)
             state = SenderState(origin, hello.prefix, committed, committed, key, seen=self._clock())
             self.senders[hello.sender_id] = state
-            return Introduced(hello, state, new=True, overclaimed=_past(hello.acked, committed))
+        if state.counted is None:  # new, or restored from a checkpoint: counted from here
+            state.counted = where
+            self._per_source[where[0]] += 1
+            self._per_connection[where[1]] += 1
         # A known sender's committed seq moves only with its batches.
-        return Introduced(hello, state, new=False, overclaimed=_past(hello.acked, state.committed))
+        return Introduced(hello, state, new=new, overclaimed=_past(hello.acked, state.committed))
+
+    def _drop(self, sender_id: bytes) -> SenderState | None:
+        """Forget a sender (said bye, or silent); its state, if it was known."""
+        self.open.discard(sender_id)
+        state = self.senders.pop(sender_id, None)
+        if state is not None and state.counted is not None:
+            source, connection = state.counted
+            for counter, name in ((self._per_source, source), (self._per_connection, connection)):
+                counter[name] -= 1
+                if not counter[name]:
+                    del counter[name]
+        return state
 
     # -- commit and roll back ----------------------------------------------------
 
@@ -286,8 +340,14 @@ class Ledger:
         return None if state is None else state.durable
 
     def saved(self) -> dict[str, dict[str, Any]]:
-        """The senders as a checkpoint stores them (what is applied now)."""
-        return {sender_id.hex(): state.saved() for sender_id, state in self.senders.items()}
+        """The senders as a checkpoint stores them (what is applied now): those with
+        a batch applied; one without has nothing a restart could write twice, and
+        a flood of hellos must not grow every commit's checkpoint."""
+        return {
+            sender_id.hex(): state.saved()
+            for sender_id, state in self.senders.items()
+            if state.batched
+        }
 
     def restore(self, saved: dict[str, dict[str, Any]]) -> None:
         """Take the senders of a checkpoint (:meth:`saved`), all durable."""
@@ -310,19 +370,26 @@ class Ledger:
         return not self.open and len(seen) >= count and all(r in seen for r in range(count))
 
     def forget_idle(self) -> list[bytes]:
-        """Forget senders silent for ``idle_seconds`` once more than ``idle_kept``
-        are known (looked for at most once a minute); the ids forgotten."""
+        """Forget senders silent for ``idle_seconds`` (for NEVER_BATCHED_SECONDS,
+        one that never had a batch applied) once more than ``idle_kept`` are
+        known (looked for at most once a minute); the ids forgotten."""
         now = self._clock()
         if now < self._next_forget:
             return []
         self._next_forget = now + min(_FORGET_EVERY, self.idle_seconds)
         if len(self.senders) <= self.idle_kept:
             return []
-        idle = [i for i, st in self.senders.items() if now - st.seen >= self.idle_seconds]
+        never = min(self.idle_seconds, NEVER_BATCHED_SECONDS)
+        idle = [
+            i
+            for i, st in self.senders.items()
+            if now - st.seen >= (self.idle_seconds if st.batched else never)
+        ]
         for sender_id in idle:
-            # Remembered (bounded) so a sender that comes back is not written twice.
-            self._forgotten[sender_id] = self.senders.pop(sender_id).committed
-            self.open.discard(sender_id)
+            state = self._drop(sender_id)
+            if state is not None and state.batched:
+                # Remembered (bounded) so a sender that comes back is not written twice.
+                self._forgotten[sender_id] = state.committed
         while len(self._forgotten) > self.forgotten_kept:
             del self._forgotten[next(iter(self._forgotten))]
         return idle

@@ -8,9 +8,12 @@ signal handler may call.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import ipaddress
 import math
 import os
+from dataclasses import dataclass
 
 import zmq
 
@@ -19,12 +22,32 @@ from roxxel.security import ServerKeys
 
 from .curve import CurveGate, Refusal
 
-__all__ = ["Router", "Ready"]
+__all__ = ["Router", "Ready", "Received", "MAX_MESSAGE_PARTS"]
 
-# Messages queued per connection: above what an honest client can have in
-# flight (its window, 1,024 batches, each in at most one message), so only a
-# client that ignores acknowledgements is held back by it.
-_RCVHWM = 4096
+# Messages queued per connection. A client sends at most codec.MESSAGE_BYTES
+# a message and waits for acks past its window: only a client that ignores
+# both is held back by it (TCP then pushes back on it, nothing is lost).
+_RCVHWM = 256
+# What one message may hold (a client sends at most its window of batches
+# and codec.MESSAGE_BYTES, or one frame): a larger one is dropped unread.
+# ZeroMQ holds a whole message before it can be looked at, so this bounds
+# what stays and is copied, not what a plaintext peer can make ZeroMQ hold
+# for a moment: untrusted networks need CURVE.
+MAX_MESSAGE_PARTS = 1 + 1024 + 64
+# After a message this large is freed, the C heap is handed back to the system.
+_TRIM_AFTER_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One message: the peer's routing id, its frames, the connection's CURVE key
+    and network address; ``refused`` says why the frames were not read (dropped)."""
+
+    peer: bytes
+    frames: list[bytes]
+    key: str | None
+    source: str
+    refused: str | None = None
 
 
 class Ready:
@@ -108,16 +131,22 @@ class Router:
         except BlockingIOError:
             pass  # the pipe is full: a wake-up is already pending
 
-    def receive(self) -> tuple[list[bytes], str | None]:
-        """A waiting message's frames (the peer's routing id first), and with
-        CURVE the key of the connection it came on; ``zmq.Again`` if none waits."""
-        if self.gate is None:
-            return self._socket.recv_multipart(zmq.NOBLOCK, copy=True), None
-        frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
-        # Set by our authenticator on every message of the connection; the
-        # routing-id frame is the ROUTER's own and carries no properties.
-        key = frames[1].get("User-Id") if len(frames) > 1 else None
-        return [frame.bytes for frame in frames], key
+    def receive(self) -> Received:
+        """A waiting message; ``zmq.Again`` if none waits."""
+        peer, *frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
+        # Set on every message of the connection (the key by our
+        # authenticator); the routing-id frame is the ROUTER's own and
+        # carries no properties.
+        key = _property(frames, "User-Id") if self.gate is not None else None
+        source = _property(frames, "Peer-Address") or ""
+        size = sum(len(frame) for frame in frames)
+        if len(frames) > MAX_MESSAGE_PARTS or size > codec.MAX_MESSAGE_BYTES:
+            why = f"a message of {len(frames):,} frames and {size:,} bytes"
+            del frames  # unread: freed now, not copied
+            if size > _TRIM_AFTER_BYTES:
+                _trim_heap()
+            return Received(peer.bytes, [], key, source, refused=why)
+        return Received(peer.bytes, [frame.bytes for frame in frames], key, source)
 
     def allows(self, key: str | None) -> bool:
         """Whether a message of a connection with ``key`` may be read (keys revoked
@@ -148,3 +177,34 @@ class Router:
         self._socket.close(linger=linger)
         if self._own_context:
             self._context.term()
+
+
+def _property(frames: list[zmq.Frame], name: str) -> str | None:
+    """A connection's property as its first frame carries it (None: that
+    transport has none, e.g. no peer address over inproc://)."""
+    if not frames:
+        return None
+    try:
+        return frames[0].get(name)
+    except zmq.ZMQError:
+        return None
+
+
+def _trim_heap() -> None:
+    """Give freed C heap back to the system (glibc keeps it otherwise: a
+    peer's one large message would stay in the daemon's RSS)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        libc.malloc_trim  # noqa: B018 -- glibc only
+    except (OSError, AttributeError, TypeError):
+        return None
+    return libc
+
+
+_LIBC = _load_libc()

@@ -397,12 +397,19 @@ class Sender:
             return
         if self._need_hello:
             frames.append(codec.encode(self._hello_now()))
-        frames += [
-            self._in_flight[seq].frame
-            for seq in range(self._sent_upto + 1, self._next_seq)
-            if seq in self._in_flight
-        ]
-        report, new = self._next_batches()
+        # At most codec.MESSAGE_BYTES a message, or one frame (a collector drops
+        # a larger one unread): a long resend goes over several passes, new
+        # batches after it.
+        size, upto = 0, self._sent_upto
+        for seq in range(self._sent_upto + 1, self._next_seq):
+            batch = self._in_flight.get(seq)
+            if batch is not None:
+                if size and size + len(batch.frame) > codec.MESSAGE_BYTES:
+                    break
+                frames.append(batch.frame)
+                size += len(batch.frame)
+            upto = seq
+        report, new = (None, []) if upto < self._next_seq - 1 else self._next_batches(size)
         seq = self._next_seq
         for batch in new:
             if batch.frame_seq != seq:  # built already if the last attempt failed
@@ -415,6 +422,7 @@ class Sender:
         if not self._transport.send_many(frames):
             return  # not connected, or ZeroMQ's queue is full: all of it again later
         self._need_hello = False
+        self._sent_upto = upto
         with self._changed:
             for batch in new:
                 if batch is report:
@@ -425,9 +433,10 @@ class Sender:
                 self._in_flight[self._next_seq] = batch
                 self._flight_bytes += len(batch.body)
                 self._next_seq += 1
-        self._sent_upto = self._next_seq - 1
+        if new:
+            self._sent_upto = self._next_seq - 1
 
-    def _next_batches(self) -> tuple[_Batch | None, list[_Batch]]:
+    def _next_batches(self, size: int) -> tuple[_Batch | None, list[_Batch]]:
         """The pending batches to send now (oldest first), within the window and
         half the buffer (so pending keeps room to drop from); first, once the
         collector takes frames again, one report of what was dropped (also
@@ -443,13 +452,17 @@ class Sender:
         m = n = 0
         while len(new) < room and flight_bytes < self._max_bytes // 2:
             if m < len(metrics) and (n >= len(lines) or metrics[m].order < lines[n].order):
-                batch, m = metrics[m], m + 1
+                batch, is_metrics = metrics[m], True
             elif n < len(lines):
-                batch, n = lines[n], n + 1
+                batch, is_metrics = lines[n], False
             else:
                 break
+            if size and size + len(batch.body) > codec.MESSAGE_BYTES:
+                break  # the next pass sends it
+            m, n = m + is_metrics, n + (not is_metrics)
             new.append(batch)
             flight_bytes += len(batch.body)
+            size += len(batch.body)
         return report, new
 
     def _on_reply(self, data: bytes) -> None:

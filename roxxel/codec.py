@@ -37,6 +37,8 @@ __all__ = [
     "PROTO_VERSION",
     "SENDER_ID_LEN",
     "MAX_FRAME_BYTES",
+    "MESSAGE_BYTES",
+    "MAX_MESSAGE_BYTES",
     "CodecError",
     "BatchError",
     "Hello",
@@ -64,6 +66,10 @@ SENDER_ID_LEN = 16
 # Limits a decoder applies before it allocates anything. A client never
 # builds a frame past them: batches are cut at MAX_BATCH_RECORDS records.
 MAX_FRAME_BYTES = 64 * 1024 * 1024
+# What a client puts in one ZeroMQ message (frames past it go in the next),
+# unless one frame alone is larger; a collector drops larger messages unread.
+MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_MESSAGE_BYTES = MAX_FRAME_BYTES + 64 * 1024
 MAX_STR_LEN = 1024 * 1024
 MAX_BIN_LEN = 1024
 MAX_ARRAY_LEN = 65536

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import pytest
 
 from aggregator.ledger import (
+    IDLE_SENDER_SECONDS,
+    NEVER_BATCHED_SECONDS,
     Apply,
     Asked,
     Closed,
@@ -210,11 +212,12 @@ def test_silent_senders_are_forgotten_past_the_bound_and_remembered_when_back() 
     ledger.receive(hello(A))
     ledger.receive(batch(1, A))
     ledger.receive(hello(B, rank=1))
+    ledger.receive(batch(1, B))
     assert ledger.forget_idle() == []  # looked for at most once a minute
     clock.now += 60.0
     assert ledger.forget_idle() == []  # not silent long enough
     clock.now += 600.0
-    ledger.receive(batch(1, B))  # B is heard: only A is silent
+    ledger.receive(batch(2, B))  # B is heard: only A is silent
     clock.now += 60.0
     assert ledger.forget_idle() == [A]
     assert A not in ledger.senders and A not in ledger.open
@@ -223,7 +226,7 @@ def test_silent_senders_are_forgotten_past_the_bound_and_remembered_when_back() 
     assert name(ledger.receive(batch(1, A))) == "Resent:duplicate"
     assert name(ledger.receive(batch(2, A))) == "Apply"
     clock.now += 1200.0
-    ledger.receive(batch(2, B))  # only A is silent again
+    ledger.receive(batch(3, B))  # only A is silent again
     clock.now += 60.0
     assert ledger.forget_idle() == [A]
     # What the ledger remembers of a forgotten sender wins over a hello's claim.
@@ -281,3 +284,43 @@ def test_malformed_says_why() -> None:
     event = Ledger().receive(batch(1))
     assert isinstance(event, Malformed)
     assert event.problem == "batch from a sender that has not said hello"
+
+
+def test_one_connection_and_one_address_hold_at_most_their_share_of_the_senders() -> None:
+    ledger = Ledger(max_per_connection=2, max_per_source=3)
+    ids = [bytes([i]) * 16 for i in range(6)]
+
+    def say(i: int, address: str, connection: bytes) -> object:
+        return ledger.receive(hello(ids[i]), source=address, connection=connection)
+
+    assert name(say(0, "10.0.0.9", b"c1")) == "Introduced:new"
+    assert name(say(1, "10.0.0.9", b"c1")) == "Introduced:new"
+    refused = say(2, "10.0.0.9", b"c1")
+    assert isinstance(refused, TooMany) and (refused.bound, refused.source) == (
+        "connection",
+        "10.0.0.9",
+    )
+    assert name(say(1, "10.0.0.9", b"c1")) == "Introduced"  # a known sender still is
+    assert name(say(2, "10.0.0.9", b"c2")) == "Introduced:new"  # another connection
+    refused = say(3, "10.0.0.9", b"c3")
+    assert isinstance(refused, TooMany) and refused.bound == "address"
+    assert name(say(3, "10.0.0.7", b"c4")) == "Introduced:new"  # another host
+    ledger.receive(bye(0, ids[0]))  # a bye frees its places
+    assert name(say(4, "10.0.0.9", b"c1")) == "Introduced:new"
+    assert isinstance(say(5, "10.0.0.9", b"c5"), TooMany)
+
+
+def test_a_sender_that_never_sent_a_batch_is_forgotten_soon_and_not_saved() -> None:
+    clock = Clock()
+    ledger = Ledger(idle_kept=0, clock=clock)
+    ledger.receive(hello(A))
+    ledger.receive(batch(1, A))
+    ledger.receive(hello(B, acked=5))  # a claim alone is not a batch
+    assert list(ledger.saved()) == [A.hex()]  # the checkpoint holds what can be resent
+    clock.now += NEVER_BATCHED_SECONDS
+    assert ledger.forget_idle() == [B]
+    # Nothing to remember of it: back, it is a new sender that starts at its claim.
+    assert ledger.receive(hello(B, acked=0)).state.committed == 0
+    clock.now += IDLE_SENDER_SECONDS
+    assert sorted(ledger.forget_idle()) == sorted([A, B])
+    assert ledger.receive(hello(A)).state.committed == 1  # remembered

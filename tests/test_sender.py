@@ -337,3 +337,22 @@ def test_a_drop_report_not_yet_delivered_keeps_flush_waiting_and_close_from_sayi
     assert unsent.dropped == 1
     assert [(b.seq, b.metrics, b.lines) for b in unsent.batches] == [(None, 0, 0)]  # the report
     assert not any(isinstance(f, codec.Bye) for m in fake.messages(False) for f in m.frames)
+
+
+def test_no_message_holds_more_than_message_bytes_and_a_long_resend_goes_in_several(
+    start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A collector drops a message past its bound unread: the client never sends one.
+    monkeypatch.setattr(codec, "MESSAGE_BYTES", 2500)  # two ~1 KiB batches a message
+    fake = FakeTransport()
+    sender = start(fake)
+    for i in range(6):
+        line(sender, f"line {i}")
+    wait_for(lambda: fake.seqs() == [1, 2, 3, 4, 5, 6], timeout=10, what="6 batches sent")
+    fake.connects += 1  # a reconnect: everything unacknowledged again
+    wait_for(lambda: fake.seqs()[6:] == [1, 2, 3, 4, 5, 6], timeout=10, what="the resend")
+    for message in fake.messages():
+        batches = [f for f in message.frames if isinstance(f, codec.Batch)]
+        assert len(batches) <= 2, [b.seq for b in batches]
+    fake.ack(6)
+    assert sender.flush(10)
