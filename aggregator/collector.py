@@ -58,6 +58,7 @@ from roxxel import codec
 from roxxel.diagnostics import diagnostics
 from roxxel.security import ServerKeys
 
+from .acks import Acks
 from .answers import RateMeter, stats_line, status_answer, tail_answer
 from .curve import Refusal
 from .ledger import (
@@ -149,9 +150,7 @@ class Collector:
         self._commit_interval = commit_interval
         self._commit_due: float | None = None
         self._last_commit = -math.inf
-        self._acks: dict[bytes, tuple[Run, bytes]] = {}  # peer -> (run, sender id) to ack
-        self._greet: set[bytes] = set()  # peers whose next ack says where their files are
-        self._byes: list[tuple[bytes, codec.Bye, Run]] = []
+        self._acks = Acks()
         self._reopen = False
         if home is None:
             home_run.commits.resume()
@@ -396,11 +395,11 @@ class Collector:
         if isinstance(event, Apply):
             run.apply(event.batch, event.state)
             event.state.bytes += len(data)
-            self._acks[peer] = (run, event.batch.sender_id)
+            self._acks.owe(peer, run, event.batch.sender_id)
         elif isinstance(event, Resent):
             # Answered without decoding the body: the client resends from the ack.
             self.stats["duplicate" if event.duplicate else "gap"] += 1
-            self._acks[peer] = (run, event.sender_id)
+            self._acks.owe(peer, run, event.sender_id)
         elif isinstance(event, Introduced):
             if event.new:
                 self.stats["senders"] += 1
@@ -409,16 +408,15 @@ class Collector:
             if event.overclaimed:
                 self._overclaimed(peer, run, event)
             self.runs.joined(event.hello.sender_id, run)
-            self._acks[peer] = (run, event.hello.sender_id)
-            self._greet.add(peer)
+            self._acks.owe(peer, run, event.hello.sender_id, hello=True)
         elif isinstance(event, Closed):
             run.commits.dirty |= event.known
             self.runs.left(event.bye.sender_id)
-            self._byes.append((peer, event.bye, run))
+            self._acks.owe_bye(peer, event.bye, run)
             self._commit_due = time.monotonic()  # a closing client waits for this ack
         elif isinstance(event, Poisoned):
             run.poisoned(event.error, data, event.state)
-            self._acks[peer] = (run, event.error.sender_id)
+            self._acks.owe(peer, run, event.error.sender_id)
         elif isinstance(event, Asked):
             self._answer(peer, event.query)
         elif isinstance(event, TooMany):
@@ -480,7 +478,7 @@ class Collector:
 
     def _close_idle_runs(self, now: float) -> None:
         """Close the runs no sender uses any more (all said bye, or were forgotten)."""
-        waiting = {id(run) for run, _ in self._acks.values()} | {id(r) for *_, r in self._byes}
+        waiting = self._acks.runs_waiting()
         for run in self.runs.close_idle(now, waiting):
             self._guarded(self._home, run.close)
 
@@ -502,24 +500,8 @@ class Collector:
     def _send_acks(self) -> None:
         """Acknowledge what is durable to every sender heard since the last acks
         (a run's once it is committed)."""
-        waiting: dict[bytes, tuple[Run, bytes]] = {}
-        for peer, (run, sender_id) in self._acks.items():
-            if run.commits.dirty:
-                waiting[peer] = (run, sender_id)
-                continue
-            seq = run.ledger.acknowledged(sender_id)
-            if seq is not None:
-                where = run.where if peer in self._greet else None
-                self._router.send(peer, codec.encode(codec.Ack(sender_id, seq, where)))
-            self._greet.discard(peer)
-        self._acks = waiting
-        byes = []
-        for peer, bye, run in self._byes:  # heard: the client may end now
-            if run.commits.dirty:
-                byes.append((peer, bye, run))
-            else:
-                self._router.send(peer, codec.encode(codec.Ack(bye.sender_id, bye.seq)))
-        self._byes = byes
+        for peer, frame in self._acks.due():
+            self._router.send(peer, frame)
 
     # -- committing --------------------------------------------------------------
 
