@@ -8,15 +8,22 @@ client's report of dropped records becomes a WARNING line), metrics runs
 batch's order, what the collector handles itself before writing those:
 invalid records and death notices. A record's place among the lines and
 among the runs is its place in the batch.
+
+Times out of range (:func:`roxxel.schema.in_time_range`) become the
+receive time: of a metrics row here (the JSONL keeps the time as sent), of
+a death notice here (marked, :func:`roxxel.lines.within_time`), of a log
+line where the system log formats it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from roxxel import schema
+from roxxel.lines import within_time
 
 from .metrics_run import MetricsRun, metrics_run
 
@@ -46,6 +53,8 @@ class SortedBatch:
     # Per metric name whose values could not be written: why, and how many.
     non_scalars: dict[str, tuple[str, int]] = field(default_factory=dict)
     client_dropped: int = 0  # records the client reported dropped
+    # Metrics rows written with the receive time: theirs was out of range.
+    rows_out_of_range: int = 0
 
     @property
     def written(self) -> int:
@@ -53,10 +62,12 @@ class SortedBatch:
         return len(self.lines) + sum(len(run.steps) for run in self.runs)
 
 
-def sort_batch(records: list[Any]) -> SortedBatch:
-    """Split a batch's records by what takes them."""
+def sort_batch(records: list[Any], now: float | None = None) -> SortedBatch:
+    """Split a batch's records, received at ``now`` (default: the clock's), by what takes them."""
     if schema.all_log_lines(records):  # the common batch, checked in one pass
         return SortedBatch(lines=records)
+    if now is None:
+        now = time.time()
     sorted_batch = SortedBatch()
     for record in records:
         problem = schema.check_record(record)
@@ -65,13 +76,18 @@ def sort_batch(records: list[Any]) -> SortedBatch:
             continue
         kind = record[0]
         if kind in schema.METRICS_KINDS:
-            run, dropped = metrics_run(record)
+            run, dropped = metrics_run(record, now)
             for key, (why, count) in dropped.items():
                 first_why, before = sorted_batch.non_scalars.get(key, (why, 0))
                 sorted_batch.non_scalars[key] = (first_why, before + count)
+            if run.sent_ts is not None:
+                sorted_batch.rows_out_of_range += len(run.sent_ts) - run.sent_ts.count(None)
             sorted_batch.runs.append(run)
         elif kind == schema.RECORD_DEATH:
-            sorted_batch.notices.append(DeathNotice(*record[1:]))
+            # Its time also dates the run's summary of failures.
+            _, ts, level, text = record
+            ts, text = within_time(ts, text, now)
+            sorted_batch.notices.append(DeathNotice(ts, level, text))
         elif kind == schema.RECORD_DROPPED:
             sorted_batch.client_dropped += record[2] + record[3]
             sorted_batch.lines.append(

@@ -7,13 +7,18 @@ column, every value a scalar (a non-scalar becomes ``None``, an empty cell),
 and for each key what its column holds. A sink zips the columns back into
 rows and formats a column of finite floats or of integers through one
 %-format for the whole run, instead of judging each value.
+
+A row whose time is out of range (:func:`roxxel.schema.in_time_range`) gets
+the collector's time; the run keeps the time it was sent with
+(:attr:`MetricsRun.sent_ts`), which the JSONL writes beside it.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, NamedTuple
 
-from roxxel.schema import NON_SCALAR
+from roxxel.schema import NON_SCALAR, in_time_range, times_in_range
 
 __all__ = ["MetricsRun", "FLOATS", "INTS", "MIXED", "metrics_run", "is_constant"]
 
@@ -34,16 +39,23 @@ class MetricsRun(NamedTuple):
     columns: list[tuple]  # per key, in keys' order: its value in each row
     types: tuple[str, ...]  # per key: FLOATS, INTS or MIXED
     constant: tuple[bool, ...]  # per key: one number in every row (see is_constant)
+    # Per row, the time it was sent with where that was out of range (else
+    # None); None when every row's was in range.
+    sent_ts: tuple[float | None, ...] | None = None
 
 
-def metrics_run(record: list) -> tuple[MetricsRun, dict[str, tuple[str, int]]]:
-    """The run of a checked metrics record; for each key with non-scalar
-    values, why they were dropped and how many.
+def metrics_run(
+    record: list, now: float | None = None
+) -> tuple[MetricsRun, dict[str, tuple[str, int]]]:
+    """The run of a checked metrics record received at ``now`` (default: the
+    clock's); for each key with non-scalar values, why they were dropped and
+    how many.
 
     A key none of whose values can be written leaves the run (it gets no
     column); other non-scalar values become ``None``.
     """
     kind, keys, ts, steps, values = record
+    ts, sent_ts = _times(ts, time.time() if now is None else now)
     columns = list(zip(*values, strict=True))
     types: list[str] = []
     dropped: dict[str, tuple[str, int]] = {}
@@ -69,7 +81,16 @@ def metrics_run(record: list) -> tuple[MetricsRun, dict[str, tuple[str, int]]]:
         keys = [keys[i] for i in kept]
         columns = [columns[i] for i in kept]
     constant = tuple(map(is_constant, types, columns))
-    return MetricsRun(kind, tuple(keys), ts, steps, columns, tuple(types), constant), dropped
+    run = MetricsRun(kind, tuple(keys), ts, steps, columns, tuple(types), constant, sent_ts)
+    return run, dropped
+
+
+def _times(ts: list, now: float) -> tuple[list, tuple | None]:
+    """The rows' times as written, and as sent where that was out of range."""
+    if times_in_range(ts, now):
+        return ts, None
+    sent = tuple(None if in_time_range(t, now) else t for t in ts)
+    return [now if s is not None else t for t, s in zip(ts, sent, strict=True)], sent
 
 
 def is_constant(kind: str, column: tuple) -> bool:

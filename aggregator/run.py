@@ -158,6 +158,15 @@ class Run:
                 batch.sender_id, "record", f"{state.origin.tag}invalid record: {notice.problem}"
             )
         stats["client_dropped"] += part.client_dropped
+        if part.rows_out_of_range:
+            # The CSV has no time to mark: said once per sender.
+            self.report(
+                batch.sender_id,
+                "time",
+                f"{state.origin.tag}{part.rows_out_of_range} metrics row(s) sent with a time "
+                "out of range (not finite, before 1970 or more than a day ahead): written with "
+                "the collector's time; the JSONL keeps the time as sent in sent_ts",
+            )
         if part.lines:
             self.sinks.write_lines(state.origin, part.lines)
         if part.runs:

@@ -20,6 +20,11 @@ renames the file to ``FILE.replayed`` when every record is acknowledged.
 An ENDPOINT that cannot be parsed or resolved (``localhost:5555``, a port
 out of range, a host name that does not exist, a directory) is said in one
 line, ``roxxel: ...``, with exit status 2, before anything is sent.
+
+Text a peer supplied (a sender's host, a collector's answer or error, a
+log line, a metric name) is printed through :func:`roxxel.lines.printable`:
+control characters as ``\\xNN``, so neither a client nor a hostile
+collector can rewrite the terminal.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from collections.abc import Sequence
 
 from . import __version__, codec
 from .exchange import exchange
+from .lines import printable
 from .plot import add_plot_command, plot_command
 from .query import CollectorQuery, QueryError
 from .security import ENV_CLIENT_KEY, ENV_SERVER_KEY, ClientKeys, client_keys
@@ -72,7 +78,7 @@ def _replay(path: str, endpoint: str, timeout: float, keys: ClientKeys | None) -
     try:
         delivered = replay(path, endpoint, timeout, keys)
     except (OSError, ValueError, TimeoutError) as exc:
-        print(f"roxxel replay: {exc}", file=sys.stderr)
+        print(f"roxxel replay: {printable(str(exc))}", file=sys.stderr)
         return 1
     done = f"{path}.replayed"
     os.replace(path, done)
@@ -88,8 +94,9 @@ def _status(
         with CollectorQuery(endpoint, keys) as query:
             answer = query.ask(question, timeout)
     except (TimeoutError, QueryError) as exc:
-        print(f"roxxel status: {exc}", file=sys.stderr)
+        print(f"roxxel status: {printable(str(exc))}", file=sys.stderr)
         return 1
+    # JSON escapes control characters itself.
     print(json.dumps(answer, indent=2, sort_keys=True) if as_json else _status_text(answer))
     return 0
 
@@ -128,7 +135,8 @@ def _status_text(s: dict) -> str:
             f"{t['bytes']:>14,} {t['idle']:.1f} s"
             for t in s["senders"]
         ]
-    return "\n".join(lines)
+    # Line by line: a newline inside a field (a host name) is escaped too.
+    return "\n".join(map(printable, lines))
 
 
 def _tail(args: argparse.Namespace, keys: ClientKeys | None) -> int:
@@ -153,7 +161,7 @@ def _tail(args: argparse.Namespace, keys: ClientKeys | None) -> int:
     except KeyboardInterrupt:
         return 0
     except (OSError, ValueError, TimeoutError, QueryError) as exc:
-        print(f"roxxel tail: {exc}", file=sys.stderr)
+        print(f"roxxel tail: {printable(str(exc))}", file=sys.stderr)
         return 1
     return 0
 

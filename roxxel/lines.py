@@ -6,21 +6,39 @@ multi-line message (a traceback) keeps its lines; a continuation line that
 starts with ``[`` gets one leading space, so that only real records begin a
 line with ``[``; a carriage return ends a line, and other control
 characters (the ESC of an ANSI escape, a backspace) are written as ``\\xNN``.
+A time out of range (:func:`roxxel.schema.in_time_range`: not finite,
+before 1970, more than a day ahead) is written as the time of writing, and
+the text starts ``(time out of range: TS)`` with the time as sent
+(:func:`within_time`).
 
 :func:`parse_line` reads a record's head back (``roxxel tail``, tests);
-continuation lines do not parse. Pure functions: any thread may call them.
+continuation lines do not parse. :func:`printable` makes text from a peer
+safe to print on one line of a terminal. Pure functions: any thread may
+call them.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ParsedLine", "format_line", "format_lines", "parse_line", "rank_tag"]
+from .schema import in_time_range
+
+__all__ = [
+    "ParsedLine",
+    "format_line",
+    "format_lines",
+    "escape_controls",
+    "parse_line",
+    "printable",
+    "rank_tag",
+    "within_time",
+]
 
 # Level numbers the stdlib names; other levels get "Level N" as logging does.
 _LEVEL_NAMES = {n: logging.getLevelName(n) for n in range(0, 60, 10)}
@@ -29,16 +47,19 @@ _LEVEL_NAMES = {n: logging.getLevelName(n) for n in range(0, 60, 10)}
 def format_lines(records: Iterable[Sequence[Any]], tag: str = "") -> str:
     """The system-log lines of ``[kind, ts, level, text]`` records, newline-terminated."""
     out = []
-    second, stamp = None, ""
+    second, stamp = math.nan, ""
     names = _LEVEL_NAMES
     for _, ts, level, text in records:
-        # strftime costs more than the rest of the line: once per second.
-        if int(ts) != second:
-            second = int(ts)
+        # strftime costs more than the rest of the line: once per second,
+        # when the time's range is checked too (NaN leaves the current second).
+        if not second <= ts < second + 1:
+            ts, text = within_time(ts, text)
+            second = ts // 1
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
         name = names.get(level)
         if name is None:
-            name = logging.getLevelName(level)
+            # "Level N", or a name registered in this process (a thread collector's).
+            name = printable(logging.getLevelName(level))
         if not text.isprintable():  # one C-level scan for the rare text that needs work
             text = _visible(text)
         out.append(f"[{stamp}] [{name}] {tag}{text}\n")
@@ -50,15 +71,44 @@ def format_line(ts: float, level: int, text: str, tag: str = "") -> str:
     return format_lines([(None, ts, level, text)], tag)
 
 
+def within_time(ts: float, text: str, now: float | None = None) -> tuple[float, str]:
+    """A record's time and text as written: ``(ts, text)`` when ``ts`` is in
+    range (:func:`roxxel.schema.in_time_range`) of ``now`` (default: this
+    clock's), else ``now`` and the text marked with the time as sent."""
+    if now is None:
+        now = time.time()
+    if in_time_range(ts, now):
+        return ts, text
+    return now, f"(time out of range: {ts!r}) {text}"
+
+
 # Control characters other than tab and newline could rewrite what a
 # terminal shows (ANSI escapes, backspace, carriage return): written as \xNN.
 _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F) if c not in (0x09, 0x0A)}
+# On one line, a newline too; and the C1 controls (U+0080 to U+009F), which
+# some terminals run (U+009B is CSI, as ESC [ is).
+_ONE_LINE = {**_CONTROLS, 0x0A: "\\x0a", **{c: f"\\x{c:02x}" for c in range(0x80, 0xA0)}}
+
+
+def escape_controls(text: str) -> str:
+    """Line ends as ``\\n`` (a carriage return too), other control characters
+    but a tab as ``\\xNN``: what the system log and the CSV's text cells hold."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").translate(_CONTROLS)
+
+
+def printable(text: str) -> str:
+    """``text`` for one line of a terminal: every control character but a tab
+    (newlines, C1 controls included) as ``\\xNN``. For what a peer supplied
+    (a host name, a metric name, a collector's answer)."""
+    if text.isprintable():  # one C-level scan for the common text
+        return text
+    return text.translate(_ONE_LINE)
 
 
 def _visible(text: str) -> str:
     """Line ends kept, a continuation line that starts with ``[`` indented,
     other control characters escaped: the text stays visibly one record."""
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").translate(_CONTROLS).split("\n")
+    lines = escape_controls(text).split("\n")
     return "\n".join([lines[0]] + [" " + ln if ln.startswith("[") else ln for ln in lines[1:]])
 
 
@@ -82,11 +132,11 @@ class ParsedLine:
         return self.text if self.rank is None else rank_tag(self.rank) + self.text
 
 
-# The stamp as strftime writes it, a level name as logging gives it (upper
-# case, or "Level N" for an unnamed one), then the optional rank tag.
-_HEAD = re.compile(
-    r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\] \[([A-Z]+|Level \d+)\] (?:\[rank (\d+)\] )?(.*)$"
-)
+# A head as format_lines writes it: the stamp as strftime writes it (any
+# year: older collectors wrote times out of range as they came), any level
+# name (a stdlib one, "Level N" with N < 0 too, or one a thread collector's
+# process registered), then the optional rank tag.
+_HEAD = re.compile(r"\[(-?\d+-\d\d-\d\d \d\d:\d\d:\d\d)\] \[(.+?)\] (?:\[rank (\d+)\] )?(.*)$")
 
 
 def parse_line(line: str) -> ParsedLine | None:
@@ -95,9 +145,8 @@ def parse_line(line: str) -> ParsedLine | None:
 
     Only a head starts with ``[`` (the formatter indents a continuation line
     that would), so no continuation line written by :func:`format_lines`
-    parses. A head parses when its level's name is upper case (the stdlib's
-    are) or ``Level N`` (an unnamed level, N >= 0); a name registered with
-    ``logging.addLevelName`` in other characters does not.
+    parses, and every head it writes does, whatever its level's name (up to
+    the first ``"] "``).
     Lines are split at ``\\n`` only: the formatter keeps a message's other
     line separators (U+2028, U+0085) as they are. Rank 0 is written untagged,
     so a message that itself starts with ``[rank N] `` reads as rank N's.

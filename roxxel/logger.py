@@ -280,7 +280,9 @@ class Logger:
 
     def log_record(self, ts: float, level: int, text: str) -> bool:
         """A line stamped ``ts`` (e.g. a ``logging`` record's time), as :meth:`log_message`
-        at ``level`` would log it; ``False`` once the Logger is closed."""
+        at ``level`` would log it; ``False`` once the Logger is closed. A ``ts``
+        out of range (:func:`roxxel.schema.in_time_range`) is written with the
+        collector's time, the text saying what it was."""
         if self._closed:
             return False
         if level >= self._level:
@@ -298,8 +300,9 @@ class Logger:
         Logger's ``metrics_from_all_ranks=True``): then every rank's row lands
         in the one CSV with a ``rank`` column (and the JSONL, which always
         has ``rank`` and ``host``). Metric names are non-empty ``str`` of at
-        most 1,024 characters, at most 4,096 per row (``TypeError`` /
-        ``ValueError`` otherwise, checked when the names change).
+        most 1,024 characters, at most 4,096 per row, and neither ``step``
+        nor ``rank`` (the CSV's own columns); ``TypeError`` / ``ValueError``
+        otherwise, checked when the names change, on every rank alike.
         """
         if type(step) is not int:
             step = _step_number(step)

@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .codec import MAX_STR_LEN
+from .lines import printable
 
 __all__ = [
     "Curves",
@@ -321,7 +322,8 @@ def plot_command(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     except (PlotError, OSError) as exc:
-        print(f"roxxel plot: {exc}", file=sys.stderr)
+        # It may quote the CSV's header: metric names a peer chose.
+        print(f"roxxel plot: {printable(str(exc))}", file=sys.stderr)
         return 1
     print(out)
     return 0

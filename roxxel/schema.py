@@ -14,6 +14,8 @@ Records inside a batch are small arrays:
   collector checks and formats a run column by column instead of row by row;
 * ``["r", keys, ts, steps, values]`` -- the same, logged with
   ``all_ranks=True``: written with the sender's rank in a ``rank`` column;
+  so ``step`` and ``rank``, the CSV's own columns, are not metric names
+  (:data:`RESERVED_METRIC_NAMES`);
 * ``["d", ts, metrics, lines]`` -- how many records the client dropped
   (its buffer was full) since its last such report;
 * ``["x", ts, level, text]`` -- a death notice: the sender's process ended
@@ -23,12 +25,17 @@ Records inside a batch are small arrays:
 A metric value that is not a scalar travels as ``{NON_SCALAR: description}``
 (:mod:`roxxel.values` makes it); the collector reports it once per key and
 writes nothing for it.
+
+A record's timestamp is any number (seconds since 1970). The collector
+writes one outside :func:`in_time_range` -- not finite, before 1970, or more
+than :data:`MAX_AHEAD` seconds past its own clock -- with its own time,
+marked (:func:`roxxel.lines.within_time`): a wrong clock or a hostile peer
+cannot date a line to year -1168, and no record is lost for its date.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterable, Sequence
 from operator import itemgetter
 from typing import Any
@@ -43,7 +50,9 @@ __all__ = [
     "RECORD_DEATH",
     "METRICS_KINDS",
     "NON_SCALAR",
-    "MAX_TIMESTAMP",
+    "MIN_TIMESTAMP",
+    "MAX_AHEAD",
+    "RESERVED_METRIC_NAMES",
     "MAX_METRIC_KEYS",
     "MAX_KEY_LEN",
     "MAX_PREFIX_BYTES",
@@ -51,6 +60,8 @@ __all__ = [
     "check_record",
     "all_log_lines",
     "check_metric_keys",
+    "in_time_range",
+    "times_in_range",
     "metrics_records",
 ]
 
@@ -62,9 +73,16 @@ RECORD_DEATH = "x"
 METRICS_KINDS = (RECORD_METRICS, RECORD_RANKED_METRICS)
 NON_SCALAR = "__roxxel_non_scalar__"
 
-# Seconds from 1970 a log record's timestamp may be off, either way: within
-# what time.localtime() takes (the system log formats it).
-MAX_TIMESTAMP = 1e11
+# The window of times written as sent (see in_time_range). From the epoch:
+# before it only a broken or hostile clock dates a record, and localtime()
+# gives odd years for it, or refuses it (Windows). To a day ahead: beyond
+# any honest clock's skew.
+MIN_TIMESTAMP = 0.0
+MAX_AHEAD = 86_400.0
+# The CSV's own columns: a metric so named would repeat "step" in the header
+# (pandas reads it as "step.1", csv.DictReader keeps the last) or be taken
+# for, and overwritten by, the sender's rank of all_ranks rows.
+RESERVED_METRIC_NAMES = ("step", "rank")
 MAX_METRIC_KEYS = 4096
 MAX_KEY_LEN = 1024
 
@@ -74,6 +92,7 @@ MAX_PREFIX_BYTES = 200
 
 _KIND, _KEYS = itemgetter(0), itemgetter(1)
 _NUMBERS = {int, float}
+_RESERVED = frozenset(RESERVED_METRIC_NAMES)
 
 
 def metrics_records(entries: Iterable[tuple]) -> list[tuple]:
@@ -107,7 +126,28 @@ def check_metric_keys(keys: Sequence[Any]) -> str | None:
             return f"a metric name has 1 to {MAX_KEY_LEN} characters, not {len(key)}"
     if len(set(keys)) != len(keys):
         return "metric names repeat"
+    if not _RESERVED.isdisjoint(keys):
+        name = next(key for key in keys if key in _RESERVED)
+        return (
+            f"metric name {name!r} is reserved: roxxel's CSV has its own columns named "
+            + " and ".join(map(repr, RESERVED_METRIC_NAMES))
+        )
     return None
+
+
+def in_time_range(ts: float, now: float) -> bool:
+    """Whether a record's time ``ts`` is written as sent, ``now`` being the
+    collector's clock: from 1970 to :data:`MAX_AHEAD` seconds past ``now``
+    (never NaN or an infinity)."""
+    return MIN_TIMESTAMP <= ts <= now + MAX_AHEAD
+
+
+def times_in_range(ts: Sequence[float], now: float) -> bool:
+    """Whether every time of a (non-empty) run of rows is :func:`in_time_range`:
+    C-level passes, not a call per row."""
+    # min() and max() skip a NaN that is not first; the sum is NaN if one is there.
+    total = sum(ts)
+    return total == total and MIN_TIMESTAMP <= min(ts) and max(ts) <= now + MAX_AHEAD
 
 
 def check_record(record: Any) -> str | None:
@@ -124,8 +164,8 @@ def check_record(record: Any) -> str | None:
     if len(record) != 4:
         return "a log or dropped record is an array of 4 items"
     _, ts, a, b = record
-    if not _is_timestamp(ts):
-        return "record timestamp is not a number of seconds within 1e11 of 1970"
+    if type(ts) not in _NUMBERS:
+        return "record timestamp is not a number"
     if kind in (RECORD_LOG, RECORD_DEATH):
         if type(a) is not int:
             return "log level is not an integer"
@@ -148,9 +188,6 @@ def all_log_lines(records: list) -> bool:
     return (
         kinds.count(RECORD_LOG) == len(kinds)
         and set(map(type, ts)) <= _NUMBERS
-        and -MAX_TIMESTAMP < min(ts)  # also refuses NaN: comparisons with it are false
-        and max(ts) < MAX_TIMESTAMP
-        and all(map(math.isfinite, ts))
         and set(map(type, levels)) == {int}
         and set(map(type, texts)) == {str}
     )
@@ -166,17 +203,13 @@ def _check_metrics(record: list) -> str | None:
     problem = check_metric_keys(keys)
     if problem is not None:
         return problem
-    if not set(map(type, ts)) <= _NUMBERS or not all(map(math.isfinite, ts)):
-        return "record timestamp is not a finite number"
+    if not set(map(type, ts)) <= _NUMBERS:
+        return "record timestamp is not a number"
     if set(map(type, steps)) != {int}:
         return "metrics step is not an integer"
     if set(map(type, values)) != {list} or set(map(len, values)) != {len(keys)}:
         return "the values of a metrics row are an array of one value per key"
     return None
-
-
-def _is_timestamp(value: Any) -> bool:
-    return type(value) in (int, float) and -MAX_TIMESTAMP < value < MAX_TIMESTAMP
 
 
 def is_run_name(prefix: str) -> bool:

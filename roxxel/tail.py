@@ -2,8 +2,14 @@
 
 A record is a line ``[time] [LEVEL] [rank N] text`` and the lines after it
 that do not start a record (a traceback); the filters (a lowest level, a
-rank) keep or drop whole records. Colour marks the level when the output is
-a terminal (``--color auto``, and ``NO_COLOR`` unset).
+rank) keep or drop whole records. A level is ``Level N`` or a name this
+process knows (the stdlib's); a record whose level it cannot rank (a name
+only the writer's process registered) passes any ``--level``: shown rather
+than hidden. Lines before the first record head belong to a record whose
+head is not in view: shown only when nothing is filtered. Control
+characters in a line (a hostile collector's answer, an old file) are
+printed as ``\\xNN``. Colour marks the level when the output is a terminal
+(``--color auto``, and ``NO_COLOR`` unset).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import os
 import time
 from typing import TextIO
 
-from .lines import parse_line
+from .lines import parse_line, printable
 from .query import CollectorQuery
 
 __all__ = ["RecordFilter", "follow_collector", "follow_file", "system_log_in"]
@@ -32,13 +38,18 @@ _ANSWER_TIMEOUT = 10.0
 
 
 class RecordFilter:
-    """Whole records at or above ``level`` and (if given) from ``rank``, coloured or not."""
+    """Whole records at or above ``level`` (``NOTSET``: any) and (if given) from ``rank``,
+    coloured or not."""
 
     def __init__(self, level: int = logging.NOTSET, rank: int | None = None, colour: bool = False):
         self.level = level
         self.rank = rank
         self.colour = colour
-        self._keep = True  # of the record the next continuation lines belong to
+        # NOTSET (the default) shows every level, negative ones too.
+        self._every_level = level <= logging.NOTSET
+        # Of the record the next continuation lines belong to: before the first
+        # head, one that cannot be judged.
+        self._keep = self._every_level and rank is None
         self._colour = ""
 
     def lines(self, text: str) -> list[str]:
@@ -52,18 +63,30 @@ class RecordFilter:
         for line in lines:
             head = parse_line(line)
             if head is not None:
-                name = head.level
-                level = logging.getLevelName(name)
-                if not isinstance(level, int):  # "Level 25"
-                    level = int(name.split()[-1]) if name.startswith("Level ") else 0
+                level = _level_number(head.level)
                 # An untagged record is rank 0's.
-                self._keep = level >= self.level and (
+                self._keep = (self._every_level or level is None or level >= self.level) and (
                     self.rank is None or (head.rank or 0) == self.rank
                 )
-                self._colour = _COLOURS.get(name, "") if self.colour else ""
+                self._colour = _COLOURS.get(head.level, "") if self.colour else ""
             if self._keep:
+                line = printable(line)
                 kept.append(f"{self._colour}{line}{_RESET}" if self._colour else line)
         return kept
+
+
+def _level_number(name: str) -> int | None:
+    """The number of a level as the system log names it (``"WARNING"``,
+    ``"Level 25"``, ``"Level -5"``); ``None`` for a name this process does not know."""
+    number = logging.getLevelName(name)
+    if isinstance(number, int):
+        return number
+    if name.startswith("Level "):
+        try:
+            return int(name.removeprefix("Level "))
+        except ValueError:
+            return None
+    return None
 
 
 def system_log_in(directory: str, prefix: str | None) -> str:

@@ -42,6 +42,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import operator
 import os
 import sys
 from json.encoder import encode_basestring
@@ -61,6 +62,7 @@ _VERSION = 2
 _LEVELS = {50: "CRITICAL", 40: "ERROR", 30: "WARNING", 20: "INFO", 10: "DEBUG", 0: "NOTSET"}
 _LEVEL_NUMBERS = {name: number for number, name in _LEVELS.items()}
 _NON_FINITE = {"nan", "inf", "-inf"}  # how the JSONL writes them: a text value like them is not
+_TS = operator.itemgetter(1)
 
 
 def undelivered_path(log_dir: str, prefix: str, rank: int) -> str:
@@ -114,7 +116,9 @@ def _batch_lines(number: int, batch: UnsentBatch) -> str:
     records = msgpack.unpackb(batch.body, raw=False, strict_map_key=False)
     if not records:  # kept, so that its seq leaves no gap on replay
         return envelope + ', "records": 0}\n'
-    if schema.all_log_lines(records):  # the common batch: one C-level check
+    # The common batch: one C-level check (a time JSON cannot write, such as
+    # NaN, sends a record to the general path below).
+    if schema.all_log_lines(records) and all(map(_exact_number, map(_TS, records))):
         names = _LEVELS
         return _escape_breaks(
             "".join(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from aggregator.batch import DeathNotice, Invalid, sort_batch
 from roxxel.schema import NON_SCALAR
@@ -48,3 +49,35 @@ def test_non_scalar_values_are_counted_per_name_across_runs() -> None:
     why, count = part.non_scalars["v"]
     assert count == 3 and "(3,)" in why
     assert list(part.non_scalars) == ["v"]
+
+
+def test_a_metric_named_as_a_csv_column_makes_its_record_invalid() -> None:
+    records = [
+        ["m", ["loss", "step"], [1.0], [0], [[0.5, 3]]],
+        ["r", ["rank"], [1.0], [0], [[1]]],
+        ["m", ["loss"], [1.0], [1], [[0.25]]],
+    ]
+    part = sort_batch(records)
+    assert [run.steps for run in part.runs] == [[1]]
+    assert [notice.problem for notice in part.notices] == [
+        "metric name 'step' is reserved: roxxel's CSV has its own columns named 'step' and 'rank'",
+        "metric name 'rank' is reserved: roxxel's CSV has its own columns named 'step' and 'rank'",
+    ]
+
+
+def test_times_out_of_range_become_the_receive_time() -> None:
+    now = 1_764_085_363.5
+    records = [
+        ["x", math.nan, 50, "died"],
+        ["m", ["loss"], [-9.9e10, now - 1, 1e300, math.inf], [0, 1, 2, 3], [[0.5]] * 4],
+        ["m", ["loss"], [now, now + 86_400], [4, 5], [[0.5]] * 2],
+        ["l", -9.9e10, 20, "a line: dated where the system log formats it"],
+    ]
+    part = sort_batch(records, now)
+    assert part.notices == [DeathNotice(now, 50, "(time out of range: nan) died")]
+    first, second = part.runs
+    assert first.ts == [now, now - 1, now, now]
+    assert first.sent_ts == (-9.9e10, None, 1e300, math.inf)
+    assert (second.ts, second.sent_ts) == ([now, now + 86_400], None)
+    assert part.rows_out_of_range == 3
+    assert part.lines == [records[-1]]

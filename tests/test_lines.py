@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from roxxel.lines import ParsedLine, format_line, format_lines, parse_line, rank_tag
+from roxxel.lines import (
+    ParsedLine,
+    format_line,
+    format_lines,
+    parse_line,
+    printable,
+    rank_tag,
+    within_time,
+)
 
 TS = 1_764_085_363.25  # any time: the stamp is checked against strftime, in local time
 STAMP = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(TS))
@@ -100,8 +109,6 @@ def test_records_of_format_lines_each_parse() -> None:
         " [2026-01-01 00:00:00] [INFO] indented: a continuation",
         "[2026-01-01 00:00:00] [INFO]",  # torn: no space after the level
         "[2026-01-01 00:00] [INFO] no seconds",
-        "[2026-01-01 00:00:00] [info] lower case",
-        "[2026-01-01 00:00:00] [Level -5] a negative level",
         "[2026-01-01 00:00:00]  [INFO] two spaces",
         "[2026-01-01 00:00:00] [INFO] two\nlines",
         "2026-01-01 00:00:00 [INFO] no brackets",
@@ -109,6 +116,56 @@ def test_records_of_format_lines_each_parse() -> None:
 )
 def test_what_is_not_a_record_head(line: str) -> None:
     assert parse_line(line) is None
+
+
+@pytest.mark.parametrize(
+    ("line", "head"),
+    [
+        # A level from a raw peer, or a name a thread collector's process registered.
+        ("[2026-01-01 00:00:00] [Level -5] negative", ("Level -5", None, "negative")),
+        ("[2026-01-01 00:00:00] [info] [rank 2] lower", ("info", 2, "lower")),
+        ("[2026-01-01 00:00:00] [A]B] bracket", ("A]B", None, "bracket")),
+        # Years an older collector wrote for times out of range.
+        ("[-1168-10-24 03:14:15] [WARNING] [rank 1] old", ("WARNING", 1, "old")),
+        ("[10000-01-01 00:00:00] [ERROR] far", ("ERROR", None, "far")),
+    ],
+)
+def test_every_head_a_collector_writes_parses(line: str, head: tuple) -> None:
+    parsed = parse_line(line)
+    assert parsed is not None and (parsed.level, parsed.rank, parsed.text) == head
+
+
+@pytest.mark.parametrize(
+    "ts", [-9.9e10, 1e300, math.nan, math.inf, -math.inf, -1, 2**64 - 1, "two days ahead"]
+)
+def test_a_time_out_of_range_is_written_as_now_and_said(ts) -> None:
+    if ts == "two days ahead":
+        ts = time.time() + 2 * 86_400
+    before = time.strftime("%Y-%m-%d %H:%M:%S")
+    first, *rest = format_line(ts, 30, "late\nmore", rank_tag(1)).split("\n")
+    after = time.strftime("%Y-%m-%d %H:%M:%S")
+    head = parse_line(first)
+    assert head is not None, first
+    assert before <= head.stamp <= after
+    assert (head.level, head.rank) == ("WARNING", 1)
+    assert head.text == f"(time out of range: {ts!r}) late"
+    assert rest == ["more", ""]
+
+
+def test_within_time_keeps_a_time_in_range_and_redates_the_others() -> None:
+    now = 1_764_085_363.0
+    assert within_time(0, "epoch", now) == (0, "epoch")
+    assert within_time(now + 86_400, "a day ahead", now) == (now + 86_400, "a day ahead")
+    assert within_time(now + 86_401, "x", now) == (now, f"(time out of range: {now + 86_401!r}) x")
+    assert within_time(-0.5, "x", now) == (now, "(time out of range: -0.5) x")
+
+
+def test_printable_escapes_every_control_character_but_a_tab() -> None:
+    hostile = "\x1b[2J\x1b]0;PWN\x07host\nname\r\x00\x7f\x9b31m\tok é ✓"
+    shown = printable(hostile)
+    assert shown == ("\\x1b[2J\\x1b]0;PWN\\x07host\\x0aname\\x0d\\x00\\x7f\\x9b31m\tok é ✓")
+    assert all(c == "\t" or c.isprintable() for c in shown)
+    assert printable("plain text") == "plain text"
 
 
 def test_a_line_may_keep_its_newline_and_a_tag_needs_its_space() -> None:
@@ -141,7 +198,7 @@ def _first_line_as_written(text: str) -> str:
 
 
 @given(
-    ts=st.floats(0, 4e9),
+    ts=st.floats(0, 1.7e9),
     level=_LEVELS,
     text=_TEXT,
     rank=st.none() | st.integers(0, 2**32 - 1),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -305,3 +306,17 @@ def test_a_file_of_the_first_format_still_replays_as_written(tmp_path: Path) -> 
     path.write_text(json.dumps(header) + "\n" + json.dumps(batch) + "\n", encoding="utf-8")
     (section,) = read_unsent(str(path))
     assert section.batches == [UnsentBatch(1, body, 0, 1)]
+
+
+def test_an_undelivered_line_dated_out_of_range_stays_json_and_exact(tmp_path: Path) -> None:
+    # Logger.log_record takes any time: the collector redates it, the file keeps it.
+    records = [["l", math.nan, 20, "dated nan"], ["l", 1.7e9, 20, "dated well"]]
+    hello = codec.Hello(b"s" * codec.SENDER_ID_LEN, "h", 0, 1, 1, "run")
+    unsent = Unsent(hello, [UnsentBatch(3, codec.encode_records(records), 0, 2)])
+    path = str(tmp_path / "run_undelivered_rank0.jsonl")
+    write_unsent(path, unsent)
+    with open(path, encoding="utf-8") as f:
+        assert all(json.loads(line) for line in f)  # NaN is not JSON: the record goes whole
+    (section,) = read_unsent(path)
+    frame = codec.decode(codec.batch_frame(hello.sender_id, 3, section.batches[0].body))
+    assert repr(frame.records) == repr(records)  # NaN != NaN: compared as written

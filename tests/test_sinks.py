@@ -13,13 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aggregator.sinks import MetricsCsvSink, MetricsJsonlSink, Origin
-from aggregator.sinks.metrics_csv import format_value
+from aggregator.sinks.metrics_csv import format_value, header_cell
 from aggregator.sinks.metrics_jsonl import json_scalar, json_string
 
 from .conftest import metrics_runs
 
 ORIGIN = Origin(3, "host-a", 1)
-KEYS = ["loss", "lr", "acc", "100%", "rank"]
+# "rank" is not a metric name (roxxel.schema.RESERVED_METRIC_NAMES): the
+# column comes from the "r" rows.
+KEYS = ["loss", "lr", "acc", "100%", "ranks"]
 VALUE = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.floats(min_value=1e-3, max_value=1e6),
@@ -134,3 +136,59 @@ def test_a_sink_written_against_the_old_write_method_is_refused_at_once() -> Non
             def flush(self) -> None: ...
 
             def close(self) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("name", "cell"),
+    [
+        ("loss", "loss"),
+        ("=HYPERLINK(1)", "'=HYPERLINK(1)"),
+        ("+1", "+1"),  # a number: not a formula
+        ("@sum\x00", "'@sum\\x00"),
+        ("\tlead", "'\tlead"),
+        ("two\nlines\r", "two\\x0alines\\x0d"),
+        ("\x1b[2J\x9b", "\\x1b[2J\\x9b"),
+        ("é ✓", "é ✓"),
+    ],
+)
+def test_a_header_cell_is_the_name_guarded_and_on_one_line(name: str, cell: str) -> None:
+    assert header_cell(name) == cell
+
+
+def test_hostile_names_keep_one_column_each_across_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    names = ["=cmd|' /C calc'!A0", "\x00nul", "\x1b[31mred", "a,b"]
+    sink = MetricsCsvSink(str(path))
+    sink.write_metrics(ORIGIN, metrics_runs([("m", 1, dict.fromkeys(names, 1))]))
+    sink.close()
+    again = MetricsCsvSink(str(path))  # reads its header back: the cells, not the names
+    again.write_metrics(ORIGIN, metrics_runs([("m", 2, dict.fromkeys(names, 2))]))
+    again.close()
+    rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+    assert rows == [
+        ["step", "'=cmd|' /C calc'!A0", "\\x00nul", "\\x1b[31mred", "a,b"],
+        ["1", "1", "1", "1", "1"],
+        ["2", "2", "2", "2", "2"],
+    ]
+
+
+def test_text_values_get_control_characters_escaped_as_in_the_system_log() -> None:
+    assert format_value("a\x1b[2Jb\x00c\r\nd\re\tf") == "a\\x1b[2Jb\\x00c\nd\ne\tf"
+    assert format_value("=1+1\x07") == "'=1+1\\x07"
+
+
+def test_a_jsonl_row_sent_with_a_time_out_of_range_keeps_it(tmp_path: Path) -> None:
+    from aggregator.metrics_run import metrics_run
+
+    path = tmp_path / "m.jsonl"
+    sink = MetricsJsonlSink(str(path))
+    now = 1_764_086_400.5
+    record = ["m", ["loss"], [math.nan, now, -9.9e10], [1, 2, 3], [[0.5], [0.25], [0.125]]]
+    sink.write_metrics(ORIGIN, [metrics_run(record, now)[0]])
+    sink.close()
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert [(r["ts"], r["step"], r.get("sent_ts")) for r in rows] == [
+        (now, 1, "nan"),
+        (now, 2, None),
+        (now, 3, -9.9e10),
+    ]

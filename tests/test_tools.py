@@ -66,6 +66,39 @@ def test_a_message_s_own_line_separators_cannot_pass_for_a_record() -> None:
     assert RecordFilter(rank=9).lines(text) == []
 
 
+def test_filters_rank_every_level_the_collector_writes() -> None:
+    text = (
+        "  File 'a head out of view', line 1\n"  # its record's head is not in this piece
+        "[2026-01-01 00:00:00] [Level -5] negative\n"
+        "[2026-01-01 00:00:01] [Level 25] between info and warning\n"
+        "[2026-01-01 00:00:02] [Level 35] between warning and error\n"
+        "    its continuation\n"
+        "[2026-01-01 00:00:03] [notice] [rank 2] a name only the writer knew\n"
+        "[-1168-10-24 00:00:04] [ERROR] dated by an old collector\n"
+        "[2026-01-01 00:00:05] [WARN] the stdlib's alias\n"
+    )
+    shown = [ln.split("] ", 2)[-1] for ln in RecordFilter(30).lines(text)]
+    assert shown == [
+        "between warning and error",
+        "    its continuation",
+        "[rank 2] a name only the writer knew",  # not ranked: shown, not hidden
+        "dated by an old collector",
+        "the stdlib's alias",
+    ]
+    assert [ln.split("] ", 2)[-1] for ln in RecordFilter(rank=2).lines(text)] == [
+        "[rank 2] a name only the writer knew"
+    ]
+    assert len(RecordFilter().lines(text)) == 8  # nothing filtered: every line
+
+
+def test_tail_prints_control_characters_escaped_whatever_a_collector_sent() -> None:
+    hostile = "[2026-01-01 00:00:00] [ERROR] a\x1b]0;PWN\x07b\rc\x9b2J\n\x1b[2Jnext\tline\n"
+    assert RecordFilter(40, colour=True).lines(hostile) == [
+        "\033[31m[2026-01-01 00:00:00] [ERROR] a\\x1b]0;PWN\\x07b\\x0dc\\x9b2J\033[0m",
+        "\033[31m\\x1b[2Jnext\tline\033[0m",
+    ]
+
+
 def test_tail_of_a_directory_filters_and_exits_without_follow(tmp_path: Path) -> None:
     (tmp_path / "run_system.log").write_text(LOG)
     result = roxxel("tail", str(tmp_path), "--no-follow", "--level", "warning", "--rank", "3")

@@ -6,9 +6,14 @@
   NaN and infinities are ``nan``, ``inf``, ``-inf``; integers are exact;
   ``None`` and a key missing from a row are an empty cell.
 * Cells are quoted by the ``csv`` module (commas, quotes, newlines); a
-  carriage return in text is stored as a newline; a text value that starts
+  carriage return in text is stored as a newline, other control characters
+  but a tab as ``\\xNN`` (as in the system log); a text value that starts
   with ``= + - @`` or a tab and is not a number gets a leading ``'`` (a
-  spreadsheet would run it as a formula). Metric names are not changed.
+  spreadsheet would run it as a formula).
+* A header cell is its metric's name on one line: the same leading ``'``,
+  and every control character but a tab (newlines included) as ``\\xNN``
+  (:func:`header_cell`). Two names that give the same cell (``=x`` and
+  ``'=x``) share its column; the JSONL keeps them apart.
 * A key first seen mid-run widens the header: the file is rewritten once, to
   a temporary dot-file that replaces it atomically, older rows getting empty
   cells. A file that already holds a run is appended to, keeping its header.
@@ -30,13 +35,14 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from roxxel.codec import MAX_STR_LEN
+from roxxel.lines import escape_controls, printable
 from roxxel.schema import RECORD_RANKED_METRICS
 
 from ..checkpoint import replace_file
 from ..metrics_run import FLOATS, INTS, MetricsRun
 from .base import FileSink, Origin, truncate_to
 
-__all__ = ["MetricsCsvSink", "format_value", "csv_cell", "RANK_COLUMN"]
+__all__ = ["MetricsCsvSink", "format_value", "csv_cell", "header_cell", "RANK_COLUMN"]
 
 RANK_COLUMN = "rank"
 
@@ -78,14 +84,27 @@ def format_value(value: object) -> str:
     if value is None:
         return ""
     text = str(value)
-    if "\r" in text:
+    if type(value) is not str:
+        return text
+    if not text.isprintable():  # one C-level scan for the rare text that needs work
         # The writer quotes "\n" (its line terminator) but not a lone "\r",
-        # which a reader takes for a line end: store line ends as "\n".
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if text[:1] in _FORMULA_STARTS and type(value) is str and not _is_number(text):
+        # which a reader takes for a line end: line ends as "\n". An ESC or a
+        # NUL would reach whoever cats the file: as in the system log, \xNN.
+        text = escape_controls(text)
+    return _guarded(text)
+
+
+def header_cell(key: str) -> str:
+    """The header cell of metric ``key``: on one line, control characters
+    as ``\\xNN``, guarded as a text value is."""
+    return _guarded(printable(key))
+
+
+def _guarded(text: str) -> str:
+    if text[:1] in _FORMULA_STARTS and not _is_number(text):
         # A spreadsheet would run "=cmd|..." as a formula: a leading quote
         # makes it text (OWASP's CSV injection advice).
-        text = "'" + text
+        return "'" + text
     return text
 
 
@@ -111,7 +130,8 @@ def csv_cell(value: object) -> str:
 class MetricsCsvSink(FileSink):
     def __init__(self, path: str):
         self.path = path
-        self.keys: list[str] = self._read_header()
+        self.keys: list[str] = self._read_header()  # header cells, "step" left out
+        self._cells: dict[str, str] = {}  # a metric's name: its header cell
         self._file = self._open()
         self._headed = os.fstat(self._file.fileno()).st_size > 0
         self._writer = csv.writer(self._file, lineterminator="\n")
@@ -127,6 +147,14 @@ class MetricsCsvSink(FileSink):
             return []
         return list(header[1:]) if header else []
 
+    def _cell(self, key: str) -> str:
+        cell = self._cells.get(key)
+        if cell is None:
+            if len(self._cells) > 100_000:
+                self._cells.clear()
+            cell = self._cells[key] = header_cell(key)
+        return cell
+
     def write_metrics(self, origin: Origin, runs: Sequence[MetricsRun]) -> None:
         known = set(self.keys)
         new_keys: list[str] = []
@@ -135,9 +163,10 @@ class MetricsCsvSink(FileSink):
                 known.add(RANK_COLUMN)
                 new_keys.append(RANK_COLUMN)
             for key in run.keys:
-                if key not in known:
-                    known.add(key)
-                    new_keys.append(key)
+                cell = self._cell(key)
+                if cell not in known:
+                    known.add(cell)
+                    new_keys.append(cell)
         if new_keys or not self._headed:
             self._widen(new_keys)
         self._file.write("".join([self._text(run, origin.rank) for run in runs]))
@@ -178,7 +207,7 @@ class MetricsCsvSink(FileSink):
         if found is None:
             if len(self._formats) > 10_000:
                 self._formats.clear()
-            at = {key: i for i, key in enumerate(keys)}
+            at = {self._cell(key): i for i, key in enumerate(keys)}
             # Per header column: the index of its values in the run, or the cell's text.
             layout = [
                 rank_cell if rank_cell and key == RANK_COLUMN else at.get(key, "")

@@ -4,7 +4,11 @@
 "metrics": {"loss": 1.2}}``: ``ts`` in seconds with milliseconds, floats
 as Python's shortest round-trip ``repr``. JSON has no NaN or infinity, so
 those values are the strings ``"nan"``, ``"inf"`` and ``"-inf"``; a value
-the collector could not write (not a scalar) is ``null``.
+the collector could not write (not a scalar) is ``null``. A row sent with a
+time out of range (:func:`roxxel.schema.in_time_range`) has the collector's
+time as ``ts`` and ends with ``"sent_ts"``, the time as sent (a number, or
+``"nan"``, ``"inf"``, ``"-inf"``). Metric names are keys of ``metrics``,
+never of the line itself.
 
 Lines are assembled from pre-encoded pieces rather than through
 ``json.dumps`` of a dict per record: the collector writes hundreds of
@@ -103,9 +107,18 @@ class MetricsJsonlSink(FileSink):
                 cells.append(_CELLS.get(kind, "%s"))
                 columns.append(column)
             fmt = self._format(run.keys, tuple(cells), head)
-            rows = zip(run.ts, run.steps, *columns, strict=True)
-            lines.append("".join(map(fmt.__mod__, rows)))
+            rows = map(fmt.__mod__, zip(run.ts, run.steps, *columns, strict=True))
+            if run.sent_ts is not None:
+                rows = map(_with_sent_ts, rows, run.sent_ts)
+            lines.append("".join(rows))
         self._file.write("".join(lines))
+
+
+def _with_sent_ts(line: str, sent: float | None) -> str:
+    """A row's line, ending with the time it was sent with when that was out of range."""
+    if sent is None:
+        return line
+    return f'{line[:-2]}, "sent_ts": {json_scalar(sent)}}}\n'
 
 
 _CELLS = {FLOATS: "%r", INTS: "%d"}
