@@ -124,6 +124,9 @@ def _status_text(s: dict) -> str:
                 ("refused_connections", "connections refused"),
                 ("foreign_frames", "frames naming another key's sender"),
                 ("refused_runs", "clients of a run refused"),
+                ("refused_senders", "senders refused (a bound reached)"),
+                ("overclaiming_hellos", "hellos claiming unwritten batches"),
+                ("oversized_messages", "oversized messages dropped"),
                 ("deaths", "processes ended abnormally"),
             )
         ),

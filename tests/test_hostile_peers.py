@@ -12,10 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import zmq
 
 from aggregator.ledger import MAX_SENDERS_PER_CONNECTION
 from roxxel import Logger, codec
+from roxxel.cli import main
 from roxxel.query import CollectorQuery
 
 from .conftest import python_env, read, wait_for
@@ -92,7 +94,7 @@ def _honest_logger_delivers(tmp_path: Path, endpoint: str, n: int = 1000) -> Non
 
 
 def test_a_flood_of_hellos_on_one_connection_leaves_room_for_honest_loggers(
-    tmp_path: Path, daemon
+    tmp_path: Path, daemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
     flood = 20_000
     with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as evil:
@@ -111,6 +113,9 @@ def test_a_flood_of_hellos_on_one_connection_leaves_room_for_honest_loggers(
     status = _status(daemon.endpoint)
     assert status["stats"]["refused_senders"] == flood - MAX_SENDERS_PER_CONNECTION
     assert status["known_senders"] <= MAX_SENDERS_PER_CONNECTION + 1
+    assert main(["status", daemon.endpoint]) == 0
+    refused = f"{flood - MAX_SENDERS_PER_CONNECTION:,} senders refused (a bound reached)"
+    assert refused in capsys.readouterr().out
     log = daemon.file("system.log")
     assert_exactly_once(log, [f"honest {i}" for i in range(1000)])
     assert f"more than {MAX_SENDERS_PER_CONNECTION} senders on one connection from " in log
