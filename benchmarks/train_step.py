@@ -9,7 +9,7 @@ cross-entropy, ``jax.value_and_grad`` and an SGD update, all in one
 A run is ``--steps`` steps; its time is from the first step until
 ``jax.block_until_ready`` of the last parameters. With logging on, every step
 also calls ``logger.log_metrics_summary(step, {"loss": loss, "grad_norm":
-gnorm, "lr": LR, "step": step})`` where ``loss`` and ``gnorm`` are the
+gnorm, "lr": LR, "global_step": step})`` where ``loss`` and ``gnorm`` are the
 ``jax.Array``\\ s the step returned, not converted (with asynchronous dispatch
 they are usually still being computed). One ``roxxel.Logger`` with default
 options (embedded collector child process) serves all on runs; off and on
@@ -90,7 +90,7 @@ def _run(
         log = logger.log_metrics_summary
         for i in range(first, first + k):
             params, loss, gnorm = step(params, x, y)
-            log(i, {"loss": loss, "grad_norm": gnorm, "lr": LR, "step": i})
+            log(i, {"loss": loss, "grad_norm": gnorm, "lr": LR, "global_step": i})
     jax.block_until_ready(params)
     return time.perf_counter() - t0, time.process_time() + children_cpu_s() - cpu0
 
