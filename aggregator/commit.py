@@ -70,7 +70,8 @@ class GroupCommit:
         self._rewind_said = -math.inf
 
     def resume(self) -> None:
-        """Take the checkpoint's senders and rewind the files to its marks."""
+        """Take the checkpoint's senders and rewind the files to its marks (a
+        file replaced since, by rotation, starts anew: ``Sink.resume``)."""
         if self._checkpoint is None:
             return
         saved = load_checkpoint(self._checkpoint)
@@ -81,7 +82,9 @@ class GroupCommit:
                     raise ValueError(
                         f"unreadable checkpoint {self._checkpoint}: marks of another version"
                     )
-                self._rewind(saved.marks)
+                for note in self.sinks.resume(saved.marks["sinks"]):
+                    self._log.warning("%s: %s", self._name, note)
+                self._rewind_quarantine(saved.marks)
         self.commit()
 
     def commit(self) -> str | None:
@@ -166,11 +169,14 @@ class GroupCommit:
 
     def _current_marks(self) -> dict[str, Any]:
         return {
-            "sinks": self.sinks.mark(),
+            "sinks": self.sinks.checkpoint_mark(),
             "quarantine": None if self.quarantine is None else self.quarantine.mark(),
         }
 
     def _rewind(self, marks: Any) -> None:
         self.sinks.rewind(marks["sinks"])
+        self._rewind_quarantine(marks)
+
+    def _rewind_quarantine(self, marks: Any) -> None:
         if self.quarantine is not None and marks["quarantine"] is not None:
             self.quarantine.rewind(marks["quarantine"])

@@ -3,13 +3,16 @@
 Two collectors writing (and, on start, rewinding) the same files would
 corrupt them. The lock is an ``flock`` on a dot-file holding the owner's
 pid; the kernel releases it when the owner exits, however it exits, so a
-stale file never blocks a restart.
+stale file never blocks a restart. Like every dot-file of the run it is
+private (mode 0600, :mod:`aggregator.dotfiles`).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+
+from .dotfiles import open_private
 
 __all__ = ["RunLock", "lock_path"]
 
@@ -21,7 +24,7 @@ def lock_path(log_dir: str, prefix: str) -> str:
 class RunLock:
     def __init__(self, log_dir: str, prefix: str):
         self.path = lock_path(log_dir, prefix)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_private(self.path, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

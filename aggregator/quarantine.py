@@ -5,7 +5,8 @@
 synced with the run's files at each commit and rewound with them, so a batch
 written again after a restart or a write error is quarantined once. It is
 bounded (:data:`MAX_QUARANTINE_BYTES`): a hostile or broken client cannot
-fill the disk through it; past the bound items are counted, not saved.
+fill the disk through it; past the bound items are counted, not saved. It
+is private (mode 0600, :mod:`aggregator.dotfiles`): it holds what clients sent.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import IO, Any
 
 import msgpack
 
+from .dotfiles import open_private
 from .sinks.base import truncate_to
 
 __all__ = ["MAX_QUARANTINE_BYTES", "Quarantine", "quarantine_path"]
@@ -39,7 +41,7 @@ class Quarantine:
     def save(self, sender_id: bytes, seq: int, reason: str, content: Any) -> bool:
         """Append one item; ``False`` (nothing written) once the file holds ``max_bytes``."""
         if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            self._file = self._open()
             self._size = self.mark()
         if self._size >= self.max_bytes:
             return False
@@ -81,10 +83,14 @@ class Quarantine:
         if self._file is None and not os.path.exists(self.path):
             return
         if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            self._file = self._open()
         self._file.flush()
         truncate_to(self.path, self._file.fileno(), size)
         self._size = size
+
+    def _open(self) -> IO[str]:
+        fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
+        return open(fd, "a", encoding="utf-8")  # noqa: SIM115
 
     def close(self) -> None:
         if self._file is not None:

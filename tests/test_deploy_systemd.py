@@ -1,7 +1,9 @@
 """deploy/systemd: the unit file, parsed and checked setting by setting, its
 ExecStart by the daemon's own argument parser and, where it is installed, by
 ``systemd-analyze verify``; the logrotate config against the daemon's file
-names and, where logrotate is installed, run against a live daemon.
+names and, where logrotate is installed, run against a live daemon and
+around a daemon killed before or after its SIGHUP; and a daemon restarted
+after its files were moved away.
 
 A missing optional tool skips only the check that needs it, with the reason.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import grp
+import json
 import os
 import pwd
 import re
@@ -18,8 +21,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import python_env, read, wait_for
+import pytest
+
+from .conftest import free_port, python_env, read, wait_for
 from .deploy_helpers import DEPLOY, console_script, daemon_args, running_daemon, tool
+from .test_delivery import assert_exactly_once, csv_steps, messages, start_clients, wait_all
 
 UNIT = DEPLOY / "systemd" / "roxxel-aggregator.service"
 RUN_FILES = ("system.log", "metrics.csv", "metrics.jsonl")
@@ -149,21 +155,40 @@ def test_logrotate_config_matches_the_daemon() -> None:
     assert "kill -HUP" in postrotate and args.pidfile in postrotate
 
 
-def test_logrotate_rotates_under_a_live_daemon(tmp_path: Path) -> None:
-    """The shipped config, paths moved into tmp_path: rename, SIGHUP, new files."""
-    logrotate = tool("logrotate")
+def logrotate_config(tmp_path: Path, log_dir: Path, pidfile: Path) -> Path:
+    """The shipped config with its log dir and pid file moved into ``tmp_path``,
+    rotating as this test's user."""
     args = daemon_args(unit_exec_start()[1:], str(UNIT))
-    log_dir, pidfile = tmp_path / "logs", tmp_path / "run" / "aggregator.pid"
-    pidfile.parent.mkdir()
     user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
-    config = tmp_path / "roxxel.logrotate"
     text = LOGROTATE.read_text()
     for old, new in ((args.log_dir, str(log_dir)), (args.pidfile, str(pidfile))):
         assert old in text
         text = text.replace(old, new)
     text, count = re.subn(r"(?m)^(\s*su) \S+ \S+$", rf"\1 {user} {group}", text)
     assert count == 1
+    config = tmp_path / "roxxel.logrotate"
     config.write_text(text)
+    return config
+
+
+def rotate(config: Path, state: Path) -> str:
+    """One forced run of the real logrotate on ``config``; what it said."""
+    result = subprocess.run(
+        [tool("logrotate"), "-v", "-f", "-s", str(state), str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def test_logrotate_rotates_under_a_live_daemon(tmp_path: Path) -> None:
+    """The shipped config, paths moved into tmp_path: rename, SIGHUP, new files."""
+    tool("logrotate")
+    log_dir, pidfile = tmp_path / "logs", tmp_path / "run" / "aggregator.pid"
+    pidfile.parent.mkdir()
+    config = logrotate_config(tmp_path, log_dir, pidfile)
 
     argv = ["--bind", "tcp://127.0.0.1:0", "--log-dir", str(log_dir)]
     argv += ["--no-echo", "--pidfile", str(pidfile)]
@@ -178,14 +203,7 @@ def test_logrotate_rotates_under_a_live_daemon(tmp_path: Path) -> None:
     with running_daemon(argv, tmp_path / "daemon.out", env) as endpoint:
         for step in ("1", "2"):
             if step == "2":
-                result = subprocess.run(
-                    [logrotate, "-v", "-f", "-s", str(tmp_path / "state"), str(config)],
-                    capture_output=True,
-                    text=True,
-                    timeout=60,
-                )
-                assert result.returncode == 0, result.stdout + result.stderr
-                assert "running postrotate script" in result.stdout + result.stderr
+                assert "running postrotate script" in rotate(config, tmp_path / "state")
                 # The daemon makes the new files when the SIGHUP reaches it.
                 wait_for(lambda: all(p.exists() for p in files.values()), what="reopened files")
             sent = subprocess.run(
@@ -202,3 +220,118 @@ def test_logrotate_rotates_under_a_live_daemon(tmp_path: Path) -> None:
     assert read(f"{files['metrics.csv']}.1").splitlines() == ["step,loss", "1,0.50000"]
     assert read(files["metrics.csv"]).splitlines() == ["step,loss", "2,0.50000"]
     assert not pidfile.exists()  # the daemon removes it at exit
+
+
+# -- a daemon restarted around a rotation, or after its logs were moved away ------------
+
+# Clients streaming numbered lines (and rank 0 metrics rows) while the daemon is
+# rotated, killed and restarted: the kill lands in the middle of the stream.
+STREAMED, RANKS = 4000, 3
+
+
+def stream(tmp_path: Path, endpoint: str) -> list[subprocess.Popen]:
+    return start_clients(endpoint, STREAMED, RANKS, tmp_path)
+
+
+def expected_lines() -> list[str]:
+    tags = [f"[rank {r}] " if r else "" for r in range(RANKS)]
+    return [f"{tags[r]}c{r} {i}" for r in range(RANKS) for i in range(STREAMED)]
+
+
+def restart_serves_everyone(
+    start_daemon, log_dir: Path, bind: str, extra: tuple[str, ...], clients: list
+) -> str:
+    """A second daemon on the same endpoint and files, which must start and take
+    every client's records; ended by SIGTERM. Its output."""
+    second = start_daemon(log_dir, None, bind, extra=extra)
+    results = wait_all(clients)
+    assert [code for code, _ in results] == [0] * RANKS, results
+    assert second.terminate() == 0, second.stdout
+    return second.stdout
+
+
+def line_count(*paths: Path) -> int:
+    return sum(len(read(p).splitlines()) for p in paths)
+
+
+def streaming(log_dir: Path) -> bool:
+    """Whether lines and rank 0's rows are coming in (rank 0 may start last)."""
+    log, rows = log_dir / "run_system.log", log_dir / "run_metrics.csv"
+    return line_count(log) >= 300 and line_count(rows) >= 100
+
+
+@pytest.mark.parametrize("sighup", [False, True], ids=["before-sighup", "after-sighup"])
+def test_a_daemon_killed_around_a_rotation_restarts_with_every_record_once(
+    tmp_path: Path, start_daemon, sighup: bool
+) -> None:
+    """logrotate renames the files; the daemon is killed (-9) before its SIGHUP
+    (the config's postrotate finds no pid file) or after it reopened; a daemon
+    restarted on the same files starts, and each line is once in the rotated
+    file and the new one together."""
+    tool("logrotate")
+    log_dir, pidfile = tmp_path / "logs", tmp_path / "aggregator.pid"
+    config = logrotate_config(tmp_path, log_dir, pidfile if sighup else tmp_path / "none.pid")
+    log, csv_file = log_dir / "run_system.log", log_dir / "run_metrics.csv"
+    rotated = [Path(f"{log}.1"), Path(f"{csv_file}.1")]  # each rotated, since not empty
+    bind, extra = f"tcp://127.0.0.1:{free_port()}", ("--no-echo", "--pidfile", str(pidfile))
+    first = start_daemon(log_dir, None, bind, extra=extra)
+    clients = stream(tmp_path, first.endpoint)
+    try:
+        wait_for(lambda: streaming(log_dir), 60, "300 lines and 100 rows")
+        said = rotate(config, tmp_path / "state")
+        assert ("running postrotate script" in said) and rotated[0].exists(), said
+        if sighup:
+            wait_for(lambda: line_count(log) >= 100, 60, "100 lines in the reopened file")
+        first.kill()  # SIGKILL, by pid
+        at_kill = line_count(rotated[0], log)
+        out = restart_serves_everyone(start_daemon, log_dir, bind, extra, clients)
+    finally:
+        wait_all(clients, 1)
+    assert at_kill < STREAMED * RANKS, "the kill came after everything was written"
+    assert_exactly_once(read(rotated[0]) + read(log), expected_lines())
+    assert sorted(csv_steps(rotated[1]) + csv_steps(csv_file)) == list(range(STREAMED))
+    said = [ln for ln in out.splitlines() if " is a new file" in ln]
+    # Before the SIGHUP the checkpoint names the renamed files: new ones start.
+    assert bool(said) != sighup, out
+    cut = [re.findall(r"/([^/\s]+) is a new file.*?(dropping \d+|nothing)", ln) for ln in said]
+    print(f"{at_kill} lines on disk at the kill; the rotated files: {cut}")
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_logs_moved_away_while_the_daemon_is_stopped(
+    tmp_path: Path, start_daemon, signal_name: str
+) -> None:
+    """The operator moves the run's files out of the log dir while the daemon
+    is stopped: the restarted daemon starts new files. Every acknowledged line
+    (the moved log up to its checkpointed size) is once in the moved and the
+    new file together; a line written after the checkpoint, never
+    acknowledged, is written again in the new file (the rule of README.md,
+    "Log rotation and restarts")."""
+    log_dir, away = tmp_path / "logs", tmp_path / "away"
+    bind, extra = f"tcp://127.0.0.1:{free_port()}", ("--no-echo",)
+    log = log_dir / "run_system.log"
+    first = start_daemon(log_dir, None, bind, extra=extra)
+    clients = stream(tmp_path, first.endpoint)
+    try:
+        wait_for(lambda: streaming(log_dir), 60, "300 lines and 100 rows")
+        if signal_name == "SIGTERM":
+            assert first.terminate() == 0  # writes and acknowledges what arrived
+        else:
+            first.kill()
+        checkpoint = json.loads(read(log_dir / ".run_checkpoint.json"))
+        acknowledged = checkpoint["marks"]["sinks"][0]["size"]  # the system log's
+        away.mkdir()
+        for path in log_dir.glob("run_*"):
+            path.rename(away / path.name)
+        out = restart_serves_everyone(start_daemon, log_dir, bind, extra, clients)
+    finally:
+        wait_all(clients, 1)
+    moved = (away / log.name).read_bytes()
+    committed, tail = moved[:acknowledged].decode(), moved[acknowledged:].decode()
+    assert len(messages(committed)) < STREAMED * RANKS, "stopped after everything was written"
+    assert_exactly_once(committed + read(log), expected_lines())
+    assert set(messages(tail)) <= set(messages(read(log)))  # written again, in the new file
+    if signal_name == "SIGTERM":
+        assert tail == ""  # a clean stop commits everything it wrote
+    print(f"{len(messages(tail))} line(s) past the checkpoint in the moved file")
+    assert "no longer in its directory" in out

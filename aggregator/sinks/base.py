@@ -9,14 +9,19 @@ anything, and ``close`` once at the end. A sink keeps its files open between
 calls; ``flush`` must leave everything written so far in the operating
 system's hands, ``sync`` on the disk. ``mark`` returns a JSON-able position
 (taken right after ``sync``) and ``rewind`` drops everything written after
-such a position: the collector's checkpoint stores marks, and a restarted
-collector rewinds to them. Calling anything after ``close`` is undefined.
+such a position. The collector's checkpoint stores what ``checkpoint_mark``
+returns (a mark that also names the file it is a position in), and a
+restarted collector calls ``resume`` with it: it rewinds there, or starts a
+file anew where the one a mark names was replaced (:meth:`FileSink.resume`).
+Calling anything after ``close`` is undefined.
 """
 
 from __future__ import annotations
 
 import abc
 import os
+import stat
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
@@ -28,6 +33,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Origin", "Sink", "FileSink", "FanOut", "truncate_to"]
 
+# How many bytes before a mark its checksum covers: enough that a file which
+# only got the old file's inode number (freed and used again) never passes for it.
+END_BYTES = 64
+
 
 def truncate_to(path: str, fd: int, size: int) -> None:
     """Cut the file open as ``fd`` back to ``size`` bytes; it must not be shorter."""
@@ -36,6 +45,13 @@ def truncate_to(path: str, fd: int, size: int) -> None:
         raise OSError(f"{path} holds {actual} bytes, less than the {size} its checkpoint recorded")
     if actual > size:
         os.ftruncate(fd, size)
+
+
+def end_crc32(fd: int, size: int) -> int:
+    """The CRC-32 of the :data:`END_BYTES` bytes before ``size`` of the file
+    open for reading as ``fd`` (fewer at its start)."""
+    start = max(0, size - END_BYTES)
+    return zlib.crc32(os.pread(fd, size - start, start))
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +102,16 @@ class Sink(abc.ABC):
         if mark is not None:
             raise ValueError(f"{type(self).__name__} cannot rewind to {mark!r}")
 
+    def checkpoint_mark(self) -> Any:
+        """:meth:`mark` as a checkpoint stores it, for :meth:`resume`."""
+        return self.mark()
+
+    def resume(self, mark: Any) -> list[str]:
+        """After a restart: rewind to a checkpoint's mark. Returns what to tell
+        the operator about it (nothing when it only rewound)."""
+        self.rewind(mark)
+        return []
+
     def reopen(self) -> None:  # noqa: B027 -- a sink without files has nothing to reopen
         """Reopen the files by name (log rotation moved them away)."""
 
@@ -130,6 +156,79 @@ class FileSink(Sink):
         self._file = new
         self._synced_size = -1
 
+    def checkpoint_mark(self) -> Any:
+        """The mark with the file it is a position in: its inode, and the CRC-32
+        of its last bytes before the mark (``None`` where they cannot be read)."""
+        mark = self.mark()
+        inode = os.fstat(self._file.fileno()).st_ino
+        return {**mark, "inode": inode, "crc32": self._end_crc32(mark["size"])}
+
+    def resume(self, mark: Any) -> list[str]:
+        """Rewind to the checkpoint's ``mark``; or, if the file at :attr:`path`
+        is not the one it names, start it anew.
+
+        The same file (or a checkpoint of an older roxxel, which does not say)
+        is rewound; shorter than the mark, it was cut behind the collector's
+        back and acknowledged records are gone: refused (``OSError``). Another
+        file is what a rename rotation or moving the files away while the
+        collector was stopped leaves (see :meth:`_resume_replaced`).
+        """
+        inode = mark.get("inode")
+        st = os.fstat(self._file.fileno())
+        if inode is not None and st.st_ino != inode:
+            return self._resume_replaced(mark, st.st_size)
+        if inode is not None and st.st_size < mark["size"]:
+            raise OSError(
+                f"{self.path} holds {st.st_size} bytes, less than the {mark['size']} its "
+                f"checkpoint recorded, and it is the file the checkpoint names (inode {inode}): "
+                "it was cut short behind the collector's back (logrotate's copytruncate?) or "
+                "damaged, and acknowledged records are gone. Rotate by renaming; to start a "
+                "new file here, move this one away"
+            )
+        self.rewind(mark)
+        return []
+
+    def _resume_replaced(self, mark: dict[str, Any], size: int) -> list[str]:
+        """The file at :attr:`path` (``size`` bytes) is not the one ``mark`` names.
+
+        Every acknowledged record is in the old file, up to the mark; what
+        follows there was never acknowledged and the clients resend it. Found
+        in this directory under another name (renamed by log rotation), it is
+        cut back to the mark, and this file, which no checkpoint covered,
+        starts empty: each record is once in the two. Not found (moved away,
+        compressed), an empty file starts here, and the old file's records
+        past the mark are also written here. Not found while this file holds
+        something: this sink replaced its file itself (the CSV rewrites
+        itself with a wider header) or someone put a file here; it is rewound
+        to the mark as before, and refused if shorter.
+        """
+        old = _cut_to_mark(self.path, mark)
+        if old is None and size > 0:
+            try:
+                self.rewind(mark)
+            except OSError as exc:
+                raise OSError(
+                    f"{exc}; it is not the file the checkpoint names (inode {mark['inode']}), "
+                    "which is not in its directory either: to start a new file here, move "
+                    "this one away"
+                ) from None
+            return []
+        self.rewind({**mark, "size": 0})  # nothing here was acknowledged
+        return _replaced_notes(self.path, mark, size, old)
+
+    def _end_crc32(self, size: int) -> int | None:
+        # The file is open write-only (append): opened again through /proc, by
+        # descriptor, since its name may be another file's by now (rotation).
+        # Not kept open: a run's descriptors are counted (aggregator.runs).
+        try:
+            fd = os.open(f"/proc/self/fd/{self._file.fileno()}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None  # no /proc: a rotated file is then never cut back on restart
+        try:
+            return end_crc32(fd, size)
+        finally:
+            os.close(fd)
+
     def _open(self) -> IO[str]:
         return open(self.path, "a", encoding="utf-8")  # noqa: SIM115
 
@@ -167,14 +266,89 @@ class FanOut(Sink):
     def mark(self) -> Any:
         return [sink.mark() for sink in self.sinks]
 
+    def checkpoint_mark(self) -> Any:
+        return [sink.checkpoint_mark() for sink in self.sinks]
+
     def reopen(self) -> None:
         _each(sink.reopen for sink in self.sinks)
 
     def rewind(self, mark: Any) -> None:
+        for sink, position in self._pairs(mark):
+            sink.rewind(position)
+
+    def resume(self, mark: Any) -> list[str]:
+        return [note for sink, position in self._pairs(mark) for note in sink.resume(position)]
+
+    def _pairs(self, mark: Any) -> list[tuple[Sink, Any]]:
         if not isinstance(mark, list) or len(mark) != len(self.sinks):
             raise ValueError(f"a mark for {len(self.sinks)} sinks expected, got {mark!r}")
-        for sink, position in zip(self.sinks, mark, strict=True):
-            sink.rewind(position)
+        return list(zip(self.sinks, mark, strict=True))
+
+
+def _replaced_notes(
+    path: str, mark: dict[str, Any], size: int, old: tuple[str, int] | None
+) -> list[str]:
+    """What to tell of the file at ``path`` started anew (``size`` bytes dropped)
+    in place of the one ``mark`` names, found and cut back as ``old``."""
+    dropped = f", dropping the {size} byte(s) it held that no checkpoint covered" if size else ""
+    if old is None and mark["size"] == 0:  # the old file held nothing acknowledged
+        return [f"{path} is a new file{dropped}"] if size else []
+    if old is None:
+        return [
+            f"{path} is a new file{dropped} (the one the last checkpoint names, inode "
+            f"{mark['inode']}, is no longer in its directory: moved away?); records that "
+            f"file holds past byte {mark['size']} were never acknowledged and are written "
+            "again here"
+        ]
+    name, cut = old
+    tail = (
+        f"cut back to the checkpoint, dropping {cut} byte(s) never acknowledged, which the "
+        "clients resend"
+        if cut
+        else "holds nothing past the checkpoint"
+    )
+    return [
+        f"{path} is a new file{dropped}; the one the last checkpoint names was renamed to "
+        f"{name} (log rotation) and {tail}"
+    ]
+
+
+def _cut_to_mark(path: str, mark: dict[str, Any]) -> tuple[str, int] | None:
+    """Find the file ``mark`` names in ``path``'s directory under another name
+    and cut it back to the mark: its name and the bytes cut; ``None`` if not there.
+
+    It must be that file: a regular file with its inode, at least as long,
+    with the same last bytes before the mark (an inode number is used again
+    once its file is deleted: the bytes tell a newcomer from the old file).
+    """
+    inode, size, crc = mark["inode"], mark["size"], mark.get("crc32")
+    if crc is None or size == 0:
+        return None  # cannot be told apart (or nothing acknowledged was in it)
+    directory, name = os.path.split(path)
+    try:
+        with os.scandir(directory or ".") as entries:
+            found = [e.path for e in entries if e.inode() == inode and e.name != name]
+    except OSError:
+        return None  # an unreadable directory: as if moved away
+    for candidate in found:
+        try:
+            fd = os.open(candidate, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if (
+                stat.S_ISREG(st.st_mode)
+                and st.st_ino == inode
+                and st.st_size >= size
+                and end_crc32(fd, size) == crc
+            ):
+                os.ftruncate(fd, size)
+                os.fsync(fd)
+                return candidate, st.st_size - size
+        finally:
+            os.close(fd)
+    return None
 
 
 def _each(calls: Iterable[Callable[[], None]]) -> None:
