@@ -192,3 +192,22 @@ def test_a_jsonl_row_sent_with_a_time_out_of_range_keeps_it(tmp_path: Path) -> N
         (now, 2, None),
         (now, 3, -9.9e10),
     ]
+
+
+@pytest.mark.parametrize("created", [False, True], ids=["nocreate", "create"])
+def test_a_new_key_after_a_rename_rotation_starts_the_new_file(
+    tmp_path: Path, created: bool
+) -> None:
+    # Between logrotate's rename and the daemon's SIGHUP, a new metric name
+    # must not stop writing (the old file is no longer at its path).
+    path = tmp_path / "r_metrics.csv"
+    sink = MetricsCsvSink(str(path))
+    sink.write_metrics(ORIGIN, metrics_runs([("m", 1, {"loss": 1.0})]))
+    sink.flush()
+    path.rename(tmp_path / "r_metrics.csv.1")
+    if created:  # logrotate's "create": an empty file in its place
+        path.touch()
+    sink.write_metrics(ORIGIN, metrics_runs([("m", 2, {"loss": 2.0, "acc": 0.5})]))
+    sink.close()
+    assert (tmp_path / "r_metrics.csv.1").read_text() == "step,loss\n1,1.00000\n"
+    assert path.read_text() == "step,loss,acc\n2,2.00000,0.50000\n"

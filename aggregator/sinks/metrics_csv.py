@@ -227,10 +227,24 @@ class MetricsCsvSink(FileSink):
             self._headed = True
             return
         self._file.flush()
+        if not self._names_open_file():
+            # Renamed by a rotation, not reopened yet: the old rows stay in the
+            # rotated file, the new header starts the file at the path.
+            self._rewrite([])
+            return
         with open(self.path, encoding="utf-8", newline="") as old:
             reader = csv.reader(old)
             next(reader, None)
             self._rewrite(list(reader))
+
+    def _names_open_file(self) -> bool:
+        """Whether ``self.path`` is still the file this sink writes."""
+        try:
+            at_path = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        open_file = os.fstat(self._file.fileno())
+        return (at_path.st_dev, at_path.st_ino) == (open_file.st_dev, open_file.st_ino)
 
     def _rewrite(self, rows: list[list[str]]) -> None:
         """Replace the file atomically with the current header and ``rows`` padded to it."""
