@@ -84,7 +84,10 @@ def write_unsent(path: str, unsent: Unsent) -> None:
         "replay": f"roxxel replay {path} --aggregator tcp://HOST:PORT",
     }
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
+    # Private (0600): it names the sender id, with which its records can be
+    # replayed exactly once; anyone who could read it could also use it.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    with open(fd, "a", encoding="utf-8") as f:
         f.write(_json(header) + "\n")
         for number, batch in enumerate(unsent.batches, 1):
             f.write(_batch_lines(number, batch))

@@ -220,6 +220,7 @@ def test_the_undelivered_file_is_readable_json_lines_and_replays_exactly_once(
     assert logger.sys_log_path is None and logger.collector_host is None
     logger.close()
     path = client_dir / "run_undelivered_rank0.jsonl"
+    assert path.stat().st_mode & 0o777 == 0o600  # it names the sender id: private
     text = path.read_text(encoding="utf-8")
     header, *records = [json.loads(line) for line in text.splitlines()]
     assert header["roxxel_undelivered"] == 2 and header["prefix"] == "run"
