@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from typing import Any, NamedTuple
 
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointFile
 from .ledger import Ledger
 from .quarantine import Quarantine
 from .reports import Reports
@@ -64,7 +64,7 @@ class GroupCommit:
         self._reports = reports
         self._stats = stats
         self._log = log
-        self._checkpoint = checkpoint
+        self._checkpoint = None if checkpoint is None else CheckpointFile(checkpoint)
         self._marks: Any = None
         self._failing: _Failing | None = None
         self._rewind_said = -math.inf
@@ -74,13 +74,13 @@ class GroupCommit:
         file replaced since, by rotation, starts anew: ``Sink.resume``)."""
         if self._checkpoint is None:
             return
-        saved = load_checkpoint(self._checkpoint)
+        saved = self._checkpoint.load()
         if saved is not None:
             self._ledger.restore(saved.senders)
             if saved.marks is not None:
                 if not isinstance(saved.marks, dict) or "sinks" not in saved.marks:
                     raise ValueError(
-                        f"unreadable checkpoint {self._checkpoint}: marks of another version"
+                        f"unreadable checkpoint {self._checkpoint.path}: marks of another version"
                     )
                 for note in self.sinks.resume(saved.marks["sinks"]):
                     self._log.warning("%s: %s", self._name, note)
@@ -98,7 +98,7 @@ class GroupCommit:
             self.quarantine.sync()
         if self._checkpoint is not None:
             marks = self._current_marks()
-            save_checkpoint(self._checkpoint, Checkpoint(self._ledger.saved(), marks))
+            self._checkpoint.save(self._ledger.changes(), marks, self._ledger.saved)
             # Only now, with the checkpoint on disk, may anything be acknowledged.
             self._marks = marks
         self._ledger.commit()

@@ -225,6 +225,8 @@ class Ledger:
         self.ranks_seen: set[int] = set()
         self.process_count = 0
         self._forgotten: dict[bytes, int] = {}  # sender id -> committed seq, oldest first
+        # Senders whose checkpoint entry changed since the last commit.
+        self._changed: set[bytes] = set()
         self._next_forget = clock() + _FORGET_EVERY
 
     def now(self) -> float:
@@ -261,12 +263,14 @@ class Ledger:
         except codec.BatchError as exc:
             assert state is not None  # only the body of a next batch gets this far
             state.committed, state.batched = exc.seq, True
+            self._changed.add(envelope.sender_id)
             return Poisoned(exc, state)
         except codec.CodecError as exc:
             return Malformed(str(exc))
         if isinstance(frame, codec.Batch):
             assert state is not None
             state.committed, state.batched = frame.seq, True
+            self._changed.add(frame.sender_id)
             return Apply(frame, state)
         if isinstance(frame, codec.Hello):
             return self._hello(frame, key, (source, connection))
@@ -314,6 +318,8 @@ class Ledger:
         """Forget a sender (said bye, or silent); its state, if it was known."""
         self.open.discard(sender_id)
         state = self.senders.pop(sender_id, None)
+        if state is not None and state.batched:
+            self._changed.add(sender_id)
         if state is not None and state.counted is not None:
             source, connection = state.counted
             for counter, name in ((self._per_source, source), (self._per_connection, connection)):
@@ -328,6 +334,7 @@ class Ledger:
         """What is applied is on disk now: it may be acknowledged."""
         for state in self.senders.values():
             state.durable = state.committed
+        self._changed.clear()
 
     def roll_back(self) -> None:
         """The files were rewound to the last commit: so is every sender."""
@@ -348,6 +355,14 @@ class Ledger:
             for sender_id, state in self.senders.items()
             if state.batched
         }
+
+    def changes(self) -> dict[str, dict[str, Any] | None]:
+        """The entries of :meth:`saved` changed since the last commit (``None``: gone)."""
+        out: dict[str, dict[str, Any] | None] = {}
+        for sender_id in self._changed:
+            state = self.senders.get(sender_id)
+            out[sender_id.hex()] = state.saved() if state is not None and state.batched else None
+        return out
 
     def restore(self, saved: dict[str, dict[str, Any]]) -> None:
         """Take the senders of a checkpoint (:meth:`saved`), all durable."""

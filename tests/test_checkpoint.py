@@ -16,7 +16,8 @@ import msgpack
 import pytest
 
 from aggregator import Collector
-from aggregator.checkpoint import replace_file
+from aggregator import checkpoint as checkpoint_module
+from aggregator.checkpoint import Checkpoint, CheckpointFile, load_checkpoint, replace_file
 from aggregator.sinks import MetricsCsvSink, Origin, SystemLogSink
 
 from .conftest import metrics_runs, read
@@ -123,16 +124,18 @@ def test_a_checkpoint_of_an_older_roxxel_without_inodes_still_loads_and_rewinds(
     log_dir = tmp_path / "logs"
     sender = committed_run(log_dir, "one")
     path = log_dir / ".run_checkpoint.json"
-    saved = json.loads(path.read_text())
-    for mark in saved["marks"]["sinks"]:
+    saved = load_checkpoint(str(path))
+    for mark in saved.marks["sinks"]:
         del mark["inode"], mark["crc32"]
-    path.write_text(json.dumps(saved))
+    # As an older roxxel wrote it: one file, no generation, no journal.
+    (log_dir / ".run_checkpoint.journal").unlink()
+    path.write_text(json.dumps({"version": 1, "senders": saved.senders, "marks": saved.marks}))
     log = log_dir / "run_system.log"
     with open(log, "a") as f:
         f.write(LINE.format("never acknowledged"))
     resend_and_stop(log_dir, sender, 2, ["two"])
     assert messages(read(log)) == ["one", "two"]
-    assert "inode" in json.loads(path.read_text())["marks"]["sinks"][0]  # written anew
+    assert "inode" in load_checkpoint(str(path)).marks["sinks"][0]  # written anew
 
 
 def test_a_new_file_written_after_a_sighup_but_never_committed_starts_empty(
@@ -210,7 +213,8 @@ def run_with_a_quarantine(log_dir: Path) -> list[Path]:
     finally:
         client.close()
         stop(c, thread)
-    return [log_dir / f".run{s}" for s in (".lock", "_checkpoint.json", "_quarantine.jsonl")]
+    names = (".lock", "_checkpoint.json", "_checkpoint.journal", "_quarantine.jsonl")
+    return [log_dir / f".run{s}" for s in names]
 
 
 def test_the_runs_dot_files_are_private(tmp_path: Path, umask_022: None) -> None:
@@ -252,3 +256,60 @@ def test_a_replaced_file_keeps_its_mode_and_its_temporary_file_is_private(
     assert seen == [0o600] and mode(path) == 0o640 and read(path) == "new\n"
     replace_file(str(tmp_path / "c.json"), lambda f: f.write("{}"), private=True)
     assert mode(tmp_path / "c.json") == 0o600
+
+
+# -- the journal: a commit costs what changed ------------------------------------------
+
+
+def _senders(n: int, committed: int = 1) -> dict[str, dict]:
+    return {f"{i:032x}": {"committed": committed, "rank": i} for i in range(n)}
+
+
+def test_a_commit_appends_what_changed_and_a_reader_sees_the_last_complete_one(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / ".run_checkpoint.json")
+    store = CheckpointFile(path)
+    everyone = _senders(1000)
+    store.save({}, {"m": 0}, lambda: dict(everyone))  # the first save is a snapshot
+    snapshot = os.path.getsize(path)
+    journal = tmp_path / ".run_checkpoint.journal"
+    for step in range(1, 4):
+        changed = {f"{0:032x}": {"committed": 1 + step, "rank": 0}, f"{999:032x}": None}
+        store.save(changed, {"m": step}, lambda: pytest.fail("not a snapshot"))
+    assert os.path.getsize(path) == snapshot  # not rewritten
+    assert journal.stat().st_size < 3 * 200  # three small lines, not 3 x 1000 senders
+    loaded = load_checkpoint(path)
+    assert loaded.marks == {"m": 3} and len(loaded.senders) == 999
+    assert loaded.senders[f"{0:032x}"]["committed"] == 4
+    # A line cut short by a crash was never acknowledged: the one before counts.
+    with open(journal, "ab") as f:
+        f.write(b'{"generation":1,"senders":{},"marks":{"m":4')
+    assert load_checkpoint(path).marks == {"m": 3}
+    # The next commit cuts it off before it appends.
+    again = CheckpointFile(path)
+    assert again.load().marks == {"m": 3}
+    again.save({}, {"m": 5}, dict)
+    assert load_checkpoint(path).marks == {"m": 5}
+
+
+def test_a_journal_past_its_bound_is_folded_into_a_new_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpoint_module, "_MIN_JOURNAL_BYTES", 1000)
+    path = str(tmp_path / ".run_checkpoint.json")
+    store = CheckpointFile(path)
+    senders = _senders(2)
+    store.save({}, {"m": 0}, lambda: dict(senders))
+    journal = tmp_path / ".run_checkpoint.journal"
+    for step in range(1, 40):
+        senders[f"{1:032x}"] = {"committed": step, "rank": 1}
+        store.save({f"{1:032x}": senders[f"{1:032x}"]}, {"m": step}, lambda: dict(senders))
+        assert journal.stat().st_size <= 1000 + 200
+    assert json.loads(Path(path).read_text())["generation"] > 1  # folded, more than once
+    assert load_checkpoint(path) == Checkpoint(senders, {"m": 39})
+    # A crash after the snapshot, before the journal was cut: its lines are older.
+    stale = json.dumps({"generation": 0, "senders": {"ff" * 16: None}, "marks": {"m": -1}})
+    journal.write_text(stale + "\n")
+    snapshot = json.loads(Path(path).read_text())
+    assert load_checkpoint(path) == Checkpoint(snapshot["senders"], snapshot["marks"])

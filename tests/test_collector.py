@@ -13,6 +13,7 @@ import pytest
 import zmq
 
 from aggregator import Collector, default_sinks
+from aggregator.checkpoint import load_checkpoint
 from aggregator.ledger import IDLE_SENDER_SECONDS, Ledger
 from aggregator.sinks import MetricsCsvSink, Origin
 from roxxel import codec
@@ -275,8 +276,8 @@ def test_restart_rewinds_what_was_written_after_the_checkpoint(tmp_path: Path) -
     finally:
         client.close()
         stop(c, thread)
-    checkpoint = json.loads((log_dir / ".run_checkpoint.json").read_text())
-    assert checkpoint["senders"][client.sender_id.hex()]["committed"] == 1
+    checkpoint = load_checkpoint(str(log_dir / ".run_checkpoint.json"))
+    assert checkpoint.senders[client.sender_id.hex()]["committed"] == 1
     log = log_dir / "run_system.log"
     with open(log, "a") as f:
         f.write("[2026-01-01 00:00:00] [INFO] written after the checkpoint, never acked\n[2026")

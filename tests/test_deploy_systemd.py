@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import fnmatch
 import grp
-import json
 import os
 import pwd
 import re
@@ -22,6 +21,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from aggregator.checkpoint import load_checkpoint
 
 from .conftest import free_port, python_env, read, wait_for
 from .deploy_helpers import DEPLOY, console_script, daemon_args, running_daemon, tool
@@ -318,8 +319,8 @@ def test_logs_moved_away_while_the_daemon_is_stopped(
             assert first.terminate() == 0  # writes and acknowledges what arrived
         else:
             first.kill()
-        checkpoint = json.loads(read(log_dir / ".run_checkpoint.json"))
-        acknowledged = checkpoint["marks"]["sinks"][0]["size"]  # the system log's
+        checkpoint = load_checkpoint(str(log_dir / ".run_checkpoint.json"))
+        acknowledged = checkpoint.marks["sinks"][0]["size"]  # the system log's
         away.mkdir()
         for path in log_dir.glob("run_*"):
             path.rename(away / path.name)

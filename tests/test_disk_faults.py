@@ -249,12 +249,15 @@ def test_a_full_or_unwritable_log_dir_loses_nothing_and_writes_nothing_twice(
     daemon = faulty_daemon(fault)
     count, first = 3000, 0
     client_err = tmp_path / "client.err"
+    journal = daemon.path(".run_checkpoint.journal")
     if fault == "unwritable":
-        # The files are open; the checkpoint, replaced at every commit, cannot be.
+        # The files are open; the checkpoint's journal, opened at every commit,
+        # and a new snapshot of it cannot be.
         with open(client_err, "w") as err:
             assert log_lines(tmp_path, daemon.endpoint, 0, 500, err).wait(120) == 0
         first = 500
         daemon.log_dir.chmod(0o555)
+        journal.chmod(0o400)
     with open(client_err, "a") as err:
         client = log_lines(tmp_path, daemon.endpoint, first, count, err)
     try:
@@ -265,9 +268,12 @@ def test_a_full_or_unwritable_log_dir_loses_nothing_and_writes_nothing_twice(
             daemon.remount("size=16m")
         else:
             daemon.log_dir.chmod(0o755)
+            journal.chmod(0o600)
         assert client.wait(150) == 0, read(client_err)
     finally:
         daemon.log_dir.chmod(0o755)
+        if journal.exists():
+            journal.chmod(0o600)
         if client.poll() is None:
             client.kill()
             client.wait()

@@ -6,7 +6,6 @@ DEALER that sends the hostile frames.
 
 from __future__ import annotations
 
-import json
 import secrets
 import subprocess
 import sys
@@ -15,12 +14,13 @@ from pathlib import Path
 import pytest
 import zmq
 
+from aggregator.checkpoint import load_checkpoint
 from aggregator.ledger import MAX_SENDERS_PER_CONNECTION
 from roxxel import Logger, codec
 from roxxel.cli import main
 from roxxel.query import CollectorQuery
 
-from .conftest import python_env, read, wait_for
+from .conftest import python_env, wait_for
 from .test_delivery import assert_exactly_once
 from .test_fuzz import RssPeak
 
@@ -55,8 +55,8 @@ def test_a_hello_claiming_unwritten_batches_cannot_silence_a_sender(tmp_path: Pa
     try:
         assert client.stdout.readline() == "half\n", client.stderr.read()
         # What a local user could read before the checkpoint was made private.
-        checkpoint = json.loads(read(daemon.log_dir / ".run_checkpoint.json"))
-        (sender_hex,) = checkpoint["senders"]
+        checkpoint = load_checkpoint(str(daemon.log_dir / ".run_checkpoint.json"))
+        (sender_hex,) = checkpoint.senders
         with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as evil:
             evil.setsockopt(zmq.LINGER, 0)
             evil.connect(daemon.endpoint)
@@ -120,7 +120,9 @@ def test_a_flood_of_hellos_on_one_connection_leaves_room_for_honest_loggers(
     assert_exactly_once(log, [f"honest {i}" for i in range(1000)])
     assert f"more than {MAX_SENDERS_PER_CONNECTION} senders on one connection from " in log
     # The checkpoint keeps only senders that had batches written: not the flood.
-    assert (daemon.log_dir / ".run_checkpoint.json").stat().st_size < 4096
+    assert len(load_checkpoint(str(daemon.log_dir / ".run_checkpoint.json")).senders) <= 1
+    journal = daemon.log_dir / ".run_checkpoint.journal"
+    assert (daemon.log_dir / ".run_checkpoint.json").stat().st_size + journal.stat().st_size < 65536
 
 
 def _answered(sock: zmq.Socket) -> bool:
