@@ -41,6 +41,7 @@ from typing import Any
 import msgpack
 
 from aggregator.ledger import MAX_SENDERS_PER_CONNECTION
+from aggregator.router import MAX_MESSAGE_PARTS
 from roxxel import codec, schema
 
 from .fuzz_mirror import CodecBug, Mirror
@@ -155,7 +156,13 @@ class FrameFuzzer:
         return self.finish(parts)
 
     def finish(self, parts: list[bytes]) -> list[bytes]:
-        """Pass ``parts`` through the mirror; a hello of one sender too many is spoilt."""
+        """Pass ``parts`` through the mirror; a hello of one sender too many is spoilt.
+        A message of too many parts is dropped unread: one bad frame."""
+        if len(parts) > MAX_MESSAGE_PARTS:
+            self.mirror.counts["bad"] += 1
+            self.messages += 1
+            self.parts += len(parts)
+            return parts
         out = []
         for part in parts:
             try:
@@ -672,8 +679,9 @@ class FrameFuzzer:
         """1..N parts from the other generators (a DEALER cannot send 0 parts:
         an empty part stands for it)."""
         rng = self.rng
-        if rng.random() < 0.01:  # many small parts
-            return [rng.randbytes(rng.randrange(8)) for _ in range(rng.choice([100, 1000]))]
+        if rng.random() < 0.01:  # many small parts, some messages past the bound
+            count = rng.choice([100, 1000, MAX_MESSAGE_PARTS + 1, 3000])
+            return [rng.randbytes(rng.randrange(8)) for _ in range(count)]
         parts: list[bytes] = []
         singles = [g for g in self._gens if g != self._multipart]
         weights = [w for g, w in self._generators if g != self._multipart]
