@@ -145,3 +145,12 @@ def test_abort_window_quick(tmp_path):
         assert label in proc.stdout, proc.stdout
     assert "notice NO" not in proc.stdout and "DUPLICATED" not in proc.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_new_names_few_rows(tmp_path):
+    proc = _run(["benchmarks.new_names", "--rows", "60"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "one row per batch, 60 rows" in proc.stdout, proc.stdout
+    assert "new names " in proc.stdout and "fixed names " in proc.stdout, proc.stdout
+    assert "budget: bytes written <= 4x the files: " in proc.stdout, proc.stdout
+    assert list(tmp_path.iterdir()) == []

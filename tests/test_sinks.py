@@ -211,3 +211,91 @@ def test_a_new_key_after_a_rename_rotation_starts_the_new_file(
     sink.close()
     assert (tmp_path / "r_metrics.csv.1").read_text() == "step,loss\n1,1.00000\n"
     assert path.read_text() == "step,loss,acc\n2,2.00000,0.50000\n"
+
+
+# -- widening a large file: amortised O(new names) ------------------------------------
+
+
+def _dict_rows(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _fill(sink: MetricsCsvSink, rows: int, first: int = 0) -> None:
+    for step in range(first, first + rows):
+        sink.write_metrics(ORIGIN, metrics_runs([("m", step, {"loss": step / 8})]))
+
+
+def test_new_names_in_a_large_file_go_into_the_room_after_the_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "m.csv"
+    sink = MetricsCsvSink(str(path))
+    _fill(sink, 8000)  # past RESERVE_FROM
+    rewrites = []
+    original = MetricsCsvSink._rewrite
+    monkeypatch.setattr(
+        MetricsCsvSink, "_rewrite", lambda s, rows: [rewrites.append(len(rows)), original(s, rows)]
+    )
+    names = 300
+    for i in range(names):  # one new name a row, as per-layer norms appear
+        step = 8000 + i
+        sink.write_metrics(ORIGIN, metrics_runs([("m", step, {"loss": 1.0, f"norm_{i}": 2.0})]))
+    sink.close()
+    # A rewrite when the room is used up (it grows with the header), not one per name.
+    assert 1 <= len(rewrites) <= 4, rewrites
+    rows = _dict_rows(path)
+    assert len(rows) == 8000 + names
+    assert rows[0]["step"] == "0" and rows[0]["loss"] == "0.00000" and rows[0]["norm_0"] is None
+    last = rows[-1]
+    assert last["step"] == str(8000 + names - 1) and last[f"norm_{names - 1}"] == "2.00000"
+    assert all(rows[8000 + i][f"norm_{i}"] == "2.00000" for i in range(names))
+    # Opened again, it appends under the same header and finds its room.
+    again = MetricsCsvSink(str(path))
+    again.write_metrics(ORIGIN, metrics_runs([("m", 9999, {"late": 1.0})]))
+    again.close()
+    assert _dict_rows(path)[-1] == {
+        "step": "9999",
+        "loss": "",
+        **dict.fromkeys([f"norm_{i}" for i in range(names)], ""),
+        "late": "1.00000",
+    }
+
+
+def test_a_rewind_past_names_added_in_place_keeps_the_rows_of_the_mark(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    sink = MetricsCsvSink(str(path))
+    _fill(sink, 8000)
+    sink.write_metrics(ORIGIN, metrics_runs([("m", 8000, {"acc": 0.5})]))  # a rewrite, room kept
+    sink.sync()
+    mark = sink.mark()
+    size = path.stat().st_size
+    sink.write_metrics(ORIGIN, metrics_runs([("m", 8001, {"new": 1.0})]))  # in place
+    sink.flush()
+    assert path.stat().st_size > size and ",new\n" in path.read_text()[:200]
+    sink.rewind(mark)
+    sink.write_metrics(ORIGIN, metrics_runs([("m", 8001, {"acc": 0.75})]))
+    sink.close()
+    rows = _dict_rows(path)
+    assert [r["step"] for r in rows[-2:]] == ["8000", "8001"]
+    assert rows[-1]["acc"] == "0.75000" and rows[-1].get("new") in ("", None)
+
+
+def test_a_restart_rewinds_a_header_widened_in_place_after_the_checkpoint(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "m.csv"
+    sink = MetricsCsvSink(str(path))
+    _fill(sink, 8000)
+    sink.write_metrics(ORIGIN, metrics_runs([("m", 8000, {"acc": 0.5})]))
+    sink.sync()
+    mark = sink.mark()  # what the checkpoint holds
+    sink.write_metrics(ORIGIN, metrics_runs([("m", 8001, {"never": 1.0})]))
+    sink.close()  # then killed: no checkpoint of it
+    restarted = MetricsCsvSink(str(path))
+    restarted.rewind(mark)
+    restarted.write_metrics(ORIGIN, metrics_runs([("m", 8001, {"acc": 0.25})]))
+    restarted.close()
+    rows = _dict_rows(path)
+    assert len(rows) == 8002 and rows[-1]["step"] == "8001" and rows[-1]["acc"] == "0.25000"
+    assert all(not r.get("never") for r in rows)

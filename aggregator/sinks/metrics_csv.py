@@ -14,11 +14,20 @@
   and every control character but a tab (newlines included) as ``\\xNN``
   (:func:`header_cell`). Two names that give the same cell (``=x`` and
   ``'=x``) share its column; the JSONL keeps them apart.
-* A key first seen mid-run widens the header: the file is rewritten once, to
-  a temporary dot-file that replaces it atomically, older rows getting empty
-  cells. A file that already holds a run is appended to, keeping its header.
-* Its mark is the file size and the header's keys; rewinding past a widening
-  keeps the rows that were within the mark (now with the wider header).
+* A key first seen mid-run widens the header. In a small file (under
+  RESERVE_FROM bytes) the file is rewritten, to a temporary dot-file that
+  replaces it atomically, older rows getting empty cells: the original
+  format. A larger file is rewritten so only when the header outgrows the
+  room kept after it: a rewrite leaves blank lines after the header (twice
+  its length, at least 4 KiB), and a new key takes its bytes there, the
+  header rewritten in place; older rows then end before the new columns
+  (``pandas.read_csv`` and ``csv.DictReader`` skip blank lines and read a
+  short row's missing cells as empty). So names that keep appearing cost
+  amortised O(new names), not O(file), and the header only ever grows.
+  A file that already holds a run is appended to, keeping its header.
+* Its mark is the file size, the header's keys and the bytes before the
+  first row; rewinding past a widening keeps the rows that were within the
+  mark (under the wider header).
 * Rows logged with ``all_ranks=True`` (``"r"`` records) fill a ``rank``
   column, added like any new key (first, if the run starts with such a
   row); rank 0's plain rows leave it empty. Without such rows the file is
@@ -45,6 +54,9 @@ from .base import FileSink, Origin, truncate_to
 __all__ = ["MetricsCsvSink", "format_value", "csv_cell", "header_cell", "RANK_COLUMN"]
 
 RANK_COLUMN = "rank"
+# From this size on, a widening leaves room after the header (see above).
+RESERVE_FROM = 64 * 1024
+_MIN_RESERVE = 4096
 
 
 # Rows are read back when the header widens or the file is rewound; a text
@@ -130,7 +142,11 @@ def csv_cell(value: object) -> str:
 class MetricsCsvSink(FileSink):
     def __init__(self, path: str):
         self.path = path
-        self.keys: list[str] = self._read_header()  # header cells, "step" left out
+        # The header's cells ("step" left out); the bytes before the first row
+        # (the header line and the blank lines kept after it).
+        self.keys: list[str] = []
+        self._region = 0
+        self._read_header()
         self._cells: dict[str, str] = {}  # a metric's name: its header cell
         self._file = self._open()
         self._headed = os.fstat(self._file.fileno()).st_size > 0
@@ -139,13 +155,22 @@ class MetricsCsvSink(FileSink):
         # under the current header (cleared when the header changes).
         self._formats: dict[tuple, tuple[str, Any]] = {}
 
-    def _read_header(self) -> list[str]:
+    def _read_header(self) -> None:
+        """The header's keys, and the room kept after it, from the file."""
         try:
             with open(self.path, encoding="utf-8", newline="") as existing:
                 header = next(csv.reader(existing), None)
+            with open(self.path, "rb") as existing:
+                head = existing.read(len(_csv_line(header or [])) + _MAX_RESERVE_READ)
         except FileNotFoundError:
-            return []
-        return list(header[1:]) if header else []
+            header, head = None, b""
+        self.keys = list(header[1:]) if header else []
+        line = _csv_line(header) if header else b""
+        # Blank lines right after a header line of one physical line: the room.
+        if line and head.startswith(line):
+            self._region = len(head) - len(head[len(line) :].lstrip(b"\n"))
+        else:
+            self._region = len(line)
 
     def _cell(self, key: str) -> str:
         cell = self._cells.get(key)
@@ -220,13 +245,17 @@ class MetricsCsvSink(FileSink):
 
     def _widen(self, new_keys: list[str]) -> None:
         first = not self._headed
+        old = self.keys
         self.keys = self.keys + new_keys
         self._formats.clear()
         if first:
             self._writer.writerow(["step", *self.keys])
             self._headed = True
+            self._region = len(_csv_line(["step", *self.keys]))
             return
         self._file.flush()
+        if self._widen_in_place(old):
+            return
         if not self._names_open_file():
             # Renamed by a rotation, not reopened yet: the old rows stay in the
             # rotated file, the new header starts the file at the path.
@@ -235,7 +264,28 @@ class MetricsCsvSink(FileSink):
         with open(self.path, encoding="utf-8", newline="") as old:
             reader = csv.reader(old)
             next(reader, None)
-            self._rewrite(list(reader))
+            self._rewrite([row for row in reader if row])  # not the room's blank lines
+
+    def _widen_in_place(self, old: list[str]) -> bool:
+        """The new cells into the room after the header, if it has enough."""
+        before, after = _csv_line(["step", *old]), _csv_line(["step", *self.keys])
+        room = self._region - len(before)
+        grown = after[len(before) - 1 :]  # from the old line's newline on
+        if not after.startswith(before[:-1]) or len(grown) - 1 > room:
+            return False
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            # The descriptor of this sink appends (O_APPEND ignores an offset).
+            if os.fstat(fd).st_ino != os.fstat(self._file.fileno()).st_ino:
+                return False  # renamed by a rotation: not this file
+            os.pwrite(fd, grown, len(before) - 1)
+        finally:
+            os.close(fd)
+        self._synced_size = -1
+        return True
 
     def _names_open_file(self) -> bool:
         """Whether ``self.path`` is still the file this sink writes."""
@@ -251,10 +301,20 @@ class MetricsCsvSink(FileSink):
         directory, name = os.path.split(self.path)
         width = len(self.keys) + 1
 
+        header = _csv_line(["step", *self.keys])
+        # A large file keeps room after its header for the next names.
+        size = sum(map(len, map(_csv_line, rows)))
+        room = max(_MIN_RESERVE, 2 * len(header)) if size >= RESERVE_FROM else 0
+
         def write(new: IO[str]) -> None:
             writer = csv.writer(new, lineterminator="\n")
             writer.writerow(["step", *self.keys])
-            writer.writerows(row + [""] * (width - len(row)) for row in rows)
+            if room:
+                # Rows keep their bytes (a rewind measures them): short ones stay short.
+                new.write("\n" * room)
+                writer.writerows(rows)
+            else:
+                writer.writerows(row + [""] * (width - len(row)) for row in rows)
 
         self._file.close()
         try:
@@ -263,34 +323,45 @@ class MetricsCsvSink(FileSink):
             self._file = self._open()
             self._writer = csv.writer(self._file, lineterminator="\n")
             self._synced_size = -1
+        self._region = len(header) + room
 
     def _open(self) -> IO[str]:
         return open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115
 
     def reopen(self) -> None:
         super().reopen()
-        self.keys = self._read_header()
+        self._read_header()
         self._formats.clear()
         self._headed = os.fstat(self._file.fileno()).st_size > 0
         self._writer = csv.writer(self._file, lineterminator="\n")
 
     def mark(self) -> Any:
-        return {"size": os.fstat(self._file.fileno()).st_size, "keys": list(self.keys)}
+        size = os.fstat(self._file.fileno()).st_size
+        return {"size": size, "keys": list(self.keys), "region": self._region}
 
     def rewind(self, mark: Any) -> None:
         self._file.flush()
         keys, size = list(mark["keys"]), mark["size"]
         self._formats.clear()
-        if keys == self.keys or size == 0:
+        region = mark.get("region")  # None: a mark of an older roxxel
+        if (
+            size == 0
+            or keys == self.keys
+            or (
+                # Widened in place since the mark: the rows did not move.
+                region == self._region and self.keys[: len(keys)] == keys and size >= region
+            )
+        ):
             truncate_to(self.path, self._file.fileno(), size)
             self._synced_size = -1
-            self.keys = keys if size else []
+            if not size:
+                self.keys, self._region = [], 0
             self._headed = size > 0
             return
         if self.keys[: len(keys)] != keys:
             raise OSError(f"{self.path}: header {self.keys} does not extend {keys}")
-        # Widened since the mark: keep the rows that then fitted in `size` bytes.
-        used = len(_csv_line(["step", *keys]))
+        # Rewritten since the mark: keep the rows that then fitted in `size` bytes.
+        used = len(_csv_line(["step", *keys])) if region is None else region
         kept: list[list[str]] = []
         with open(self.path, encoding="utf-8", newline="") as f:
             reader = csv.reader(f)
@@ -298,11 +369,17 @@ class MetricsCsvSink(FileSink):
             for row in reader:
                 if used >= size:
                     break
+                if not row:
+                    continue  # the room after the header
                 used += len(_csv_line(row[: len(keys) + 1]))
                 kept.append(row)
         if used != size:
             raise OSError(f"{self.path}: its rows do not add up to the {size} bytes recorded")
         self._rewrite(kept)
+
+
+# How much of the room after a header a sink looks at when it opens a file.
+_MAX_RESERVE_READ = 1 << 20
 
 
 def _csv_line(row: list[str]) -> bytes:
