@@ -154,3 +154,11 @@ def test_new_names_few_rows(tmp_path):
     assert "new names " in proc.stdout and "fixed names " in proc.stdout, proc.stdout
     assert "budget: bytes written <= 4x the files: " in proc.stdout, proc.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_hostile_peers_quick(tmp_path):
+    proc = _run(["benchmarks.hostile_peers", "--quick"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2,000 of 2,000 lines written" in proc.stdout, proc.stdout
+    assert "multipart memory: 3 messages of 100 x 1 MiB" in proc.stdout, proc.stdout
+    assert list(tmp_path.iterdir()) == []
