@@ -48,6 +48,7 @@ class Acks:
                 continue
             seq = run.ledger.acknowledged(sender_id)
             if seq is not None:
+                # Run.where is checked to encode when the run opens.
                 where = run.where if peer in self._greet else None
                 out.append((peer, codec.encode(codec.Ack(sender_id, seq, where))))
             self._greet.discard(peer)

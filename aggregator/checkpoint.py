@@ -23,6 +23,7 @@ The checkpoint lists the run's sender ids: it is private (mode 0600, see
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -156,16 +157,32 @@ class CheckpointFile:
         line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
         fd = open_private(self._journal, os.O_WRONLY)
         try:
-            # What a failed append left past the last complete line goes first.
-            if os.fstat(fd).st_size != self._journal_bytes:
+            size = os.fstat(fd).st_size
+            if size < self._journal_bytes:
+                # Shorter than what was committed (removed, cut by someone): a
+                # snapshot, never a gap of zeros that would hide later lines.
+                os.close(fd)
+                fd = -1
+                self._snapshot(Checkpoint(everything(), marks))
+                return
+            if size > self._journal_bytes:  # what a failed append left goes first
                 os.ftruncate(fd, self._journal_bytes)
-            os.lseek(fd, self._journal_bytes, os.SEEK_SET)
-            view = memoryview(line)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            try:
+                view, at = memoryview(line), self._journal_bytes
+                while view:
+                    written = os.pwrite(fd, view, at)
+                    view, at = view[written:], at + written
+                os.fsync(fd)
+            except OSError:
+                # Cut back at once: the files are about to be rolled back, and a
+                # crash must not find a line newer than them.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, self._journal_bytes)
+                    os.fsync(fd)
+                raise
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         self._journal_bytes += len(line)
 
     def _snapshot(self, checkpoint: Checkpoint) -> None:
@@ -184,6 +201,7 @@ class CheckpointFile:
         self._generation, self._snapshot_bytes = generation, len(text)
         self._journal_bytes = 0
         os.close(open_private(self._journal, os.O_WRONLY | os.O_TRUNC))
+        fsync_dir(os.path.dirname(self._journal))  # the journal's name, if it is new
 
 
 def replace_file(

@@ -62,6 +62,7 @@ from .acks import Acks
 from .answers import RateMeter, stats_line, status_answer, tail_answer
 from .curve import Refusal
 from .ledger import (
+    NEVER_BATCHED_SECONDS,
     Apply,
     Asked,
     Closed,
@@ -494,7 +495,9 @@ class Collector:
             run.log,
             logging.INFO,
             f"{self.name}: forgot {len(forgotten)} sender(s) silent for "
-            f"{run.ledger.idle_seconds:.0f} s or more ({len(run.ledger.senders)} known)",
+            f"{run.ledger.idle_seconds:.0f} s or more, or, among more than "
+            f"{run.ledger.crowded:,} senders, {NEVER_BATCHED_SECONDS:.0f} s without a batch "
+            f"({len(run.ledger.senders)} known)",
         )
 
     def _send_acks(self) -> None:

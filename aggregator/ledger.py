@@ -59,6 +59,7 @@ __all__ = [
     "MAX_SENDERS_PER_SOURCE",
     "MAX_SENDERS_PER_CONNECTION",
     "NEVER_BATCHED_SECONDS",
+    "CROWDED",
     "IDLE_SENDER_SECONDS",
     "IDLE_SENDERS_KEPT",
     "FORGOTTEN_KEPT",
@@ -81,10 +82,14 @@ MAX_SENDERS_PER_SOURCE = 4096
 IDLE_SENDER_SECONDS = 3600.0
 IDLE_SENDERS_KEPT = 1024
 FORGOTTEN_KEPT = 65_536
-# A sender that never had a batch applied has nothing to protect: past
-# idle_kept senders, it is forgotten (not remembered) after this long silent,
-# so hellos with made-up ids leave the table within minutes.
+# A sender that never had a batch applied has nothing to protect: once more
+# than CROWDED senders are known (hellos with made-up ids from several
+# addresses), it is forgotten (not remembered) after this long silent, so
+# they leave the table within minutes. Below that, an honest rank that has
+# had nothing to say for a while keeps its place (its first batch is not
+# taken for a stranger's).
 NEVER_BATCHED_SECONDS = 60.0
+CROWDED = 16_384
 # How often silent senders are looked for, at most.
 _FORGET_EVERY = 60.0
 
@@ -208,6 +213,7 @@ class Ledger:
         max_per_connection: int = MAX_SENDERS_PER_CONNECTION,
         idle_seconds: float = IDLE_SENDER_SECONDS,
         idle_kept: int = IDLE_SENDERS_KEPT,
+        crowded: int = CROWDED,
         forgotten_kept: int = FORGOTTEN_KEPT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -218,6 +224,7 @@ class Ledger:
         self._per_connection: Counter[bytes] = Counter()
         self.idle_seconds = idle_seconds
         self.idle_kept = idle_kept
+        self.crowded = crowded
         self.forgotten_kept = forgotten_kept
         self._clock = clock
         self.senders: dict[bytes, SenderState] = {}
@@ -304,9 +311,13 @@ class Ledger:
             # (what this ledger remembers, not what the hello claims). An
             # unknown one saw acks of a collector that kept no checkpoint of
             # them: it never resends below its claim.
+            remembered = hello.sender_id in self._forgotten
             committed = self._forgotten.pop(hello.sender_id, hello.acked)
             state = SenderState(origin, hello.prefix, committed, committed, key, seen=self._clock())
+            state.batched = remembered  # its batches were written: kept as any other's
             self.senders[hello.sender_id] = state
+            if remembered:
+                self._changed.add(hello.sender_id)  # back in the checkpoint
         if state.counted is None:  # new, or restored from a checkpoint: counted from here
             state.counted = where
             self._per_source[where[0]] += 1
@@ -385,16 +396,18 @@ class Ledger:
         return not self.open and len(seen) >= count and all(r in seen for r in range(count))
 
     def forget_idle(self) -> list[bytes]:
-        """Forget senders silent for ``idle_seconds`` (for NEVER_BATCHED_SECONDS,
-        one that never had a batch applied) once more than ``idle_kept`` are
-        known (looked for at most once a minute); the ids forgotten."""
+        """Forget senders silent for ``idle_seconds`` once more than ``idle_kept``
+        are known (and, once more than ``crowded`` are, those that never had a
+        batch applied after NEVER_BATCHED_SECONDS); looked for at most once a
+        minute; the ids forgotten."""
         now = self._clock()
         if now < self._next_forget:
             return []
         self._next_forget = now + min(_FORGET_EVERY, self.idle_seconds)
         if len(self.senders) <= self.idle_kept:
             return []
-        never = min(self.idle_seconds, NEVER_BATCHED_SECONDS)
+        crowded = len(self.senders) > max(self.idle_kept, self.crowded)
+        never = min(self.idle_seconds, NEVER_BATCHED_SECONDS) if crowded else self.idle_seconds
         idle = [
             i
             for i, st in self.senders.items()

@@ -264,14 +264,16 @@ def _where(sinks: Sink) -> codec.Where | None:
         type(leaf): os.path.abspath(leaf.path) for leaf in _leaves(sinks) if hasattr(leaf, "path")
     }
     try:
-        return codec.Where(
+        where = codec.Where(
             host=socket.gethostname(),
             system_log=paths[SystemLogSink],
             metrics_csv=paths[MetricsCsvSink],
             metrics_jsonl=paths[MetricsJsonlSink],
         )
-    except KeyError:
+        codec.encode(codec.Ack(bytes(codec.SENDER_ID_LEN), 0, where))
+    except (KeyError, codec.CodecError):  # not those three, or a path too long to send
         return None
+    return where
 
 
 def _leaves(sink: Sink) -> list[Sink]:

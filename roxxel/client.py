@@ -47,6 +47,7 @@ from typing import Any, NamedTuple, Protocol
 from . import codec, schema
 from .diagnostics import diagnostics
 from .exchange import exchange
+from .lines import printable
 from .values import to_wire
 
 __all__ = ["Transport", "Sender", "Unsent", "UnsentBatch"]
@@ -502,8 +503,8 @@ class Sender:
             self._diag.info(
                 "roxxel: logging to %s → %s_*.{log,csv,jsonl} on %s",
                 self.endpoint,
-                base,
-                where.host,
+                printable(base),  # the collector's text, on this terminal
+                printable(where.host),
             )
 
     def _refused(self, refusal: codec.Refusal) -> None:

@@ -374,14 +374,14 @@ def _check_version(version: Any) -> None:
 
 
 def _where_of(body: Any) -> Where | None:
-    """The ``where`` of an ack, or ``None`` for anything else: an ack stays an ack."""
+    """The ``where`` of an ack, or ``None`` for anything else: an ack stays an ack.
+
+    Paths may hold any character a file name can (whoever prints them
+    escapes control characters)."""
     if not isinstance(body, dict):
         return None
     values = [body.get(name) for name in _WHERE_FIELDS]
-    # Printed on the client's terminal: no control characters.
-    if not all(
-        isinstance(v, str) and 0 < len(v) <= _MAX_PATH_LEN and v.isprintable() for v in values
-    ):
+    if not all(isinstance(v, str) and 0 < len(v) <= _MAX_PATH_LEN for v in values):
         return None
     return Where(*values)
 

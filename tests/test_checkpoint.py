@@ -313,3 +313,21 @@ def test_a_journal_past_its_bound_is_folded_into_a_new_snapshot(
     journal.write_text(stale + "\n")
     snapshot = json.loads(Path(path).read_text())
     assert load_checkpoint(path) == Checkpoint(snapshot["senders"], snapshot["marks"])
+
+
+def test_a_journal_cut_or_removed_under_the_collector_gives_a_snapshot_not_a_gap(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / ".run_checkpoint.json")
+    journal = tmp_path / ".run_checkpoint.journal"
+    store = CheckpointFile(path)
+    senders = _senders(1)
+    store.save({}, {"m": 0}, lambda: dict(senders))
+    store.save({}, {"m": 1}, dict)
+    store.save({}, {"m": 2}, dict)
+    journal.unlink()  # an operator's clean-up
+    senders[f"{0:032x}"] = {"committed": 3, "rank": 0}
+    store.save({f"{0:032x}": senders[f"{0:032x}"]}, {"m": 3}, lambda: dict(senders))
+    store.save({}, {"m": 4}, dict)
+    assert not journal.read_bytes().startswith(b"\0")
+    assert load_checkpoint(path) == Checkpoint(senders, {"m": 4})

@@ -310,9 +310,9 @@ def test_one_connection_and_one_address_hold_at_most_their_share_of_the_senders(
     assert isinstance(say(5, "10.0.0.9", b"c5"), TooMany)
 
 
-def test_a_sender_that_never_sent_a_batch_is_forgotten_soon_and_not_saved() -> None:
+def test_a_sender_that_never_sent_a_batch_is_not_saved_and_forgotten_soon_when_crowded() -> None:
     clock = Clock()
-    ledger = Ledger(idle_kept=0, clock=clock)
+    ledger = Ledger(idle_kept=0, crowded=1, clock=clock)
     ledger.receive(hello(A))
     ledger.receive(batch(1, A))
     ledger.receive(hello(B, acked=5))  # a claim alone is not a batch
@@ -323,4 +323,16 @@ def test_a_sender_that_never_sent_a_batch_is_forgotten_soon_and_not_saved() -> N
     assert ledger.receive(hello(B, acked=0)).state.committed == 0
     clock.now += IDLE_SENDER_SECONDS
     assert sorted(ledger.forget_idle()) == sorted([A, B])
-    assert ledger.receive(hello(A)).state.committed == 1  # remembered
+    back = ledger.receive(hello(A))
+    assert back.state.committed == 1  # remembered, and kept as a sender with batches
+    assert back.state.batched and list(ledger.changes()) == [A.hex()]
+
+
+def test_an_idle_rank_that_never_sent_a_batch_keeps_its_place_unless_crowded() -> None:
+    clock = Clock()
+    ledger = Ledger(idle_kept=0, crowded=2, clock=clock)
+    ledger.receive(hello(A))  # a rank with nothing to say yet
+    ledger.receive(hello(B))
+    clock.now += NEVER_BATCHED_SECONDS
+    assert ledger.forget_idle() == []  # 2 known: not crowded
+    assert name(ledger.receive(batch(1, A))) == "Apply"

@@ -563,3 +563,13 @@ def test_carriage_returns_in_text_cannot_tear_a_csv_row(tmp_path: Path) -> None:
         ["1", "a\nb\nc", ""],
         ["2", "d", "1.00000"],
     ]
+
+
+def test_a_log_dir_with_any_file_name_characters_is_served(tmp_path: Path) -> None:
+    # The collector's answer names the files: a no-break space or a tab in a
+    # path once made encoding that answer fail, and the collector exit.
+    log_dir = tmp_path / "my\u00a0runs\tand more"
+    with Logger(log_dir, "job") as logger:
+        logger.log_message("served")
+        assert logger.flush(30)
+    assert log_lines(logger.sys_log_path) == [("INFO", "served")]
