@@ -404,7 +404,7 @@ class Collector:
         elif isinstance(event, Introduced):
             if event.new:
                 self.stats["senders"] += 1
-                if event.hello.rank == 0 and event.hello.acked == 0:  # a Logger's first hello
+                if event.hello.starts and event.hello.rank == 0:
                     self._guarded(run, run.started, event.hello)
             if event.overclaimed:
                 self._overclaimed(peer, run, event)

@@ -237,10 +237,11 @@ class Run:
         self.write_line(time.time(), level, text)
 
     def started(self, hello: codec.Hello) -> None:
-        """A new rank 0 said hello to files that already hold lines (a script run
-        again with the same log_dir and prefix): a line in the system log, not on
-        stdout, that keeps this run apart from the earlier one. A run's first
-        start leaves its files exactly as the original roxxel wrote them."""
+        """A rank 0 Logger's first hello (``starts``) found files that already
+        hold lines (a script run again with the same log_dir and prefix): a
+        line in the system log, not on stdout, that keeps this run apart from
+        the earlier one. A run's first start leaves its files exactly as the
+        original roxxel wrote them."""
         if self.system_log is None or not self.system_log.holds_lines():
             return
         text = (

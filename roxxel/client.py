@@ -480,6 +480,8 @@ class Sender:
         if not isinstance(frame, codec.Ack):
             return
         self._held_back = False  # taken (again)
+        if self._hello.starts:  # said: a later hello is this run's, not its start
+            self._hello = dataclasses.replace(self._hello, starts=False)
         if frame.where is not None and frame.where != self.where:
             self._located(frame.where)
         # Every in-flight seq up to the ack, including any numbered after an

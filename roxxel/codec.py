@@ -14,7 +14,9 @@ it may send at once as one message).
 a map, e.g. ``{"what": "status"}``) and it replies with ``answer`` (a map),
 the same ``seq`` in both. ``sender_id`` is 16 random bytes per client.
 In a ``batch``, ``seq`` counts the sender's batches from 1; a ``hello``
-carries there the highest seq the client has seen acked, a ``bye`` the last
+carries there the highest seq the client has seen acked (its body: host,
+rank, pid, process count, prefix, the client's version, and ``starts`` on a
+Logger's own first hello), a ``bye`` the last
 seq it sent, an ``ack`` the highest contiguous seq the collector has written
 (and, answering a hello, where the run's files are: a map of ``host``,
 ``system_log``, ``metrics_csv`` and ``metrics_jsonl``; ``nil`` otherwise).
@@ -116,6 +118,9 @@ class Hello:
     acked: int = 0
     # The client's roxxel version ("" from a client older than the field).
     version: str = ""
+    # A Logger's own first sender: its run starts (not a fork's, a watcher's,
+    # a replay's, nor a hello said again).
+    starts: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +224,8 @@ def encode(frame: Frame) -> bytes:
         body = {name: getattr(frame, name) for name in _HELLO_FIELDS}
         if frame.version:
             body["version"] = frame.version
+        if frame.starts:
+            body["starts"] = True
         return _pack([PROTO_VERSION, "hello", frame.sender_id, frame.acked, body])
     _check_sender_and_seq(frame.sender_id, frame.seq)
     if isinstance(frame, Bye):
@@ -364,7 +371,9 @@ def _decode_hello(sender_id: bytes, acked: int, body: Any) -> Hello:
     _check_hello_fields(host, prefix, rank, pid, count)
     version = body.get("version", "")
     _check_version(version)
-    return Hello(sender_id, host, rank, pid, count, prefix, acked, version)
+    return Hello(
+        sender_id, host, rank, pid, count, prefix, acked, version, body.get("starts") is True
+    )
 
 
 def _check_version(version: Any) -> None:

@@ -89,6 +89,7 @@ class Route:
     collector_endpoint: str | None = None  # rank 0's own collector, as the others reach it
     # Rank 0 says where a daemon writes the run's files (a forked child does not).
     announce: bool = False
+    forked: bool = False  # in a forked child: its senders do not start the run
     watcher: Watcher | None = field(default=None, repr=False)
     _watched: str | None = None  # the endpoint the watcher was told
     _found: str | None = None  # found by discovery (maybe before the watcher started)
@@ -112,6 +113,7 @@ class Route:
             process_count=o.world_size,
             prefix=o.prefix,
             version=__version__,
+            starts=not self.forked,
         )
         transport: DealerTransport | DiscoveringTransport
         if self.discover:
@@ -159,6 +161,7 @@ class Route:
         """In a forked child: the collector is the parent's, and so is saying where it writes."""
         self.embedded = None
         self.announce = False
+        self.forked = True
 
     def close(self) -> None:
         """Stop the embedded collector (after it wrote everything) and release the watcher."""

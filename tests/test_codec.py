@@ -242,6 +242,7 @@ hellos = st.builds(
     prefix=texts,
     acked=seqs,
     version=st.text(max_size=64).filter(str.isprintable),
+    starts=st.booleans(),
 )
 batches = st.builds(Batch, sender_id=sender_ids, seq=st.integers(1, 2**63 - 1), records=records)
 byes = st.builds(Bye, sender_id=sender_ids, seq=seqs)

@@ -573,3 +573,29 @@ def test_a_log_dir_with_any_file_name_characters_is_served(tmp_path: Path) -> No
         logger.log_message("served")
         assert logger.flush(30)
     assert log_lines(logger.sys_log_path) == [("INFO", "served")]
+
+
+def test_a_forked_child_and_the_watcher_do_not_mark_a_new_run(tmp_path: Path) -> None:
+    code = f"""
+import os
+from roxxel import Logger
+with Logger({str(tmp_path)!r}, "forks") as log:
+    log.log_message("parent before")
+    assert log.flush(30)
+    pid = os.fork()
+    if pid == 0:
+        log.log_message("from the child")
+        log.flush(30)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    log.log_message("parent after")
+"""
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    text = read(tmp_path / "forks_system.log")
+    assert "a new run of" not in text, text
+    assert [m for _, m in log_lines(tmp_path / "forks_system.log")] == [
+        "parent before",
+        "from the child",
+        "parent after",
+    ]
