@@ -299,3 +299,17 @@ def test_a_restart_rewinds_a_header_widened_in_place_after_the_checkpoint(
     rows = _dict_rows(path)
     assert len(rows) == 8002 and rows[-1]["step"] == "8001" and rows[-1]["acc"] == "0.25000"
     assert all(not r.get("never") for r in rows)
+
+
+def test_the_room_after_a_header_is_found_whatever_its_size(tmp_path: Path) -> None:
+    # A header of many names keeps room of twice its length: megabytes.
+    path = tmp_path / "m.csv"
+    room = 3 * 1024 * 1024 + 5
+    path.write_bytes(b"step,a\n" + b"\n" * room + b"1,0.50000\n")
+    sink = MetricsCsvSink(str(path))
+    assert sink.mark()["region"] == len(b"step,a\n") + room
+    sink.write_metrics(ORIGIN, metrics_runs([("m", 2, {"a": 1.0, "b": 2.0})]))  # in place
+    sink.close()
+    assert path.read_bytes().startswith(b"step,a,b\n\n") and path.stat().st_size == (
+        len(b"step,a\n") + room + len(b"1,0.50000\n2,1.00000,2.00000\n")
+    )

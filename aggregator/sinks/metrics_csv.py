@@ -22,7 +22,7 @@
   its length, at least 4 KiB), and a new key takes its bytes there, the
   header rewritten in place; older rows then end before the new columns
   (``pandas.read_csv`` and ``csv.DictReader`` skip blank lines and read a
-  short row's missing cells as empty). So names that keep appearing cost
+  short row's missing cells as missing: NaN, ``restval``). So names that keep appearing cost
   amortised O(new names), not O(file), and the header only ever grows.
   A file that already holds a run is appended to, keeping its header.
 * Its mark is the file size, the header's keys and the bytes before the
@@ -160,17 +160,12 @@ class MetricsCsvSink(FileSink):
         try:
             with open(self.path, encoding="utf-8", newline="") as existing:
                 header = next(csv.reader(existing), None)
+            line = _csv_line(header) if header else b""
             with open(self.path, "rb") as existing:
-                head = existing.read(len(_csv_line(header or [])) + _MAX_RESERVE_READ)
+                self._region = _room_end(existing, line)
         except FileNotFoundError:
-            header, head = None, b""
+            header, self._region = None, 0
         self.keys = list(header[1:]) if header else []
-        line = _csv_line(header) if header else b""
-        # Blank lines right after a header line of one physical line: the room.
-        if line and head.startswith(line):
-            self._region = len(head) - len(head[len(line) :].lstrip(b"\n"))
-        else:
-            self._region = len(line)
 
     def _cell(self, key: str) -> str:
         cell = self._cells.get(key)
@@ -378,8 +373,18 @@ class MetricsCsvSink(FileSink):
         self._rewrite(kept)
 
 
-# How much of the room after a header a sink looks at when it opens a file.
-_MAX_RESERVE_READ = 1 << 20
+def _room_end(f: IO[bytes], line: bytes) -> int:
+    """Where the first row starts: after the header ``line`` and the blank lines
+    right after it (only after a header of one physical line)."""
+    if not line or f.read(len(line)) != line:
+        return len(line)
+    end = len(line)
+    while chunk := f.read(1 << 16):
+        blank = len(chunk) - len(chunk.lstrip(b"\n"))
+        end += blank
+        if blank < len(chunk):
+            break
+    return end
 
 
 def _csv_line(row: list[str]) -> bytes:
