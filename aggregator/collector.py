@@ -152,7 +152,7 @@ class Collector:
         self._commit_due: float | None = None
         self._last_commit = -math.inf
         self._acks = Acks()
-        self._reopen = False
+        self._reopen = self._reload_keys = False
         if home is None:
             home_run.commits.resume()
         # A plain flag, not a threading.Event: stop() runs in signal handlers, and
@@ -268,7 +268,7 @@ class Collector:
     def reopen(self) -> None:
         """Ask :meth:`run` to reopen the files (after log rotation moved them) and,
         with CURVE, to read the allowed clients' keys again."""
-        self._reopen = True
+        self._reopen = self._reload_keys = True
         self._router.wake()
 
     # -- the loop ----------------------------------------------------------------
@@ -518,7 +518,9 @@ class Collector:
     def _commit(self, run: Run, *, even_clean: bool = False) -> bool:
         """Commit what ``run`` wrote (``even_clean``: also when nothing); on a failure,
         roll back, say so, and return ``False``."""
-        if not even_clean and (not run.commits.dirty or run.commits.needs_rewind):
+        if run.commits.needs_rewind:
+            return False  # the files are not back at the checkpoint: nothing to commit
+        if not even_clean and not run.commits.dirty:
             return True
         try:
             recovered = run.commits.commit()
@@ -532,7 +534,8 @@ class Collector:
     def _reopen_files(self) -> None:
         self._reopen = False
         gate = self._router.gate
-        if gate is not None:
+        if gate is not None and self._reload_keys:
+            self._reload_keys = False
             try:
                 gate.reload()
                 allowed = len(gate.keys.allowed)
@@ -541,7 +544,10 @@ class Collector:
                 self._diag.warning("%s: keeping the allowed keys: %s", self.name, exc)
         for run in self.runs.all():
             if not self._commit(run, even_clean=True):
-                continue  # the files stay as they are; the next SIGHUP tries again
+                # The files stay as they are until they are back at the
+                # checkpoint and committed: reopened then, on a later pass.
+                self._reopen = True
+                continue
             try:
                 run.sinks.reopen()
             except OSError as exc:  # some files may be new, the others are the old ones
