@@ -36,7 +36,6 @@ import argparse
 import multiprocessing as mp
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +46,7 @@ import msgpack
 
 from roxxel import schema
 
-from .harness import forget_roxxel_env, roxxel_free_env
+from .harness import forget_roxxel_env, start_daemon
 from .harness import progress as stderr_progress
 from .workload import METRICS, METRICS_SERIES
 
@@ -70,35 +69,6 @@ VALUES = {
 
 
 # -- roxxel: one daemon, N client processes ---------------------------------------
-
-
-def _start_daemon(log_dir: str) -> tuple[subprocess.Popen[str], str]:
-    script = os.path.join(os.path.dirname(sys.executable), "roxxel-aggregator")
-    cmd = [script] if os.path.exists(script) else [sys.executable, "-m", "aggregator"]
-    proc = subprocess.Popen(
-        [
-            *cmd,
-            "--bind",
-            "tcp://127.0.0.1:0",
-            "--log-dir",
-            log_dir,
-            "--prefix",
-            PREFIX,
-            "--no-echo",
-            "--stats-interval",
-            "0",
-        ],
-        stdout=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=roxxel_free_env(),
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if "ready on " not in line:
-        proc.kill()
-        raise RuntimeError(f"roxxel-aggregator did not start: {line!r}")
-    return proc, line.split("ready on ", 1)[1].split()[0]
 
 
 def _roxxel_client(
@@ -158,7 +128,7 @@ def run_roxxel(api: str, clients: int, n: int, series: list[dict[str, float]]) -
     tmp = tempfile.mkdtemp(prefix="roxxel-bench-collector-")
     daemon = None
     try:
-        daemon, endpoint = _start_daemon(tmp)
+        daemon, endpoint = start_daemon(tmp, PREFIX)
         barrier, out = ctx.Barrier(clients + 1), ctx.Queue()
         procs = [
             ctx.Process(

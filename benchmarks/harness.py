@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 
-__all__ = ["roxxel_free_env", "forget_roxxel_env", "free_port", "progress"]
+__all__ = ["roxxel_free_env", "forget_roxxel_env", "free_port", "progress", "start_daemon"]
 
 
 def roxxel_free_env() -> dict[str, str]:
@@ -31,3 +32,21 @@ def free_port() -> int:
 def progress(text: str) -> None:
     """``running <text> ...`` on stderr: stdout is kept for the tables."""
     print(f"running {text} ...", file=sys.stderr, flush=True)
+
+
+def start_daemon(log_dir: str, prefix: str) -> tuple[subprocess.Popen[str], str]:
+    """A ``roxxel-aggregator`` of run ``prefix`` on a free port of 127.0.0.1
+    (no echo, no stats line), and its endpoint once it is ready."""
+    script = os.path.join(os.path.dirname(sys.executable), "roxxel-aggregator")
+    cmd = [script] if os.path.exists(script) else [sys.executable, "-m", "aggregator"]
+    proc = subprocess.Popen(
+        [*cmd, "--bind", "tcp://127.0.0.1:0", "--log-dir", log_dir, "--prefix", prefix,
+         "--no-echo", "--stats-interval", "0"],
+        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=roxxel_free_env(),
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "ready on " not in line:
+        proc.kill()
+        raise RuntimeError(f"roxxel-aggregator did not start: {line!r}")
+    return proc, line.split("ready on ", 1)[1].split()[0]

@@ -22,7 +22,6 @@ import argparse
 import os
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,26 +31,12 @@ from collections.abc import Sequence
 import psutil
 import zmq
 
-from .harness import forget_roxxel_env, progress, roxxel_free_env
+from .harness import forget_roxxel_env, progress, start_daemon
 
 __all__ = ["main"]
 
 MiB = 1024 * 1024
 PREFIX = "hostile"
-
-
-def _daemon(log_dir: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aggregator", "--bind", "tcp://127.0.0.1:0", "--log-dir",
-         log_dir, "--prefix", PREFIX, "--no-echo", "--stats-interval", "0"],
-        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=roxxel_free_env(),
-    )  # fmt: skip
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if "ready on " not in line:
-        proc.kill()
-        raise RuntimeError(f"roxxel-aggregator did not start: {line!r}")
-    return proc, line.split("ready on ", 1)[1].split()[0]
 
 
 def _round_trip(sock: zmq.Socket) -> None:
@@ -67,7 +52,7 @@ def hello_flood(hellos: int, lines: int) -> str:
     from roxxel import Logger, codec
 
     log_dir = tempfile.mkdtemp(prefix="roxxel-bench-hostile-")
-    daemon, endpoint = _daemon(log_dir)
+    daemon, endpoint = start_daemon(log_dir, PREFIX)
     try:
         with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as evil:
             evil.setsockopt(zmq.LINGER, 0)
@@ -106,7 +91,7 @@ def hello_flood(hellos: int, lines: int) -> str:
 
 def multipart_memory(messages: int, parts: int) -> str:
     log_dir = tempfile.mkdtemp(prefix="roxxel-bench-hostile-")
-    daemon, endpoint = _daemon(log_dir)
+    daemon, endpoint = start_daemon(log_dir, PREFIX)
     process = psutil.Process(daemon.pid)
     peak, done = [0], threading.Event()
 

@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from .harness import forget_roxxel_env, progress, roxxel_free_env
+from .harness import forget_roxxel_env, progress, start_daemon
 
 __all__ = ["main", "measure"]
 
@@ -39,20 +38,6 @@ QUICK_ROWS = 300
 BYTES_BUDGET = 4.0
 CPU_BUDGET = 10.0
 PREFIX = "names"
-
-
-def _daemon(log_dir: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aggregator", "--bind", "tcp://127.0.0.1:0", "--log-dir",
-         log_dir, "--prefix", PREFIX, "--no-echo", "--stats-interval", "0"],
-        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=roxxel_free_env(),
-    )  # fmt: skip
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if "ready on " not in line:
-        proc.kill()
-        raise RuntimeError(f"roxxel-aggregator did not start: {line!r}")
-    return proc, line.split("ready on ", 1)[1].split()[0]
 
 
 def _written_and_cpu(pid: int) -> tuple[int, float]:
@@ -69,7 +54,7 @@ def measure(rows: int, new_names: bool) -> dict[str, Any]:
     from roxxel import Logger
 
     log_dir = tempfile.mkdtemp(prefix="roxxel-bench-names-")
-    daemon, endpoint = _daemon(log_dir)
+    daemon, endpoint = start_daemon(log_dir, PREFIX)
     try:
         written0, cpu0 = _written_and_cpu(daemon.pid)
         with Logger(log_dir + "-client", PREFIX, aggregator=endpoint, watcher=False) as log:
