@@ -129,6 +129,7 @@ def run_roxxel(api: str, clients: int, n: int, series: list[dict[str, float]]) -
     daemon = None
     try:
         daemon, endpoint = start_daemon(tmp, PREFIX)
+        cpu0 = _cpu_seconds(daemon.pid)
         barrier, out = ctx.Barrier(clients + 1), ctx.Queue()
         procs = [
             ctx.Process(
@@ -146,6 +147,7 @@ def run_roxxel(api: str, clients: int, n: int, series: list[dict[str, float]]) -
         for p in procs:
             p.join(60)
         codes = [p.exitcode for p in procs]
+        collector_cpu = _cpu_seconds(daemon.pid) - cpu0
         daemon.terminate()
         daemon.wait(60)
         on_disk = _count(api, tmp)
@@ -156,12 +158,43 @@ def run_roxxel(api: str, clients: int, n: int, series: list[dict[str, float]]) -
             "on_disk": on_disk - clients,
             "client_exit_codes": codes,
             "client_leftovers": [left for _, _, left in ends if left],
+            "cpu_per_record": collector_cpu / (clients * n),
         }
     finally:
         if daemon is not None and daemon.poll() is None:
             daemon.kill()
             daemon.wait()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU of process ``pid`` so far (the daemon's own, one process)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- the floor: one process decoding the batches and writing .5f CSV lines ----------
+
+
+def run_floor(n: int, series: list[dict[str, float]]) -> float:
+    """CPU per metrics row of the least a collector must do: decode the same
+    msgpack batches, format each row as the CSV's ``.5f`` line, write it."""
+    batches = [
+        msgpack.packb(_raw_batch("log_metrics_summary", first, min(BATCH, n - first), series))
+        for first in range(0, n, BATCH)
+    ]
+    with tempfile.TemporaryFile("w") as f:
+        cpu0 = time.process_time()
+        for data in batches:
+            for record in msgpack.unpackb(data):
+                _, keys, _, steps, rows = record
+                fmt = "%d" + ",%.5f" * len(keys) + "\n"
+                f.write(
+                    "".join([fmt % (step, *row) for step, row in zip(steps, rows, strict=True)])
+                )
+        f.flush()
+        return (time.process_time() - cpu0) / n
 
 
 # -- raw limit: PUSH x N -> PULL that only decodes -------------------------------
@@ -263,6 +296,15 @@ def format_table(results: dict[str, Any], clients: int, n: int, values: str = "v
             f"{api + ' records/s':<36}{ours_rate:>14,.0f}{raw_rate:>14,.0f}"
             f"{ratio:>8.0%}{budget:>25}"
         )
+    floor = results.get("floor")
+    if floor:
+        mine = results["log_metrics_summary"]["roxxel"]["cpu_per_record"]
+        lines += [
+            "",
+            f"collector CPU per metrics row: {mine * 1e6:.2f} µs; floor {floor * 1e6:.2f} µs "
+            "(one process decoding the same batches and writing each row as a .5f CSV line): "
+            f"{mine / floor:.1f}x (budget <= 2x: {'met' if mine <= 2 * floor else 'MISSED'})",
+        ]
     lines += ["", "notes:"]
     for api in APIS:
         ours, raw = results[api]["roxxel"], results[api]["raw"]
@@ -308,6 +350,9 @@ def run(
             if progress:
                 progress(f"{name} {api}")
             results[api][name] = fn(api, clients, n, series)
+    if progress:
+        progress("floor")
+    results["floor"] = run_floor(clients * n, series)
     return results
 
 

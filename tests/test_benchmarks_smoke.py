@@ -107,6 +107,7 @@ def test_collector_throughput_quick(tmp_path):
     for row in ("log_metrics_summary records/s", "log_message records/s"):
         assert any(ln.startswith(row) for ln in proc.stdout.splitlines()), proc.stdout
     assert "16,000 of 16,000 records in the files" in proc.stdout, proc.stdout
+    assert "collector CPU per metrics row: " in proc.stdout and "; floor " in proc.stdout
     assert "!!" not in proc.stdout
     assert list(tmp_path.iterdir()) == []
 
