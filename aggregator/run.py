@@ -83,6 +83,10 @@ class Run:
         )
         self.lock: RunLock | None = None
         self.where = _where(sinks)
+        # Whether a run started on these files before: they held lines when
+        # opened, or a Logger's first hello came already (a run again while
+        # this one stayed open). Not lines of other ranks of this same run.
+        self._run_before = self.system_log is not None and self.system_log.holds_lines()
         self.active = time.monotonic()  # its last frame
         self.stats = stats  # the collector's, shared by its runs
 
@@ -237,12 +241,13 @@ class Run:
         self.write_line(time.time(), level, text)
 
     def started(self, hello: codec.Hello) -> None:
-        """A rank 0 Logger's first hello (``starts``) found files that already
-        hold lines (a script run again with the same log_dir and prefix): a
-        line in the system log, not on stdout, that keeps this run apart from
-        the earlier one. A run's first start leaves its files exactly as the
-        original roxxel wrote them."""
-        if self.system_log is None or not self.system_log.holds_lines():
+        """A rank 0 Logger's first hello (``starts``) on files an earlier run
+        wrote (a script run again with the same log_dir and prefix): a line in
+        the system log, not on stdout, that keeps this run apart from the
+        earlier one. A run's first start leaves its files exactly as the
+        original roxxel wrote them, whichever of its ranks came first."""
+        before, self._run_before = self._run_before, True
+        if self.system_log is None or not before:
             return
         text = (
             f"roxxel {hello.version or '(version unknown)'}: a new run of {hello.prefix} "

@@ -285,3 +285,29 @@ def test_each_client_is_told_its_own_runs_files_and_a_run_again_is_marked(
     assert read(log_dir / "jobB_system.log").splitlines()[0].endswith("] [WARNING] other")
     assert len(read(log_dir / "jobB_system.log").splitlines()) == 1
     assert not (tmp_path / "c").exists()
+
+
+def test_a_rank_0_that_joins_after_the_others_wrote_does_not_mark_a_new_run(
+    tmp_path: Path, start_daemon
+) -> None:
+    daemon = start_daemon(tmp_path / "logs", "late", f"tcp://127.0.0.1:{free_port()}")
+    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(daemon.endpoint)
+        for rank in (1, 0):  # rank 1's lines are in the file before rank 0 says hello
+            sid = secrets.token_bytes(16)
+            hello = codec.Hello(sid, "h", rank, 10 + rank, 2, "late", version="x", starts=True)
+            sock.send(codec.encode(hello))
+            sock.send(codec.encode(codec.Batch(sid, 1, [["l", 1e9, 30, f"from {rank}"]])))
+            wait_for(lambda sid=sid: _acked(sock, sid, 1), 30, f"rank {rank}'s batch")
+    log = read(tmp_path / "logs" / "late_system.log")
+    assert "a new run of" not in log, log
+    assert [line.split("] ", 2)[2] for line in log.splitlines()] == ["[rank 1] from 1", "from 0"]
+
+
+def _acked(sock: zmq.Socket, sid: bytes, seq: int) -> bool:
+    while sock.poll(50):
+        frame = codec.decode(sock.recv())
+        if isinstance(frame, codec.Ack) and frame.sender_id == sid and frame.seq >= seq:
+            return True
+    return False
