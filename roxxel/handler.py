@@ -26,6 +26,8 @@ class RecordTarget(Protocol):
 
     def log_record(self, ts: float, level: int, text: str) -> bool: ...
 
+    def flush(self, timeout: float | None = None) -> bool: ...
+
 
 # The logger Python's warnings module reports to once logging captures them.
 WARNINGS = "py.warnings"
@@ -39,12 +41,20 @@ class Handler(logging.Handler):
     A record logged while this handler is sending one on the same thread
     (a library logging from inside roxxel) is dropped, not recursed into.
     Once the Logger is closed, records go to Python's last-resort handler
-    (warnings and above, to stderr) rather than nowhere.
+    (warnings and above, to stderr; nowhere if ``logging.lastResort`` is
+    ``None``) rather than nowhere.
+
+    :meth:`flush` (and so ``logging.shutdown()``, which flushes every
+    handler) returns once what was emitted is acknowledged by the collector,
+    i.e. in the run's files, or after ``flush_timeout`` seconds.
     """
 
-    def __init__(self, logger: RecordTarget, level: int = logging.NOTSET) -> None:
+    def __init__(
+        self, logger: RecordTarget, level: int = logging.NOTSET, *, flush_timeout: float = 30.0
+    ) -> None:
         super().__init__(level)
         self.logger = logger
+        self.flush_timeout = flush_timeout
         self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
         self._emitting = threading.local()
 
@@ -56,11 +66,17 @@ class Handler(logging.Handler):
             # Python's warnings arrive with a final newline: not a line of its own.
             text = self.format(record).rstrip("\n")
             if not self.logger.log_record(record.created, record.levelno, text):
-                logging.lastResort.handle(record)
+                last = logging.lastResort  # as logging itself uses it: its level applies
+                if last is not None and record.levelno >= last.level:
+                    last.handle(record)
         except Exception:
             self.handleError(record)
         finally:
             self._emitting.active = False
+
+    def flush(self) -> None:
+        """Wait until what was emitted is in the run's files (``flush_timeout`` at most)."""
+        self.logger.flush(self.flush_timeout)
 
 
 class Capture:

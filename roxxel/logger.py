@@ -398,6 +398,11 @@ class Logger:
         Returns ``False`` if ``timeout`` (default ``close_timeout``) seconds
         passed first, or if the embedded collector is no longer running.
         """
+        if self._closed:
+            return True  # delivered, or saved in the undelivered file, by close()
+        return self._delivered(timeout)
+
+    def _delivered(self, timeout: float | None) -> bool:
         if self._sender is None:
             return True
         deadline = time.monotonic() + (self._close_timeout if timeout is None else timeout)
@@ -433,7 +438,7 @@ class Logger:
             try:
                 if self._sender is not None:
                     with contextlib.suppress(RuntimeError):  # raised below, after saving
-                        self.flush()
+                        self._delivered(None)
                     unsent = self._sender.close(0)
                     if unsent.batches:
                         self._save_unsent(unsent)

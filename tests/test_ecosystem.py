@@ -10,7 +10,7 @@ import pytest
 
 from roxxel import Handler, Logger, MetricWriter
 
-from .conftest import read
+from .conftest import read, run_python
 from .test_multihost import check_pod_log, run_pod
 
 
@@ -125,3 +125,57 @@ def test_clu_style_writer_writes_scalars_texts_hparams_and_skips_the_rest(
     assert log.count("write_images is not stored") == 1
     assert log.count("write_histograms is not stored") == 1
     assert read(tmp_path / "run_metrics.csv").splitlines()[1:] == ["1,0.50000,", "1,,0.25000"]
+
+
+@pytest.mark.parametrize("how", ["handler.flush()", "logging.shutdown()"])
+def test_a_handler_flush_and_logging_shutdown_put_what_was_emitted_on_disk(
+    tmp_path: Path, how: str
+) -> None:
+    # CPython's own tests flush handlers before checking a stream; workers
+    # flush before os._exit. Nothing closes the Logger here.
+    code = f"""
+import logging, os
+from roxxel import Handler, Logger
+lg = Logger({str(tmp_path)!r}, "run", watcher=False)
+handler = Handler(lg)
+worker = logging.getLogger("worker")
+worker.addHandler(handler)
+worker.setLevel(logging.INFO)
+for i in range(20):
+    worker.info("record %d", i)
+{how}
+os._exit(0)
+"""
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    lines = [ln.split("] ", 2)[2] for ln in read(tmp_path / "run_system.log").splitlines()]
+    assert lines[:20] == [f"worker: record {i}" for i in range(20)]
+    # Then only the collector's own word that the process ended without close().
+    assert all("parent process ended" in line for line in lines[20:]), lines[20:]
+
+
+def test_after_close_only_warnings_reach_the_last_resort_and_none_is_no_error(
+    tmp_path: Path, capfd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lg = thread_logger(tmp_path)
+    handler = Handler(lg)
+    lib = logging.getLogger("closed")
+    lib.addHandler(handler)
+    lib.setLevel(logging.DEBUG)
+    lib.propagate = False
+    try:
+        lg.close()
+        lib.debug("debug after close")
+        lib.info("info after close")
+        lib.warning("warning after close")
+        handler.flush()  # nothing pending: returns at once
+        monkeypatch.setattr(logging, "lastResort", None)
+        lib.error("error with no last resort")
+    finally:
+        lib.removeHandler(handler)
+        lib.propagate = True
+        lib.setLevel(logging.NOTSET)
+    err = capfd.readouterr().err
+    assert "warning after close" in err
+    assert "debug after close" not in err and "info after close" not in err
+    assert "Traceback" not in err and "error with no last resort" not in err
