@@ -164,6 +164,9 @@ class Logger:
             if not isinstance(name, str) or not name:
                 raise TypeError(f"capture takes logger names, not {name!r}")
         self.log_dir = os.fspath(log_dir)
+        if os.path.exists(self.log_dir) and not os.path.isdir(self.log_dir):
+            # Said here, not as a bare FileExistsError from deep in makedirs.
+            raise NotADirectoryError(f"log_dir {self.log_dir!r} is a file, not a directory")
         self.filename_prefix = filename_prefix
         self.logger_name = logger_name
         rank = detect_rank()
@@ -456,16 +459,19 @@ class Logger:
             if unsent.dropped
             else ""
         )
+        # A daemon's endpoint is where they belong; a run's own collector has ended.
+        to = self.endpoint if self._route.remote and self.endpoint else "ENDPOINT"
         self._route.log.warning(
             "roxxel: %d record(s) were not acknowledged by the collector at %s when close() "
             "gave up (close_timeout=%s s)%s; they are in %s "
-            "(deliver them with: roxxel replay %s --aggregator ENDPOINT)",
+            "(deliver them with: roxxel replay %s --aggregator %s)",
             unsent.records,
             self.endpoint,
             self._close_timeout,
             dropped,
             path,
             path,
+            to,
         )
 
     def __enter__(self) -> Logger:

@@ -518,6 +518,7 @@ def test_close_reports_records_a_dead_embedded_collector_never_wrote(
     logger.close()  # returns once it sees the collector is gone, not after 60 s
     err = capfd.readouterr().err
     assert "1 record(s) were not acknowledged" in err
+    assert "--aggregator ENDPOINT)" in err  # its own collector is gone: the user names one
     assert "exited with code -9" in err
     assert log_lines(logger.sys_log_path) == [("INFO", "written")]
 
@@ -599,3 +600,11 @@ with Logger({str(tmp_path)!r}, "forks") as log:
         "from the child",
         "parent after",
     ]
+
+
+def test_a_log_dir_that_is_a_file_is_refused_in_one_clear_line(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    with pytest.raises(NotADirectoryError, match="log_dir '.*afile' is a file, not a directory"):
+        Logger(afile, "run")
+    assert afile.read_text() == "not a directory"

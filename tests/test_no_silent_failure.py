@@ -199,7 +199,7 @@ with roxxel.Logger({str(tmp_path)!r}, "run", aggregator={daemon.endpoint!r}) as 
 
 
 def test_the_undelivered_file_is_readable_json_lines_and_replays_exactly_once(
-    tmp_path: Path, start_daemon
+    tmp_path: Path, start_daemon, said: Said
 ) -> None:
     port = free_port()
     client_dir = tmp_path / "client"
@@ -221,6 +221,9 @@ def test_the_undelivered_file_is_readable_json_lines_and_replays_exactly_once(
     logger.close()
     path = client_dir / "run_undelivered_rank0.jsonl"
     assert path.stat().st_mode & 0o777 == 0o600  # it names the sender id: private
+    # The hint names the daemon the records belong to.
+    (hint,) = said.having("deliver them with")
+    assert hint.endswith(f"roxxel replay {path} --aggregator tcp://127.0.0.1:{port})")
     text = path.read_text(encoding="utf-8")
     header, *records = [json.loads(line) for line in text.splitlines()]
     assert header["roxxel_undelivered"] == 2 and header["prefix"] == "run"
