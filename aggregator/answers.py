@@ -13,12 +13,15 @@ import os
 from collections import Counter, deque
 from typing import Any
 
+from roxxel import codec
+
 from .ledger import Ledger
 from .run import Run
 from .runs import Runs
 
 __all__ = [
     "RateMeter",
+    "answer",
     "status_answer",
     "senders_status",
     "stats_line",
@@ -70,6 +73,27 @@ def senders_status(ledgers: list[Ledger]) -> dict[str, Any]:
             for now, st in busiest[:STATUS_SENDERS]
         ],
     }
+
+
+def answer(query: codec.Query, runs: Runs, serves_log: bool, **collector: Any) -> bytes:
+    """The encoded answer to a tool's ``query`` (``status``, with the
+    ``collector``'s own fields, or ``tail``); never raises: an answer that
+    cannot be sent (past the frame limit) says so instead."""
+    what = query.body.get("what")
+    run = runs.asked(query.body.get("run"))
+    if isinstance(run, str):
+        body: dict[str, Any] = {"error": run}
+    elif what == "status":
+        body = status_answer(runs, run, **collector)
+    elif what == "tail":
+        body = tail_answer(runs, run, serves_log, query.body.get("offset"), query.body.get("file"))
+    else:
+        body = {"error": f"unknown query {codec.wire_repr(what)}: 'status' or 'tail'"}
+    try:
+        return codec.encode(codec.Answer(query.sender_id, query.seq, body))
+    except codec.CodecError as exc:
+        body = {"error": f"the answer cannot be sent: {exc}"}
+        return codec.encode(codec.Answer(query.sender_id, query.seq, body))
 
 
 def status_answer(runs: Runs, run: Run | None, **collector: Any) -> dict[str, Any]:

@@ -58,11 +58,11 @@ from roxxel import codec
 from roxxel.diagnostics import diagnostics
 from roxxel.security import ServerKeys
 
+from . import complaints
 from .acks import Acks
-from .answers import RateMeter, stats_line, status_answer, tail_answer
+from .answers import RateMeter, answer, stats_line
 from .curve import Refusal
 from .ledger import (
-    NEVER_BATCHED_SECONDS,
     Apply,
     Asked,
     Closed,
@@ -407,7 +407,8 @@ class Collector:
                 if event.hello.starts and event.hello.rank == 0:
                     self._guarded(run, run.started, event.hello)
             if event.overclaimed:
-                self._overclaimed(peer, run, event)
+                self.stats["overclaiming_hellos"] += 1
+                run.report(*complaints.overclaimed(peer, event))
             self.runs.joined(event.hello.sender_id, run)
             self._acks.owe(peer, run, event.hello.sender_id, hello=True)
         elif isinstance(event, Closed):
@@ -424,43 +425,12 @@ class Collector:
             # Refused, counted, reported once (per address); its batches are then
             # malformed frames. The client says hello again until it gets in.
             self.stats["refused_senders"] += 1
-            if event.bound == "run":
-                limit = run.ledger.max_senders
-                run.report(b"", "senders", f"more than {limit} senders: refusing new ones")
-            else:
-                limit = (
-                    run.ledger.max_per_connection
-                    if event.bound == "connection"
-                    else run.ledger.max_per_source
-                )
-                run.report(
-                    peer if event.bound == "connection" else event.source.encode()[:255],
-                    "senders",
-                    f"more than {limit} senders on one {event.bound} from "
-                    f"{event.source or 'this host'}: refusing new ones there",
-                )
+            run.report(*complaints.too_many(peer, event, run.ledger))
         elif isinstance(event, Foreign):
             self.stats["foreign_frames"] += 1
-            run.report(
-                peer,
-                "foreign",
-                f"refused frames from key {event.key or '(none)'} naming a sender of "
-                f"{event.state.origin.tag or 'rank 0 '}that said hello with another key",
-            )
+            run.report(*complaints.foreign(peer, event))
         else:
             self._bad(peer, event.problem, data)
-
-    def _overclaimed(self, peer: bytes, run: Run, event: Introduced) -> None:
-        self.stats["overclaiming_hellos"] += 1
-        hello, state = event.hello, event.state
-        run.report(
-            peer,
-            "overclaim",
-            f"a hello from {hello.host[:64]} (pid {hello.pid}) for the sender of "
-            f"{state.origin.tag or 'rank 0 '}claimed batches up to {hello.acked} were written, "
-            f"but only {state.committed} were: not believed (no client does that; a peer that "
-            "knows its sender id would, to have its batches taken for duplicates)",
-        )
 
     def _refuse(self, peer: bytes, refused: Refused) -> None:
         hello, why = refused.hello, refused.reason
@@ -470,12 +440,7 @@ class Collector:
         while len(self._refused_ids) > _REFUSED_KEPT:
             del self._refused_ids[next(iter(self._refused_ids))]
         self._router.send(peer, codec.encode(codec.Refusal(hello.sender_id, 0, {"reason": why})))
-        self._report_home(
-            hello.prefix.encode(errors="replace")[:255],
-            "refused run",
-            f"refused a client of run {hello.prefix!r} (rank {hello.rank} on "
-            f"{hello.host[:64]}): {why}",
-        )
+        self._report_home(*complaints.refused_run(hello, why))
 
     def _close_idle_runs(self, now: float) -> None:
         """Close the runs no sender uses any more (all said bye, or were forgotten)."""
@@ -490,15 +455,8 @@ class Collector:
         for sender_id in forgotten:
             self.runs.left(sender_id)
         self.stats["forgotten_senders"] += len(forgotten)
-        self._guarded(
-            run,
-            run.log,
-            logging.INFO,
-            f"{self.name}: forgot {len(forgotten)} sender(s) silent for "
-            f"{run.ledger.idle_seconds:.0f} s or more, or, among more than "
-            f"{run.ledger.crowded:,} senders, {NEVER_BATCHED_SECONDS:.0f} s without a batch "
-            f"({len(run.ledger.senders)} known)",
-        )
+        text = complaints.forgotten(self.name, len(forgotten), run.ledger)
+        self._guarded(run, run.log, logging.INFO, text)
 
     def _send_acks(self) -> None:
         """Acknowledge what is durable to every sender heard since the last acks
@@ -564,18 +522,7 @@ class Collector:
 
     def _refused(self, refusal: Refusal) -> None:
         self.stats["refused_connections"] += 1
-        if refusal.kind == "unknown_key":
-            text = (
-                f"refused CURVE key {refusal.key or '(none)'} from {refusal.address}: not allowed"
-            )
-        else:
-            text = (
-                f"refused a connection from {refusal.address} that did not complete a CURVE "
-                "handshake (a client without keys, or with another collector's public key?)"
-            )
-        # Once per host (a retrying client's port changes; keys cost nothing to make).
-        address = refusal.address.rsplit(":", 1)[0].encode()
-        self._report_home(address, f"refused {refusal.kind}", text)
+        self._report_home(*complaints.curve_refusal(refusal))
 
     def _revoked(self, peer: bytes, key: str | None) -> None:
         self.stats["refused_connections"] += 1
@@ -595,32 +542,17 @@ class Collector:
     # -- answers -----------------------------------------------------------------
 
     def _answer(self, peer: bytes, query: codec.Query) -> None:
-        what = query.body.get("what")
-        run = self.runs.asked(query.body.get("run"))
-        if isinstance(run, str):
-            body: dict[str, Any] = {"error": run}
-        elif what == "status":
-            body = status_answer(
-                self.runs,
-                run,
-                endpoint=self.endpoint,
-                pid=os.getpid(),
-                curve=self._router.gate is not None,
-                uptime=time.time() - self._started,
-                records_per_second=self._rate.rate(),
-                stats=dict(self.stats),
-            )
-        elif what == "tail":
-            body = tail_answer(
-                self.runs, run, self._serves_log, query.body.get("offset"), query.body.get("file")
-            )
-        else:
-            body = {"error": f"unknown query {codec.wire_repr(what)}: 'status' or 'tail'"}
-        try:
-            reply = codec.encode(codec.Answer(query.sender_id, query.seq, body))
-        except codec.CodecError as exc:  # e.g. past the frame limit: never a crash
-            body = {"error": f"the answer cannot be sent: {exc}"}
-            reply = codec.encode(codec.Answer(query.sender_id, query.seq, body))
+        reply = answer(
+            query,
+            self.runs,
+            self._serves_log,
+            endpoint=self.endpoint,
+            pid=os.getpid(),
+            curve=self._router.gate is not None,
+            uptime=time.time() - self._started,
+            records_per_second=self._rate.rate(),
+            stats=dict(self.stats),
+        )
         self._router.send(peer, reply)  # if the tool's queue is full, it asks again
 
     # -- the end -----------------------------------------------------------------

@@ -42,31 +42,20 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
 from . import codec, schema
 from .diagnostics import diagnostics
 from .exchange import exchange
 from .lines import printable
+from .transport import Transport
+from .unsent import Unsent, UnsentBatch
 from .values import to_wire
 
-__all__ = ["Transport", "Sender", "Unsent", "UnsentBatch"]
+__all__ = ["Sender"]
 
 
 _RECORD_OBJECT_BYTES = 700
-
-
-class Transport(Protocol):
-    endpoint: str
-    connects: int
-
-    def send(self, frame: bytes) -> bool: ...
-
-    def send_many(self, frames: list[bytes]) -> bool: ...
-
-    def receive(self, timeout: float) -> list[bytes]: ...
-
-    def close(self) -> None: ...
 
 
 @dataclasses.dataclass(slots=True)
@@ -77,30 +66,6 @@ class _Batch:
     order: int
     frame: bytes = b""  # set once numbered
     frame_seq: int = 0  # the seq ``frame`` was built with
-
-
-class UnsentBatch(NamedTuple):
-    seq: int | None  # None: never sent, numbered on replay
-    body: bytes  # encoded records (codec.encode_records)
-    metrics: int
-    lines: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Unsent:
-    """What a closing client could not deliver: in-flight batches keep their seq.
-
-    ``dropped`` records were dropped by the buffer bound and not reported to a
-    collector yet; a last batch in ``batches`` carries that report.
-    """
-
-    hello: codec.Hello
-    batches: list[UnsentBatch]
-    dropped: int = 0
-
-    @property
-    def records(self) -> int:
-        return sum(b.metrics + b.lines for b in self.batches)
 
 
 class Sender:

@@ -19,6 +19,7 @@ import os
 import re
 import socket
 import threading
+from typing import Protocol
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -26,7 +27,7 @@ from zmq.utils.monitor import recv_monitor_message
 from .diagnostics import diagnostics
 from .security import ClientKeys
 
-__all__ = ["DealerTransport", "EndpointError", "check_endpoint", "is_host_port"]
+__all__ = ["Transport", "DealerTransport", "EndpointError", "check_endpoint", "is_host_port"]
 
 # How long a host name may take to resolve before it is let through: a
 # resolver that is slow now is not proof that the name does not exist (the
@@ -122,6 +123,22 @@ _HANDSHAKE_FAILED = (
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
+
+
+class Transport(Protocol):
+    """What a :class:`~roxxel.client.Sender` sends through (a DEALER, or one
+    that finds its endpoint first: :class:`roxxel.discovery.DiscoveringTransport`)."""
+
+    endpoint: str
+    connects: int
+
+    def send(self, frame: bytes) -> bool: ...
+
+    def send_many(self, frames: list[bytes]) -> bool: ...
+
+    def receive(self, timeout: float) -> list[bytes]: ...
+
+    def close(self) -> None: ...
 
 
 class DealerTransport:

@@ -51,9 +51,10 @@ from typing import Any
 import msgpack
 
 from . import codec, schema
-from .client import Sender, Unsent, UnsentBatch
+from .client import Sender
 from .security import ClientKeys
 from .transport import DealerTransport
+from .unsent import Unsent, UnsentBatch
 
 __all__ = ["undelivered_path", "write_unsent", "read_unsent", "replay"]
 

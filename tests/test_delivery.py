@@ -424,8 +424,8 @@ def test_replaying_a_file_of_many_batches_twice_writes_each_record_once(
     tmp_path: Path, start_daemon
 ) -> None:
     from roxxel import codec
-    from roxxel.client import Unsent, UnsentBatch
     from roxxel.undelivered import write_unsent
+    from roxxel.unsent import Unsent, UnsentBatch
 
     hello = codec.Hello(bytes(range(16)), "host", 0, 1, 1, "run", acked=0)
     batches = [
@@ -515,8 +515,8 @@ def test_multiprocessing_fork_children_deliver_their_records(tmp_path: Path) -> 
 
 def test_a_torn_last_line_of_an_undelivered_file_is_ignored(tmp_path: Path) -> None:
     from roxxel import codec
-    from roxxel.client import Unsent, UnsentBatch
     from roxxel.undelivered import read_unsent, write_unsent
+    from roxxel.unsent import Unsent, UnsentBatch
 
     hello = codec.Hello(bytes(16), "host", 0, 1, 1, "run")
     body = codec.encode_records([("l", 1.0, 20, "kept")])

@@ -15,11 +15,11 @@ import pytest
 
 from roxxel import Logger, codec
 from roxxel.cli import main
-from roxxel.client import Unsent, UnsentBatch
 from roxxel.route import ENV_AGGREGATOR
 from roxxel.undelivered import read_unsent, write_unsent
+from roxxel.unsent import Unsent, UnsentBatch
 
-from .conftest import free_port, run_python, wait_for
+from .conftest import Said, free_port, run_python, wait_for
 from .test_delivery import messages, roxxel_replay
 
 NO_HOST = "no-such-host.invalid"
@@ -102,20 +102,6 @@ def test_the_cli_says_a_directory_is_not_an_endpoint_and_a_port_out_of_range(
     if resolver_answers():
         assert main(["status", f"tcp://{NO_HOST}:5555"]) == 2
         assert "does not resolve" in capsys.readouterr().err
-
-
-class Said(logging.Handler):
-    """The messages of the ``roxxel.client`` diagnostics logger, as they are said."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-    def having(self, text: str) -> list[str]:
-        return [m for m in self.messages if text in m]
 
 
 @pytest.fixture
