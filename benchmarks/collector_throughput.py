@@ -46,7 +46,7 @@ import msgpack
 
 from roxxel import schema
 
-from .harness import forget_roxxel_env, start_daemon
+from .harness import cpu_seconds, forget_roxxel_env, start_daemon
 from .harness import progress as stderr_progress
 from .workload import METRICS, METRICS_SERIES
 
@@ -129,7 +129,7 @@ def run_roxxel(api: str, clients: int, n: int, series: list[dict[str, float]]) -
     daemon = None
     try:
         daemon, endpoint = start_daemon(tmp, PREFIX)
-        cpu0 = _cpu_seconds(daemon.pid)
+        cpu0 = cpu_seconds(daemon.pid)
         barrier, out = ctx.Barrier(clients + 1), ctx.Queue()
         procs = [
             ctx.Process(
@@ -147,7 +147,7 @@ def run_roxxel(api: str, clients: int, n: int, series: list[dict[str, float]]) -
         for p in procs:
             p.join(60)
         codes = [p.exitcode for p in procs]
-        collector_cpu = _cpu_seconds(daemon.pid) - cpu0
+        collector_cpu = cpu_seconds(daemon.pid) - cpu0
         daemon.terminate()
         daemon.wait(60)
         on_disk = _count(api, tmp)
@@ -165,13 +165,6 @@ def run_roxxel(api: str, clients: int, n: int, series: list[dict[str, float]]) -
             daemon.kill()
             daemon.wait()
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User and system CPU of process ``pid`` so far (the daemon's own, one process)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- the floor: one process decoding the batches and writing .5f CSV lines ----------

@@ -8,7 +8,14 @@ import socket
 import subprocess
 import sys
 
-__all__ = ["roxxel_free_env", "forget_roxxel_env", "free_port", "progress", "start_daemon"]
+__all__ = [
+    "roxxel_free_env",
+    "forget_roxxel_env",
+    "free_port",
+    "progress",
+    "start_daemon",
+    "cpu_seconds",
+]
 
 
 def roxxel_free_env() -> dict[str, str]:
@@ -50,3 +57,10 @@ def start_daemon(log_dir: str, prefix: str) -> tuple[subprocess.Popen[str], str]
         proc.kill()
         raise RuntimeError(f"roxxel-aggregator did not start: {line!r}")
     return proc, line.split("ready on ", 1)[1].split()[0]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of process ``pid`` so far (that process alone)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .harness import forget_roxxel_env, progress, start_daemon
+from .harness import cpu_seconds, forget_roxxel_env, progress, start_daemon
 
 __all__ = ["main", "measure"]
 
@@ -43,10 +43,7 @@ PREFIX = "names"
 def _written_and_cpu(pid: int) -> tuple[int, float]:
     with open(f"/proc/{pid}/io") as f:
         io = dict(line.split(": ") for line in f.read().splitlines())
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return int(io["wchar"]), (int(fields[11]) + int(fields[12])) / ticks
+    return int(io["wchar"]), cpu_seconds(pid)
 
 
 def measure(rows: int, new_names: bool) -> dict[str, Any]:

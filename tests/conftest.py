@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import signal
 import socket
@@ -178,3 +179,17 @@ def start_daemon(xprocess) -> Iterator[Callable[..., Daemon]]:
 @pytest.fixture
 def daemon(tmp_path: Path, start_daemon) -> Daemon:
     return start_daemon(tmp_path / "logs")
+
+
+class Said(logging.Handler):
+    """Keeps what a component said on its diagnostics logger, message by message."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def having(self, text: str) -> list[str]:
+        return [m for m in self.messages if text in m]

@@ -17,20 +17,10 @@ from aggregator.sinks import Origin, default_sinks
 from roxxel import codec
 from roxxel.diagnostics import diagnostics
 
+from .conftest import Said
+
 SID = bytes(range(16))
 ORIGIN = Origin(0, "h", 1)
-
-
-class Said(logging.Handler):
-    """Keeps what a component said."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: list[str] = []
-
-    def handle(self, record: logging.LogRecord) -> bool:
-        self.messages.append(record.getMessage())
-        return True
 
 
 @pytest.fixture
