@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from aggregator.sinks import MetricsCsvSink, MetricsJsonlSink, Origin
 from aggregator.sinks.metrics_csv import format_value, header_cell
-from aggregator.sinks.metrics_jsonl import json_scalar, json_string
+from aggregator.sinks.metrics_jsonl import float_texts, int_texts, json_scalar, json_string
 
 from .conftest import metrics_runs
 
@@ -123,6 +123,34 @@ def test_jsonl_lines_are_what_the_general_path_writes(tmp_path_factory, rows) ->
                 assert parsed[k] in ("nan", "inf", "-inf")
             else:
                 assert parsed[k] == v
+
+
+# Where orjson and repr write floats differently (exponents, 1e-5 <= |x| < 1e-4)
+# and the edges of the range.
+EDGES = [
+    s * m * 10.0**e
+    for s in (1, -1)
+    for m in (1.0, 1.234, 9.999999999999999)
+    for e in range(-30, 30)
+] + [5e-324, -5e-324, 2.2250738585072014e-308, 1.7976931348623157e308, 0.0, -0.0, 1e22]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=40))
+def test_float_texts_are_each_floats_repr(column: list[float]) -> None:
+    assert float_texts(tuple(column)) == list(map(repr, column))
+
+
+def test_float_texts_are_repr_at_the_edges() -> None:
+    assert float_texts(tuple(EDGES)) == list(map(repr, EDGES))
+    for value in EDGES:
+        assert float_texts((value,)) == [repr(value)]
+
+
+def test_int_texts_cover_every_int_msgpack_carries_and_more() -> None:
+    column = (0, -1, 2**63 - 1, -(2**63), 2**64 - 1)
+    assert int_texts(column) == list(map(str, column))
+    assert int_texts((1, 2**70, -(2**80))) == ["1", str(2**70), str(-(2**80))]
 
 
 def test_a_sink_written_against_the_old_write_method_is_refused_at_once() -> None:
