@@ -15,10 +15,11 @@ the collector's time; the run keeps the time it was sent with
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, NamedTuple
 
-from roxxel.schema import NON_SCALAR, in_time_range, times_in_range
+from roxxel.schema import BIG_INT, NON_SCALAR, in_time_range, times_in_range
 
 __all__ = ["MetricsRun", "FLOATS", "INTS", "MIXED", "metrics_run", "is_constant"]
 
@@ -62,6 +63,9 @@ def metrics_run(
     kept: list[int] = []
     for i, column in enumerate(columns):
         found = set(map(type, column))
+        if dict in found:
+            column = columns[i] = tuple(map(_big_int, column))
+            found = set(map(type, column))
         if found == _FLOAT:
             total = sum(column)  # finite only if every value is
             types.append(FLOATS if total - total == 0 else MIXED)
@@ -102,8 +106,21 @@ def is_constant(kind: str, column: tuple) -> bool:
     return (
         (kind == INTS or (kind == FLOATS and column[0] != 0.0))
         and len(column) > 1
+        and column[0] == column[-1]  # most columns vary: no pass over them
         and column.count(column[0]) == len(column)
     )
+
+
+_DIGITS = re.compile(r"-?[0-9]{1,4300}")  # what int() reads at Python's default limit
+
+
+def _big_int(value: Any) -> Any:
+    """The int a ``{BIG_INT: digits}`` map stands for; any other value as it is."""
+    if type(value) is dict and len(value) == 1:
+        digits = value.get(BIG_INT)
+        if type(digits) is str and _DIGITS.fullmatch(digits):
+            return int(digits)
+    return value
 
 
 def _why(value: Any) -> str:

@@ -24,7 +24,8 @@ Records inside a batch are small arrays:
 
 A metric value that is not a scalar travels as ``{NON_SCALAR: description}``
 (:mod:`roxxel.values` makes it); the collector reports it once per key and
-writes nothing for it.
+writes nothing for it. An int beyond msgpack's 64 bits travels as
+``{BIG_INT: its decimal digits}``, so that it is written exactly.
 
 A record's timestamp is any number (seconds since 1970). The collector
 writes one outside :func:`in_time_range` -- not finite, before 1970, or more
@@ -50,6 +51,7 @@ __all__ = [
     "RECORD_DEATH",
     "METRICS_KINDS",
     "NON_SCALAR",
+    "BIG_INT",
     "MIN_TIMESTAMP",
     "MAX_AHEAD",
     "RESERVED_METRIC_NAMES",
@@ -72,6 +74,7 @@ RECORD_DROPPED = "d"
 RECORD_DEATH = "x"
 METRICS_KINDS = (RECORD_METRICS, RECORD_RANKED_METRICS)
 NON_SCALAR = "__roxxel_non_scalar__"
+BIG_INT = "__roxxel_int__"
 
 # The window of times written as sent (see in_time_range). From the epoch:
 # before it only a broken or hostile clock dates a record, and localtime()

@@ -7,9 +7,11 @@ there, never on the training loop's thread. Python ``int``/``float``/``bool``/
 reach it: msgpack packs them itself.
 
 An array with exactly one element (shape ``()``, ``(1,)``, ``(1, 1)``...) is
-logged as that element. Any other value that is not a scalar becomes a small
-``{NON_SCALAR: description}`` map; the collector reports it once per key and
-writes nothing for it. :func:`to_wire` never raises.
+logged as that element. An int too large for msgpack (beyond 64 bits)
+becomes ``{BIG_INT: its digits}``, which the collector writes exactly. Any
+other value that is not a scalar becomes a small ``{NON_SCALAR:
+description}`` map; the collector reports it once per key and writes
+nothing for it. :func:`to_wire` never raises.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .schema import NON_SCALAR
+from .schema import BIG_INT, NON_SCALAR
 
 __all__ = ["to_wire", "describe_value"]
 
@@ -39,6 +41,10 @@ def to_wire(value: Any) -> Any:
 
 
 def _to_wire(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        # msgpack packs every other int itself. Python refuses the digits of
+        # an int past sys.get_int_max_str_digits(): that one is not a scalar.
+        return {BIG_INT: str(int(value))}
     array = value
     numpy = sys.modules.get("numpy")
     if numpy is not None and type(value).__module__.startswith("jax"):

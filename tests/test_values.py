@@ -18,9 +18,11 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from roxxel.schema import NON_SCALAR
+from roxxel.schema import BIG_INT, NON_SCALAR
 from roxxel.values import describe_value as describe
 from roxxel.values import to_wire
+
+from .conftest import run_python
 
 
 def _exact(actual, expected) -> None:
@@ -99,11 +101,43 @@ def test_to_wire_marks_arrays_of_more_or_less_than_one_element(value):
         pytest.param(Decimal("1.25"), 1.25, id="decimal"),
         pytest.param(Decimal("-0.5"), -0.5, id="negative-decimal"),
         pytest.param(Fraction(1, 4), 0.25, id="fraction"),
-        pytest.param(10**30, 1e30, id="int-past-uint64"),
     ],
 )
 def test_to_wire_turns_number_like_objects_into_floats(value, expected):
     _exact(to_wire(value), expected)
+
+
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1, 10**30, -(10**400), True + 2**70])
+def test_to_wire_keeps_ints_past_64_bits_as_their_digits(value):
+    assert to_wire(value) == {BIG_INT: str(value)}
+
+
+def test_ints_of_any_size_and_booleans_are_written_exactly(tmp_path) -> None:
+    result = run_python(
+        textwrap.dedent(
+            f"""
+            import roxxel
+            with roxxel.Logger({str(tmp_path)!r}, filename_prefix="v") as logger:
+                logger.log_metrics_summary(step=1, metrics={{
+                    "big": 10**30, "neg": -(10**25), "u64": 2**64 - 1, "flag": True,
+                }})
+                logger.log_metrics_summary(step=2, metrics={{
+                    "big": 7, "neg": -(2**63), "u64": 0, "flag": False,
+                }})
+            """
+        )
+    )
+    assert result.returncode == 0, result.stderr
+    csv_text = (tmp_path / "v_metrics.csv").read_text()
+    assert csv_text == (
+        f"step,big,neg,u64,flag\n1,{10**30},{-(10**25)},{2**64 - 1},True\n2,7,{-(2**63)},0,False\n"
+    )
+    rows = [json.loads(line)["metrics"] for line in (tmp_path / "v_metrics.jsonl").open()]
+    assert rows == [
+        {"big": 10**30, "neg": -(10**25), "u64": 2**64 - 1, "flag": True},
+        {"big": 7, "neg": -(2**63), "u64": 0, "flag": False},
+    ]
+    assert "not a scalar" not in (tmp_path / "v_system.log").read_text()
 
 
 @pytest.mark.parametrize(
@@ -142,7 +176,7 @@ def test_to_wire_marks_numpy_complex_numbers(value):
         pytest.param(np.datetime64("2020-01-01"), id="datetime64"),
         pytest.param(np.timedelta64(5, "s"), id="timedelta64"),
         pytest.param(np.array(object()), id="zero-d-object-array"),
-        pytest.param(10**400, id="int-too-big-for-float"),
+        pytest.param(10**5000, id="int-past-pythons-digit-limit"),
     ],
 )
 def test_to_wire_never_raises_for_scalars_it_cannot_convert(value):
@@ -194,7 +228,7 @@ _JAX_SCRIPT = textwrap.dedent(
     import jax.numpy as jnp
 
     from roxxel import codec
-    from roxxel.schema import NON_SCALAR
+    from roxxel.schema import BIG_INT, NON_SCALAR
     from roxxel.values import to_wire
 
     results = {
