@@ -50,8 +50,9 @@ class SortedBatch:
     lines: list[list[Any]] = field(default_factory=list)
     runs: list[MetricsRun] = field(default_factory=list)
     notices: list[Invalid | DeathNotice] = field(default_factory=list)
-    # Per metric name whose values could not be written: why, and how many.
-    non_scalars: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # Per metric name and kind of value that could not be written: why (the
+    # first such value's), and how many.
+    non_scalars: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
     client_dropped: int = 0  # records the client reported dropped
     # Metrics rows written with the receive time: theirs was out of range.
     rows_out_of_range: int = 0

@@ -101,7 +101,7 @@ class SenderState:
     committed: int  # highest seq applied
     durable: int  # highest seq in the last checkpoint
     key: str | None = None  # with CURVE: the public key that said hello
-    warned_keys: set[str] = field(default_factory=set)
+    warned_keys: set[tuple[str, str]] = field(default_factory=set)  # (metric, kind of value)
     # Not in the checkpoint: this collector's view of the sender.
     seen: float = 0.0  # the ledger's clock at its last frame
     # The network address and connection whose bounds it counts in.

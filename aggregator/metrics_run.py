@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from roxxel.schema import BIG_INT, NON_SCALAR, in_time_range, times_in_range
 
-__all__ = ["MetricsRun", "FLOATS", "INTS", "MIXED", "metrics_run", "is_constant"]
+__all__ = ["MetricsRun", "FLOATS", "INTS", "MIXED", "metrics_run", "is_constant", "problem"]
 
 FLOATS = "floats"  # every value a finite float
 INTS = "ints"  # every value an int (not a bool)
@@ -47,10 +47,10 @@ class MetricsRun(NamedTuple):
 
 def metrics_run(
     record: list, now: float | None = None
-) -> tuple[MetricsRun, dict[str, tuple[str, int]]]:
+) -> tuple[MetricsRun, dict[tuple[str, str], tuple[str, int]]]:
     """The run of a checked metrics record received at ``now`` (default: the
-    clock's); for each key with non-scalar values, why they were dropped and
-    how many.
+    clock's); for each key and kind of value that could not be written (see
+    :func:`problem`), why (for the first such value) and how many.
 
     A key none of whose values can be written leaves the run (it gets no
     column); other non-scalar values become ``None``.
@@ -59,7 +59,7 @@ def metrics_run(
     ts, sent_ts = _times(ts, time.time() if now is None else now)
     columns = list(zip(*values, strict=True))
     types: list[str] = []
-    dropped: dict[str, tuple[str, int]] = {}
+    dropped: dict[tuple[str, str], tuple[str, int]] = {}
     kept: list[int] = []
     for i, column in enumerate(columns):
         found = set(map(type, column))
@@ -75,7 +75,10 @@ def metrics_run(
             types.append(MIXED)
         else:
             bad = [v for v in column if type(v) not in _SCALARS]
-            dropped[keys[i]] = (_why(bad[0]), len(bad))
+            for value in bad:
+                kind_of_value, why = problem(value)
+                first_why, count = dropped.get((keys[i], kind_of_value), (why, 0))
+                dropped[keys[i], kind_of_value] = (first_why, count + 1)
             if len(bad) == len(column):
                 continue
             columns[i] = tuple(v if type(v) in _SCALARS else None for v in column)
@@ -123,7 +126,16 @@ def _big_int(value: Any) -> Any:
     return value
 
 
-def _why(value: Any) -> str:
-    if isinstance(value, dict) and NON_SCALAR in value:
-        return f"not a scalar: {value[NON_SCALAR]}"
-    return f"not a scalar: {type(value).__name__} of {len(value)} items"
+def problem(value: Any) -> tuple[str, str]:
+    """The kind of a value that cannot be written, and why, in words.
+
+    The kind is what the client's description starts with: the value's type
+    (``numpy.ndarray`` of any shape, ``complex number``), so that a key
+    reported for one kind is reported again for another.
+    """
+    if isinstance(value, dict) and type(value.get(NON_SCALAR)) is str:
+        description = value[NON_SCALAR]
+        kind = description.split(" of ", 1)[0].split(" that ", 1)[0]
+        return kind[:200], f"not a scalar: {description}"
+    name = type(value).__name__
+    return name, f"not a scalar: {name} of {len(value)} items"

@@ -176,13 +176,13 @@ class Run:
         if part.runs:
             self.sinks.write_metrics(state.origin, part.runs)
         self.commits.dirty = True
-        for key, (why, count) in part.non_scalars.items():
+        for (key, kind), (why, count) in part.non_scalars.items():
             stats["non_scalar_values"] += count
-            if self.reports.first_in(state.warned_keys, key):
+            if self.reports.first_in(state.warned_keys, (key, kind)):
                 self.log(
                     logging.WARNING,
-                    f"{state.origin.tag}metric {key!r} is {why}; "
-                    "it is not written (reported once per key)",
+                    f"{state.origin.tag}metric {key!r} is {why}; it is not written "
+                    "(reported once per key and kind of value; roxxel status counts them all)",
                 )
         state.records += part.written
         stats["batches"] += 1

@@ -38,17 +38,19 @@ def test_a_mixed_batch_keeps_each_kind_in_order_and_sets_notices_aside() -> None
     assert part.written == 3 + 2  # three lines, two rows
 
 
-def test_non_scalar_values_are_counted_per_name_across_runs() -> None:
+def test_non_scalar_values_are_counted_per_name_and_kind_across_runs() -> None:
     bad = {NON_SCALAR: "numpy.ndarray of shape (3,)"}
     records = [
         ["m", ["v", "ok"], [1.0], [0], [[bad, 1.0]]],
         ["m", ["v"], [2.0, 3.0], [1, 2], [[bad], [bad]]],
     ]
-    records[1][4][0] = [{NON_SCALAR: "a list"}]  # another reason later: the first is kept
+    records[1][4][1] = [{NON_SCALAR: "numpy.ndarray of shape (5,)"}]  # the first why is kept
+    records[1][4][0] = [{NON_SCALAR: "complex number"}]  # another kind: counted apart
     part = sort_batch(records)
-    why, count = part.non_scalars["v"]
-    assert count == 3 and "(3,)" in why
-    assert list(part.non_scalars) == ["v"]
+    why, count = part.non_scalars["v", "numpy.ndarray"]
+    assert count == 2 and "(3,)" in why
+    assert part.non_scalars["v", "complex number"] == ("not a scalar: complex number", 1)
+    assert list(part.non_scalars) == [("v", "numpy.ndarray"), ("v", "complex number")]
 
 
 def test_a_metric_named_as_a_csv_column_makes_its_record_invalid() -> None:

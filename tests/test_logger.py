@@ -20,6 +20,7 @@ import pytest
 import roxxel
 from roxxel import CRASH_HEADLINE, Logger
 from roxxel.lines import parse_line
+from roxxel.query import CollectorQuery
 
 from .conftest import read, run_python, wait_for
 
@@ -227,6 +228,27 @@ def test_non_scalar_values_get_one_warning_and_are_not_written(tmp_path: Path) -
     assert len(warnings) == 2, warnings
     assert any("'hist'" in w and "shape (5,)" in w for w in warnings)
     assert any("'seq'" in w and "list" in w for w in warnings)
+
+
+def test_each_kind_of_unwritable_value_is_reported_once_per_key(tmp_path: Path, daemon) -> None:
+    with Logger(tmp_path / "c", "run", aggregator=daemon.endpoint, watcher=False) as logger:
+        logger.log_metrics_summary(0, {"loss": np.arange(5)})
+        logger.log_metrics_summary(1, {"loss": np.ones((3, 3))})  # an array again: counted
+        logger.log_metrics_summary(2, {"loss": 1 + 2j})
+        logger.log_metrics_summary(3, {"loss": object()})
+        logger.log_metrics_summary(4, {"loss": 0.5})
+    query = CollectorQuery(daemon.endpoint)
+    try:
+        stats = query.ask({"what": "status"}, 30)["stats"]
+    finally:
+        query.close()
+    warnings = [line for line in daemon.file("system.log").splitlines() if "[WARNING]" in line]
+    assert len(warnings) == 3, warnings
+    assert "'loss' is not a scalar: numpy.ndarray of shape (5,)" in warnings[0]
+    assert "not a scalar: complex;" in warnings[1]
+    assert "not a scalar: object" in warnings[2]
+    assert daemon.file("metrics.csv").splitlines()[-1] == "4,0.50000"
+    assert stats["non_scalar_values"] == 4, stats
 
 
 class _LazyScalar:
