@@ -35,10 +35,14 @@ from .security import client_keys
 from .terminal import is_terminal
 from .undelivered import undelivered_path, write_unsent
 
-__all__ = ["Logger", "CRASH_HEADLINE"]
+__all__ = ["Logger", "CRASH_HEADLINE", "MAX_MESSAGE_CHARS"]
 
 CRASH_HEADLINE = "❌ CRITICAL: Uncaught exception occurred during execution!"
 _TRUNCATED = " …[truncated by roxxel]"
+# A message longer than this is cut there and ends with _TRUNCATED: what one
+# string of a frame (codec.MAX_STR_LEN bytes) holds whatever its characters,
+# since UTF-8 takes up to 4 bytes a character.
+MAX_MESSAGE_CHARS = codec.MAX_STR_LEN // 4 - len(_TRUNCATED)
 # Module-level names for the hot path: one dict lookup instead of two.
 _now = time.time
 _LOG = schema.RECORD_LOG
@@ -183,6 +187,7 @@ class Logger:
         self._known_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._close_timeout = close_timeout
         self._closed = False
+        self.truncated_messages = 0  # messages cut at MAX_MESSAGE_CHARS
         self._last_crash: BaseException | None = None
         self._capture: Capture | None = None
         self._progress: Progress | None = None
@@ -277,8 +282,8 @@ class Logger:
             return
         if type(message) is not str:
             message = str(message)
-        if len(message) > _MAX_TEXT:
-            message = message[:_MAX_TEXT] + _TRUNCATED
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = self._cut(message)
         self._append_line((_LOG, _now(), level, message))
 
     def log_record(self, ts: float, level: int, text: str) -> bool:
@@ -289,10 +294,27 @@ class Logger:
         if self._closed:
             return False
         if level >= self._level:
-            if len(text) > _MAX_TEXT:
-                text = text[:_MAX_TEXT] + _TRUNCATED
+            if len(text) > MAX_MESSAGE_CHARS:
+                text = self._cut(text)
             self._append_line((_LOG, ts, level, text))
         return True
+
+    def _cut(self, text: str) -> str:
+        """A message past :data:`MAX_MESSAGE_CHARS`, cut; counted, and the first
+        cut of this Logger said in a WARNING line of its own."""
+        self.truncated_messages += 1
+        if self.truncated_messages == 1:
+            self._append_line(
+                (
+                    _LOG,
+                    _now(),
+                    logging.WARNING,
+                    f"roxxel: a message of {len(text):,} characters was cut to "
+                    f"{MAX_MESSAGE_CHARS:,} (the limit), ending with '{_TRUNCATED.strip()}'; "
+                    "Logger.truncated_messages counts such cuts",
+                )
+            )
+        return text[:MAX_MESSAGE_CHARS] + _TRUNCATED
 
     def log_metrics_summary(
         self, step: int, metrics: Mapping[str, Any], *, all_ranks: bool = False
@@ -495,7 +517,6 @@ class Logger:
             sys.stderr.write(format_line(ts, level, text, rank_tag(self.rank)))
 
 
-_MAX_TEXT = codec.MAX_STR_LEN // 4 - len(_TRUNCATED)  # UTF-8 takes up to 4 bytes a character
 _BELOW_EVERY_LEVEL = -(2**63)
 
 

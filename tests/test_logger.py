@@ -630,3 +630,25 @@ def test_a_log_dir_that_is_a_file_is_refused_in_one_clear_line(tmp_path: Path) -
     with pytest.raises(NotADirectoryError, match="log_dir '.*afile' is a file, not a directory"):
         Logger(afile, "run")
     assert afile.read_text() == "not a directory"
+
+
+def test_a_message_past_the_limit_is_cut_said_once_and_counted(tmp_path: Path) -> None:
+    from roxxel.logger import MAX_MESSAGE_CHARS
+
+    long = "é" * (MAX_MESSAGE_CHARS + 10)  # two bytes a character: past 1 MiB would not fit
+    with Logger(tmp_path, "cut") as logger:
+        logger.log_message(long)
+        logging.getLogger("cut-test").addHandler(roxxel.Handler(logger))
+        logging.getLogger("cut-test").warning("%s", "x" * (MAX_MESSAGE_CHARS + 1))
+        logger.log_message("short")
+    assert logger.truncated_messages == 2
+    lines = log_lines(logger.sys_log_path)
+    warnings = [m for lvl, m in lines if lvl == "WARNING" and m.startswith("roxxel:")]
+    assert warnings == [
+        f"roxxel: a message of {MAX_MESSAGE_CHARS + 10:,} characters was cut to "
+        f"{MAX_MESSAGE_CHARS:,} (the limit), ending with '…[truncated by roxxel]'; "
+        "Logger.truncated_messages counts such cuts"
+    ]
+    cut = [m for _, m in lines if m.endswith(" …[truncated by roxxel]")]
+    assert [len(m) for m in cut] == [MAX_MESSAGE_CHARS + 23] * 2
+    assert cut[0].startswith("é" * 100) and lines[-1] == ("INFO", "short")
