@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from roxxel import schema
-from roxxel.lines import within_time
+from roxxel.lines import NamedLevel, within_time
 
 from .metrics_run import MetricsRun, metrics_run
 
@@ -89,6 +89,9 @@ def sort_batch(records: list[Any], now: float | None = None) -> SortedBatch:
             _, ts, level, text = record
             ts, text = within_time(ts, text, now)
             sorted_batch.notices.append(DeathNotice(ts, level, text))
+        elif len(record) == 5:  # a log line at a level its sender named
+            kind, ts, level, text, name = record
+            sorted_batch.lines.append([kind, ts, NamedLevel(level, name), text])
         elif kind == schema.RECORD_DROPPED:
             sorted_batch.client_dropped += record[2] + record[3]
             sorted_batch.lines.append(

@@ -33,12 +33,26 @@ __all__ = [
     "ParsedLine",
     "format_line",
     "format_lines",
+    "NamedLevel",
     "escape_controls",
     "parse_line",
     "printable",
     "rank_tag",
     "within_time",
 ]
+
+
+class NamedLevel(int):
+    """A level number with the name the sender's ``logging`` gives it (a
+    level registered there with ``addLevelName``)."""
+
+    name: str
+
+    def __new__(cls, number: int, name: str) -> NamedLevel:
+        level = super().__new__(cls, number)
+        level.name = name
+        return level
+
 
 # Level numbers the stdlib names; other levels get "Level N" as logging does.
 _LEVEL_NAMES = {n: logging.getLevelName(n) for n in range(0, 60, 10)}
@@ -58,8 +72,8 @@ def format_lines(records: Iterable[Sequence[Any]], tag: str = "") -> str:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
         name = names.get(level)
         if name is None:
-            # "Level N", or a name registered in this process (a thread collector's).
-            name = printable(logging.getLevelName(level))
+            # The sender's name for it, a name registered in this process, or "Level N".
+            name = printable(getattr(level, "name", None) or logging.getLevelName(level))
         if not text.isprintable():  # one C-level scan for the rare text that needs work
             text = _visible(text)
         out.append(f"[{stamp}] [{name}] {tag}{text}\n")

@@ -27,7 +27,7 @@ from typing import Any
 from . import codec, exits, schema
 from .client import Sender
 from .handler import Capture
-from .lines import format_line, rank_tag
+from .lines import NamedLevel, format_line, rank_tag
 from .progress import Progress
 from .ranks import detect_rank
 from .route import ENV_AGGREGATOR, RouteOptions, open_route
@@ -48,6 +48,7 @@ _now = time.time
 _LOG = schema.RECORD_LOG
 _METRICS = schema.RECORD_METRICS
 _RANKED = schema.RECORD_RANKED_METRICS
+_STANDARD_LEVELS = schema.STANDARD_LEVELS
 
 
 class Logger:
@@ -284,7 +285,10 @@ class Logger:
             message = str(message)
         if len(message) > MAX_MESSAGE_CHARS:
             message = self._cut(message)
-        self._append_line((_LOG, _now(), level, message))
+        if level in _STANDARD_LEVELS:
+            self._append_line((_LOG, _now(), level, message))
+        else:
+            self._append_line(_with_level_name((_LOG, _now(), level, message)))
 
     def log_record(self, ts: float, level: int, text: str) -> bool:
         """A line stamped ``ts`` (e.g. a ``logging`` record's time), as :meth:`log_message`
@@ -296,7 +300,10 @@ class Logger:
         if level >= self._level:
             if len(text) > MAX_MESSAGE_CHARS:
                 text = self._cut(text)
-            self._append_line((_LOG, ts, level, text))
+            if level in _STANDARD_LEVELS:
+                self._append_line((_LOG, ts, level, text))
+            else:
+                self._append_line(_with_level_name((_LOG, ts, level, text)))
         return True
 
     def _cut(self, text: str) -> str:
@@ -513,11 +520,22 @@ class Logger:
 
     def _to_stderr(self, record: tuple[Any, ...]) -> None:
         if record[0] == schema.RECORD_LOG:
-            _, ts, level, text = record
+            _, ts, level, text = record[:4]
+            if len(record) == 5:
+                level = NamedLevel(level, record[4])
             sys.stderr.write(format_line(ts, level, text, rank_tag(self.rank)))
 
 
 _BELOW_EVERY_LEVEL = -(2**63)
+
+
+def _with_level_name(record: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A line at a level that this process's ``logging`` names (``addLevelName``),
+    with that name: the collector is another process."""
+    name = logging.getLevelName(record[2])
+    if type(name) is not str or not name or name == f"Level {record[2]}":
+        return record
+    return (*record, name[: schema.MAX_LEVEL_NAME])
 
 
 def _closed(record: tuple[Any, ...]) -> None:
@@ -528,7 +546,10 @@ def _level_number(level: int | str) -> int:
     if type(level) is int:
         return level
     if isinstance(level, str):
-        number = logging.getLevelName(level.upper())
+        # As registered ("Sociable"), or a standard name in any case ("warning").
+        number = logging.getLevelName(level)
+        if not isinstance(number, int):
+            number = logging.getLevelName(level.upper())
         if isinstance(number, int):
             return number
     raise ValueError(f"unknown logging level {level!r}")

@@ -5,7 +5,9 @@ themselves are :mod:`roxxel.codec`). Pure functions, no I/O.
 Records inside a batch are small arrays:
 
 * ``["l", ts, level, text]`` -- a system-log line (``level`` is a stdlib
-  logging level number);
+  logging level number); ``["l", ts, level, text, name]`` when the sender's
+  ``logging`` names a level the standard ones do not (``addLevelName``): the
+  collector, another process, could not know it;
 * ``["m", keys, ts, steps, values]`` -- a run of metrics rows with the same
   keys: ``keys`` the metric names, then per row its timestamp, its step and
   its ``[value, ...]`` (a value per key, in ``keys`` order). A client sends
@@ -58,6 +60,8 @@ __all__ = [
     "MAX_METRIC_KEYS",
     "MAX_KEY_LEN",
     "MAX_PREFIX_BYTES",
+    "MAX_LEVEL_NAME",
+    "STANDARD_LEVELS",
     "is_run_name",
     "check_record",
     "all_log_lines",
@@ -75,6 +79,8 @@ RECORD_DEATH = "x"
 METRICS_KINDS = (RECORD_METRICS, RECORD_RANKED_METRICS)
 NON_SCALAR = "__roxxel_non_scalar__"
 BIG_INT = "__roxxel_int__"
+STANDARD_LEVELS = frozenset(range(0, 60, 10))  # NOTSET .. CRITICAL: no name sent
+MAX_LEVEL_NAME = 64  # characters of a level's name
 
 # The window of times written as sent (see in_time_range). From the epoch:
 # before it only a broken or hostile clock dates a record, and localtime()
@@ -164,6 +170,11 @@ def check_record(record: Any) -> str | None:
     kind = record[0]
     if kind in METRICS_KINDS:
         return _check_metrics(record)
+    if len(record) == 5 and kind == RECORD_LOG:
+        name = record[4]
+        if type(name) is not str or not 0 < len(name) <= MAX_LEVEL_NAME:
+            return f"a level's name is a string of 1 to {MAX_LEVEL_NAME} characters"
+        record = record[:4]
     if len(record) != 4:
         return "a log or dropped record is an array of 4 items"
     _, ts, a, b = record

@@ -136,7 +136,7 @@ def _batch_lines(number: int, batch: UnsentBatch) -> str:
         kind = record[0]
         if schema.check_record(record) is not None:
             pass  # not ours to judge: carried as it is
-        elif kind == schema.RECORD_LOG and _exact_number(record[1]):
+        elif kind == schema.RECORD_LOG and len(record) == 4 and _exact_number(record[1]):
             _, ts, level, text = record
             name = _LEVELS.get(level) or f"Level {level}"
             lines.append(f'{head}{ts!r}, "level": "{name}", "text": {encode_basestring(text)}}}\n')

@@ -652,3 +652,30 @@ def test_a_message_past_the_limit_is_cut_said_once_and_counted(tmp_path: Path) -
     cut = [m for _, m in lines if m.endswith(" …[truncated by roxxel]")]
     assert [len(m) for m in cut] == [MAX_MESSAGE_CHARS + 23] * 2
     assert cut[0].startswith("é" * 100) and lines[-1] == ("INFO", "short")
+
+
+def test_a_level_named_in_the_training_process_keeps_its_name(tmp_path: Path) -> None:
+    result = run_python(
+        f"""
+import logging, roxxel
+logging.addLevelName(116, "Sociable")
+logging.addLevelName(117, "")  # no name to send: shown as logging shows it
+with roxxel.Logger({str(tmp_path)!r}, "lv") as logger:
+    logger.log_message("direct", 116)
+    logger.log_message("by name", "Sociable")
+    log = logging.getLogger("lv-test")
+    log.addHandler(roxxel.Handler(logger))
+    log.log(116, "through logging")
+    logger.log_message("unnamed", 117)
+    logger.log_message("numbered", 118)
+"""
+    )
+    assert result.returncode == 0, result.stderr
+    assert log_lines(str(tmp_path / "lv_system.log")) == [
+        ("Sociable", "direct"),
+        ("Sociable", "by name"),
+        ("Sociable", "lv-test: through logging"),
+        ("Level 117", "unnamed"),
+        ("Level 118", "numbered"),
+    ]
+    assert "[Sociable] direct" in result.stdout
