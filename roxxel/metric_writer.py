@@ -1,11 +1,16 @@
 """A roxxel Logger behind the shape of CLU's ``metric_writers.MetricWriter``.
 
 Code written for ``clu.metric_writers`` (``write_scalars(step, {...})``,
-``write_hparams``, ``flush``) can be handed a :class:`MetricWriter` and its
-scalars land in the run's metrics CSV/JSONL. CLU is not a dependency: this
-only has the same methods. What a text log cannot hold (images, videos,
-audio, histograms, tensor summaries) is skipped with one warning per kind
-in the run's log, never an exception in the training loop.
+``write_hparams``, ``flush``) can be handed a :class:`MetricWriter`, alone or
+inside CLU's ``AsyncWriter``/``MultiWriter``, and its scalars land in the
+run's metrics CSV/JSONL. CLU is not a dependency: this only has the same
+methods, with CLU's parameter names (its ``AsyncWriter`` passes them by
+keyword). What a text log cannot hold (images, videos, audio, histograms,
+point clouds, tensor summaries) is skipped with one warning per kind in the
+run's log, never an exception in the training loop.
+
+Threading and order are the Logger's: calls from one thread keep their order;
+:meth:`MetricWriter.flush` returns once the collector has written them.
 """
 
 from __future__ import annotations
@@ -42,7 +47,15 @@ class MetricWriter:
             self.logger.log_message(f"step {step} {name}: {text}")
 
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
-        self.logger.log_message(f"hparams: {json.dumps(dict(hparams), default=str)}")
+        """One INFO line ``hparams: {JSON}``, nested configs as dotted keys.
+
+        A nested mapping or ``ConfigDict`` (``{"model": {"depth": 4}}``) gives
+        ``model.depth``, a list ``schedule.0``...; NumPy/JAX scalars stay
+        numbers (see :func:`_flat_hparams`).
+        """
+        # default=str: a value JSON has no form for (a dtype, a Path, an enum)
+        # is still shown, rather than the whole line lost to a TypeError.
+        self.logger.log_message(f"hparams: {json.dumps(_flat_hparams(hparams), default=str)}")
 
     def write_summaries(
         self, step: int, values: Mapping[str, Any], metadata: Mapping[str, Any] | None = None
@@ -63,6 +76,16 @@ class MetricWriter:
     ) -> None:
         self._skip("write_histograms", arrays)
 
+    def write_pointcloud(
+        self,
+        step: int,
+        point_clouds: Mapping[str, Any],
+        *,
+        point_colors: Mapping[str, Any] | None = None,
+        configs: Mapping[str, str | float | bool | None] | None = None,
+    ) -> None:
+        self._skip("write_pointcloud", point_clouds)
+
     def flush(self) -> None:
         self.logger.flush()
 
@@ -78,3 +101,58 @@ class MetricWriter:
             f"({', '.join(map(str, values)) or 'nothing'}; said once)",
             level=logging.WARNING,
         )
+
+
+def _flat_hparams(hparams: Any) -> dict[str, Any]:
+    """``hparams`` as one level of dotted keys, the way CLU's SummaryWriter stores them.
+
+    A nested mapping, or anything with ``items()`` (an ``ml_collections``
+    ``ConfigDict`` is not a ``Mapping``), adds its keys after a dot
+    (``model.depth``); a list or tuple adds its indices (``schedule.0``); an
+    empty one adds nothing. A NumPy/JAX scalar (shape ``()``) becomes the
+    Python number it holds, a larger array a (nested) list. ``None`` stays
+    ``None`` (CLU writes ``""``, because TensorBoard's hparams cannot hold it).
+    """
+    flat: dict[str, Any] = {}
+    _flatten(hparams, "", flat)
+    return flat
+
+
+def _flatten(node: Any, prefix: str, into: dict[str, Any]) -> None:
+    if isinstance(node, (list, tuple)):
+        pairs: Any = enumerate(node)
+    else:
+        pairs = node.items()
+    for key, value in pairs:
+        name = f"{prefix}{key}"
+        if _is_branch(value):
+            _flatten(value, name + ".", into)
+        else:
+            into[name] = _leaf(value)
+
+
+def _is_branch(value: Any) -> bool:
+    if isinstance(value, (list, tuple, Mapping)):
+        return True
+    # Duck-typed as CLU does, for ConfigDict; a class (which may define an
+    # ``items`` method) and strings/arrays are leaves.
+    return (
+        not isinstance(value, (type, str, bytes))
+        and getattr(value, "shape", None) is None
+        and callable(getattr(value, "items", None))
+    )
+
+
+def _leaf(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        return value
+    try:
+        # item() gives the value of a NumPy or JAX scalar as a Python number
+        # (a float32 0.1 as the double 0.10000000149011612, as TensorBoard
+        # stores it); tolist() does the same for each element of an array.
+        return value.item() if tuple(shape) == () else value.tolist()
+    except Exception:
+        return value  # shown through json's default=str
