@@ -7,6 +7,9 @@ SIGINT: it writes everything that has arrived, acknowledges it, exits 0.
 SIGHUP: it reopens the files by name (after logrotate moved them) and
 re-reads the allowed clients' keys (``--curve-clients``). A lock
 on ``{log-dir}/.{prefix}.lock`` keeps a second collector off the same run.
+
+``roxxel-aggregator keygen --out DIR --name NAME`` writes a CURVE key pair
+(for the collector or a client); ``--help`` lists it with the daemon's options.
 """
 
 from __future__ import annotations
@@ -28,11 +31,20 @@ __all__ = ["main", "build_parser"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="roxxel-aggregator",
-        description="Collect every rank's log lines and metrics of a roxxel run into one "
-        "log directory. Clients connect with Logger(..., aggregator=ENDPOINT) or "
-        "ROXXEL_AGGREGATOR=ENDPOINT.",
-        epilog="Example: roxxel-aggregator --bind tcp://0.0.0.0:5555 --log-dir ./logs "
+        # keygen is read before this parser (it has no --bind): the usage and
+        # the list below are where --help shows it.
+        usage="%(prog)s --bind ENDPOINT --log-dir LOG_DIR [options]\n"
+        "       %(prog)s keygen --out DIR --name NAME",
+        description="Collect every rank's log lines and metrics of a roxxel run into one\n"
+        "log directory. Clients connect with Logger(..., aggregator=ENDPOINT) or\n"
+        "ROXXEL_AGGREGATOR=ENDPOINT.\n\n"
+        "subcommands:\n"
+        "  keygen    write a CURVE key pair for the collector or a client\n"
+        "            (roxxel-aggregator keygen --help: its options)",
+        epilog="Example: roxxel-aggregator --bind tcp://0.0.0.0:5555 --log-dir ./logs\n"
         "(one set of files per run), or ... --prefix run_alpha (that run only)",
+        # Keeps the subcommand list a list (the default would refill it as a paragraph).
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--bind",

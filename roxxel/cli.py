@@ -7,15 +7,23 @@ lines do not arrive.
 ``roxxel status ENDPOINT`` prints a collector's live figures: senders,
 ranks, records/s, drops, refusals, the busiest senders.
 
-``roxxel tail DIR|ENDPOINT`` follows a run's system log (``--level``,
-``--rank``), from its directory or through its collector.
+``roxxel tail DIR|FILE|ENDPOINT`` follows a run's system log (``--level``,
+``--rank``), from its files or through its collector.
 
-``roxxel plot CSV`` draws each metric of a run's CSV against step (a PNG;
+``roxxel plot DIR|CSV`` draws each metric of a run's CSV against step (a PNG;
 needs the ``plot`` extra, matplotlib).
 
-``roxxel replay FILE --aggregator ENDPOINT`` delivers the records a closing
-Logger could not (its ``*_undelivered_rank{N}.jsonl``), exactly once, and
-renames the file to ``FILE.replayed`` when every record is acknowledged.
+``roxxel replay DIR|FILE --aggregator ENDPOINT`` delivers the records closing
+Loggers could not (their ``*_undelivered_rank{N}.jsonl``), exactly once, and
+renames each file to ``FILE.replayed`` when every record of it is acknowledged.
+
+Every tool that reads a run's files takes them the same way
+(:mod:`roxxel.runfiles`): the run's log directory (``--prefix``/``--run`` to
+choose where it holds several runs, which are then listed rather than one
+guessed), the file itself, or ``DIR/PREFIX``.
+
+A collector that fails the handshake (CURVE keys missing, refused or wrong)
+is said at once, exit status 1, rather than at the end of ``--timeout``.
 
 An ENDPOINT that cannot be parsed or resolved (``localhost:5555``, a port
 out of range, a host name that does not exist, a directory) is said in one
@@ -33,57 +41,74 @@ import argparse
 import json
 import logging
 import os
-import secrets
 import sys
 import time
 from collections.abc import Sequence
 
-from . import __version__, codec
-from .exchange import exchange
+from . import __version__
 from .lines import printable
 from .plot import add_plot_command, plot_command
-from .query import CollectorQuery, QueryError
+from .query import CollectorQuery, HandshakeError, QueryError
+from .runfiles import SYSTEM_LOG, UNDELIVERED, RunFilesError, add_run_arguments, run_file, run_files
 from .security import ENV_CLIENT_KEY, ENV_SERVER_KEY, ClientKeys, client_keys
-from .tail import RecordFilter, follow_collector, follow_file, system_log_in
-from .transport import DealerTransport, EndpointError, check_endpoint, is_host_port
+from .tail import RecordFilter, follow_collector, follow_file
+from .transport import EndpointError, check_endpoint, is_host_port
 from .undelivered import replay
 
 __all__ = ["main"]
 
 
 def _check(endpoint: str, timeout: float, keys: ClientKeys | None) -> int:
-    sender_id = secrets.token_bytes(codec.SENDER_ID_LEN)
-    transport = DealerTransport(endpoint, sender_id, keys=keys)
-    # A question, not a hello: a collector of many runs would open a run for a hello.
-    question = codec.Query(sender_id, 1, {"what": "status"})
-    try:
+    with CollectorQuery(endpoint, keys) as query:
         started = time.monotonic()
-        reply = exchange(
-            transport,
-            codec.encode(question),
-            lambda reply: isinstance(reply, codec.Answer) and reply.sender_id == sender_id,
-            timeout,
-        )
-        if reply is None:
+        try:
+            # A question, not a hello: a collector of many runs would open a run for a hello.
+            query.ask({"what": "status"}, timeout)
+        except QueryError:
+            pass  # an answer all the same: the collector is there
+        except TimeoutError:
             print(f"no answer from a collector at {endpoint} within {timeout} s", file=sys.stderr)
             return 1
-        elapsed = (time.monotonic() - started) * 1000
-        print(f"collector at {endpoint} answered in {elapsed:.1f} ms")
-        return 0
-    finally:
-        transport.close()
+        except HandshakeError as exc:
+            return _refused("check", exc, keys)
+    elapsed = (time.monotonic() - started) * 1000
+    print(f"collector at {endpoint} answered in {elapsed:.1f} ms")
+    return 0
 
 
-def _replay(path: str, endpoint: str, timeout: float, keys: ClientKeys | None) -> int:
+def _refused(command: str, exc: HandshakeError, keys: ClientKeys | None) -> int:
+    """What ``check``, ``status`` and ``tail`` say when the handshake failed."""
+    how = (
+        "; give them as --curve-server-key and --curve-client-key, or set "
+        f"${ENV_SERVER_KEY} and ${ENV_CLIENT_KEY}"
+        if keys is None
+        else ""
+    )
+    print(f"roxxel {command}: {printable(str(exc))}{how}", file=sys.stderr)
+    return 1
+
+
+def _replay(
+    source: str, prefix: str | None, endpoint: str, timeout: float, keys: ClientKeys | None
+) -> int:
     try:
-        delivered = replay(path, endpoint, timeout, keys)
-    except (OSError, ValueError, TimeoutError) as exc:
+        paths = run_files(source, UNDELIVERED, prefix)
+    except RunFilesError as exc:
         print(f"roxxel replay: {printable(str(exc))}", file=sys.stderr)
         return 1
-    done = f"{path}.replayed"
-    os.replace(path, done)
-    print(f"delivered {delivered} record(s) from {path} to {endpoint}; the file is now {done}")
-    return 0
+    failed = 0
+    # Each file is its own senders': one that cannot be delivered does not hold the others.
+    for path in paths:
+        try:
+            delivered = replay(path, endpoint, timeout, keys)
+        except (OSError, ValueError, TimeoutError) as exc:
+            print(f"roxxel replay: {printable(str(exc))}", file=sys.stderr)
+            failed += 1
+            continue
+        done = f"{path}.replayed"
+        os.replace(path, done)
+        print(f"delivered {delivered} record(s) from {path} to {endpoint}; the file is now {done}")
+    return 1 if failed else 0
 
 
 def _status(
@@ -93,6 +118,8 @@ def _status(
     try:
         with CollectorQuery(endpoint, keys) as query:
             answer = query.ask(question, timeout)
+    except HandshakeError as exc:
+        return _refused("status", exc, keys)
     except (TimeoutError, QueryError) as exc:
         print(f"roxxel status: {printable(str(exc))}", file=sys.stderr)
         return 1
@@ -159,10 +186,13 @@ def _tail(args: argparse.Namespace, keys: ClientKeys | None) -> int:
             with CollectorQuery(args.source, keys) as query:
                 follow_collector(query, sys.stdout, records, args.lines, follow, args.prefix)
         else:
-            path = system_log_in(args.source, args.prefix)
+            # A run named outright may start after its tail: waited for, as tail -F does.
+            path = run_file(args.source, SYSTEM_LOG, args.prefix, may_be_missing=follow)
             follow_file(path, sys.stdout, records, args.lines, follow)
     except KeyboardInterrupt:
         return 0
+    except HandshakeError as exc:
+        return _refused("tail", exc, keys)
     except (OSError, ValueError, TimeoutError, QueryError) as exc:
         print(f"roxxel tail: {printable(str(exc))}", file=sys.stderr)
         return 1
@@ -177,9 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("endpoint", help="e.g. tcp://127.0.0.1:5555")
     check.add_argument("--timeout", type=float, default=5.0, help="seconds (default: 5)")
     again = commands.add_parser(
-        "replay", help="deliver a Logger's undelivered-records file to a collector"
+        "replay", help="deliver Loggers' undelivered-records files to a collector"
     )
-    again.add_argument("file", help="a {prefix}_undelivered_rank{N}.jsonl file")
+    add_run_arguments(
+        again,
+        "file",
+        "a {prefix}_undelivered_rank{N}.jsonl file, or the log directory (every rank's file)",
+    )
     again.add_argument(
         "--aggregator",
         required=True,
@@ -198,14 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     status.add_argument("--run", help="one run of a collector that serves several (its prefix)")
     status.add_argument("--timeout", type=float, default=5.0, help="seconds (default: 5)")
     tail = commands.add_parser("tail", help="follow a run's system log")
-    tail.add_argument(
-        "source", help="the run's log directory, or its collector's endpoint (tcp://, ipc://)"
-    )
-    tail.add_argument(
-        "--prefix",
-        "--run",
-        dest="prefix",
-        help="the run's file name prefix, if DIR (or the collector) holds several runs",
+    add_run_arguments(
+        tail,
+        "source",
+        "the run's log directory or its {prefix}_system.log, or its collector's endpoint "
+        "(tcp://, ipc://)",
     )
     tail.add_argument("--level", default="NOTSET", help="lowest level shown, e.g. WARNING")
     tail.add_argument("--rank", type=int, help="only this rank's records (0: rank 0's)")
@@ -229,7 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     try:
         if args.command == "replay":
-            return _replay(args.file, check_endpoint(args.aggregator), args.timeout, keys)
+            endpoint = check_endpoint(args.aggregator)
+            return _replay(args.file, args.prefix, endpoint, args.timeout, keys)
         if args.command == "status":
             return _status(_needed_endpoint(args), args.timeout, args.json, keys, args.run)
         if args.command == "tail":

@@ -1,4 +1,8 @@
-"""``roxxel plot CSV``: a run's ``{prefix}_metrics.csv`` as one PNG, a subplot per metric.
+"""``roxxel plot DIR|CSV``: a run's ``{prefix}_metrics.csv`` as one PNG, a subplot per metric.
+
+The CSV is named as every ``roxxel`` tool names a run's file
+(:mod:`roxxel.runfiles`): the file, its log directory (``--prefix`` where it
+holds several runs) or ``DIR/PREFIX``.
 
 The CSV is read as the collector's CSV sink writes it: a ``step,<keys>``
 header that a key first seen mid-run widens (older rows then have empty
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 
 from .codec import MAX_STR_LEN
 from .lines import printable
+from .runfiles import METRICS_CSV, RunFilesError, add_run_arguments, run_file
 
 __all__ = [
     "Curves",
@@ -293,7 +298,7 @@ def _key_list(text: str) -> list[str]:
 def add_plot_command(commands: argparse._SubParsersAction) -> None:
     """Add ``plot`` to the ``roxxel`` command's subcommands."""
     plot = commands.add_parser("plot", help="draw a run's metrics CSV as a PNG")
-    plot.add_argument("csv", help="a {prefix}_metrics.csv file")
+    add_run_arguments(plot, "csv", "the run's log directory, or its {prefix}_metrics.csv")
     plot.add_argument(
         "--out", metavar="PNG", help="where to write the PNG (default: the CSV's path with .png)"
     )
@@ -312,16 +317,17 @@ def add_plot_command(commands: argparse._SubParsersAction) -> None:
 
 def plot_command(args: argparse.Namespace) -> int:
     """Run ``roxxel plot``: print the PNG's path and return 0, or say why not and return 1."""
-    out = args.out or os.path.splitext(args.csv)[0] + ".png"
     try:
-        if os.path.abspath(out) == os.path.abspath(args.csv):
+        path = run_file(args.csv, METRICS_CSV, args.prefix)
+        out = args.out or os.path.splitext(path)[0] + ".png"
+        if os.path.abspath(out) == os.path.abspath(path):
             raise PlotError(f"{out} is the CSV itself: give another --out")
-        series = select_keys(read_metrics_csv(args.csv), args.keys)
-        draw(series, out, log_y=args.log_y, title=os.path.basename(args.csv))
+        series = select_keys(read_metrics_csv(path), args.keys)
+        draw(series, out, log_y=args.log_y, title=os.path.basename(path))
     except ImportError as exc:
         print(exc, file=sys.stderr)
         return 1
-    except (PlotError, OSError) as exc:
+    except (PlotError, RunFilesError, OSError) as exc:
         # It may quote the CSV's header: metric names a peer chose.
         print(f"roxxel plot: {printable(str(exc))}", file=sys.stderr)
         return 1

@@ -5,10 +5,13 @@ A tool sends a ``query`` frame (``{"what": "status"}``, or ``{"what":
 included, and waits for the ``answer`` with the same seq (sending the query
 again while none came: :func:`roxxel.exchange.exchange`). One thread at a
 time may ask: a query owns its connection for the length of :meth:`ask`.
+A failed handshake (a CURVE collector and no keys, a key it refuses) ends
+:meth:`ask` at once with :class:`HandshakeError`, not at its timeout.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 from typing import Any
 
@@ -17,11 +20,22 @@ from .exchange import exchange
 from .security import ClientKeys
 from .transport import DealerTransport
 
-__all__ = ["CollectorQuery", "QueryError"]
+__all__ = ["CollectorQuery", "HandshakeError", "QueryError"]
 
 
 class QueryError(RuntimeError):
     """The collector answered, with an error (e.g. it does not show its log to this tool)."""
+
+
+class HandshakeError(ConnectionError):
+    """The collector's handshake failed (CURVE keys missing, refused or wrong): no
+    answer can come over this connection; the message says why."""
+
+
+# The transport would also warn of the failed handshake on stderr: the
+# HandshakeError says it once, where the tool decides how.
+_QUIET = logging.Logger("roxxel.query")
+_QUIET.addHandler(logging.NullHandler())
 
 
 class CollectorQuery:
@@ -30,18 +44,19 @@ class CollectorQuery:
     def __init__(self, endpoint: str, keys: ClientKeys | None = None) -> None:
         self.endpoint = endpoint
         self._id = secrets.token_bytes(codec.SENDER_ID_LEN)
-        self._transport = DealerTransport(endpoint, self._id, keys=keys)
+        self._transport = DealerTransport(endpoint, self._id, keys=keys, log=_QUIET)
         self._seq = 0
 
     def ask(self, body: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """The collector's answer to ``body``; ``TimeoutError`` without one in ``timeout`` s."""
+        """The collector's answer to ``body``; ``TimeoutError`` without one in ``timeout`` s,
+        :class:`HandshakeError` as soon as the connection's handshake failed."""
         self._seq += 1
         seq = self._seq
         frame = codec.encode(codec.Query(self._id, seq, body))
         # A late answer to an earlier query (or a second answer to a resent
         # one) has another seq: skipped.
         reply = exchange(
-            self._transport,
+            _Watched(self._transport),
             frame,
             lambda reply: isinstance(reply, codec.Answer) and reply.seq == seq,
             timeout,
@@ -60,3 +75,25 @@ class CollectorQuery:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Watched:
+    """The channel :meth:`CollectorQuery.ask` exchanges over: the transport, given up
+    as soon as its handshake failed (libzmq would retry it, exchange() wait it out)."""
+
+    def __init__(self, transport: DealerTransport) -> None:
+        self._transport = transport
+
+    def send(self, frame: bytes) -> bool:
+        self._failed()
+        return self._transport.send(frame)
+
+    def receive(self, timeout: float) -> list[bytes]:
+        frames = self._transport.receive(timeout)
+        self._failed()
+        return frames
+
+    def _failed(self) -> None:
+        why = self._transport.handshake_failure
+        if why is not None:
+            raise HandshakeError(f"the collector at {self._transport.endpoint} {why}")

@@ -14,7 +14,6 @@ printed as ``\\xNN``. Colour marks the level when the output is a terminal
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import time
@@ -23,7 +22,7 @@ from typing import TextIO
 from .lines import parse_line, printable
 from .query import CollectorQuery
 
-__all__ = ["RecordFilter", "follow_collector", "follow_file", "system_log_in"]
+__all__ = ["RecordFilter", "follow_collector", "follow_file"]
 
 _COLOURS = {
     "DEBUG": "\033[2m",
@@ -87,17 +86,6 @@ def _level_number(name: str) -> int | None:
         except ValueError:
             return None
     return None
-
-
-def system_log_in(directory: str, prefix: str | None) -> str:
-    """The run's system log in ``directory``: ``{prefix}_system.log``, or the only one there."""
-    if prefix is not None:
-        return os.path.join(directory, f"{prefix}_system.log")
-    found = sorted(glob.glob(os.path.join(glob.escape(directory), "*_system.log")))
-    if len(found) != 1:
-        what = "no *_system.log" if not found else f"{len(found)} runs ({', '.join(found)})"
-        raise ValueError(f"{directory} holds {what}: name the run with --prefix")
-    return found[0]
 
 
 def follow_file(path: str, out: TextIO, records: RecordFilter, last: int, follow: bool) -> None:

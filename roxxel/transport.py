@@ -183,7 +183,10 @@ class DealerTransport:
         if keys is not None:
             keys.apply(self._socket)
         self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED | _HANDSHAKE_FAILED)
-        self._told_refusal = False
+        self._curve = keys is not None
+        # Why the collector's handshake failed, once one did: no reply can come
+        # over this socket until keys change, which a one-shot tool can act on.
+        self.handshake_failure: str | None = None
         try:
             self._socket.connect(endpoint)
         except zmq.ZMQError as exc:
@@ -218,11 +221,12 @@ class DealerTransport:
         ready = dict(self._poller.poll(max(0, math.ceil(timeout * 1000))))
         if self._monitor in ready:
             while self._monitor.poll(0):
-                event = recv_monitor_message(self._monitor)["event"]
+                message = recv_monitor_message(self._monitor)
+                event = message["event"]
                 if event == zmq.EVENT_CONNECTED:
                     self.connects += 1
                 elif event & _HANDSHAKE_FAILED:
-                    self._refused(event)
+                    self._refused(event, message["value"])
         if self._socket not in ready:
             return frames
         while True:
@@ -231,18 +235,32 @@ class DealerTransport:
             except zmq.Again:
                 return frames
 
-    def _refused(self, event: int) -> None:
+    def _refused(self, event: int, value: int) -> None:
         """Said once: the records stay here (and end in the undelivered file)."""
-        if self._told_refusal:
+        if self.handshake_failure is not None:
             return
-        self._told_refusal = True
-        why = (
-            "refused this client's CURVE key (is its NAME.key in the collector's "
-            "--curve-clients directory?)"
-            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH
-            else "could not complete a handshake (only one side uses CURVE keys, or this "
-            "client has another collector's public key?)"
-        )
+        # A plaintext client fails a handshake only with a CURVE collector:
+        # libzmq says "mechanism mismatch", or no detail when the collector
+        # closed first. With keys, a collector without CURVE and a wrong public
+        # key of the collector's mostly give no detail: those stay one guess.
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            why = (
+                "refused this client's CURVE key (is its NAME.key in the collector's "
+                "--curve-clients directory?)"
+            )
+        elif not self._curve:
+            why = (
+                "could not complete a handshake: it needs CURVE keys and this client has "
+                "none (the collector's public NAME.key and this client's NAME.key_secret)"
+            )
+        elif value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            why = "could not complete a handshake: the collector does not use CURVE keys"
+        else:
+            why = (
+                "could not complete a handshake (only one side uses CURVE keys, or this "
+                "client has another collector's public key?)"
+            )
+        self.handshake_failure = why
         self._diag.warning(
             "roxxel: the collector at %s %s; records stay in this process", self.endpoint, why
         )
