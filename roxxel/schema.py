@@ -16,8 +16,8 @@ Records inside a batch are small arrays:
   collector checks and formats a run column by column instead of row by row;
 * ``["r", keys, ts, steps, values]`` -- the same, logged with
   ``all_ranks=True``: written with the sender's rank in a ``rank`` column;
-  so ``step`` and ``rank``, the CSV's own columns, are not metric names
-  (:data:`RESERVED_METRIC_NAMES`);
+  so ``step`` and ``rank``, the CSV's own columns, and ``ts``, ``host`` and
+  ``sent_ts``, the JSONL's, are not metric names (:data:`RESERVED_METRIC_NAMES`);
 * ``["d", ts, metrics, lines]`` -- how many records the client dropped
   (its buffer was full) since its last such report;
 * ``["x", ts, level, text]`` -- a death notice: the sender's process ended
@@ -88,10 +88,11 @@ MAX_LEVEL_NAME = 64  # characters of a level's name
 # any honest clock's skew.
 MIN_TIMESTAMP = 0.0
 MAX_AHEAD = 86_400.0
-# The CSV's own columns: a metric so named would repeat "step" in the header
-# (pandas reads it as "step.1", csv.DictReader keeps the last) or be taken
-# for, and overwritten by, the sender's rank of all_ranks rows.
-RESERVED_METRIC_NAMES = ("step", "rank")
+# The files' own columns: a metric so named would repeat "step" in the CSV's
+# header (pandas reads it as "step.1", csv.DictReader keeps the last), be
+# taken for, and overwritten by, the sender's rank of all_ranks rows, or
+# repeat a key of a JSONL line (whose metrics are keys of the line itself).
+RESERVED_METRIC_NAMES = ("step", "rank", "ts", "host", "sent_ts")
 MAX_METRIC_KEYS = 4096
 MAX_KEY_LEN = 1024
 
@@ -138,8 +139,8 @@ def check_metric_keys(keys: Sequence[Any]) -> str | None:
     if not _RESERVED.isdisjoint(keys):
         name = next(key for key in keys if key in _RESERVED)
         return (
-            f"metric name {name!r} is reserved: roxxel's CSV has its own columns named "
-            + " and ".join(map(repr, RESERVED_METRIC_NAMES))
+            f"metric name {name!r} is reserved: roxxel's metrics files have their own "
+            "columns named " + ", ".join(map(repr, RESERVED_METRIC_NAMES))
         )
     return None
 

@@ -58,12 +58,16 @@ def test_a_metric_named_as_a_csv_column_makes_its_record_invalid() -> None:
         ["m", ["loss", "step"], [1.0], [0], [[0.5, 3]]],
         ["r", ["rank"], [1.0], [0], [[1]]],
         ["m", ["loss"], [1.0], [1], [[0.25]]],
+        ["m", ["ts"], [1.0], [2], [[0.25]]],
+        ["m", ["host", "sent_ts"], [1.0], [3], [["h", 2.0]]],
     ]
     part = sort_batch(records)
     assert [run.steps for run in part.runs] == [[1]]
+    columns = "roxxel's metrics files have their own columns named " + ", ".join(
+        map(repr, ["step", "rank", "ts", "host", "sent_ts"])
+    )
     assert [notice.problem for notice in part.notices] == [
-        "metric name 'step' is reserved: roxxel's CSV has its own columns named 'step' and 'rank'",
-        "metric name 'rank' is reserved: roxxel's CSV has its own columns named 'step' and 'rank'",
+        f"metric name {name!r} is reserved: {columns}" for name in ("step", "rank", "ts", "host")
     ]
 
 

@@ -320,9 +320,8 @@ def _rows_in_jsonl(text: str) -> Counter:
     found = Counter()
     for line in text.splitlines():
         item = json.loads(line)  # every line of the file is JSON, the fuzzer's too
-        metrics = item["metrics"]
-        if "good_loss" in metrics:
-            found[(item["step"], metrics["good_loss"], metrics["good_acc"])] += 1
+        if "good_loss" in item:
+            found[(item["step"], item["good_loss"], item["good_acc"])] += 1
     return found
 
 

@@ -107,8 +107,8 @@ def test_a_metric_named_step_or_rank_is_refused_alike_on_every_rank(
         log.log_metrics_summary(2, {"loss": 0.5})  # the Logger goes on
         assert log.flush(30)
     assert errors[0] == (
-        "log_metrics_summary: metric name 'step' is reserved: roxxel's CSV has its own "
-        "columns named 'step' and 'rank'\n"
+        "log_metrics_summary: metric name 'step' is reserved: roxxel's metrics files have "
+        "their own columns named 'step', 'rank', 'ts', 'host', 'sent_ts'\n"
     )
     assert "metric name 'rank' is reserved" in errors[1] == errors[2]
     # A rank whose plain rows are not even sent fails the same way.
@@ -134,9 +134,9 @@ def test_a_raw_batch_with_a_metric_named_step_or_rank_leaves_the_header_alone(
         ["4", "0.12500", "2"],
     ]
     rows = [json.loads(line) for line in daemon.file("metrics.jsonl").splitlines()]
-    assert [(r["step"], r["rank"], r["metrics"]) for r in rows] == [
-        (1, 2, {"loss": 0.5}),
-        (4, 2, {"loss": 0.125}),
+    assert rows == [
+        {"ts": rows[0]["ts"], "step": 1, "rank": 2, "host": rows[0]["host"], "loss": 0.5},
+        {"ts": rows[1]["ts"], "step": 4, "rank": 2, "host": rows[0]["host"], "loss": 0.125},
     ]
     log = daemon.file("system.log")
     # Refused whole, as any invalid record: reported once, kept in the quarantine file.
@@ -177,7 +177,8 @@ def test_records_dated_out_of_range_are_kept_with_the_collectors_time(
     assert "4 metrics row(s) sent with a time out of range" in log
 
     rows = [json.loads(line) for line in daemon.file("metrics.jsonl").splitlines()]
-    assert [r.get("sent_ts") for r in rows] == [-9.9e10, 1e300, "nan", "inf", None]
+    sent = [r.get("sent_ts") for r in rows]
+    assert math.isnan(sent[2]) and sent[:2] + sent[3:] == [-9.9e10, 1e300, math.inf, None]
     assert all(start - 1 <= r["ts"] <= time.time() + 1 for r in rows)
     assert [r[0] for r in csv_rows(daemon.file("metrics.csv"))[1:]] == list("12345")
 
@@ -222,7 +223,5 @@ def test_a_hostile_metric_name_gives_a_guarded_escaped_header_cell(daemon: Daemo
     assert header == ["step", '\'=HYPERLINK("http://evil","x")\\x00\\x1b[31m', "note"]
     assert row == ["1", "1.50000", "\\x1b[2Jcleared\\x00"]
     # The JSONL keeps the name as sent.
-    assert json.loads(daemon.file("metrics.jsonl"))["metrics"] == {
-        name: 1.5,
-        "note": "\x1b[2Jcleared\x00",
-    }
+    line = json.loads(daemon.file("metrics.jsonl"))
+    assert {k: line[k] for k in list(line)[4:]} == {name: 1.5, "note": "\x1b[2Jcleared\x00"}

@@ -195,9 +195,23 @@ def test_metrics_dict_is_snapshotted_at_call_time(tmp_path: Path) -> None:
 def test_nan_and_infinities_are_written_as_nan_and_inf(tmp_path: Path) -> None:
     with Logger(tmp_path, "nan") as logger:
         logger.log_metrics_summary(1, {"a": math.nan, "b": math.inf, "c": -math.inf})
+        logger.log_metrics_summary(2, {"a": 0.5, "b": 1.0, "c": 2.0})
     assert csv_rows(logger.metrics_csv_path)[1] == ["1", "nan", "inf", "-inf"]
-    record = json.loads(read(tmp_path / "nan_metrics.jsonl"))
-    assert record["metrics"] == {"a": "nan", "b": "inf", "c": "-inf"}
+    text = read(tmp_path / "nan_metrics.jsonl")
+    assert text.splitlines()[0].endswith('"a": NaN, "b": Infinity, "c": -Infinity}')
+    record = json.loads(text.splitlines()[0])  # as Python's json reads them
+    assert math.isnan(record["a"]) and (record["b"], record["c"]) == (math.inf, -math.inf)
+
+
+def test_the_jsonl_loads_flat_in_pandas_in_one_call(tmp_path: Path) -> None:
+    pandas = pytest.importorskip("pandas")
+    with Logger(tmp_path, "pd") as logger:
+        logger.log_metrics_summary(1, {"loss": 0.5, "acc": math.nan})
+        logger.log_metrics_summary(2, {"loss": 0.25, "acc": 0.75, "note": "a,b"})
+    frame = pandas.read_json(tmp_path / "pd_metrics.jsonl", lines=True)
+    assert list(frame.columns) == ["ts", "step", "rank", "host", "loss", "acc", "note"]
+    assert frame["loss"].tolist() == [0.5, 0.25] and frame["step"].tolist() == [1, 2]
+    assert frame["acc"].dtype == float and math.isnan(frame["acc"][0]) and frame["acc"][1] == 0.75
 
 
 def test_numpy_scalars_are_accepted(tmp_path: Path) -> None:

@@ -132,8 +132,8 @@ def test_ints_of_any_size_and_booleans_are_written_exactly(tmp_path) -> None:
     assert csv_text == (
         f"step,big,neg,u64,flag\n1,{10**30},{-(10**25)},{2**64 - 1},True\n2,7,{-(2**63)},0,False\n"
     )
-    rows = [json.loads(line)["metrics"] for line in (tmp_path / "v_metrics.jsonl").open()]
-    assert rows == [
+    rows = [json.loads(line) for line in (tmp_path / "v_metrics.jsonl").open()]
+    assert [{k: row[k] for k in list(row)[4:]} for row in rows] == [
         {"big": 10**30, "neg": -(10**25), "u64": 2**64 - 1, "flag": True},
         {"big": 7, "neg": -(2**63), "u64": 0, "flag": False},
     ]

@@ -1,22 +1,24 @@
-"""``{prefix}_metrics.jsonl``: one JSON object per metrics record.
+"""``{prefix}_metrics.jsonl``: one flat JSON object per metrics row.
 
-``{"ts": 1764086400.500, "step": 10, "rank": 0, "host": "node-1",
-"metrics": {"loss": 1.2}}``: ``ts`` in seconds with milliseconds, floats
-as Python's shortest round-trip ``repr``. JSON has no NaN or infinity, so
-those values are the strings ``"nan"``, ``"inf"`` and ``"-inf"``; a value
-the collector could not write (not a scalar) is ``null``. A row sent with a
-time out of range (:func:`roxxel.schema.in_time_range`) has the collector's
-time as ``ts`` and ends with ``"sent_ts"``, the time as sent (a number, or
-``"nan"``, ``"inf"``, ``"-inf"``). Metric names are keys of ``metrics``,
-never of the line itself.
+``{"ts": 1764086400.500, "step": 10, "rank": 0, "host": "node-1", "loss":
+1.2, "lr": 0.0003}``: ``ts`` in seconds with milliseconds, then each metric
+under its own name (the line's own names, :data:`roxxel.schema.RESERVED_METRIC_NAMES`,
+are not metric names), so that ``pandas.read_json(path, lines=True)`` gives
+one column per metric. Floats are Python's shortest round-trip ``repr``;
+NaN and the infinities are ``NaN``, ``Infinity`` and ``-Infinity``, as
+Python's ``json`` writes and reads them and pandas reads them (strict JSON
+has no such numbers). A value the collector could not write (not a scalar)
+is ``null``. A row sent with a time out of range
+(:func:`roxxel.schema.in_time_range`) has the collector's time as ``ts`` and
+ends with ``"sent_ts"``, the time as sent.
 
 The collector writes hundreds of thousands of rows a second, and Python's
-float ``repr`` was its largest cost (three quarters of a row's). So a
-column of finite floats or of integers is converted in one call to orjson
-(whose floats are the same shortest round-trip digits; the few it writes
-differently, below 1e-4, are put back into ``repr``'s form, see
-:func:`float_texts`), and a run's lines are joined from those texts and the
-constant pieces between them, built once per keys and column types.
+float ``repr`` was its largest cost. So a column of finite floats or of
+integers is converted in one call to orjson (whose floats are the same
+shortest round-trip digits; the few it writes differently, below 1e-4, are
+put back into ``repr``'s form, see :func:`float_texts`), and a run's lines
+are joined from those texts and the constant pieces between them, built
+once per keys and column types.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from .base import FileSink, Origin
 
 __all__ = ["MetricsJsonlSink", "json_scalar", "json_string", "float_texts"]
 
-_NON_FINITE = {math.inf: '"inf"', -math.inf: '"-inf"'}
+_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 
 
 _LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
@@ -55,7 +57,7 @@ def json_scalar(value: object) -> str:
     if kind is float:
         if math.isfinite(value):
             return float.__repr__(value)
-        return _NON_FINITE.get(value, '"nan"')
+        return _NON_FINITE.get(value, "NaN")
     if kind is str:
         return json_string(value)
     if kind is bool:
@@ -122,20 +124,19 @@ class MetricsJsonlSink(FileSink):
                 self._layouts.clear()
             layout = ['{"ts": ', 0, ', "step": ', 1, head]
             column = 2
-            for i, (key, cell) in enumerate(zip(keys, cells, strict=True)):
-                layout[-1] += (", " if i else "") + self._key(key)
+            for key, cell in zip(keys, cells, strict=True):
+                layout[-1] += ", " + self._key(key)
                 if cell is None:
                     layout += [column, ""]
                     column += 1
                 else:
                     layout[-1] += cell
-            layout[-1] += "}"
             layout.append(column)
             self._layouts[cache_key] = layout
         return layout
 
     def write_metrics(self, origin: Origin, runs: Sequence[MetricsRun]) -> None:
-        head = f', "rank": {origin.rank}, "host": {json_string(origin.host)}, "metrics": {{'
+        head = f', "rank": {origin.rank}, "host": {json_string(origin.host)}'
         lines = []
         for run in runs:
             # A column of one number is converted once, into the layout; any
