@@ -265,7 +265,7 @@ class Run:
 
 
 def _where(sinks: Sink) -> codec.Where | None:
-    """Where the run's three files are, as a client is told (None: not those three)."""
+    """Where the run's files are, as a client is told (None: no system log)."""
     paths = {
         type(leaf): os.path.abspath(leaf.path) for leaf in _leaves(sinks) if hasattr(leaf, "path")
     }
@@ -273,11 +273,11 @@ def _where(sinks: Sink) -> codec.Where | None:
         where = codec.Where(
             host=socket.gethostname(),
             system_log=paths[SystemLogSink],
-            metrics_csv=paths[MetricsCsvSink],
-            metrics_jsonl=paths[MetricsJsonlSink],
+            metrics_csv=paths.get(MetricsCsvSink),
+            metrics_jsonl=paths.get(MetricsJsonlSink),
         )
         codec.encode(codec.Ack(bytes(codec.SENDER_ID_LEN), 0, where))
-    except (KeyError, codec.CodecError):  # not those three, or a path too long to send
+    except (KeyError, codec.CodecError):  # no system log, or a path too long to send
         return None
     return where
 

@@ -467,10 +467,16 @@ class Sender:
         self.where = where
         if self._announce and not said:
             base = where.system_log.removesuffix("_system.log")
+            kinds = ["log"] + [
+                kind
+                for kind, path in (("csv", where.metrics_csv), ("jsonl", where.metrics_jsonl))
+                if path is not None
+            ]
             self._diag.info(
-                "roxxel: logging to %s → %s_*.{log,csv,jsonl} on %s",
+                "roxxel: logging to %s → %s_*.{%s} on %s",
                 self.endpoint,
                 printable(base),  # the collector's text, on this terminal
+                ",".join(kinds),
                 printable(where.host),
             )
 

@@ -142,12 +142,13 @@ class Bye:
 
 @dataclass(frozen=True, slots=True)
 class Where:
-    """Where a collector writes a run's files: paths on ``host``, its machine."""
+    """Where a collector writes a run's files: paths on ``host``, its machine
+    (``None`` for a metrics file it does not write)."""
 
     host: str
     system_log: str
-    metrics_csv: str
-    metrics_jsonl: str
+    metrics_csv: str | None
+    metrics_jsonl: str | None
 
 
 _WHERE_FIELDS = ("host", "system_log", "metrics_csv", "metrics_jsonl")
@@ -234,7 +235,10 @@ def encode(frame: Frame) -> bytes:
     if frame.where is not None:
         where = {name: getattr(frame.where, name) for name in _WHERE_FIELDS}
         if _where_of(where) is None:
-            raise CodecError(f"where holds {', '.join(_WHERE_FIELDS)}: strings, not empty")
+            raise CodecError(
+                f"where holds {', '.join(_WHERE_FIELDS)}: strings, not empty (the metrics "
+                "files' may be nil)"
+            )
     return _pack([PROTO_VERSION, "ack", frame.sender_id, frame.seq, where])
 
 
@@ -390,9 +394,15 @@ def _where_of(body: Any) -> Where | None:
     if not isinstance(body, dict):
         return None
     values = [body.get(name) for name in _WHERE_FIELDS]
-    if not all(isinstance(v, str) and 0 < len(v) <= _MAX_PATH_LEN for v in values):
+    if not all(_is_path(v) for v in values[:2]) or not all(
+        v is None or _is_path(v) for v in values[2:]
+    ):
         return None
     return Where(*values)
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= _MAX_PATH_LEN
 
 
 def _check_hello_fields(host: Any, prefix: Any, rank: Any, pid: Any, count: Any) -> None:

@@ -247,7 +247,13 @@ hellos = st.builds(
 batches = st.builds(Batch, sender_id=sender_ids, seq=st.integers(1, 2**63 - 1), records=records)
 byes = st.builds(Bye, sender_id=sender_ids, seq=seqs)
 paths = st.text(min_size=1, max_size=64).filter(str.isprintable)
-wheres = st.builds(Where, host=paths, system_log=paths, metrics_csv=paths, metrics_jsonl=paths)
+wheres = st.builds(
+    Where,
+    host=paths,
+    system_log=paths,
+    metrics_csv=st.none() | paths,
+    metrics_jsonl=st.none() | paths,
+)
 acks = st.builds(Ack, sender_id=sender_ids, seq=seqs, where=st.none() | wheres)
 frames = st.one_of(hellos, batches, byes, acks)
 

@@ -320,7 +320,7 @@ def test_logs_moved_away_while_the_daemon_is_stopped(
         else:
             first.kill()
         checkpoint = load_checkpoint(str(log_dir / ".run_checkpoint.json"))
-        acknowledged = checkpoint.marks["sinks"][0]["size"]  # the system log's
+        acknowledged = checkpoint.marks["sinks"]["SystemLogSink"]["size"]
         away.mkdir()
         for path in log_dir.glob("run_*"):
             path.rename(away / path.name)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aggregator.sinks import MetricsCsvSink, MetricsJsonlSink, Origin
+from aggregator.sinks import FanOut, MetricsCsvSink, MetricsJsonlSink, Origin, SystemLogSink
 from aggregator.sinks.metrics_csv import format_value, header_cell
 from aggregator.sinks.metrics_jsonl import float_texts, int_texts, json_scalar, json_string
 
@@ -70,7 +70,7 @@ SAME_KEYS_ROWS = st.tuples(
 ROWS = st.one_of(MIXED_ROWS, SAME_KEYS_ROWS)
 
 
-def general_csv(keys: list[str], rows: list[tuple[str, dict]]) -> str:
+def general_csv(keys: list[str], rows: list[tuple[str, dict]], full: bool = False) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     for step, (kind, metrics) in enumerate(rows):
@@ -78,7 +78,9 @@ def general_csv(keys: list[str], rows: list[tuple[str, dict]]) -> str:
             [
                 step,
                 *[
-                    ORIGIN.rank if k == "rank" and kind == "r" else format_value(metrics.get(k))
+                    ORIGIN.rank
+                    if k == "rank" and kind == "r"
+                    else format_value(metrics.get(k), full)
                     for k in keys
                 ],
             ]
@@ -99,6 +101,49 @@ def test_csv_rows_are_what_the_csv_module_writes(tmp_path_factory, rows) -> None
     header, _, body = text.partition("\n")
     keys = header.split(",")[1:]
     assert body == general_csv(keys, rows)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ROWS)
+def test_csv_with_full_floats_writes_every_digit(tmp_path_factory, rows) -> None:
+    path = Path(tmp_path_factory.mktemp("csv")) / "m.csv"
+    sink = MetricsCsvSink(str(path), floats="full")
+    sink.write_metrics(
+        ORIGIN, metrics_runs([(kind, step, m) for step, (kind, m) in enumerate(rows)])
+    )
+    sink.close()
+    header, _, body = path.read_text(encoding="utf-8").partition("\n")
+    assert body == general_csv(header.split(",")[1:], rows, full=True)
+    for row in csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))):
+        metrics = rows[int(row["step"])][1]
+        for key, value in metrics.items():
+            if type(value) is float and math.isfinite(value):
+                assert row[header_cell(key)] == repr(value)  # and so reads back as value
+
+
+def test_a_csv_sink_refuses_an_unknown_float_format(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="floats is one of original, full, not '6f'"):
+        MetricsCsvSink(str(tmp_path / "m.csv"), floats="6f")
+
+
+def test_a_fan_out_resumes_each_sink_from_its_own_mark_whatever_the_others(
+    tmp_path: Path,
+) -> None:
+    log, csv_path = tmp_path / "run_system.log", tmp_path / "run_metrics.csv"
+    both = FanOut([SystemLogSink(str(log)), MetricsCsvSink(str(csv_path))])
+    both.write_lines(ORIGIN, [["l", 1.0, 20, "kept"]])
+    both.sync()
+    mark = both.checkpoint_mark()
+    assert list(mark) == ["SystemLogSink", "MetricsCsvSink"]
+    both.write_lines(ORIGIN, [["l", 1.0, 20, "never acknowledged"]])
+    both.close()
+    # Restarted without the CSV, then with a JSONL it never had: each file its own mark.
+    alone = FanOut([SystemLogSink(str(log)), MetricsJsonlSink(str(tmp_path / "run.jsonl"))])
+    assert alone.resume(mark) == []
+    alone.close()
+    assert log.read_text().count("never acknowledged") == 0 and "kept" in log.read_text()
+    with pytest.raises(ValueError, match="a mark for 2 sinks expected"):
+        FanOut([SystemLogSink(str(log)), SystemLogSink(str(log))]).resume([{"size": 0}])
 
 
 @settings(max_examples=300, deadline=None)

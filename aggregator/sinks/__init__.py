@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import TextIO
 
 from .base import FanOut, Origin, Sink
-from .metrics_csv import MetricsCsvSink
+from .metrics_csv import CSV_FLOATS, MetricsCsvSink
 from .metrics_jsonl import MetricsJsonlSink
 from .system_log import SystemLogSink
 
@@ -18,17 +19,46 @@ __all__ = [
     "MetricsCsvSink",
     "MetricsJsonlSink",
     "default_sinks",
+    "FileOptions",
+    "METRICS_FILES",
+    "CSV_FLOATS",
 ]
 
+METRICS_FILES = ("csv", "jsonl")  # every metrics file a run can have, by default all
 
-def default_sinks(log_dir: str, prefix: str, echo: TextIO | None) -> FanOut:
-    """The run's three files in ``log_dir`` (created if missing)."""
+
+@dataclass(frozen=True)
+class FileOptions:
+    """What a run's files are: which metrics files besides the system log
+    (any of :data:`METRICS_FILES`, at least one), and how the CSV writes
+    floats (:data:`CSV_FLOATS`). Raises ``ValueError`` naming what is wrong."""
+
+    metrics_files: tuple[str, ...] = METRICS_FILES
+    csv_floats: str = "original"
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.metrics_files if name not in METRICS_FILES]
+        if unknown or not self.metrics_files:
+            raise ValueError(
+                f"metrics files are one or more of {', '.join(METRICS_FILES)}, "
+                f"not {', '.join(map(repr, self.metrics_files)) or 'none'}"
+            )
+        if self.csv_floats not in CSV_FLOATS:
+            raise ValueError(
+                f"csv floats are one of {', '.join(CSV_FLOATS)}, not {self.csv_floats!r}"
+            )
+
+
+def default_sinks(
+    log_dir: str, prefix: str, echo: TextIO | None, options: FileOptions = FileOptions()
+) -> FanOut:
+    """The run's files in ``log_dir`` (created if missing): the system log and
+    the metrics files of ``options``."""
     os.makedirs(log_dir, exist_ok=True)
     base = os.path.join(log_dir, prefix)
-    return FanOut(
-        [
-            SystemLogSink(f"{base}_system.log", echo),
-            MetricsCsvSink(f"{base}_metrics.csv"),
-            MetricsJsonlSink(f"{base}_metrics.jsonl"),
-        ]
-    )
+    sinks: list[Sink] = [SystemLogSink(f"{base}_system.log", echo)]
+    if "csv" in options.metrics_files:
+        sinks.append(MetricsCsvSink(f"{base}_metrics.csv", options.csv_floats))
+    if "jsonl" in options.metrics_files:
+        sinks.append(MetricsJsonlSink(f"{base}_metrics.jsonl"))
+    return FanOut(sinks)

@@ -240,10 +240,20 @@ class FileSink(Sink):
 
 
 class FanOut(Sink):
-    """Every call goes to every sink, in order; all are flushed/closed even if one fails."""
+    """Every call goes to every sink, in order; all are flushed/closed even if one fails.
+
+    Its mark holds each sink's under the sink's class name, so that a
+    collector restarted with fewer or more sinks (``--metrics-files``) still
+    resumes each file it writes from its own mark: a sink the checkpoint has
+    no mark of was not written by the collector before, and starts as it is.
+    """
 
     def __init__(self, sinks: Sequence[Sink]):
         self.sinks = list(sinks)
+        names = [type(sink).__name__ for sink in self.sinks]
+        if len(set(names)) != len(names):  # two sinks of one kind: told apart by place
+            names = [f"{name}#{i}" for i, name in enumerate(names)]
+        self._names = names
 
     def write_lines(self, origin: Origin, records: Sequence[Sequence[Any]]) -> None:
         for sink in self.sinks:
@@ -264,10 +274,13 @@ class FanOut(Sink):
             sink.sync()
 
     def mark(self) -> Any:
-        return [sink.mark() for sink in self.sinks]
+        return {name: sink.mark() for name, sink in zip(self._names, self.sinks, strict=True)}
 
     def checkpoint_mark(self) -> Any:
-        return [sink.checkpoint_mark() for sink in self.sinks]
+        return {
+            name: sink.checkpoint_mark()
+            for name, sink in zip(self._names, self.sinks, strict=True)
+        }
 
     def reopen(self) -> None:
         _each(sink.reopen for sink in self.sinks)
@@ -280,9 +293,15 @@ class FanOut(Sink):
         return [note for sink, position in self._pairs(mark) for note in sink.resume(position)]
 
     def _pairs(self, mark: Any) -> list[tuple[Sink, Any]]:
-        if not isinstance(mark, list) or len(mark) != len(self.sinks):
+        if isinstance(mark, list) and len(mark) == len(self.sinks):
+            return list(zip(self.sinks, mark, strict=True))  # an older roxxel's: by place
+        if not isinstance(mark, dict):
             raise ValueError(f"a mark for {len(self.sinks)} sinks expected, got {mark!r}")
-        return list(zip(self.sinks, mark, strict=True))
+        return [
+            (sink, mark[name])
+            for name, sink in zip(self._names, self.sinks, strict=True)
+            if name in mark
+        ]
 
 
 def _replaced_notes(

@@ -4,7 +4,9 @@
   below 1e-3 or at least 1e16 in magnitude, which is written with six
   significant digits (``1e-06``, ``0.000297``) so it keeps them;
   NaN and infinities are ``nan``, ``inf``, ``-inf``; integers are exact;
-  ``None`` and a key missing from a row are an empty cell.
+  ``None`` and a key missing from a row are an empty cell. With
+  ``floats="full"`` (:data:`CSV_FLOATS`), a finite float is its shortest
+  round-trip ``repr`` instead (``0.0012345678``, ``1e-06``): every digit.
 * Cells are quoted by the ``csv`` module (commas, quotes, newlines); a
   carriage return in text is stored as a newline, other control characters
   but a tab as ``\\xNN`` (as in the system log); a text value that starts
@@ -41,6 +43,7 @@ import io
 import math
 import os
 from collections.abc import Sequence
+from itertools import repeat
 from typing import IO, Any
 
 from roxxel.codec import MAX_STR_LEN
@@ -50,8 +53,19 @@ from roxxel.schema import RECORD_RANKED_METRICS
 from ..checkpoint import replace_file
 from ..metrics_run import FLOATS, INTS, MetricsRun
 from .base import FileSink, Origin, truncate_to
+from .number_texts import float_texts
 
-__all__ = ["MetricsCsvSink", "format_value", "csv_cell", "header_cell", "RANK_COLUMN"]
+__all__ = [
+    "MetricsCsvSink",
+    "format_value",
+    "csv_cell",
+    "header_cell",
+    "RANK_COLUMN",
+    "CSV_FLOATS",
+]
+
+# How the CSV writes floats: the original's .5f rule, or every digit.
+CSV_FLOATS = ("original", "full")
 
 RANK_COLUMN = "rank"
 # From this size on, a widening leaves room after the header (see above).
@@ -87,8 +101,11 @@ def _float_format(column: tuple[float, ...]) -> str | None:
     return None
 
 
-def format_value(value: object) -> str:
+def format_value(value: object, full: bool = False) -> str:
+    """The text of a cell (before quoting); ``full``: floats as ``repr``."""
     if type(value) is float:
+        if full and math.isfinite(value):
+            return float.__repr__(value)
         magnitude = abs(value)
         if _SMALL <= magnitude < _LARGE or magnitude in (0.0, math.inf) or value != value:
             return f"{value:.5f}"
@@ -131,17 +148,20 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def csv_cell(value: object) -> str:
+def csv_cell(value: object, full: bool = False) -> str:
     """The cell of ``value`` as the csv module writes it (quoted when it must be)."""
-    text = format_value(value)
+    text = format_value(value, full)
     if "," in text or '"' in text or "\n" in text:
         return '"' + text.replace('"', '""') + '"'
     return text
 
 
 class MetricsCsvSink(FileSink):
-    def __init__(self, path: str):
+    def __init__(self, path: str, floats: str = "original"):
+        if floats not in CSV_FLOATS:
+            raise ValueError(f"floats is one of {', '.join(CSV_FLOATS)}, not {floats!r}")
         self.path = path
+        self._full = floats == "full"
         # The header's cells ("step" left out); the bytes before the first row
         # (the header line and the blank lines kept after it).
         self.keys: list[str] = []
@@ -203,13 +223,15 @@ class MetricsCsvSink(FileSink):
         columns: list[tuple] = []
         for kind, column, constant in zip(run.types, run.columns, run.constant, strict=True):
             if constant:
-                cell = format_value(column[0])  # a number: nothing to quote or escape
+                cell = format_value(column[0], self._full)  # a number: nothing to quote
             elif kind == INTS:
                 cell = "%d"
+            elif kind == FLOATS and self._full:
+                cell, column = "%s", float_texts(column)
             else:
                 cell = _float_format(column) if kind == FLOATS else None
                 if cell is None:
-                    cell, column = "%s", tuple(map(csv_cell, column))
+                    cell, column = "%s", tuple(map(csv_cell, column, repeat(self._full)))
             cells.append(cell)
             columns.append(column)
         rank_cell = str(rank) if run.kind == RECORD_RANKED_METRICS else ""

@@ -15,8 +15,7 @@ ends with ``"sent_ts"``, the time as sent.
 The collector writes hundreds of thousands of rows a second, and Python's
 float ``repr`` was its largest cost. So a column of finite floats or of
 integers is converted in one call to orjson (whose floats are the same
-shortest round-trip digits; the few it writes differently, below 1e-4, are
-put back into ``repr``'s form, see :func:`float_texts`), and a run's lines
+shortest round-trip digits; see :mod:`aggregator.sinks.number_texts`), and a run's lines
 are joined from those texts and the constant pieces between them, built
 once per keys and column types.
 """
@@ -24,17 +23,15 @@ once per keys and column types.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Sequence
 from itertools import chain, repeat
 from json.encoder import encode_basestring
 
-import orjson
-
 from ..metrics_run import FLOATS, INTS, MetricsRun
 from .base import FileSink, Origin
+from .number_texts import float_texts, int_texts
 
-__all__ = ["MetricsJsonlSink", "json_scalar", "json_string", "float_texts"]
+__all__ = ["MetricsJsonlSink", "json_scalar", "json_string"]
 
 _NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 
@@ -65,35 +62,6 @@ def json_scalar(value: object) -> str:
     if value is None:
         return "null"
     return int.__repr__(value)
-
-
-# Where orjson's text of a float differs from repr's: a one-digit negative
-# exponent ("1e-7", repr "1e-07"), and 1e-5 <= |x| < 1e-4 written without
-# one ("0.00001234", repr "1.234e-05"). The digits are the same.
-_SHORT_EXPONENT = re.compile(r"e-(\d)(?=[,\]])")
-_FOUR_ZEROS = re.compile(r"(?<=[\[,])-?0\.0000\d+")
-
-
-def float_texts(column: Sequence[float]) -> list[str]:
-    """Each finite float's ``repr``, for a whole column at once."""
-    text = orjson.dumps(column).decode()
-    if "e-" in text:
-        text = _SHORT_EXPONENT.sub(r"e-0\1", text)
-    if "0.0000" in text:
-        text = _FOUR_ZEROS.sub(_repr_of_match, text)
-    return text[1:-1].split(",")
-
-
-def _repr_of_match(match: re.Match) -> str:
-    return float.__repr__(float(match.group()))
-
-
-def int_texts(column: Sequence[int]) -> list[str]:
-    """Each int's decimal text, for a whole column at once."""
-    try:
-        return orjson.dumps(column).decode()[1:-1].split(",")
-    except orjson.JSONEncodeError:  # beyond 64 bits
-        return list(map(int.__repr__, column))
 
 
 class MetricsJsonlSink(FileSink):
