@@ -127,6 +127,7 @@ class Collector:
         home: Run | None = None,
         root: str | None = None,
         echo: TextIO | None = None,
+        router: Router | None = None,
     ):
         self.name = name  # how its messages sign: the program the user started
         self._diag = log or diagnostics("roxxel.aggregator")
@@ -158,7 +159,8 @@ class Collector:
         # A plain flag, not a threading.Event: stop() runs in signal handlers, and
         # Event.set() takes a lock that a second signal would wait on forever.
         self._stopping = False
-        self._router = Router(bind, context, curve)
+        # ``router``: bound already at ``bind`` (see for_log_dir).
+        self._router = router or Router(bind, context, curve)
         self.endpoint = self._router.endpoint
         # The log's text goes to tools only where readers are known: CURVE
         # clients, or whoever can reach a local endpoint.
@@ -177,11 +179,14 @@ class Collector:
     ) -> Collector:
         """A collector owning the run ``{log_dir}/{prefix}_*``, its checkpoint and quarantine.
 
-        Raises ``OSError`` if another collector holds the run's lock.
+        Raises ``OSError`` if another collector holds the run's lock, or if
+        ``bind`` cannot be bound. It binds first: a collector that cannot
+        serve creates no file.
         """
+        router = Router(bind, curve=curve)
         return cls._around(
-            Run.open(log_dir, prefix, echo, Ledger(), Counter(), _diagnostics(), name=name),
-            bind,
+            router,
+            lambda: Run.open(log_dir, prefix, echo, Ledger(), Counter(), _diagnostics(), name=name),
             commit_interval,
             curve,
             name,
@@ -200,29 +205,42 @@ class Collector:
         """A collector of every run that reaches it: ``{log_dir}/{prefix}_*`` per
         client prefix; its own reports in ``{log_dir}/{name}_system.log``.
 
-        Raises ``OSError`` if another collector serves ``log_dir`` so.
+        Raises ``OSError`` if another collector serves ``log_dir`` so, or if
+        ``bind`` cannot be bound (then it has created nothing).
         """
-        os.makedirs(log_dir, exist_ok=True)
-        home = Run.open(
-            log_dir, name, echo, Ledger(), Counter(), _diagnostics(), name=name, log_only=True
+        router = Router(bind, curve=curve)
+
+        def home() -> Run:
+            os.makedirs(log_dir, exist_ok=True)
+            return Run.open(
+                log_dir, name, echo, Ledger(), Counter(), _diagnostics(), name=name, log_only=True
+            )
+
+        return cls._around(
+            router, home, commit_interval, curve, name, os.path.abspath(log_dir), echo
         )
-        return cls._around(home, bind, commit_interval, curve, name, os.path.abspath(log_dir), echo)
 
     @classmethod
     def _around(
         cls,
-        run: Run,
-        bind: str,
+        router: Router,
+        open_home: Callable[[], Run],
         commit_interval: float,
         curve: ServerKeys | None,
         name: str,
         root: str | None = None,
         echo: TextIO | None = None,
     ) -> Collector:
-        """A collector whose home is ``run``, opened already (files, lock, checkpoint)."""
+        """A collector on ``router`` (bound) whose home is the run ``open_home()``
+        opens (files, lock, checkpoint)."""
+        try:
+            run = open_home()
+        except BaseException:
+            router.close()
+            raise
         try:
             return cls(
-                bind,
+                router.endpoint,
                 run.sinks,
                 commit_interval=commit_interval,
                 curve=curve,
@@ -230,9 +248,13 @@ class Collector:
                 home=run,
                 root=root,
                 echo=echo,
+                router=router,
             )
         except BaseException:
-            run.close()
+            try:
+                run.close()
+            finally:
+                router.close()
             raise
 
     # -- what it serves ----------------------------------------------------------

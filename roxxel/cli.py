@@ -1,11 +1,17 @@
 """``roxxel``: command-line tools for a roxxel run.
 
-``roxxel check ENDPOINT`` introduces itself to a collector and reports
+``roxxel check ENDPOINT|DIR`` introduces itself to a collector and reports
 whether (and how fast) it answered: the first thing to try when ranks'
 lines do not arrive.
 
-``roxxel status ENDPOINT`` prints a collector's live figures: senders,
+``roxxel status ENDPOINT|DIR`` prints a collector's live figures: senders,
 ranks, records/s, drops, refusals, the busiest senders.
+
+Given a run's log directory (or DIR/PREFIX) instead of an endpoint, ``check``
+and ``status`` ask the run's own collector, found in the
+``.{prefix}_collector.json`` that rank 0 writes while it runs
+(:func:`roxxel.runfiles.running_collector`); one left by a collector that is
+gone is said at once, exit status 1.
 
 ``roxxel tail DIR|FILE|ENDPOINT`` follows a run's system log (``--level``,
 ``--rank``), from its files or through its collector.
@@ -23,10 +29,11 @@ choose where it holds several runs, which are then listed rather than one
 guessed), the file itself, or ``DIR/PREFIX``.
 
 A collector that fails the handshake (CURVE keys missing, refused or wrong)
-is said at once, exit status 1, rather than at the end of ``--timeout``.
+is said at once, exit status 1, rather than at the end of ``--timeout``
+(``replay``'s too; no file of it is then renamed).
 
 An ENDPOINT that cannot be parsed or resolved (``localhost:5555``, a port
-out of range, a host name that does not exist, a directory) is said in one
+out of range, a host name that does not exist) is said in one
 line, ``roxxel: ...``, with exit status 2, before anything is sent.
 
 Text a peer supplied (a sender's host, a collector's answer or error, a
@@ -49,7 +56,15 @@ from . import __version__
 from .lines import printable
 from .plot import add_plot_command, plot_command
 from .query import CollectorQuery, HandshakeError, QueryError
-from .runfiles import SYSTEM_LOG, UNDELIVERED, RunFilesError, add_run_arguments, run_file, run_files
+from .runfiles import (
+    SYSTEM_LOG,
+    UNDELIVERED,
+    RunFilesError,
+    add_run_arguments,
+    run_file,
+    run_files,
+    running_collector,
+)
 from .security import ENV_CLIENT_KEY, ENV_SERVER_KEY, ClientKeys, client_keys
 from .tail import RecordFilter, follow_collector, follow_file
 from .transport import EndpointError, check_endpoint, is_host_port
@@ -77,7 +92,7 @@ def _check(endpoint: str, timeout: float, keys: ClientKeys | None) -> int:
 
 
 def _refused(command: str, exc: HandshakeError, keys: ClientKeys | None) -> int:
-    """What ``check``, ``status`` and ``tail`` say when the handshake failed."""
+    """What ``check``, ``status``, ``tail`` and ``replay`` say when the handshake failed."""
     how = (
         "; give them as --curve-server-key and --curve-client-key, or set "
         f"${ENV_SERVER_KEY} and ${ENV_CLIENT_KEY}"
@@ -101,6 +116,8 @@ def _replay(
     for path in paths:
         try:
             delivered = replay(path, endpoint, timeout, keys)
+        except HandshakeError as exc:  # the same for every file: said once
+            return _refused("replay", exc, keys)
         except (OSError, ValueError, TimeoutError) as exc:
             print(f"roxxel replay: {printable(str(exc))}", file=sys.stderr)
             failed += 1
@@ -204,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"roxxel {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="check that a collector answers")
-    check.add_argument("endpoint", help="e.g. tcp://127.0.0.1:5555")
+    add_run_arguments(check, "endpoint", _ENDPOINT_OR_RUN)
     check.add_argument("--timeout", type=float, default=5.0, help="seconds (default: 5)")
     again = commands.add_parser(
         "replay", help="deliver Loggers' undelivered-records files to a collector"
@@ -226,10 +243,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=60.0,
         help="seconds to wait for acknowledgements (default: 60)",
     )
-    status = commands.add_parser("status", help="a collector's live figures")
-    status.add_argument("endpoint", help="e.g. tcp://127.0.0.1:5555")
+    status = commands.add_parser(
+        "status",
+        help="a collector's live figures",
+        description="A collector's live figures; with --prefix P (or --run P) those of run P, "
+        "where the collector or the log directory has several runs.",
+    )
+    add_run_arguments(status, "endpoint", _ENDPOINT_OR_RUN)
     status.add_argument("--json", action="store_true", help="the raw answer, as JSON")
-    status.add_argument("--run", help="one run of a collector that serves several (its prefix)")
     status.add_argument("--timeout", type=float, default=5.0, help="seconds (default: 5)")
     tail = commands.add_parser("tail", help="follow a run's system log")
     add_run_arguments(
@@ -263,29 +284,44 @@ def main(argv: Sequence[str] | None = None) -> int:
             endpoint = check_endpoint(args.aggregator)
             return _replay(args.file, args.prefix, endpoint, args.timeout, keys)
         if args.command == "status":
-            return _status(_needed_endpoint(args), args.timeout, args.json, keys, args.run)
+            endpoint = _needed_endpoint(args)
+            if endpoint is None:
+                return 1
+            return _status(endpoint, args.timeout, args.json, keys, args.prefix)
         if args.command == "tail":
-            if "://" in args.source or (
-                is_host_port(args.source) and not os.path.isdir(args.source)
-            ):
+            if _is_endpoint(args.source):
                 args.source = check_endpoint(args.source)
             return _tail(args, keys)
-        return _check(_needed_endpoint(args), args.timeout, keys)
+        endpoint = _needed_endpoint(args)
+        return 1 if endpoint is None else _check(endpoint, args.timeout, keys)
     except EndpointError as exc:
         # One line, as for any other usage error: the command never ran.
         print(f"roxxel: {exc}", file=sys.stderr)
         return 2
 
 
-def _needed_endpoint(args: argparse.Namespace) -> str:
-    """The ENDPOINT of ``check`` and ``status``, which only a running collector can answer."""
-    if os.path.isdir(args.endpoint):
-        raise EndpointError(
-            f"{args.endpoint!r} is a directory: roxxel {args.command} asks a running "
-            "collector, give its endpoint (e.g. tcp://HOST:5555)"
-            + ("; roxxel tail DIR reads a run's files" if args.command == "status" else "")
-        )
-    return check_endpoint(args.endpoint)
+_ENDPOINT_OR_RUN = (
+    "the collector's endpoint, e.g. tcp://127.0.0.1:5555; or the run's log directory "
+    "(its Logger's own collector, while it runs)"
+)
+
+
+def _is_endpoint(source: str) -> bool:
+    """Whether a tool's SOURCE names a collector rather than a run's files."""
+    return "://" in source or (is_host_port(source) and not os.path.isdir(source))
+
+
+def _needed_endpoint(args: argparse.Namespace) -> str | None:
+    """The collector ``check`` and ``status`` ask: ENDPOINT, or the one a run's
+    log directory names; ``None`` (said on stderr) when that run's collector
+    is not running."""
+    if _is_endpoint(args.endpoint):
+        return check_endpoint(args.endpoint)
+    try:
+        return check_endpoint(running_collector(args.endpoint, args.prefix))
+    except RunFilesError as exc:
+        print(f"roxxel {args.command}: {printable(str(exc))}", file=sys.stderr)
+        return None
 
 
 def _add_curve_options(parser: argparse.ArgumentParser) -> None:

@@ -39,6 +39,7 @@ COLLECTOR_NAME = "roxxel collector"
 
 class EmbeddedCollector(Protocol):
     endpoint: str  # as bound, e.g. tcp://0.0.0.0:41234
+    pid: int  # the process it runs in
 
     @property
     def local_endpoint(self) -> str:
@@ -120,6 +121,7 @@ class ProcessCollector:
             )
         finally:
             os.close(ready_write)
+        self.pid = self.process.pid
         try:
             self.endpoint = self._read_endpoint(ready_read)
         finally:
@@ -185,6 +187,7 @@ class ThreadCollector:
             bind, log_dir, prefix, sys.stdout, curve=curve, name=COLLECTOR_NAME
         )
         self.endpoint = self.collector.endpoint
+        self.pid = os.getpid()
         self._drain = drain_senders
         self._thread = threading.Thread(target=self._serve, name="roxxel-collector", daemon=True)
         self._thread.start()

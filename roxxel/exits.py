@@ -10,7 +10,9 @@ was there before:
   (Python allows no other), and only for a Logger created with
   ``handle_sigterm=True`` (the default);
 * ``sys.excepthook`` / ``threading.excepthook``: the CRITICAL line and the
-  traceback of an uncaught exception, from any rank, then the previous hook;
+  traceback of an uncaught exception, from any rank, then the previous hook
+  (a ``KeyboardInterrupt``: one WARNING line saying where, see
+  ``Logger.log_crash``);
 * ``atexit``: every Logger never closed is closed (the registry holds them,
   so one that went out of scope unclosed is drained too);
 * ``os.register_at_fork``: a forked child's Loggers get a new sender id and
@@ -148,9 +150,8 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def _excepthook(
     exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
 ) -> None:
-    if not issubclass(exc_type, KeyboardInterrupt):
-        for logger in _live():
-            logger.log_crash(exc_type, exc, tb)
+    for logger in _live():
+        logger.log_crash(exc_type, exc, tb)
     _previous_excepthook(exc_type, exc, tb)
 
 

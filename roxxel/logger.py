@@ -56,7 +56,10 @@ class Logger:
 
     ``Logger(log_dir, filename_prefix="roxxel", logger_name="RoxxelCore")``
     writes ``{log_dir}/{filename_prefix}_system.log``, ``..._metrics.csv``
-    and ``..._metrics.jsonl`` through a collector. Keyword-only options:
+    and ``..._metrics.jsonl`` through a collector. ``logger_name`` is kept
+    for compatibility with the original roxxel, which named its ``logging``
+    logger so: it is :attr:`logger_name` and used for nothing else (name a
+    Python logger in ``capture`` to bring its records in). Keyword-only options:
 
     * ``aggregator``: a collector endpoint (``tcp://host:port``); default
       ``$ROXXEL_AGGREGATOR``; with neither, rank 0 starts its own collector
@@ -383,10 +386,20 @@ class Logger:
         *,
         thread: str | None = None,
     ) -> None:
-        """Log the CRITICAL headline and the full traceback, on every rank (once per exception)."""
+        """Log the CRITICAL headline and the full traceback, on every rank (once per exception).
+
+        A ``KeyboardInterrupt`` (Ctrl-C) is no crash: one WARNING line saying
+        where it arrived; Python prints its traceback on stderr as it ends.
+        """
         if self._closed or (exc is not None and exc is self._last_crash):
             return
         self._last_crash = exc
+        if issubclass(exc_type, KeyboardInterrupt):
+            where = traceback.extract_tb(tb)[-1:] if tb is not None else []
+            place = "".join(f" at {f.filename}:{f.lineno} in {f.name}" for f in where)
+            text = f"interrupted ({exc_type.__name__}){place}"
+            self._append_line((_LOG, _now(), logging.WARNING, text))
+            return
         headline = (
             CRASH_HEADLINE
             if thread is None

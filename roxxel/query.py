@@ -20,7 +20,7 @@ from .exchange import exchange
 from .security import ClientKeys
 from .transport import DealerTransport
 
-__all__ = ["CollectorQuery", "HandshakeError", "QueryError"]
+__all__ = ["CollectorQuery", "HandshakeError", "QueryError", "QUIET", "raise_if_refused"]
 
 
 class QueryError(RuntimeError):
@@ -34,8 +34,16 @@ class HandshakeError(ConnectionError):
 
 # The transport would also warn of the failed handshake on stderr: the
 # HandshakeError says it once, where the tool decides how.
-_QUIET = logging.Logger("roxxel.query")
-_QUIET.addHandler(logging.NullHandler())
+QUIET = logging.Logger("roxxel.query")
+QUIET.addHandler(logging.NullHandler())
+
+
+def raise_if_refused(transport: DealerTransport) -> None:
+    """Raise :class:`HandshakeError` if ``transport``'s handshake failed: libzmq
+    would retry it in silence, and a tool wait out its timeout."""
+    why = transport.handshake_failure
+    if why is not None:
+        raise HandshakeError(f"the collector at {transport.endpoint} {why}")
 
 
 class CollectorQuery:
@@ -44,7 +52,7 @@ class CollectorQuery:
     def __init__(self, endpoint: str, keys: ClientKeys | None = None) -> None:
         self.endpoint = endpoint
         self._id = secrets.token_bytes(codec.SENDER_ID_LEN)
-        self._transport = DealerTransport(endpoint, self._id, keys=keys, log=_QUIET)
+        self._transport = DealerTransport(endpoint, self._id, keys=keys, log=QUIET)
         self._seq = 0
 
     def ask(self, body: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -94,6 +102,4 @@ class _Watched:
         return frames
 
     def _failed(self) -> None:
-        why = self._transport.handshake_failure
-        if why is not None:
-            raise HandshakeError(f"the collector at {self._transport.endpoint} {why}")
+        raise_if_refused(self._transport)

@@ -13,6 +13,10 @@
 3. the watcher process that reports this process's death
    (:mod:`roxxel.watcher`), told where the collector is, also once found.
 
+Rank 0's own collector's endpoint is also written to the run's
+``.{prefix}_collector.json`` (:mod:`roxxel.runfiles`) for ``roxxel status
+DIR``; a clean stop removes it.
+
 The :class:`Route` it returns starts senders for the Logger (which owns and
 closes them) and, at :meth:`Route.close`, stops the embedded collector and
 releases the watcher. Threading:
@@ -35,6 +39,7 @@ from .client import Sender
 from .diagnostics import diagnostics
 from .discovery import DiscoveringTransport, advertised_host, kv_client, publish_endpoint
 from .embedded import EmbeddedCollector, start_embedded
+from .runfiles import remove_collector_file, write_collector_file
 from .security import (
     ENV_CLIENTS,
     ENV_SERVER_SECRET,
@@ -87,6 +92,7 @@ class Route:
     remote: bool = False  # a daemon's (aggregator=): the run's files are where it says
     embedded: EmbeddedCollector | None = None
     collector_endpoint: str | None = None  # rank 0's own collector, as the others reach it
+    collector_file: str | None = None  # where the tools find it (runfiles.running_collector)
     # Rank 0 says where a daemon writes the run's files (a forked child does not).
     announce: bool = False
     forked: bool = False  # in a forked child: its senders do not start the run
@@ -170,6 +176,9 @@ class Route:
                 code = self.embedded.stop(self.options.close_timeout)
                 if code not in (0, None):
                     self.log.warning("roxxel: the embedded collector exited with code %s", code)
+                elif code == 0 and self.collector_file is not None:
+                    # Otherwise left for the tools to say the collector is gone.
+                    remove_collector_file(self.collector_file, self.embedded.pid)
         finally:
             if self.watcher is not None:
                 release_watcher(self.watcher, self._watched)
@@ -215,6 +224,13 @@ def open_route(options: RouteOptions) -> Route:
     route = Route(o, embedded.local_endpoint, discover=False, embedded=embedded)
     if multi and embedded.endpoint.startswith("tcp://"):
         route.collector_endpoint = _publish(embedded.endpoint, o.prefix, o.discovery_timeout)
+    if not embedded.endpoint.startswith("inproc://"):  # no other process reaches that
+        try:
+            route.collector_file = write_collector_file(
+                o.log_dir, o.prefix, embedded.local_endpoint, embedded.pid, route.collector_endpoint
+            )
+        except OSError as exc:  # only the tools lose: the run goes on
+            route.log.warning("roxxel: cannot write where the collector listens: %s", exc)
     return route
 
 

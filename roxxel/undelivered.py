@@ -45,6 +45,7 @@ import math
 import operator
 import os
 import sys
+import time
 from json.encoder import encode_basestring
 from typing import Any
 
@@ -52,6 +53,7 @@ import msgpack
 
 from . import codec, schema
 from .client import Sender
+from .query import QUIET, raise_if_refused
 from .security import ClientKeys
 from .transport import DealerTransport
 from .unsent import Unsent, UnsentBatch
@@ -388,17 +390,23 @@ def replay(path: str, endpoint: str, timeout: float = 60.0, keys: ClientKeys | N
 
     Returns the number of records the collector has acknowledged; raises
     ``TimeoutError`` if it did not acknowledge everything within ``timeout``
-    seconds (per section). Nothing is deleted: the caller decides.
+    seconds (per section), :class:`~roxxel.query.HandshakeError` as soon as
+    the collector's handshake failed (CURVE keys missing, refused or wrong).
+    Nothing is deleted: the caller decides.
     """
     delivered = 0
     for unsent in read_unsent(path):
-        transport = DealerTransport(endpoint, unsent.hello.sender_id, keys=keys)
+        # Its one warning, a failed handshake, is raised here instead.
+        transport = DealerTransport(endpoint, unsent.hello.sender_id, keys=keys, log=QUIET)
         # Nothing of a file may be dropped: no bound but the file's own size.
         held = sum(len(batch.body) for batch in unsent.batches) + 1
         sender = Sender(transport, unsent.hello, resume=unsent, max_buffer_bytes=2 * held)
-        # No bye: the collector must remember the sender, so that replaying
-        # this file again is recognised as duplicates.
-        left = sender.close(timeout, bye=False)
+        try:
+            _acknowledged(sender, transport, timeout)
+        finally:
+            # No bye: the collector must remember the sender, so that
+            # replaying this file again is recognised as duplicates.
+            left = sender.close(0, bye=False)
         if sender.failure is not None:
             raise RuntimeError(f"replaying {path} failed") from sender.failure
         if left.batches:
@@ -408,3 +416,18 @@ def replay(path: str, endpoint: str, timeout: float = 60.0, keys: ClientKeys | N
             )
         delivered += unsent.records
     return delivered
+
+
+def _acknowledged(sender: Sender, transport: DealerTransport, timeout: float) -> None:
+    """Wait until ``sender`` has everything acknowledged, at most ``timeout`` s;
+    :class:`~roxxel.query.HandshakeError` at once if the handshake failed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            # Short waits: the sender thread notes a failed handshake on the transport.
+            if sender.flush(max(0.0, min(left, 0.1))) or left <= 0:
+                return
+        except RuntimeError:  # the sender thread failed: sender.failure says why
+            return
+        raise_if_refused(transport)

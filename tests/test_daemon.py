@@ -215,6 +215,33 @@ def test_a_second_daemon_on_the_same_run_is_refused(daemon: Daemon) -> None:
     assert daemon.running()
 
 
+@pytest.mark.parametrize("prefix", ["run", None], ids=["one run", "every run"])
+def test_a_daemon_that_cannot_bind_creates_nothing(
+    tmp_path: Path, daemon: Daemon, prefix: str | None
+) -> None:
+    logs = tmp_path / "other"
+    logs.mkdir()
+    result = subprocess.run(
+        daemon_argv(logs, prefix, daemon.endpoint),  # the address is in use
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"cannot bind {daemon.endpoint}" in result.stderr and "in use" in result.stderr
+    assert list(logs.iterdir()) == []  # no log, no CSV, no lock, no checkpoint
+    missing = tmp_path / "missing"
+    again = subprocess.run(
+        daemon_argv(missing, prefix, daemon.endpoint),
+        capture_output=True,
+        env=python_env(),
+        timeout=60,
+    )
+    assert again.returncode == 2 and not missing.exists()
+    assert daemon.running()
+
+
 def test_pidfile_sighup_reopen_and_stats(tmp_path: Path, start_daemon) -> None:
     pidfile = tmp_path / "daemon.pid"
     d = start_daemon(

@@ -211,6 +211,60 @@ def test_sigterm_mid_burst_drains_then_ends_the_process_by_sigterm(tmp_path: Pat
     assert burst == [f"burst {i}" for i in range(len(burst))]
 
 
+# A training script interrupted by Ctrl-C while it runs ``train``: inside
+# ``with`` or with a Logger it never closes (the excepthook, then atexit).
+INTERRUPTED = """
+import sys, time
+from roxxel import Logger
+
+def train(lg):
+    lg.log_message("training")
+    assert lg.flush(30)
+    open(sys.argv[2], "w").close()
+    while True:
+        time.sleep(0.05)  # Ctrl-C lands here
+
+if sys.argv[3] == "with":
+    with Logger(sys.argv[1], "run") as lg:
+        train(lg)
+else:
+    train(Logger(sys.argv[1], "run"))
+"""
+
+
+@pytest.mark.parametrize("how", ["with", "no with"])
+def test_ctrl_c_is_one_warning_line_saying_where_not_a_crash(tmp_path: Path, how: str) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(INTERRUPTED)
+    line = INTERRUPTED.splitlines().index("        time.sleep(0.05)  # Ctrl-C lands here") + 1
+    marker, out, err = tmp_path / "marker", tmp_path / "out", tmp_path / "err"
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / "logs"), str(marker), how],
+            env=python_env(),
+            stdout=stdout,
+            stderr=stderr,
+        )
+    try:
+        wait_for(lambda: marker.exists() or proc.poll() is not None, 60, "the training loop")
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert proc.wait(120) == -signal.SIGINT, read(err)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    said = f"interrupted (KeyboardInterrupt) at {script}:{line} in train"
+    log = read(tmp_path / "logs" / "run_system.log")
+    assert messages(log) == ["training", said]
+    assert f"[WARNING] {said}\n" in log
+    assert "CRITICAL" not in log and "Traceback" not in log
+    echoed = read(out)
+    assert echoed.count(said) == 1 and "Traceback" not in echoed
+    # Python's own traceback, once, is the only one.
+    errors = read(err)
+    assert errors.count("Traceback") == 1 and errors.rstrip().endswith("KeyboardInterrupt"), errors
+
+
 def test_sigterm_handler_chains_to_the_previous_handler(tmp_path: Path) -> None:
     result = run_python(
         "import os, signal\n"

@@ -90,12 +90,12 @@ def test_the_cli_says_a_bad_endpoint_in_one_line_and_exits_2(
     )
 
 
-def test_the_cli_says_a_directory_is_not_an_endpoint_and_a_port_out_of_range(
+def test_the_cli_says_a_directory_without_a_running_collector_and_a_port_out_of_range(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["status", str(tmp_path)]) == 2
+    assert main(["status", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"roxxel: {str(tmp_path)!r} is a directory: roxxel status asks a")
+    assert err.startswith(f"roxxel status: no collector of a run in {tmp_path} is running: ")
     assert err.count("\n") == 1
     assert main(["check", "tcp://127.0.0.1:99999"]) == 2
     assert "the port 99999 is out of range" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """Queries to a CURVE collector that fails the handshake end at once, saying why:
-``roxxel status``, ``check`` and ``tail`` as real processes against a real daemon."""
+``roxxel status``, ``check``, ``tail`` and ``replay`` as real processes against a real daemon."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from roxxel import codec
 from roxxel.query import CollectorQuery, HandshakeError
 from roxxel.security import generate_keys
+from roxxel.undelivered import write_unsent
+from roxxel.unsent import Unsent, UnsentBatch
 
 from .conftest import Daemon, python_env
 
@@ -113,3 +116,31 @@ def test_a_refused_key_fails_at_once_and_an_allowed_one_is_answered(
     allowed, _ = timed_roxxel("status", curve_daemon.endpoint, *key_options(keys, "alice"))
     assert allowed.returncode == 0 and "CURVE" in allowed.stdout, allowed.stderr
     assert curve_daemon.terminate() == 0
+
+
+def test_replay_without_keys_fails_at_once_and_keeps_the_file(
+    curve_daemon: Daemon, keys: Path, tmp_path: Path
+) -> None:
+    hello = codec.Hello(bytes(range(16)), "host", 0, 1, 1, "run")
+    body = codec.encode_records([("l", 1.0, 30, "kept for the collector")])
+    path = tmp_path / "run_undelivered_rank0.jsonl"
+    write_unsent(str(path), Unsent(hello, [UnsentBatch(1, body, 0, 1)]))
+    refused, elapsed = timed_roxxel(
+        "replay", str(path), "--aggregator", curve_daemon.endpoint, "--timeout", str(TIMEOUT)
+    )
+    assert refused.returncode == 1 and refused.stdout == "", refused.stderr
+    assert elapsed < AT_ONCE, (elapsed, refused.stderr)
+    assert refused.stderr == (  # one line: the transport's own warning is not repeated
+        f"roxxel replay: the collector at {curve_daemon.endpoint} could not complete a "
+        "handshake: it needs CURVE keys and this client has none (the collector's public "
+        "NAME.key and this client's NAME.key_secret); give them as --curve-server-key and "
+        "--curve-client-key, or set $ROXXEL_CURVE_SERVER_KEY and $ROXXEL_CURVE_CLIENT_KEY\n"
+    )
+    assert path.exists()  # nothing delivered: kept as it was
+    allowed, _ = timed_roxxel(
+        "replay", str(path), "--aggregator", curve_daemon.endpoint, *key_options(keys, "alice")
+    )
+    assert allowed.returncode == 0 and "delivered 1 record(s)" in allowed.stdout, allowed.stderr
+    assert not path.exists()
+    assert curve_daemon.terminate() == 0
+    assert "kept for the collector" in curve_daemon.file("system.log")

@@ -1,28 +1,39 @@
 """A run's files as every ``roxxel`` tool takes them: a log directory, a file, or DIR/PREFIX.
 
-``roxxel plot``, ``tail`` and ``replay`` run as real processes; ``replay``
-delivers to a real daemon.
+``roxxel plot``, ``tail``, ``replay``, ``status`` and ``check`` run as real
+processes; ``replay`` delivers to a real daemon, ``status`` and ``check``
+ask the collector a real Logger process started.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import stat
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from roxxel.runfiles import (
+    COLLECTOR,
     METRICS_CSV,
     SYSTEM_LOG,
     UNDELIVERED,
     RunFilesError,
     run_file,
     run_files,
+    running_collector,
     runs_in,
 )
 
-from .conftest import free_port, python_env, run_python
+from .conftest import free_port, python_env, read, run_python, wait_for
 
 CSV = "step,loss\n0,1.00000\n1,0.50000\n"
 LOG = "[2026-01-01 00:00:00] [INFO] from the run\n"
@@ -150,3 +161,130 @@ def test_replay_of_a_log_directory_delivers_every_rank_s_file(tmp_path: Path, st
     assert daemon.terminate() == 0
     log = daemon.file("system.log")
     assert "kept by rank 0" in log and "[rank 1] kept by rank 1" in log
+
+
+# A Logger that keeps its run open (and its own collector serving) until
+# its stdin is closed.
+OPEN_RUN = """
+import sys
+from roxxel import Logger
+with Logger(sys.argv[1], "run", watcher=False, close_timeout=5) as lg:
+    lg.log_message("up")
+    assert lg.flush(30)
+    print("ready", flush=True)
+    sys.stdin.readline()
+"""
+AT_ONCE = 8.0  # seconds, a process start included; a hang would be --timeout 60
+
+
+@contextlib.contextmanager
+def open_run(log_dir: Path, out: Path) -> Iterator[subprocess.Popen]:
+    """A real training process with its own collector child, serving ``log_dir``."""
+    with open(out, "w") as stdout:
+        run = subprocess.Popen(
+            [sys.executable, "-c", OPEN_RUN, str(log_dir)],
+            env=python_env(),
+            stdin=subprocess.PIPE,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+        )
+    started: list[psutil.Process] = []
+    try:
+        wait_for(lambda: "ready" in read(out) or run.poll() is not None, 60, "the run")
+        assert run.poll() is None, read(out)
+        # Its collector lives in a session of its own: ended here too if the test fails.
+        started = psutil.Process(run.pid).children(recursive=True)
+        yield run
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(60)
+        for child in started:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+                child.wait(60)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def timed(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    result = roxxel(*args)
+    return result, time.monotonic() - started
+
+
+def test_status_and_check_of_a_run_s_directory_ask_its_own_collector(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    dot_file = logs / f".run{COLLECTOR}"
+    with open_run(logs, tmp_path / "out") as run:
+        entry = json.loads(dot_file.read_text())
+        assert stat.S_IMODE(dot_file.stat().st_mode) == 0o600  # an ipc:// endpoint is a way in
+        assert entry["endpoint"].startswith("ipc://") and entry["pid"] != run.pid
+        assert running_collector(str(logs)) == entry["endpoint"]
+        for source in (logs, logs / "run", dot_file):
+            status = roxxel("status", str(source), "--json", "--timeout", "60")
+            assert status.returncode == 0, (source, status.stderr)
+            answer = json.loads(status.stdout)
+            assert answer["endpoint"] == entry["endpoint"] and answer["pid"] == entry["pid"]
+            assert answer["stats"]["records"] >= 1
+        text = roxxel("status", str(logs), "--run", "run")
+        assert text.returncode == 0 and "prefix run" in text.stdout, text.stderr
+        check = roxxel("check", str(logs))
+        assert check.returncode == 0, check.stderr
+        assert check.stdout.startswith(f"collector at {entry['endpoint']} answered in ")
+        run.stdin.close()
+        assert run.wait(60) == 0, read(tmp_path / "out")
+    assert not dot_file.exists()  # its collector ended cleanly
+    gone = roxxel("status", str(logs))
+    assert gone.returncode == 1 and gone.stdout == ""
+    assert gone.stderr == (
+        f"roxxel status: no collector of a run in {logs} is running: a Logger's own "
+        "collector writes where it listens there while it runs (a daemon's: give its "
+        "endpoint, tcp://HOST:PORT)\n"
+    )
+
+
+def test_a_file_left_by_a_killed_collector_is_said_at_once_in_one_line(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    dot_file = logs / f".run{COLLECTOR}"
+    with open_run(logs, tmp_path / "out") as run:
+        pid = json.loads(dot_file.read_text())["pid"]
+        os.kill(pid, signal.SIGKILL)  # its parent, the run, has not reaped it yet
+        wait_for(lambda: not alive(pid), 30, "the kill")
+        stale = (
+            f"the collector of {dot_file} (pid {pid}) is no longer running (it did not end "
+            "cleanly, or its Logger's process was killed); the file is left from it\n"
+        )
+        for command in ("status", "check"):
+            result, elapsed = timed(command, str(logs), "--timeout", "60")
+            assert (result.returncode, result.stdout) == (1, ""), result.stderr
+            assert result.stderr == f"roxxel {command}: {stale}"
+            assert elapsed < AT_ONCE, elapsed
+        run.stdin.close()
+        run.wait(60)
+    assert dot_file.exists()  # not a clean end: left, and still said to be stale
+    result, elapsed = timed("status", str(logs / "run"), "--timeout", "60")
+    assert result.returncode == 1 and result.stderr == f"roxxel status: {stale}"
+    assert elapsed < AT_ONCE, elapsed
+
+
+def test_the_collector_file_names_no_run_and_another_host_s_is_not_asked(logs: Path) -> None:
+    (logs / f".run_a{COLLECTOR}").write_text(
+        json.dumps({"endpoint": "ipc://@elsewhere", "pid": 1, "host": "another-host"})
+    )
+    assert runs_in(str(logs), COLLECTOR) == {"run_a": [str(logs / f".run_a{COLLECTOR}")]}
+    assert runs_in(str(logs), METRICS_CSV) == {"run_a": [str(logs / "run_a_metrics.csv")]}
+    with pytest.raises(RunFilesError, match="runs on another-host .* only that host reaches"):
+        running_collector(str(logs))
+    with pytest.raises(RunFilesError, match=r"no collector of run run_b .*\(those of run_a are\)"):
+        running_collector(str(logs), "run_b")
+    with pytest.raises(RunFilesError, match="is not a run's .PREFIX_collector.json"):
+        running_collector(str(logs / "run_a_metrics.csv"))
+    remote = {"endpoint": "tcp://127.0.0.1:5555", "remote": "tcp://10.0.0.7:5555"}
+    (logs / f".run_a{COLLECTOR}").write_text(json.dumps({**remote, "pid": 1, "host": "h2"}))
+    assert running_collector(str(logs / "run_a")) == "tcp://10.0.0.7:5555"

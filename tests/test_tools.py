@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -300,6 +301,19 @@ def test_progress_line_on_a_terminal_and_none_on_a_pipe(tmp_path: Path) -> None:
     assert piped.returncode == 0, piped.stderr
     assert "steps/s" not in piped.stdout and "\x1b[K" not in piped.stdout
     assert "[INFO] done" in piped.stdout
+
+
+def test_the_progress_line_shows_the_last_step_and_ends_with_a_newline(tmp_path: Path) -> None:
+    code = (
+        "from roxxel import Logger\n"
+        f"with Logger({str(tmp_path)!r}, 'run', progress=True, watcher=False) as lg:\n"
+        "    lg.log_metrics_summary(0, {'loss': 1.0})\n"  # drawn at once
+        "    lg.log_metrics_summary(1, {'loss': 0.5})\n"  # within the half second: not yet
+    )
+    text = on_a_terminal([sys.executable, "-c", code], python_env()).decode()
+    # The last step drawn last, and its line ended (the terminal writes \n as \r\n).
+    last = text.rindex("\r\x1b[Kstep ")
+    assert re.match(r"\r\x1b\[Kstep 1 \| [\d.,]+ steps/s \| loss 0\.5\r\n", text[last:]), text
 
 
 def test_tail_through_a_collector_keeps_a_long_non_ascii_line_whole(tmp_path: Path) -> None:

@@ -278,8 +278,7 @@ class FanOut(Sink):
 
     def checkpoint_mark(self) -> Any:
         return {
-            name: sink.checkpoint_mark()
-            for name, sink in zip(self._names, self.sinks, strict=True)
+            name: sink.checkpoint_mark() for name, sink in zip(self._names, self.sinks, strict=True)
         }
 
     def reopen(self) -> None:
