@@ -21,9 +21,11 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from roxxel.schema import CSV_FLOATS, METRICS_FILES, check_file_options
 from roxxel.security import generate_keys, server_keys
 
 from .collector import DAEMON_NAME, DEFAULT_COMMIT_INTERVAL, Collector
+from .sinks import FileOptions
 
 __all__ = ["main", "build_parser"]
 
@@ -62,6 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--no-echo", action="store_true", help="do not echo system-log lines to stdout"
+    )
+    parser.add_argument(
+        "--metrics-files",
+        type=_metrics_files,
+        default=METRICS_FILES,
+        metavar="LIST",
+        help="which metrics files each run gets besides its system log, comma-separated: "
+        f"{' and/or '.join(METRICS_FILES)} (default: {','.join(METRICS_FILES)})",
+    )
+    parser.add_argument(
+        "--csv-floats",
+        choices=CSV_FLOATS,
+        default="original",
+        help="how the CSV writes floats: 'original', the original roxxel's .5f (six "
+        "significant digits below 1e-3), or 'full', every digit (shortest round-trip) "
+        "(default: %(default)s)",
     )
     parser.add_argument("--quiet", action="store_true", help="do not print the ready line")
     parser.add_argument("--pidfile", help="write the daemon's pid to this file (removed at exit)")
@@ -109,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _metrics_files(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    problem = check_file_options(names, "original")
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return names
+
+
 def _non_negative(text: str) -> float:
     value = float(text)
     if not value >= 0:  # also refuses nan
@@ -147,7 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         curve = None
         if args.curve_secret is not None:
             curve = server_keys(args.curve_secret, args.curve_clients)
-        options = {"commit_interval": args.commit_interval, "curve": curve, "name": args.name}
+        options = {
+            "commit_interval": args.commit_interval,
+            "curve": curve,
+            "name": args.name,
+            "files": FileOptions(args.metrics_files, args.csv_floats),
+        }
         if args.prefix is None:  # every run that reaches it
             collector = Collector.for_runs(args.bind, args.log_dir, echo, **options)
         else:

@@ -76,7 +76,7 @@ from .ledger import (
 from .router import Router
 from .run import Run
 from .runs import Refused, Runs
-from .sinks import Sink, default_sinks
+from .sinks import DEFAULT_FILES, FileOptions, Sink, default_sinks
 
 __all__ = ["Collector", "default_sinks", "DAEMON_NAME"]
 
@@ -128,6 +128,7 @@ class Collector:
         root: str | None = None,
         echo: TextIO | None = None,
         router: Router | None = None,
+        files: FileOptions = DEFAULT_FILES,
     ):
         self.name = name  # how its messages sign: the program the user started
         self._diag = log or diagnostics("roxxel.aggregator")
@@ -143,7 +144,9 @@ class Collector:
             quarantine=quarantine,
         )
         # ``root``: a run per client prefix under it (see aggregator.runs).
-        self.runs = Runs(home_run, root=root, echo=echo, diagnostics=self._diag, name=name)
+        self.runs = Runs(
+            home_run, root=root, echo=echo, diagnostics=self._diag, name=name, files=files
+        )
         self.stats: Counter[str] = home_run.stats
         self._writing = home_run  # the run a write failure belongs to
         self._refused_ids: dict[bytes, None] = {}  # senders refused lately, oldest first
@@ -176,8 +179,10 @@ class Collector:
         commit_interval: float = DEFAULT_COMMIT_INTERVAL,
         curve: ServerKeys | None = None,
         name: str = DAEMON_NAME,
+        files: FileOptions = DEFAULT_FILES,
     ) -> Collector:
-        """A collector owning the run ``{log_dir}/{prefix}_*``, its checkpoint and quarantine.
+        """A collector owning the run ``{log_dir}/{prefix}_*`` (the files of
+        ``files``), its checkpoint and quarantine.
 
         Raises ``OSError`` if another collector holds the run's lock, or if
         ``bind`` cannot be bound. It binds first: a collector that cannot
@@ -186,7 +191,9 @@ class Collector:
         router = Router(bind, curve=curve)
         return cls._around(
             router,
-            lambda: Run.open(log_dir, prefix, echo, Ledger(), Counter(), _diagnostics(), name=name),
+            lambda: Run.open(
+                log_dir, prefix, echo, Ledger(), Counter(), _diagnostics(), name=name, files=files
+            ),
             commit_interval,
             curve,
             name,
@@ -201,9 +208,11 @@ class Collector:
         commit_interval: float = DEFAULT_COMMIT_INTERVAL,
         curve: ServerKeys | None = None,
         name: str = DAEMON_NAME,
+        files: FileOptions = DEFAULT_FILES,
     ) -> Collector:
         """A collector of every run that reaches it: ``{log_dir}/{prefix}_*`` per
-        client prefix; its own reports in ``{log_dir}/{name}_system.log``.
+        client prefix (the files of ``files``); its own reports in
+        ``{log_dir}/{name}_system.log``.
 
         Raises ``OSError`` if another collector serves ``log_dir`` so, or if
         ``bind`` cannot be bound (then it has created nothing).
@@ -217,7 +226,7 @@ class Collector:
             )
 
         return cls._around(
-            router, home, commit_interval, curve, name, os.path.abspath(log_dir), echo
+            router, home, commit_interval, curve, name, os.path.abspath(log_dir), echo, files
         )
 
     @classmethod
@@ -230,6 +239,7 @@ class Collector:
         name: str,
         root: str | None = None,
         echo: TextIO | None = None,
+        files: FileOptions = DEFAULT_FILES,
     ) -> Collector:
         """A collector on ``router`` (bound) whose home is the run ``open_home()``
         opens (files, lock, checkpoint)."""
@@ -249,6 +259,7 @@ class Collector:
                 root=root,
                 echo=echo,
                 router=router,
+                files=files,
             )
         except BaseException:
             try:

@@ -31,7 +31,9 @@ from .lock import RunLock
 from .quarantine import Quarantine, quarantine_path
 from .reports import Reports
 from .sinks import (
+    DEFAULT_FILES,
     FanOut,
+    FileOptions,
     MetricsCsvSink,
     MetricsJsonlSink,
     Origin,
@@ -102,9 +104,11 @@ class Run:
         *,
         name: str,
         log_only: bool = False,
+        files: FileOptions = DEFAULT_FILES,
     ) -> Run:
         """The run ``{log_dir}/{prefix}_*``: locked, rewound to its checkpoint;
-        with ``log_only``, its system log alone (a daemon's own lines).
+        its system log and the metrics files of ``files``, or with ``log_only``
+        its system log alone (a daemon's own lines).
 
         Raises ``OSError`` if another collector holds the run's lock.
         """
@@ -115,7 +119,7 @@ class Run:
                 log = SystemLogSink(os.path.join(log_dir, f"{prefix}_system.log"), echo)
                 sinks: Sink = FanOut([log])
             else:
-                sinks = default_sinks(log_dir, prefix, echo)
+                sinks = default_sinks(log_dir, prefix, echo, files)
         except BaseException:
             lock.release()
             raise

@@ -26,6 +26,7 @@ from roxxel import codec, schema
 
 from .ledger import Ledger
 from .run import Run
+from .sinks import DEFAULT_FILES, FileOptions
 
 __all__ = ["Runs", "Refused", "MAX_RUNS", "IDLE_RUN_SECONDS", "max_runs_for_fds"]
 
@@ -61,8 +62,10 @@ class Runs:
         echo: TextIO | None = None,
         diagnostics: logging.Logger,
         name: str,
+        files: FileOptions = DEFAULT_FILES,
     ) -> None:
         self.home = home
+        self.files = files  # what every run it opens writes
         self.root = root
         self.by_prefix: dict[str, Run] = {}
         self.max_runs = max_runs_for_fds()
@@ -146,7 +149,14 @@ class Runs:
     def _open(self, prefix: str) -> Run:
         assert self.root is not None
         run = Run.open(
-            self.root, prefix, self._echo, Ledger(), self.stats, self._diag, name=self._name
+            self.root,
+            prefix,
+            self._echo,
+            Ledger(),
+            self.stats,
+            self._diag,
+            name=self._name,
+            files=self.files,
         )
         self.by_prefix[prefix] = run
         for sender_id in run.ledger.senders:  # from its checkpoint: they resend

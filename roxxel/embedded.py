@@ -28,6 +28,7 @@ import threading
 import time
 from typing import Protocol
 
+from .schema import METRICS_FILES
 from .security import ServerKeys
 
 __all__ = ["EmbeddedCollector", "ProcessCollector", "ThreadCollector", "start_embedded"]
@@ -35,6 +36,11 @@ __all__ = ["EmbeddedCollector", "ProcessCollector", "ThreadCollector", "start_em
 _START_TIMEOUT = 60.0
 # How a Logger's own collector signs its messages (it is not the daemon the user runs).
 COLLECTOR_NAME = "roxxel collector"
+# The collector's metrics files and how its CSV writes floats
+# (roxxel.schema.check_file_options): plain values, so that this module does
+# not import the collector.
+Files = tuple[tuple[str, ...], str]
+DEFAULT_FILES: Files = (METRICS_FILES, "original")
 
 
 class EmbeddedCollector(Protocol):
@@ -74,6 +80,7 @@ class ProcessCollector:
         bind: str,
         drain_senders: float,
         curve: ServerKeys | None = None,
+        files: Files = DEFAULT_FILES,
     ):
         self._drain = drain_senders
         env = dict(os.environ)
@@ -101,6 +108,8 @@ class ProcessCollector:
                     str(drain_senders),
                     "--quiet",
                     f"--name={COLLECTOR_NAME}",
+                    f"--metrics-files={','.join(files[0])}",
+                    f"--csv-floats={files[1]}",
                     # Its stats line would land in the training job's terminal.
                     "--stats-interval=0",
                     *(
@@ -176,15 +185,23 @@ class ThreadCollector:
         bind: str,
         drain_senders: float,
         curve: ServerKeys | None = None,
+        files: Files = DEFAULT_FILES,
     ):
         from aggregator import Collector
+        from aggregator.sinks import FileOptions
 
         if bind.startswith("ipc://") and curve is None:
             # In-process; a CURVE collector has a context of its own, which
             # the clients' sockets could not reach inproc://.
             bind = f"inproc://roxxel-{secrets.token_hex(8)}"
         self.collector = Collector.for_log_dir(
-            bind, log_dir, prefix, sys.stdout, curve=curve, name=COLLECTOR_NAME
+            bind,
+            log_dir,
+            prefix,
+            sys.stdout,
+            curve=curve,
+            name=COLLECTOR_NAME,
+            files=FileOptions(*files),
         )
         self.endpoint = self.collector.endpoint
         self.pid = os.getpid()
@@ -218,11 +235,13 @@ def start_embedded(
     bind: str | None = None,
     drain_senders: float = 0.0,
     curve: ServerKeys | None = None,
+    files: Files = DEFAULT_FILES,
 ) -> EmbeddedCollector:
-    """``curve``: the collector lets in only the clients it lists (its own must be)."""
+    """``curve``: the collector lets in only the clients it lists (its own must
+    be); ``files``: its metrics files and how its CSV writes floats."""
     bind = bind or private_endpoint()
     if mode == "process":
-        return ProcessCollector(log_dir, prefix, bind, drain_senders, curve)
+        return ProcessCollector(log_dir, prefix, bind, drain_senders, curve, files)
     if mode == "thread":
-        return ThreadCollector(log_dir, prefix, bind, drain_senders, curve)
+        return ThreadCollector(log_dir, prefix, bind, drain_senders, curve, files)
     raise ValueError(f"collector must be 'process' or 'thread', not {mode!r}")

@@ -122,6 +122,13 @@ class Logger:
     * ``progress`` (default ``False``): on rank 0, when stdout is a
       terminal, a line showing the last step, steps/s and the first metrics
       of ``log_metrics_summary``, redrawn in place (:mod:`roxxel.progress`).
+    * ``metrics_files`` (default ``("csv", "jsonl")``): which metrics files
+      rank 0's own collector writes besides the system log, and
+      ``csv_floats`` (default ``"original"``, the original roxxel's ``.5f``;
+      ``"full"``: every digit, the shortest round-trip ``repr``): how its CSV
+      writes floats. A daemon's files are the daemon's to choose
+      (``roxxel-aggregator --metrics-files/--csv-floats``): with
+      ``aggregator=``, other values raise ``ValueError``.
     """
 
     def __init__(
@@ -149,6 +156,8 @@ class Logger:
         curve_clients: str | None = None,
         capture: str | Iterable[str] = (),
         progress: bool = False,
+        metrics_files: Iterable[str] = schema.METRICS_FILES,
+        csv_floats: str = "original",
     ) -> None:
         if not isinstance(log_dir, (str, os.PathLike)):
             raise TypeError(f"log_dir must be a path, not {type(log_dir).__name__}")
@@ -168,6 +177,10 @@ class Logger:
                 f"no_answer_warning must be > 0 seconds or None, not {no_answer_warning!r}"
             )
         capture_names = (capture,) if isinstance(capture, str) else tuple(capture)
+        metrics_files = (metrics_files,) if isinstance(metrics_files, str) else tuple(metrics_files)
+        problem = schema.check_file_options(metrics_files, csv_floats)
+        if problem is not None:
+            raise ValueError(problem)
         for name in capture_names:
             if not isinstance(name, str) or not name:
                 raise TypeError(f"capture takes logger names, not {name!r}")
@@ -213,6 +226,8 @@ class Logger:
                 keys=client_keys(curve_server_key, curve_client_key),
                 curve_server_secret=curve_server_secret,
                 curve_clients=curve_clients,
+                metrics_files=metrics_files,
+                csv_floats=csv_floats,
             )
         )
         self.endpoint = self._route.endpoint
@@ -238,12 +253,12 @@ class Logger:
 
     @property
     def metrics_csv_path(self) -> str | None:
-        """As :attr:`sys_log_path`, for the metrics CSV."""
+        """As :attr:`sys_log_path`, for the metrics CSV (``None`` when not written)."""
         return self._path("metrics_csv", "_metrics.csv")
 
     @property
     def metrics_jsonl_path(self) -> str | None:
-        """As :attr:`sys_log_path`, for the metrics JSONL."""
+        """As :attr:`sys_log_path`, for the metrics JSONL (``None`` when not written)."""
         return self._path("metrics_jsonl", "_metrics.jsonl")
 
     @property
@@ -257,6 +272,9 @@ class Logger:
 
     def _path(self, field: str, suffix: str) -> str | None:
         if not self._route.remote:
+            kind = field.removeprefix("metrics_")
+            if kind != field and kind not in self._route.options.metrics_files:
+                return None  # a metrics file this Logger's collector does not write
             return os.path.join(self.log_dir, self.filename_prefix + suffix)
         where = self._where()
         return None if where is None else getattr(where, field)

@@ -34,7 +34,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from . import __version__, codec
+from . import __version__, codec, schema
 from .client import Sender
 from .diagnostics import diagnostics
 from .discovery import DiscoveringTransport, advertised_host, kv_client, publish_endpoint
@@ -80,6 +80,9 @@ class RouteOptions:
     keys: ClientKeys | None = None
     curve_server_secret: str | None = None
     curve_clients: str | None = None
+    # What rank 0's own collector writes (see roxxel.schema.check_file_options).
+    metrics_files: tuple[str, ...] = schema.METRICS_FILES
+    csv_floats: str = "original"
 
 
 @dataclass
@@ -204,6 +207,12 @@ def open_route(options: RouteOptions) -> Route:
         # At Logger(), in one line: ZeroMQ would retry a name that does not
         # resolve in silence for the whole run.
         source = "aggregator=" if o.aggregator else f"{ENV_AGGREGATOR}="
+        if (o.metrics_files, o.csv_floats) != (schema.METRICS_FILES, "original"):
+            raise ValueError(
+                f"metrics_files and csv_floats choose the files of the Logger's own collector; "
+                f"this one logs to a daemon ({source}), whose files are its own: start it with "
+                "roxxel-aggregator --metrics-files/--csv-floats"
+            )
         return Route(
             o, check_endpoint(endpoint, source), discover=False, remote=True, announce=o.rank == 0
         )
@@ -220,6 +229,7 @@ def open_route(options: RouteOptions) -> Route:
         bind,
         drain_senders=o.close_timeout if multi else 0.0,
         curve=_collector_keys(o.keys, o.curve_server_secret, o.curve_clients),
+        files=(o.metrics_files, o.csv_floats),
     )
     route = Route(o, embedded.local_endpoint, discover=False, embedded=embedded)
     if multi and embedded.endpoint.startswith("tcp://"):

@@ -62,6 +62,9 @@ __all__ = [
     "MAX_PREFIX_BYTES",
     "MAX_LEVEL_NAME",
     "STANDARD_LEVELS",
+    "METRICS_FILES",
+    "CSV_FLOATS",
+    "check_file_options",
     "is_run_name",
     "check_record",
     "all_log_lines",
@@ -81,6 +84,10 @@ NON_SCALAR = "__roxxel_non_scalar__"
 BIG_INT = "__roxxel_int__"
 STANDARD_LEVELS = frozenset(range(0, 60, 10))  # NOTSET .. CRITICAL: no name sent
 MAX_LEVEL_NAME = 64  # characters of a level's name
+# A run's metrics files (besides its system log), all by default; how its
+# CSV writes floats: the original's .5f rule, or every digit.
+METRICS_FILES = ("csv", "jsonl")
+CSV_FLOATS = ("original", "full")
 
 # The window of times written as sent (see in_time_range). From the epoch:
 # before it only a broken or hostile clock dates a record, and localtime()
@@ -142,6 +149,17 @@ def check_metric_keys(keys: Sequence[Any]) -> str | None:
             f"metric name {name!r} is reserved: roxxel's metrics files have their own "
             "columns named " + ", ".join(map(repr, RESERVED_METRIC_NAMES))
         )
+    return None
+
+
+def check_file_options(metrics_files: Sequence[str], csv_floats: str) -> str | None:
+    """Why a collector cannot write a run's files so, or ``None``: one or more
+    of :data:`METRICS_FILES`, and one of :data:`CSV_FLOATS`."""
+    if not metrics_files or any(name not in METRICS_FILES for name in metrics_files):
+        given = ", ".join(map(repr, metrics_files)) or "none"
+        return f"metrics files are one or more of {', '.join(METRICS_FILES)}, not {given}"
+    if csv_floats not in CSV_FLOATS:
+        return f"csv floats are one of {', '.join(CSV_FLOATS)}, not {csv_floats!r}"
     return None
 
 

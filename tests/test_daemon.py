@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +13,9 @@ from pathlib import Path
 import pytest
 import zmq
 
-from roxxel import codec
+from roxxel import Logger, codec
 
-from .conftest import Daemon, daemon_argv, free_port, python_env, read, run_python, wait_for
+from .conftest import Daemon, Said, daemon_argv, free_port, python_env, read, run_python, wait_for
 
 CLIENT = """
 import logging, os, sys
@@ -303,3 +306,43 @@ def test_clients_ended_by_sigterm_say_goodbye_before_they_go(tmp_path: Path, sta
     # Every sender said bye and was heard: the next stats lines count none open.
     wait_for(lambda: " 0 senders" in d.stdout[offset:], 60, "a stats line with 0 senders")
     assert d.file("system.log").count("received SIGTERM") == 4
+
+
+def test_a_daemon_writes_the_metrics_files_it_is_told_and_resumes_after_a_change(
+    tmp_path: Path, start_daemon
+) -> None:
+    logs = tmp_path / "logs"
+    csv_only = start_daemon(logs, "run", extra=("--metrics-files", "csv", "--csv-floats", "full"))
+    said, diag = Said(), logging.getLogger("roxxel.client")
+    diag.addHandler(said)
+    try:
+        with Logger(tmp_path / "c", "run", aggregator=csv_only.endpoint, watcher=False) as log:
+            log.log_metrics_summary(1, {"loss": 0.0012345678})
+            assert log.flush(30)
+            assert log.metrics_csv_path == str(logs / "run_metrics.csv")
+            assert log.metrics_jsonl_path is None
+    finally:
+        diag.removeHandler(said)
+    assert any(m.endswith("run_*.{log,csv} on " + socket.gethostname()) for m in said.messages)
+    assert not (logs / "run_metrics.jsonl").exists()
+    assert csv_only.terminate() == 0
+    # Restarted with both files: the CSV resumes from its mark, the JSONL starts.
+    both = start_daemon(logs, "run")
+    with Logger(tmp_path / "c", "run", aggregator=both.endpoint, watcher=False) as log:
+        log.log_metrics_summary(2, {"loss": 0.5})
+        assert log.flush(30)
+        assert log.metrics_jsonl_path == str(logs / "run_metrics.jsonl")
+    assert both.file("metrics.csv") == "step,loss\n1,0.0012345678\n2,0.50000\n"
+    assert [json.loads(line)["step"] for line in both.file("metrics.jsonl").splitlines()] == [2]
+    assert "Traceback" not in both.file("system.log")
+
+
+def test_a_daemon_refuses_unknown_metrics_files(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "aggregator", "--bind", "tcp://127.0.0.1:0", "--log-dir",
+         str(tmp_path), "--metrics-files", "csv,parquet"],
+        capture_output=True, text=True, timeout=60, env=python_env(),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "metrics files are one or more of csv, jsonl, not 'csv', 'parquet'" in result.stderr
+    assert not list(tmp_path.iterdir())

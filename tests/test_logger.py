@@ -693,3 +693,38 @@ with roxxel.Logger({str(tmp_path)!r}, "lv") as logger:
         ("Level 118", "numbered"),
     ]
     assert "[Sociable] direct" in result.stdout
+
+
+def test_the_metrics_files_and_the_csv_floats_are_the_loggers_to_choose(tmp_path: Path) -> None:
+    with Logger(tmp_path, "csvonly", metrics_files=["csv"], csv_floats="full") as logger:
+        logger.log_metrics_summary(1, {"loss": 0.0012345678, "tiny": 1e-7, "n": 3})
+        assert logger.metrics_jsonl_path is None
+    assert read(logger.metrics_csv_path) == "step,loss,tiny,n\n1,0.0012345678,1e-07,3\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "csvonly_metrics.csv",
+        "csvonly_system.log",
+    ]
+    with Logger(tmp_path, "jsonlonly", metrics_files="jsonl", collector="thread") as logger:
+        logger.log_metrics_summary(1, {"loss": 0.5})
+        assert logger.metrics_csv_path is None
+    assert json.loads(read(logger.metrics_jsonl_path))["loss"] == 0.5
+    assert not (tmp_path / "jsonlonly_metrics.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"metrics_files": ()}, "metrics files are one or more of csv, jsonl, not none"),
+        ({"metrics_files": ["csv", "xml"]}, "not 'csv', 'xml'"),
+        ({"csv_floats": "6f"}, "csv floats are one of original, full, not '6f'"),
+    ],
+)
+def test_unknown_metrics_files_or_csv_floats_are_refused(tmp_path: Path, options, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        Logger(tmp_path, "bad", **options)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_logger_of_a_daemon_cannot_choose_its_files(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="roxxel-aggregator --metrics-files/--csv-floats"):
+        Logger(tmp_path, "d", aggregator="tcp://127.0.0.1:9", csv_floats="full")

@@ -6,8 +6,10 @@ import os
 from dataclasses import dataclass
 from typing import TextIO
 
+from roxxel.schema import CSV_FLOATS, METRICS_FILES, check_file_options
+
 from .base import FanOut, Origin, Sink
-from .metrics_csv import CSV_FLOATS, MetricsCsvSink
+from .metrics_csv import MetricsCsvSink
 from .metrics_jsonl import MetricsJsonlSink
 from .system_log import SystemLogSink
 
@@ -20,11 +22,10 @@ __all__ = [
     "MetricsJsonlSink",
     "default_sinks",
     "FileOptions",
+    "DEFAULT_FILES",
     "METRICS_FILES",
     "CSV_FLOATS",
 ]
-
-METRICS_FILES = ("csv", "jsonl")  # every metrics file a run can have, by default all
 
 
 @dataclass(frozen=True)
@@ -37,20 +38,16 @@ class FileOptions:
     csv_floats: str = "original"
 
     def __post_init__(self) -> None:
-        unknown = [name for name in self.metrics_files if name not in METRICS_FILES]
-        if unknown or not self.metrics_files:
-            raise ValueError(
-                f"metrics files are one or more of {', '.join(METRICS_FILES)}, "
-                f"not {', '.join(map(repr, self.metrics_files)) or 'none'}"
-            )
-        if self.csv_floats not in CSV_FLOATS:
-            raise ValueError(
-                f"csv floats are one of {', '.join(CSV_FLOATS)}, not {self.csv_floats!r}"
-            )
+        problem = check_file_options(self.metrics_files, self.csv_floats)
+        if problem is not None:
+            raise ValueError(problem)
+
+
+DEFAULT_FILES = FileOptions()
 
 
 def default_sinks(
-    log_dir: str, prefix: str, echo: TextIO | None, options: FileOptions = FileOptions()
+    log_dir: str, prefix: str, echo: TextIO | None, options: FileOptions = DEFAULT_FILES
 ) -> FanOut:
     """The run's files in ``log_dir`` (created if missing): the system log and
     the metrics files of ``options``."""

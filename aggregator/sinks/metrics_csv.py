@@ -48,7 +48,7 @@ from typing import IO, Any
 
 from roxxel.codec import MAX_STR_LEN
 from roxxel.lines import escape_controls, printable
-from roxxel.schema import RECORD_RANKED_METRICS
+from roxxel.schema import CSV_FLOATS, RECORD_RANKED_METRICS
 
 from ..checkpoint import replace_file
 from ..metrics_run import FLOATS, INTS, MetricsRun
@@ -61,11 +61,7 @@ __all__ = [
     "csv_cell",
     "header_cell",
     "RANK_COLUMN",
-    "CSV_FLOATS",
 ]
-
-# How the CSV writes floats: the original's .5f rule, or every digit.
-CSV_FLOATS = ("original", "full")
 
 RANK_COLUMN = "rank"
 # From this size on, a widening leaves room after the header (see above).
