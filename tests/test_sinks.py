@@ -159,7 +159,7 @@ def test_jsonl_lines_are_what_the_general_path_writes(tmp_path_factory, rows) ->
     assert len(lines) == len(rows)
     for step, (line, (_, metrics)) in enumerate(zip(lines, rows, strict=True)):
         body = "".join(", " + json_string(k) + ": " + json_scalar(v) for k, v in metrics.items())
-        assert line == f'{{"ts": 1.500, "step": {step}, "rank": 3, "host": "host-a"{body}}}'
+        assert line == f'{{"ts": 1.5, "step": {step}, "rank": 3, "host": "host-a"{body}}}'
         parsed = json.loads(line)
         assert list(parsed) == ["ts", "step", "rank", "host", *metrics]
         for k, v in metrics.items():

@@ -1,7 +1,8 @@
 """``{prefix}_metrics.jsonl``: one flat JSON object per metrics row.
 
-``{"ts": 1764086400.500, "step": 10, "rank": 0, "host": "node-1", "loss":
-1.2, "lr": 0.0003}``: ``ts`` in seconds with milliseconds, then each metric
+``{"ts": 1764086400.5021372, "step": 10, "rank": 0, "host": "node-1", "loss":
+1.2, "lr": 0.0003}``: ``ts`` in seconds since 1970 as sent (every digit of
+the sender's ``time.time()``), then each metric
 under its own name (the line's own names, :data:`roxxel.schema.RESERVED_METRIC_NAMES`,
 are not metric names), so that ``pandas.read_json(path, lines=True)`` gives
 one column per metric. Floats are Python's shortest round-trip ``repr``;
@@ -110,7 +111,7 @@ class MetricsJsonlSink(FileSink):
             # A column of one number is converted once, into the layout; any
             # other column into its values' texts.
             cells: list[str | None] = []
-            texts: list[Iterable[str]] = [map("%.3f".__mod__, run.ts), int_texts(run.steps)]
+            texts: list[Iterable[str]] = [float_texts(run.ts), int_texts(run.steps)]
             for kind, column, constant in zip(run.types, run.columns, run.constant, strict=True):
                 if constant:
                     cells.append(json_scalar(column[0]))
