@@ -33,7 +33,8 @@ __all__ = ["main", "measure"]
 
 DEFAULT_RECORDS = 1_000_000
 QUICK_RECORDS = 20_000
-BUDGET_S = 3.0
+# DESIGN's 3 s for any record; issue 16 asks 1.5 s for metrics rows.
+BUDGET_S = {"log_metrics_summary": 1.5, "log_message": 3.0}
 
 
 def _pending(logger: Any) -> int | None:
@@ -110,10 +111,11 @@ def format_table(results: dict[str, Any], n: int) -> str:
     ]
     for api in APIS:
         r = results[api]
-        ratio = r["close_s"] / BUDGET_S
-        met = "met" if r["close_s"] <= BUDGET_S and r["on_disk"] == r["n"] else "MISSED"
+        budget = BUDGET_S[api]
+        ratio = r["close_s"] / budget
+        met = "met" if r["close_s"] <= budget and r["on_disk"] == r["n"] else "MISSED"
         lines.append(
-            f"{api + ' close()':<34}{r['close_s']:>9.2f}s{BUDGET_S:>8.1f}s{ratio:>7.2f}x{met:>10}"
+            f"{api + ' close()':<34}{r['close_s']:>9.2f}s{budget:>8.1f}s{ratio:>7.2f}x{met:>10}"
         )
     lines += ["", "notes (ratio = ours / limit, below 1 is within budget):"]
     for api in APIS:

@@ -408,14 +408,21 @@ class Logger:
 
         A ``KeyboardInterrupt`` (Ctrl-C) is no crash: one WARNING line saying
         where it arrived; Python prints its traceback on stderr as it ends.
+        Nor is ``sys.exit()``: nothing for a status of 0 or ``None``, else one
+        WARNING line with the status and the place.
         """
         if self._closed or (exc is not None and exc is self._last_crash):
             return
         self._last_crash = exc
-        if issubclass(exc_type, KeyboardInterrupt):
+        if issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
             where = traceback.extract_tb(tb)[-1:] if tb is not None else []
             place = "".join(f" at {f.filename}:{f.lineno} in {f.name}" for f in where)
-            text = f"interrupted ({exc_type.__name__}){place}"
+            if not issubclass(exc_type, SystemExit):
+                text = f"interrupted ({exc_type.__name__}){place}"
+            elif isinstance(exc, SystemExit) and exc.code not in (None, 0):
+                text = f"exiting with status {exc.code!r} (sys.exit){place}"
+            else:
+                return
             self._append_line((_LOG, _now(), logging.WARNING, text))
             return
         headline = (

@@ -728,3 +728,23 @@ def test_unknown_metrics_files_or_csv_floats_are_refused(tmp_path: Path, options
 def test_a_logger_of_a_daemon_cannot_choose_its_files(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="roxxel-aggregator --metrics-files/--csv-floats"):
         Logger(tmp_path, "d", aggregator="tcp://127.0.0.1:9", csv_floats="full")
+
+
+@pytest.mark.parametrize(("code", "said"), [(0, None), (None, None), (3, "exiting with status 3")])
+def test_sys_exit_inside_the_logger_is_no_crash(tmp_path: Path, code, said) -> None:
+    result = run_python(
+        f"""
+import sys, roxxel
+with roxxel.Logger({str(tmp_path)!r}, "ex") as logger:
+    logger.log_message("before")
+    sys.exit({code!r})
+"""
+    )
+    assert result.returncode == (code or 0), result.stderr
+    lines = log_lines(str(tmp_path / "ex_system.log"))
+    assert "CRITICAL" not in [level for level, _ in lines] and "Traceback" not in result.stderr
+    if said is None:
+        assert lines == [("INFO", "before")]
+    else:
+        assert lines[0] == ("INFO", "before") and lines[1][0] == "WARNING"
+        assert lines[1][1].startswith(f"{said} (sys.exit) at <string>:5 in <module>")
