@@ -12,5 +12,6 @@ or embed it (a ``roxxel.Logger`` on rank 0 with no endpoint does so)::
 """
 
 from .collector import Collector, default_sinks
+from .sinks import FileOptions
 
-__all__ = ["Collector", "default_sinks"]
+__all__ = ["Collector", "default_sinks", "FileOptions"]

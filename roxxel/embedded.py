@@ -187,8 +187,7 @@ class ThreadCollector:
         curve: ServerKeys | None = None,
         files: Files = DEFAULT_FILES,
     ):
-        from aggregator import Collector
-        from aggregator.sinks import FileOptions
+        from aggregator import Collector, FileOptions
 
         if bind.startswith("ipc://") and curve is None:
             # In-process; a CURVE collector has a context of its own, which
