@@ -21,7 +21,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from roxxel.schema import CSV_FLOATS, METRICS_FILES, check_file_options
+from roxxel.schema import CSV_FLOATS, DEFAULT_METRICS_FILES, METRICS_FILES, check_file_options
 from roxxel.security import generate_keys, server_keys
 
 from .collector import DAEMON_NAME, DEFAULT_COMMIT_INTERVAL, Collector
@@ -68,10 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--metrics-files",
         type=_metrics_files,
-        default=METRICS_FILES,
+        default=DEFAULT_METRICS_FILES,
         metavar="LIST",
         help="which metrics files each run gets besides its system log, comma-separated: "
-        f"{' and/or '.join(METRICS_FILES)} (default: {','.join(METRICS_FILES)})",
+        f"any of {', '.join(METRICS_FILES)} (default: {','.join(DEFAULT_METRICS_FILES)}; "
+        "tensorboard: {prefix}_tensorboard/rank{N}/ event files)",
     )
     parser.add_argument(
         "--csv-floats",

@@ -27,6 +27,7 @@ from roxxel import codec, schema
 from .ledger import Ledger
 from .run import Run
 from .sinks import DEFAULT_FILES, FileOptions
+from .sinks.tensorboard import MAX_OPEN as TENSORBOARD_MAX_OPEN
 
 __all__ = ["Runs", "Refused", "MAX_RUNS", "IDLE_RUN_SECONDS", "max_runs_for_fds"]
 
@@ -68,7 +69,10 @@ class Runs:
         self.files = files  # what every run it opens writes
         self.root = root
         self.by_prefix: dict[str, Run] = {}
-        self.max_runs = max_runs_for_fds()
+        tensorboard = "tensorboard" in files.metrics_files
+        self.max_runs = max_runs_for_fds(
+            _FDS_PER_RUN + (TENSORBOARD_MAX_OPEN if tensorboard else 0)
+        )
         self.idle_seconds = IDLE_RUN_SECONDS
         self._of_sender: dict[bytes, Run] = {}
         self._echo = echo
@@ -222,10 +226,10 @@ class Runs:
             self.home.close()
 
 
-def max_runs_for_fds() -> int:
+def max_runs_for_fds(per_run: int = _FDS_PER_RUN) -> int:
     """:data:`MAX_RUNS`, or fewer where the process may open fewer files: past
     the limit a run's open (and the daemon's connections) would fail."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return MAX_RUNS
-    return max(1, min(MAX_RUNS, (soft - _FDS_KEPT) // _FDS_PER_RUN))
+    return max(1, min(MAX_RUNS, (soft - _FDS_KEPT) // per_run))

@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Protocol
 
-from .schema import METRICS_FILES
+from .schema import DEFAULT_METRICS_FILES
 from .security import ServerKeys
 
 __all__ = ["EmbeddedCollector", "ProcessCollector", "ThreadCollector", "start_embedded"]
@@ -40,7 +40,7 @@ COLLECTOR_NAME = "roxxel collector"
 # (roxxel.schema.check_file_options): plain values, so that this module does
 # not import the collector.
 Files = tuple[tuple[str, ...], str]
-DEFAULT_FILES: Files = (METRICS_FILES, "original")
+DEFAULT_FILES: Files = (DEFAULT_METRICS_FILES, "original")
 
 
 class EmbeddedCollector(Protocol):

@@ -156,7 +156,7 @@ class Logger:
         curve_clients: str | None = None,
         capture: str | Iterable[str] = (),
         progress: bool = False,
-        metrics_files: Iterable[str] = schema.METRICS_FILES,
+        metrics_files: Iterable[str] = schema.DEFAULT_METRICS_FILES,
         csv_floats: str = "original",
     ) -> None:
         if not isinstance(log_dir, (str, os.PathLike)):

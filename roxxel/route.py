@@ -81,7 +81,7 @@ class RouteOptions:
     curve_server_secret: str | None = None
     curve_clients: str | None = None
     # What rank 0's own collector writes (see roxxel.schema.check_file_options).
-    metrics_files: tuple[str, ...] = schema.METRICS_FILES
+    metrics_files: tuple[str, ...] = schema.DEFAULT_METRICS_FILES
     csv_floats: str = "original"
 
 
@@ -207,7 +207,7 @@ def open_route(options: RouteOptions) -> Route:
         # At Logger(), in one line: ZeroMQ would retry a name that does not
         # resolve in silence for the whole run.
         source = "aggregator=" if o.aggregator else f"{ENV_AGGREGATOR}="
-        if (o.metrics_files, o.csv_floats) != (schema.METRICS_FILES, "original"):
+        if (o.metrics_files, o.csv_floats) != (schema.DEFAULT_METRICS_FILES, "original"):
             raise ValueError(
                 f"metrics_files and csv_floats choose the files of the Logger's own collector; "
                 f"this one logs to a daemon ({source}), whose files are its own: start it with "

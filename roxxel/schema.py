@@ -63,6 +63,7 @@ __all__ = [
     "MAX_LEVEL_NAME",
     "STANDARD_LEVELS",
     "METRICS_FILES",
+    "DEFAULT_METRICS_FILES",
     "CSV_FLOATS",
     "check_file_options",
     "is_run_name",
@@ -84,9 +85,10 @@ NON_SCALAR = "__roxxel_non_scalar__"
 BIG_INT = "__roxxel_int__"
 STANDARD_LEVELS = frozenset(range(0, 60, 10))  # NOTSET .. CRITICAL: no name sent
 MAX_LEVEL_NAME = 64  # characters of a level's name
-# A run's metrics files (besides its system log), all by default; how its
-# CSV writes floats: the original's .5f rule, or every digit.
-METRICS_FILES = ("csv", "jsonl")
+# A run's metrics files (besides its system log), and those it gets by
+# default; how its CSV writes floats: the original's .5f rule, or every digit.
+METRICS_FILES = ("csv", "jsonl", "tensorboard")
+DEFAULT_METRICS_FILES = ("csv", "jsonl")
 CSV_FLOATS = ("original", "full")
 
 # The window of times written as sent (see in_time_range). From the epoch:

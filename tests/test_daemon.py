@@ -344,5 +344,8 @@ def test_a_daemon_refuses_unknown_metrics_files(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, env=python_env(),
     )  # fmt: skip
     assert result.returncode == 2
-    assert "metrics files are one or more of csv, jsonl, not 'csv', 'parquet'" in result.stderr
+    assert (
+        "metrics files are one or more of csv, jsonl, tensorboard, not 'csv', 'parquet'"
+        in result.stderr
+    )
     assert not list(tmp_path.iterdir())

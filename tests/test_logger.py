@@ -714,7 +714,10 @@ def test_the_metrics_files_and_the_csv_floats_are_the_loggers_to_choose(tmp_path
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"metrics_files": ()}, "metrics files are one or more of csv, jsonl, not none"),
+        (
+            {"metrics_files": ()},
+            "metrics files are one or more of csv, jsonl, tensorboard, not none",
+        ),
         ({"metrics_files": ["csv", "xml"]}, "not 'csv', 'xml'"),
         ({"csv_floats": "6f"}, "csv floats are one of original, full, not '6f'"),
     ],

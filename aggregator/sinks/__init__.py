@@ -6,12 +6,13 @@ import os
 from dataclasses import dataclass
 from typing import TextIO
 
-from roxxel.schema import CSV_FLOATS, METRICS_FILES, check_file_options
+from roxxel.schema import CSV_FLOATS, DEFAULT_METRICS_FILES, METRICS_FILES, check_file_options
 
 from .base import FanOut, Origin, Sink
 from .metrics_csv import MetricsCsvSink
 from .metrics_jsonl import MetricsJsonlSink
 from .system_log import SystemLogSink
+from .tensorboard import TensorBoardSink
 
 __all__ = [
     "Sink",
@@ -20,6 +21,7 @@ __all__ = [
     "SystemLogSink",
     "MetricsCsvSink",
     "MetricsJsonlSink",
+    "TensorBoardSink",
     "default_sinks",
     "FileOptions",
     "DEFAULT_FILES",
@@ -31,10 +33,11 @@ __all__ = [
 @dataclass(frozen=True)
 class FileOptions:
     """What a run's files are: which metrics files besides the system log
-    (any of :data:`METRICS_FILES`, at least one), and how the CSV writes
+    (any of :data:`METRICS_FILES`, at least one; by default the CSV and the
+    JSONL), and how the CSV writes
     floats (:data:`CSV_FLOATS`). Raises ``ValueError`` naming what is wrong."""
 
-    metrics_files: tuple[str, ...] = METRICS_FILES
+    metrics_files: tuple[str, ...] = DEFAULT_METRICS_FILES
     csv_floats: str = "original"
 
     def __post_init__(self) -> None:
@@ -58,4 +61,6 @@ def default_sinks(
         sinks.append(MetricsCsvSink(f"{base}_metrics.csv", options.csv_floats))
     if "jsonl" in options.metrics_files:
         sinks.append(MetricsJsonlSink(f"{base}_metrics.jsonl"))
+    if "tensorboard" in options.metrics_files:
+        sinks.append(TensorBoardSink(f"{base}_tensorboard"))
     return FanOut(sinks)
