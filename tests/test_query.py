@@ -17,6 +17,7 @@ from roxxel.undelivered import write_unsent
 from roxxel.unsent import Unsent, UnsentBatch
 
 from .conftest import Daemon, python_env
+from .test_security import curve_daemon as start_curve_daemon
 
 # Far longer than a failed handshake takes: a query that waits it out fails the test.
 TIMEOUT = 60.0
@@ -36,15 +37,7 @@ def keys(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def curve_daemon(start_daemon, tmp_path: Path, keys: Path) -> Daemon:
-    return start_daemon(
-        tmp_path / "logs",
-        extra=(
-            "--curve-secret",
-            str(keys / "server.key_secret"),
-            "--curve-clients",
-            str(keys / "clients"),
-        ),
-    )
+    return start_curve_daemon(start_daemon, tmp_path, keys)
 
 
 def timed_roxxel(*args: str) -> tuple[subprocess.CompletedProcess, float]:

@@ -34,19 +34,10 @@ from roxxel.runfiles import (
 )
 
 from .conftest import free_port, python_env, read, run_python, wait_for
+from .test_tools import roxxel
 
 CSV = "step,loss\n0,1.00000\n1,0.50000\n"
 LOG = "[2026-01-01 00:00:00] [INFO] from the run\n"
-
-
-def roxxel(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "roxxel.cli", *args],
-        env=python_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.fixture
