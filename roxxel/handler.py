@@ -12,6 +12,7 @@ stderr handler) next to the collector's echo.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import warnings
@@ -40,13 +41,16 @@ class Handler(logging.Handler):
     stack, if the record has them, below it (change it with ``setFormatter``).
     A record logged while this handler is sending one on the same thread
     (a library logging from inside roxxel) is dropped, not recursed into.
-    Once the Logger is closed, records go to Python's last-resort handler
-    (warnings and above, to stderr; nowhere if ``logging.lastResort`` is
-    ``None``) rather than nowhere.
+    Once the Logger is closed the handler counts as absent, as for
+    ``logging`` itself: a record that no other handler on its logger's way
+    up takes goes to Python's last-resort handler (warnings and above, to
+    stderr; nowhere if ``logging.lastResort`` is ``None``) rather than nowhere.
 
     :meth:`flush` (and so ``logging.shutdown()``, which flushes every
     handler) returns once what was emitted is acknowledged by the collector,
-    i.e. in the run's files, or after ``flush_timeout`` seconds.
+    i.e. in the run's files, or after ``flush_timeout`` seconds. At exit,
+    the other handlers are flushed before the Loggers close, so what a
+    ``logging.handlers.MemoryHandler`` still holds for this one lands too.
     """
 
     def __init__(
@@ -57,6 +61,7 @@ class Handler(logging.Handler):
         self.flush_timeout = flush_timeout
         self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
         self._emitting = threading.local()
+        _flush_handlers_before_loggers_close()
 
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(self._emitting, "active", False):
@@ -65,10 +70,14 @@ class Handler(logging.Handler):
         try:
             # Python's warnings arrive with a final newline: not a line of its own.
             text = self.format(record).rstrip("\n")
-            if not self.logger.log_record(record.created, record.levelno, text):
-                last = logging.lastResort  # as logging itself uses it: its level applies
-                if last is not None and record.levelno >= last.level:
-                    last.handle(record)
+            try:
+                sent = self.logger.log_record(record.created, record.levelno, text)
+            except RuntimeError:
+                # close() on another thread between the Logger's check and its
+                # append: asked again, it answers False. Any other error repeats.
+                sent = self.logger.log_record(record.created, record.levelno, text)
+            if not sent:
+                self._as_if_absent(record)
         except Exception:
             self.handleError(record)
         finally:
@@ -77,6 +86,35 @@ class Handler(logging.Handler):
     def flush(self) -> None:
         """Wait until what was emitted is in the run's files (``flush_timeout`` at most)."""
         self.logger.flush(self.flush_timeout)
+
+    def _as_if_absent(self, record: logging.LogRecord) -> None:
+        # logging hands a record to its last resort only when it found no
+        # handler on the way up; another one there (a root StreamHandler the
+        # record propagates to) already printed it, and a second copy on
+        # stderr would only repeat it.
+        if self._another_on_path(record):
+            return
+        last = logging.lastResort
+        if last is not None and record.levelno >= last.level:
+            last.handle(record)
+
+    def _another_on_path(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        # Never getLogger(name): that would create loggers for made-up records.
+        node = (
+            logging.root if name == logging.root.name else logging.root.manager.loggerDict.get(name)
+        )
+        on_path, others = False, False
+        while isinstance(node, logging.Logger):
+            for handler in node.handlers:
+                if handler is self:
+                    on_path = True
+                else:
+                    others = True
+            node = node.parent if node.propagate else None
+        # Reached from a QueueListener or a MemoryHandler (not from its
+        # logger's handlers): nothing else on that path prints the record.
+        return on_path and others
 
 
 class Capture:
@@ -104,6 +142,36 @@ class Capture:
         if self._captured_warnings:
             logging.captureWarnings(False)
             self._captured_warnings = False
+
+
+_flush_registered = False
+
+
+def _flush_handlers_before_loggers_close() -> None:
+    # logging.shutdown() flushes every handler at exit, but atexit runs the
+    # last registered first and logging registered before any Logger: by then
+    # the Loggers are closed and a MemoryHandler's buffer would reach a closed
+    # one. Registered at the first Handler, i.e. after the first Logger's own
+    # close at exit, so this runs before it.
+    global _flush_registered
+    if not _flush_registered:
+        _flush_registered = True
+        atexit.register(_flush_other_handlers)
+
+
+def _flush_other_handlers() -> None:
+    for ref in reversed(list(getattr(logging, "_handlerList", ()))):
+        handler = ref()
+        # A Handler's own Logger delivers at close; flushOnClose=False (a
+        # MemoryHandler's) means the buffer is not wanted at the end.
+        if handler is None or isinstance(handler, Handler):
+            continue
+        if not getattr(handler, "flushOnClose", True):
+            continue
+        try:
+            handler.flush()
+        except Exception:
+            pass  # logging.shutdown() flushes again and reports by its own rules
 
 
 def _warnings_captured() -> bool:
