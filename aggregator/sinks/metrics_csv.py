@@ -26,7 +26,9 @@
   (``pandas.read_csv`` and ``csv.DictReader`` skip blank lines and read a
   short row's missing cells as missing: NaN, ``restval``). So names that keep appearing cost
   amortised O(new names), not O(file), and the header only ever grows.
-  A file that already holds a run is appended to, keeping its header.
+  A file that already holds a run is appended to, keeping its header; one
+  whose last line has no line end (written by hand, cut short) gets one
+  first, so the next row does not run on from it.
 * Its mark is the file size, the header's keys and the bytes before the
   first row; rewinding past a widening keeps the rows that were within the
   mark (under the wider header).
@@ -162,9 +164,11 @@ class MetricsCsvSink(FileSink):
         # (the header line and the blank lines kept after it).
         self.keys: list[str] = []
         self._region = 0
+        self._unended = False
         self._read_header()
         self._cells: dict[str, str] = {}  # a metric's name: its header cell
         self._file = self._open()
+        self._end_last_line()
         self._headed = os.fstat(self._file.fileno()).st_size > 0
         self._writer = csv.writer(self._file, lineterminator="\n")
         # One %-format per row of a run, cached per keys and column formats
@@ -179,9 +183,20 @@ class MetricsCsvSink(FileSink):
             line = _csv_line(header) if header else b""
             with open(self.path, "rb") as existing:
                 self._region = _room_end(existing, line)
+                end = existing.seek(0, os.SEEK_END)
+                self._unended = end > 0 and os.pread(existing.fileno(), 1, end - 1) != b"\n"
         except FileNotFoundError:
-            header, self._region = None, 0
+            header, self._region, self._unended = None, 0, False
         self.keys = list(header[1:]) if header else []
+
+    def _end_last_line(self) -> None:
+        """End a last line that has no line end (a file written by hand or cut
+        short): appended rows would run on from it, ``0,1,22`` and ``1,2,3``
+        read as ``0,1,221,2,3``. The files this sink writes end every row."""
+        if self._unended:
+            self._file.write("\n")
+            self._file.flush()
+            self._unended = False
 
     def _cell(self, key: str) -> str:
         cell = self._cells.get(key)
@@ -344,6 +359,7 @@ class MetricsCsvSink(FileSink):
     def reopen(self) -> None:
         super().reopen()
         self._read_header()
+        self._end_last_line()
         self._formats.clear()
         self._headed = os.fstat(self._file.fileno()).st_size > 0
         self._writer = csv.writer(self._file, lineterminator="\n")
