@@ -630,3 +630,11 @@ def test_a_file_reopened_after_rotation_without_a_last_line_end_gets_one(
     sink.close()
     assert read(path) == "step,a\n5,6\n7,8\n"
     assert read(tmp_path / "run_metrics.csv.1") == "step,a\n0,1\n"
+
+
+def test_another_programs_csv_at_the_path_is_refused_not_scrambled(tmp_path: Path) -> None:
+    path = tmp_path / "run_metrics.csv"
+    path.write_text("a,b,step\n1,2,0\n")  # Lightning's sorted header, step among the names
+    with pytest.raises(RuntimeError, match="is not a roxxel metrics CSV: its header starts"):
+        Logger(tmp_path, "run")
+    assert path.read_text() == "a,b,step\n1,2,0\n"

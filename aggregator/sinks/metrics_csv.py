@@ -187,6 +187,13 @@ class MetricsCsvSink(FileSink):
                 self._unended = end > 0 and os.pread(existing.fileno(), 1, end - 1) != b"\n"
         except FileNotFoundError:
             header, self._region, self._unended = None, 0, False
+        if header and header[0] != "step":
+            # Another program's CSV (Lightning's sorts "step" among its names):
+            # appended to, its columns would be taken for ours, shifted.
+            raise OSError(
+                f"{self.path} is not a roxxel metrics CSV: its header starts with "
+                f"{printable(header[0])!r}, not 'step'; move it away or choose another prefix"
+            )
         self.keys = list(header[1:]) if header else []
 
     def _end_last_line(self) -> None:
