@@ -207,7 +207,7 @@ def open_route(options: RouteOptions) -> Route:
         # At Logger(), in one line: ZeroMQ would retry a name that does not
         # resolve in silence for the whole run.
         source = "aggregator=" if o.aggregator else f"{ENV_AGGREGATOR}="
-        if (o.metrics_files, o.csv_floats) != (schema.DEFAULT_METRICS_FILES, "original"):
+        if set(o.metrics_files) != set(schema.DEFAULT_METRICS_FILES) or o.csv_floats != "original":
             raise ValueError(
                 f"metrics_files and csv_floats choose the files of the Logger's own collector; "
                 f"this one logs to a daemon ({source}), whose files are its own: start it with "
