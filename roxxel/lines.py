@@ -50,7 +50,8 @@ class NamedLevel(int):
 
     def __new__(cls, number: int, name: str) -> NamedLevel:
         level = super().__new__(cls, number)
-        level.name = name
+        # A "]" would end the line's [LEVEL] early for whoever parses it (roxxel tail).
+        level.name = name.replace("]", "\\x5d")
         return level
 
 

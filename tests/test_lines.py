@@ -221,3 +221,12 @@ def test_only_the_first_line_is_a_head_and_it_round_trips(
         assert (head.rank, head.text) == (rank, first)
     elif not first.startswith("[rank "):  # rank 0's text may look tagged (see the table)
         assert (head.rank, head.text) == (None, first)
+
+
+def test_a_level_name_from_a_sender_cannot_end_the_level_field_early() -> None:
+    from roxxel.lines import NamedLevel, format_line, parse_line
+
+    line = format_line(1_764_086_400.0, NamedLevel(116, "A] [CRITICAL"), "text")
+    parsed = parse_line(line)
+    assert parsed is not None and parsed.text == "text"
+    assert "CRITICAL" in parsed.level and "]" not in parsed.level
