@@ -123,12 +123,18 @@ def _count(api: str, log_dir: str) -> int:
         return sum(1 for line in f if line.endswith(f"] {LINE}\n"))
 
 
-def run_roxxel(api: str, clients: int, n: int, series: list[dict[str, float]]) -> dict[str, Any]:
+def run_roxxel(
+    api: str,
+    clients: int,
+    n: int,
+    series: list[dict[str, float]],
+    daemon_options: Sequence[str] = (),
+) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     tmp = tempfile.mkdtemp(prefix="roxxel-bench-collector-")
     daemon = None
     try:
-        daemon, endpoint = start_daemon(tmp, PREFIX)
+        daemon, endpoint = start_daemon(tmp, PREFIX, *daemon_options)
         cpu0 = cpu_seconds(daemon.pid)
         barrier, out = ctx.Barrier(clients + 1), ctx.Queue()
         procs = [
@@ -269,10 +275,12 @@ def run_raw(api: str, clients: int, n: int, series: list[dict[str, float]]) -> d
 # -- the table ---------------------------------------------------------------------
 
 
-def format_table(results: dict[str, Any], clients: int, n: int, values: str = "varying") -> str:
+def format_table(
+    results: dict[str, Any], clients: int, n: int, values: str = "varying", files: str = ""
+) -> str:
     lines = [
         f"collector throughput: {clients} client processes x {n:,} records "
-        f"(metrics: 4 floats, {VALUES[values]}), "
+        f"(metrics: 4 floats, {VALUES[values]}; metrics files: {files or 'csv,jsonl'}), "
         f"{os.cpu_count()} CPUs; raw limit = {clients} msgpack PUSH -> 1 PULL that only "
         f"decodes (batches of {BATCH})",
         "",
@@ -335,14 +343,17 @@ def run(
     n: int,
     series: list[dict[str, float]] = METRICS_SERIES,
     progress: Any = None,
+    daemon_options: Sequence[str] = (),
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for api in APIS:
         results[api] = {}
-        for name, fn in (("roxxel", run_roxxel), ("raw", run_raw)):
-            if progress:
-                progress(f"{name} {api}")
-            results[api][name] = fn(api, clients, n, series)
+        if progress:
+            progress(f"roxxel {api}")
+        results[api]["roxxel"] = run_roxxel(api, clients, n, series, daemon_options)
+        if progress:
+            progress(f"raw {api}")
+        results[api]["raw"] = run_raw(api, clients, n, series)
     if progress:
         progress("floor")
     results["floor"] = run_floor(clients * n, series)
@@ -362,12 +373,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="varying",
         help="the metrics logged: %(default)s (default) or the same dict every call",
     )
+    parser.add_argument(
+        "--metrics-files",
+        metavar="LIST",
+        help="the daemon's --metrics-files (default: its own, csv,jsonl), e.g. "
+        "csv,jsonl,tensorboard to measure the TensorBoard sink's cost",
+    )
     args = parser.parse_args(argv)
     series = METRICS_SERIES if args.values == "varying" else [METRICS]
     n = args.records or (QUICK_RECORDS if args.quick else DEFAULT_RECORDS)
+    options = ("--metrics-files", args.metrics_files) if args.metrics_files else ()
 
-    results = run(args.clients, n, series, stderr_progress)
-    print(format_table(results, args.clients, n, args.values))
+    results = run(args.clients, n, series, stderr_progress, options)
+    print(format_table(results, args.clients, n, args.values, args.metrics_files or ""))
     return 1 if any(_problems(results[api]) for api in APIS) else 0
 
 

@@ -41,14 +41,15 @@ def progress(text: str) -> None:
     print(f"running {text} ...", file=sys.stderr, flush=True)
 
 
-def start_daemon(log_dir: str, prefix: str) -> tuple[subprocess.Popen[str], str]:
+def start_daemon(log_dir: str, prefix: str, *extra: str) -> tuple[subprocess.Popen[str], str]:
     """A ``roxxel-aggregator`` of run ``prefix`` on a free port of 127.0.0.1
-    (no echo, no stats line), and its endpoint once it is ready."""
+    (no echo, no stats line; ``extra``: more of its options), and its
+    endpoint once it is ready."""
     script = os.path.join(os.path.dirname(sys.executable), "roxxel-aggregator")
     cmd = [script] if os.path.exists(script) else [sys.executable, "-m", "aggregator"]
     proc = subprocess.Popen(
         [*cmd, "--bind", "tcp://127.0.0.1:0", "--log-dir", log_dir, "--prefix", prefix,
-         "--no-echo", "--stats-interval", "0"],
+         "--no-echo", "--stats-interval", "0", *extra],
         stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=roxxel_free_env(),
     )  # fmt: skip
     assert proc.stdout is not None
