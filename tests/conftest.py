@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import psutil
 import pytest
@@ -193,3 +194,32 @@ class Said(logging.Handler):
 
     def having(self, text: str) -> list[str]:
         return [m for m in self.messages if text in m]
+
+
+_Test = TypeVar("_Test", bound=Callable[..., Any])
+
+
+def differs_on_purpose(readme_words: str) -> Callable[[_Test], _Test]:
+    """Mark a test that asserts a deliberate difference from the project whose
+    test suite its file ports; the README states it in ``readme_words``."""
+
+    def mark(test: _Test) -> _Test:
+        test.differs_on_purpose = readme_words  # type: ignore[attr-defined]
+        return test
+
+    return mark
+
+
+def unstated_differences(module: str, section: str | None = None) -> tuple[int, list[str]]:
+    """How many tests of ``module`` are marked :func:`differs_on_purpose`, and
+    the words of those the README (or its ``## section``) does not state."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    if section is not None:
+        readme = readme.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    readme = " ".join(readme.split())
+    marked = [
+        test.differs_on_purpose
+        for name, test in vars(sys.modules[module]).items()
+        if name.startswith("test_") and hasattr(test, "differs_on_purpose")
+    ]
+    return len(marked), [w for w in marked if " ".join(w.split()) not in readme]

@@ -24,7 +24,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,24 +32,12 @@ import pytest
 
 from roxxel import Logger, MetricWriter
 
-from .conftest import REPO, read, run_python, wait_for
+from .conftest import differs_on_purpose, read, run_python, unstated_differences, wait_for
 
-F = TypeVar("F", bound=Callable[..., Any])
 Log = Callable[[int, Mapping[str, Any]], None]
 
 # Both ways in: the Logger's own call, and CLU's write_scalars on top of it.
 APIS = ["log_metrics_summary", "write_scalars"]
-
-
-def differs_on_purpose(readme_words: str) -> Callable[[F], F]:
-    """Mark a test that asserts a deliberate difference from Lightning's
-    CSVLogger, which the README's contract section states in ``readme_words``."""
-
-    def mark(test: F) -> F:
-        test.differs_from_lightning = readme_words  # type: ignore[attr-defined]
-        return test
-
-    return mark
 
 
 def open_logger(log_dir: Path, prefix: str = "run", **options: Any) -> Logger:
@@ -597,17 +585,8 @@ def test_the_file_is_named_by_the_prefix_in_the_log_dir_without_versions(tmp_pat
 
 
 def test_the_readme_states_every_difference_from_lightning() -> None:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    contract = readme.split("## The contract", 1)[1].split("\n## ", 1)[0]
-    contract = " ".join(contract.split())
-    marked = [
-        test.differs_from_lightning
-        for test in globals().values()
-        if callable(test) and hasattr(test, "differs_from_lightning")
-    ]
-    assert len(marked) >= 8
-    missing = [words for words in marked if " ".join(words.split()) not in contract]
-    assert not missing, f"README's contract section does not say: {missing}"
+    marked, unstated = unstated_differences(__name__, section="The contract")
+    assert marked >= 8 and not unstated, f"the README's contract does not say: {unstated}"
 
 
 def test_a_file_reopened_after_rotation_without_a_last_line_end_gets_one(

@@ -20,33 +20,19 @@ import logging
 import logging.handlers
 import queue
 import re
-import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import pytest
 
 from roxxel import Handler, Logger
 
-from .conftest import REPO, Said, read, run_python
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def differs_on_purpose(readme_words: str) -> Callable[[F], F]:
-    """Mark a test that asserts a deliberate difference from a standard
-    handler, which the README states in ``readme_words``."""
-
-    def mark(test: F) -> F:
-        test.differs_from_logging = readme_words  # type: ignore[attr-defined]
-        return test
-
-    return mark
+from .conftest import Said, differs_on_purpose, read, run_python, unstated_differences
 
 
 class Entry(NamedTuple):
@@ -802,13 +788,5 @@ logging.getLogger("main").info("main info")
 
 
 def test_each_deliberate_difference_is_stated_in_the_readme() -> None:
-    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
-    module = sys.modules[__name__]
-    marked = [
-        (name, test.differs_from_logging)
-        for name, test in vars(module).items()
-        if name.startswith("test_") and hasattr(test, "differs_from_logging")
-    ]
-    assert len(marked) == 3
-    for name, words in marked:
-        assert words in readme, f"{name}: the README does not say {words!r}"
+    marked, unstated = unstated_differences(__name__)
+    assert marked == 3 and not unstated, f"the README does not say: {unstated}"

@@ -20,18 +20,15 @@ import importlib.util
 import inspect
 import json
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from roxxel import Logger, MetricWriter
 
-from .conftest import REPO, read, run_python
-
-F = TypeVar("F", bound=Callable[..., Any])
+from .conftest import differs_on_purpose, read, run_python, unstated_differences
 
 HAVE_CLU = importlib.util.find_spec("clu") is not None
 needs_clu = pytest.mark.skipif(not HAVE_CLU, reason="clu is not installed (the test extra has it)")
@@ -48,17 +45,6 @@ sys.modules["clu.metric_writers"] = stand_in
 from clu import asynclib
 from clu.metric_writers import async_writer, interface, multi_writer
 """
-
-
-def differs_on_purpose(readme_words: str) -> Callable[[F], F]:
-    """Mark a test that asserts a deliberate difference from CLU, which the
-    README states in ``readme_words``."""
-
-    def mark(test: F) -> F:
-        test.differs_from_clu = readme_words  # type: ignore[attr-defined]
-        return test
-
-    return mark
 
 
 def rows(path: Path) -> list[dict[str, str]]:
@@ -395,13 +381,5 @@ def test_point_clouds_and_other_unsupported_kinds_are_skipped_with_one_warning_e
 
 
 def test_each_deliberate_difference_is_stated_in_the_readme() -> None:
-    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
-    module = sys.modules[__name__]
-    marked = [
-        (name, test.differs_from_clu)
-        for name, test in vars(module).items()
-        if name.startswith("test_") and hasattr(test, "differs_from_clu")
-    ]
-    assert len(marked) == 2
-    for name, words in marked:
-        assert words in readme, f"{name}: the README does not say {words!r}"
+    marked, unstated = unstated_differences(__name__)
+    assert marked == 2 and not unstated, f"the README does not say: {unstated}"
