@@ -31,7 +31,7 @@ from roxxel.lines import rank_tag
 if TYPE_CHECKING:
     from ..metrics_run import MetricsRun
 
-__all__ = ["Origin", "Sink", "FileSink", "FanOut", "truncate_to"]
+__all__ = ["Origin", "Sink", "FileSink", "FanOut", "truncate_to", "call_each"]
 
 # How many bytes before a mark its checksum covers: enough that a file which
 # only got the old file's inode number (freed and used again) never passes for it.
@@ -264,10 +264,10 @@ class FanOut(Sink):
             sink.write_metrics(origin, runs)
 
     def flush(self) -> None:
-        _each(sink.flush for sink in self.sinks)
+        call_each(sink.flush for sink in self.sinks)
 
     def close(self) -> None:
-        _each(sink.close for sink in self.sinks)
+        call_each(sink.close for sink in self.sinks)
 
     def sync(self) -> None:
         for sink in self.sinks:
@@ -282,7 +282,7 @@ class FanOut(Sink):
         }
 
     def reopen(self) -> None:
-        _each(sink.reopen for sink in self.sinks)
+        call_each(sink.reopen for sink in self.sinks)
 
     def rewind(self, mark: Any) -> None:
         for sink, position in self._pairs(mark):
@@ -369,7 +369,7 @@ def _cut_to_mark(path: str, mark: dict[str, Any]) -> tuple[str, int] | None:
     return None
 
 
-def _each(calls: Iterable[Callable[[], None]]) -> None:
+def call_each(calls: Iterable[Callable[[], None]]) -> None:
     """Make every call, even when one fails; then raise the first failure."""
     error: BaseException | None = None
     for call in calls:

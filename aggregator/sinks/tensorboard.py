@@ -59,12 +59,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from ..checkpoint import fsync_dir
 from ..metrics_run import MetricsRun
 from . import tfrecord
-from .base import Origin, Sink
+from .base import Origin, Sink, call_each
 
 __all__ = ["TensorBoardSink", "MAX_OPEN"]
 
@@ -286,14 +287,7 @@ class TensorBoardSink(Sink):
 
     def _close_all(self) -> None:
         fds, self._fds = self._fds, OrderedDict()
-        error: OSError | None = None
-        for fd in fds.values():
-            try:
-                os.close(fd)
-            except OSError as exc:  # the others still get closed
-                error = error or exc
-        if error is not None:
-            raise error
+        call_each(partial(os.close, fd) for fd in fds.values())  # the others still get closed
 
 
 def _our_files(rank_dir: str) -> list[str]:
