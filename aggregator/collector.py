@@ -50,7 +50,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TextIO
 
 import zmq
 
@@ -340,8 +340,7 @@ class Collector:
             if parent_alive is not None and time.monotonic() >= next_check:
                 next_check = time.monotonic() + 0.2
                 if not parent_alive():
-                    self._guarded(
-                        self._home,
+                    self._home.guarded(
                         self._home.log,
                         logging.WARNING,
                         "parent process ended; writing what arrived",
@@ -357,8 +356,8 @@ class Collector:
         for run in self.runs.all():
             summary = run.deaths.summary()
             if summary is not None:
-                self._guarded(run, run.log, logging.CRITICAL, summary)
-            self._commit(run)
+                run.guarded(run.log, logging.CRITICAL, summary)
+            run.commit()
         self._send_acks()
 
     def serve_once(self, timeout: float) -> int:
@@ -407,7 +406,7 @@ class Collector:
             self._commit_due = max(now, self._last_commit + self._commit_interval)
         if self._commit_due is not None and now >= self._commit_due:
             for run in self.runs.all():
-                self._commit(run)
+                run.commit()
             self._last_commit = now
             self._commit_due = None
         self._send_acks()
@@ -438,7 +437,7 @@ class Collector:
             if event.new:
                 self.stats["senders"] += 1
                 if event.hello.starts and event.hello.rank == 0:
-                    self._guarded(run, run.started, event.hello)
+                    run.guarded(run.started, event.hello)
             if event.overclaimed:
                 self.stats["overclaiming_hellos"] += 1
                 run.report(*complaints.overclaimed(peer, event))
@@ -479,7 +478,7 @@ class Collector:
         """Close the runs no sender uses any more (all said bye, or were forgotten)."""
         waiting = self._acks.runs_waiting()
         for run in self.runs.close_idle(now, waiting):
-            self._guarded(self._home, run.close)
+            self._home.guarded(run.close)
 
     def _forget_idle(self, run: Run) -> None:
         forgotten = run.ledger.forget_idle()
@@ -489,7 +488,7 @@ class Collector:
             self.runs.left(sender_id)
         self.stats["forgotten_senders"] += len(forgotten)
         text = complaints.forgotten(self.name, len(forgotten), run.ledger)
-        self._guarded(run, run.log, logging.INFO, text)
+        run.guarded(run.log, logging.INFO, text)
 
     def _send_acks(self) -> None:
         """Acknowledge what is durable to every sender heard since the last acks
@@ -498,29 +497,6 @@ class Collector:
             self._router.send(peer, frame)
 
     # -- committing --------------------------------------------------------------
-
-    def _guarded(self, run: Run, write: Callable[..., None], *args: Any) -> None:
-        """``write`` (lines of the collector's own), a write failure handled as any other."""
-        try:
-            write(*args)
-        except OSError as exc:
-            run.commits.failed(exc)
-
-    def _commit(self, run: Run, *, even_clean: bool = False) -> bool:
-        """Commit what ``run`` wrote (``even_clean``: also when nothing); on a failure,
-        roll back, say so, and return ``False``."""
-        if run.commits.needs_rewind:
-            return False  # the files are not back at the checkpoint: nothing to commit
-        if not even_clean and not run.commits.dirty:
-            return True
-        try:
-            recovered = run.commits.commit()
-        except OSError as exc:
-            run.commits.failed(exc)
-            return False
-        if recovered is not None:  # committed with the next batch
-            self._guarded(run, run.log, logging.WARNING, recovered)
-        return True
 
     def _reopen_files(self) -> None:
         self._reopen = False
@@ -534,7 +510,7 @@ class Collector:
             except (OSError, ValueError) as exc:
                 self._diag.warning("%s: keeping the allowed keys: %s", self.name, exc)
         for run in self.runs.all():
-            if not self._commit(run, even_clean=True):
+            if not run.commit(even_clean=True):
                 # The files stay as they are until they are back at the
                 # checkpoint and committed: reopened then, on a later pass.
                 self._reopen = True
@@ -545,13 +521,13 @@ class Collector:
                 self._diag.error("%s: reopening the files failed: %s", self.name, exc)
             # Nothing is uncommitted: the files open now are where a roll back returns to.
             run.commits.reopened()
-            self._commit(run, even_clean=True)
+            run.commit(even_clean=True)
 
     # -- problems ----------------------------------------------------------------
 
     def _report_home(self, who: bytes, what: str, text: str) -> None:
         """A problem of no run's: in the collector's own log, a write failure its own."""
-        self._guarded(self._home, self._home.report, who, what, text)
+        self._home.guarded(self._home.report, who, what, text)
 
     def _refused(self, refusal: Refusal) -> None:
         self.stats["refused_connections"] += 1

@@ -17,6 +17,7 @@ import os
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from roxxel import codec, schema
@@ -149,6 +150,32 @@ class Run:
         finally:
             if self.lock is not None:
                 self.lock.release()
+
+    # -- committing --------------------------------------------------------------
+
+    def guarded(self, write: Callable[..., None], *args: Any) -> None:
+        """``write`` (lines of the collector's own), a write failure this run's,
+        handled as any other."""
+        try:
+            write(*args)
+        except OSError as exc:
+            self.commits.failed(exc)
+
+    def commit(self, *, even_clean: bool = False) -> bool:
+        """Commit what was written (``even_clean``: also when nothing); on a
+        failure, roll back, say so, and return ``False``."""
+        if self.commits.needs_rewind:
+            return False  # the files are not back at the checkpoint: nothing to commit
+        if not even_clean and not self.commits.dirty:
+            return True
+        try:
+            recovered = self.commits.commit()
+        except OSError as exc:
+            self.commits.failed(exc)
+            return False
+        if recovered is not None:  # committed with the next batch
+            self.guarded(self.log, logging.WARNING, recovered)
+        return True
 
     # -- writing -----------------------------------------------------------------
 
