@@ -27,6 +27,7 @@ from typing import Any
 from . import codec, exits, schema
 from .client import Sender
 from .handler import Capture
+from .levels import STANDARD_LEVELS, level_number, with_level_name
 from .lines import NamedLevel, format_line, rank_tag
 from .progress import Progress
 from .ranks import detect_rank
@@ -48,7 +49,6 @@ _now = time.time
 _LOG = schema.RECORD_LOG
 _METRICS = schema.RECORD_METRICS
 _RANKED = schema.RECORD_RANKED_METRICS
-_STANDARD_LEVELS = schema.STANDARD_LEVELS
 
 
 class Logger:
@@ -194,11 +194,11 @@ class Logger:
         self.rank = rank.rank
         self.world_size = rank.world_size
         self.is_rank_zero = rank.rank == 0
-        self._level = _level_number(level)
+        self._level = level_number(level)
         # Rows logged without all_ranks: only rank 0's are sent.
         self._own_rows = self.is_rank_zero
         if not self.is_rank_zero:
-            self._level = max(self._level, _level_number(forward_level))
+            self._level = max(self._level, level_number(forward_level))
         self._all_ranks = metrics_from_all_ranks
         self._checked_keys: tuple[str, ...] | None = None
         self._known_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -299,17 +299,17 @@ class Logger:
     def log_message(self, message: str, level: int = logging.INFO) -> None:
         """Log one line at ``level`` (a ``logging`` level number or name)."""
         if type(level) is not int:
-            level = _level_number(level)
+            level = level_number(level)
         if level < self._level:
             return
         if type(message) is not str:
             message = str(message)
         if len(message) > MAX_MESSAGE_CHARS:
             message = self._cut(message)
-        if level in _STANDARD_LEVELS:
+        if level in STANDARD_LEVELS:
             self._append_line((_LOG, _now(), level, message))
         else:
-            self._append_line(_with_level_name((_LOG, _now(), level, message)))
+            self._append_line(with_level_name((_LOG, _now(), level, message)))
 
     def log_record(self, ts: float, level: int, text: str) -> bool:
         """A line stamped ``ts`` (e.g. a ``logging`` record's time), as :meth:`log_message`
@@ -321,10 +321,10 @@ class Logger:
         if level >= self._level:
             if len(text) > MAX_MESSAGE_CHARS:
                 text = self._cut(text)
-            if level in _STANDARD_LEVELS:
+            if level in STANDARD_LEVELS:
                 self._append_line((_LOG, ts, level, text))
             else:
-                self._append_line(_with_level_name((_LOG, ts, level, text)))
+                self._append_line(with_level_name((_LOG, ts, level, text)))
         return True
 
     def _cut(self, text: str) -> str:
@@ -567,30 +567,8 @@ class Logger:
 _BELOW_EVERY_LEVEL = -(2**63)
 
 
-def _with_level_name(record: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A line at a level that this process's ``logging`` names (``addLevelName``),
-    with that name: the collector is another process."""
-    name = logging.getLevelName(record[2])
-    if type(name) is not str or not name or name == f"Level {record[2]}":
-        return record
-    return (*record, name[: schema.MAX_LEVEL_NAME])
-
-
 def _closed(record: tuple[Any, ...]) -> None:
     raise RuntimeError("this roxxel Logger is closed")
-
-
-def _level_number(level: int | str) -> int:
-    if type(level) is int:
-        return level
-    if isinstance(level, str):
-        # As registered ("Sociable"), or a standard name in any case ("warning").
-        number = logging.getLevelName(level)
-        if not isinstance(number, int):
-            number = logging.getLevelName(level.upper())
-        if isinstance(number, int):
-            return number
-    raise ValueError(f"unknown logging level {level!r}")
 
 
 def _step_number(step: Any) -> int:
