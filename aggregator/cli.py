@@ -26,6 +26,8 @@ from roxxel.security import generate_keys, server_keys
 
 from .collector import DAEMON_NAME, DEFAULT_COMMIT_INTERVAL, Collector
 from .sinks import FileOptions
+from .stream_cli import add_arguments as add_stream_arguments
+from .stream_cli import stream_main
 
 __all__ = ["main", "build_parser"]
 
@@ -36,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         # keygen is read before this parser (it has no --bind): the usage and
         # the list below are where --help shows it.
         usage="%(prog)s --bind ENDPOINT --log-dir LOG_DIR [options]\n"
+        "       %(prog)s --bind ENDPOINT --jetstream URLS --run NAME [options]   (a relay)\n"
+        "       %(prog)s --from-jetstream URLS --run NAME --log-dir LOG_DIR [options]"
+        "   (a writer)\n"
         "       %(prog)s keygen --out DIR --name NAME",
         description="Collect every rank's log lines and metrics of a roxxel run into one\n"
         "log directory. Clients connect with Logger(..., aggregator=ENDPOINT) or\n"
@@ -50,12 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--bind",
-        required=True,
         metavar="ENDPOINT",
         help="ZeroMQ endpoint to listen on, e.g. tcp://0.0.0.0:5555, tcp://127.0.0.1:0 "
         "(a free port; the ready line names it) or ipc:///tmp/roxxel.sock",
     )
-    parser.add_argument("--log-dir", required=True, help="directory of the runs' files")
+    parser.add_argument("--log-dir", help="directory of the runs' files")
     parser.add_argument(
         "--prefix",
         help="serve this run only (file name prefix, as Logger's filename_prefix); without "
@@ -119,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="directory of the public keys (NAME.key) of the clients allowed in; re-read on SIGHUP",
     )
+    add_stream_arguments(parser)
     # Set by an embedding Logger: exit (after writing what arrived) when that
     # process ends, and report the bound endpoint on this file descriptor.
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
@@ -165,8 +170,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["keygen"]:
         return keygen_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     echo = None if args.no_echo else sys.stdout
+    if args.jetstream is not None or args.from_jetstream is not None:
+        return stream_main(args, echo)
+    missing = [flag for flag in ("bind", "log_dir") if getattr(args, flag) is None]
+    if missing:
+        names = " and ".join(f"--{flag.replace('_', '-')}" for flag in missing)
+        parser.error(f"the following arguments are required: {names}")
     if (args.curve_secret is None) != (args.curve_clients is None):
         print("roxxel-aggregator: --curve-secret and --curve-clients go together", file=sys.stderr)
         return 2

@@ -441,6 +441,9 @@ class Collector:
             if event.overclaimed:
                 self.stats["overclaiming_hellos"] += 1
                 run.report(*complaints.overclaimed(peer, event))
+            if event.missing:
+                self.stats["missing_batches"] += event.missing[1] - event.missing[0] + 1
+                run.report(*complaints.missing(peer, event))
             self.runs.joined(event.hello.sender_id, run)
             self._acks.owe(peer, run, event.hello.sender_id, hello=True)
         elif isinstance(event, Closed):

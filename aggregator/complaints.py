@@ -13,7 +13,15 @@ from roxxel import codec
 from .curve import Refusal
 from .ledger import NEVER_BATCHED_SECONDS, Foreign, Introduced, Ledger, TooMany
 
-__all__ = ["curve_refusal", "foreign", "forgotten", "overclaimed", "refused_run", "too_many"]
+__all__ = [
+    "curve_refusal",
+    "foreign",
+    "forgotten",
+    "missing",
+    "overclaimed",
+    "refused_run",
+    "too_many",
+]
 
 Complaint = tuple[bytes, str, str]
 
@@ -27,6 +35,17 @@ def overclaimed(peer: bytes, event: Introduced) -> Complaint:
         f"{state.origin.tag or 'rank 0 '}claimed batches up to {hello.acked} were written, "
         f"but only {state.committed} were: not believed (no client does that; a peer that "
         "knows its sender id would, to have its batches taken for duplicates)",
+    )
+
+
+def missing(peer: bytes, event: Introduced) -> Complaint:
+    hello, (first, last) = event.hello, event.missing or (0, 0)
+    return (
+        peer,
+        "missing",
+        f"batches {first} to {last} of the sender of {event.state.origin.tag or 'rank 0 '}"
+        f"({hello.host[:64]}, pid {hello.pid}) are not in the stream (removed by its limits "
+        "before this writer read them?): their records are lost; writing from the next one",
     )
 
 

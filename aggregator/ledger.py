@@ -167,6 +167,9 @@ class Introduced:
     # believed (the claim; 0: none). No client does that; a peer that learnt
     # the sender's id would, to have its next batches taken for duplicates.
     overclaimed: int = 0
+    # A ledger that follows a stream: the seqs a unit's hello says are in the
+    # stream before it but never reached this ledger (first, last), skipped.
+    missing: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +219,7 @@ class Ledger:
         crowded: int = CROWDED,
         forgotten_kept: int = FORGOTTEN_KEPT,
         clock: Callable[[], float] = time.monotonic,
+        follows_stream: bool = False,
     ) -> None:
         self.max_senders = max_senders
         self.max_per_source = max_per_source
@@ -227,6 +231,10 @@ class Ledger:
         self.crowded = crowded
         self.forgotten_kept = forgotten_kept
         self._clock = clock
+        # Fed by a writer from a stream (aggregator.writer): a hello there is a
+        # relay's, whose ``acked`` says what of the sender the stream held before
+        # it; batches the ledger never got by then were lost, not delayed.
+        self.follows_stream = follows_stream
         self.senders: dict[bytes, SenderState] = {}
         self.open: set[bytes] = set()  # said hello, not bye (nor died)
         self.ranks_seen: set[int] = set()
@@ -322,6 +330,11 @@ class Ledger:
             state.counted = where
             self._per_source[where[0]] += 1
             self._per_connection[where[1]] += 1
+        if self.follows_stream and hello.acked > state.committed:
+            missing = (state.committed + 1, hello.acked)
+            state.committed, state.batched = hello.acked, True
+            self._changed.add(hello.sender_id)
+            return Introduced(hello, state, new=new, missing=missing)
         # A known sender's committed seq moves only with its batches.
         return Introduced(hello, state, new=new, overclaimed=_past(hello.acked, state.committed))
 

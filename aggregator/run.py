@@ -17,7 +17,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from roxxel import codec, schema
@@ -106,6 +106,7 @@ class Run:
         name: str,
         log_only: bool = False,
         files: FileOptions = DEFAULT_FILES,
+        extra_sinks: Sequence[Sink] = (),
     ) -> Run:
         """The run ``{log_dir}/{prefix}_*``: locked, rewound to its checkpoint;
         its system log and the metrics files of ``files``, or with ``log_only``
@@ -121,6 +122,8 @@ class Run:
                 sinks: Sink = FanOut([log])
             else:
                 sinks = default_sinks(log_dir, prefix, echo, files)
+            if extra_sinks:  # marks of their own in the checkpoint (a writer's stream position)
+                sinks = FanOut([*sinks.sinks, *extra_sinks])
         except BaseException:
             lock.release()
             raise

@@ -66,6 +66,10 @@ class Runs:
         files: FileOptions = DEFAULT_FILES,
     ) -> None:
         self.home = home
+        # The run its clients' hellos must name (serving one run): the home
+        # run's prefix, unless its files are named otherwise (a writer's --prefix
+        # for the stream's --run).
+        self.takes: str | None = home.prefix
         self.files = files  # what every run it opens writes
         self.root = root
         self.by_prefix: dict[str, Run] = {}
@@ -119,7 +123,7 @@ class Runs:
             return self.home
         assert isinstance(hello, codec.Hello)
         if self.root is None:
-            return self.home if hello.prefix == self.home.prefix else self._not_this_run(hello)
+            return self.home if hello.prefix == self.takes else self._not_this_run(hello)
         run = self.by_prefix.get(hello.prefix)
         if run is not None:
             return run
@@ -132,7 +136,7 @@ class Runs:
             return Refused(hello, f"run {hello.prefix!r} cannot be opened here: {exc}")
 
     def _not_this_run(self, hello: codec.Hello) -> Refused:
-        run = self.home.prefix
+        run = self.takes
         return Refused(
             hello,
             f"this collector writes run {run!r} only (in {self.home.log_dir}): use "

@@ -1,0 +1,426 @@
+"""The relay: a collector's door, a JetStream stream behind it instead of files.
+
+``roxxel-aggregator --bind EP --jetstream URLS --run NAME``. Clients connect
+exactly as to a collector (the same frames, CURVE, limits: the
+:class:`~aggregator.router.Router` and :class:`~aggregator.ledger.Ledger`
+of one). What the ledger applies is not written: it waits in the sender's
+:class:`Outbox` and is published as a unit (:mod:`aggregator.stream_wire`)
+on the sender's subject; the client is acknowledged only once JetStream
+acknowledged the unit, i.e. a quorum of the stream's replicas stored it.
+
+A sender's units go one at a time, in seq order: a unit is published again
+(same id: JetStream's duplicate window recognises it) until it is stored,
+and the next one waits for that, so the stream never holds a sender's batch
+before an earlier one. While JetStream does not answer, the relay holds what
+it took, up to ``max_held_bytes``; past that it takes no new batch (its
+clients keep them, as with a dead collector) -- and it says so, once, and
+once more when JetStream answers again. It keeps no files: a relay killed
+and started again learns each sender anew from its hello, and the client
+resends what was not acknowledged.
+
+Threading: one thread drives :meth:`Relay.serve_once`; :meth:`Relay.stop`
+may be called from a signal handler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from roxxel import codec, schema
+from roxxel.diagnostics import diagnostics
+from roxxel.security import ServerKeys
+
+from .jetstream import DEFAULT_STREAM, JetStreamLink, StreamSettings
+from .ledger import Apply, Asked, Closed, Introduced, Ledger, Poisoned, Resent
+from .router import Router
+from .stream_wire import RELAY_HEADER, cut_units, pack_unit, sender_subject, unit_id
+
+__all__ = ["Relay", "Outbox", "MAX_HELD_BYTES", "PUBLISH_TIMEOUT"]
+
+# What a relay holds for JetStream at most (taken from clients, not yet stored).
+MAX_HELD_BYTES = 256 * 2**20
+# How long a publish waits for JetStream's acknowledgement before it is tried
+# again, and the longest pause between tries.
+PUBLISH_TIMEOUT = 5.0
+_MAX_RETRY_PAUSE = 2.0
+_MAX_MESSAGES_PER_CYCLE = 256
+# The ledger's applied seqs are this relay's only durable ones: its commits
+# only keep the ledger's change set small.
+_LEDGER_COMMIT_EVERY = 1.0
+
+
+@dataclass
+class _Flight:
+    """A unit on its way: published, or waiting to be published again."""
+
+    frames: list[bytes]
+    data: bytes
+    headers: dict[str, str]
+    upto: int  # the seq its last frame carries
+    future: Any = None
+    tries: int = 0
+    retry_at: float = 0.0
+
+
+@dataclass
+class Outbox:
+    """One sender: its latest hello, what is taken and not yet stored, and who waits."""
+
+    hello: codec.Hello
+    stored: int  # every batch up to this seq is in the stream
+    waiting: list[bytes] = field(default_factory=list)
+    flight: _Flight | None = None
+    owed: set[bytes] = field(default_factory=set)  # peers owed an ack
+    bye: tuple[bytes, codec.Bye] | None = None
+
+    def held(self) -> int:
+        return sum(map(len, self.waiting)) + (len(self.flight.data) if self.flight else 0)
+
+    def settled(self) -> bool:
+        return not self.waiting and self.flight is None
+
+
+class Relay:
+    """Clients in on ``bind``, units out to the JetStream servers ``urls`` for ``run``."""
+
+    def __init__(
+        self,
+        bind: str,
+        urls: list[str],
+        run: str,
+        *,
+        curve: ServerKeys | None = None,
+        settings: StreamSettings = DEFAULT_STREAM,
+        max_held_bytes: int = MAX_HELD_BYTES,
+        publish_timeout: float = PUBLISH_TIMEOUT,
+        name: str = "roxxel-relay",
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.name = name
+        self.run_name = run
+        self._diag = log or diagnostics("roxxel.aggregator")
+        self._router = Router(bind, curve=curve)
+        self.endpoint = self._router.endpoint
+        self._ledger = Ledger()
+        self._outboxes: dict[bytes, Outbox] = {}
+        self._held = 0
+        self._max_held = max_held_bytes
+        self._timeout = publish_timeout
+        self._relay_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.stats: Counter[str] = Counter()
+        self._stopping = False
+        self._down_since: float | None = None  # JetStream not storing since then
+        self._reported: set[tuple[bytes, str]] = set()
+        self._next_ledger_commit = 0.0
+        try:
+            self._link = JetStreamLink(
+                urls, f"{name} {self._relay_id}", self._router.wake, settings, self._problem
+            )
+        except BaseException:
+            self._router.close()
+            raise
+
+    # -- control -------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._router.wake()
+
+    def run(self, drain_seconds: float = 10.0, poll: float = 0.1) -> None:
+        """Serve until :meth:`stop`; then publish what is held, at most
+        ``drain_seconds`` (what is not stored by then, its clients still hold)."""
+        while not self._stopping:
+            self.serve_once(poll)
+        deadline = time.monotonic() + drain_seconds
+        while self._held and time.monotonic() < deadline:
+            self.serve_once(min(poll, max(0.0, deadline - time.monotonic())), take=False)
+
+    def close(self) -> None:
+        try:
+            self._link.close()
+        finally:
+            self._router.close()
+
+    # -- the loop ------------------------------------------------------------------
+
+    def serve_once(self, timeout: float, take: bool = True) -> int:
+        """Wait up to ``timeout`` s; take what arrived, settle and start
+        publishes, send the acks due. Returns the frames handled."""
+        now = time.monotonic()
+        retry = [o.flight.retry_at for o in self._outboxes.values() if _waits_retry(o)]
+        if retry:
+            timeout = min(timeout, max(0.0, min(retry) - now))
+        ready = self._router.poll(timeout)
+        for refusal in ready.refusals:
+            self.stats["refused_connections"] += 1
+            self._report(
+                refusal.address.encode(),
+                refusal.kind,
+                f"refused a connection from {refusal.address} ({refusal.kind})",
+            )
+        handled = 0
+        while take and ready.messages and handled < _MAX_MESSAGES_PER_CYCLE:
+            try:
+                message = self._router.receive()
+            except zmq.Again:
+                break
+            handled += max(1, len(message.frames))
+            if message.refused is not None or not self._router.allows(message.key):
+                self.stats["bad_frames"] += 1
+                continue
+            for data in message.frames:
+                self._dispatch(message.peer, data, message.key, message.source)
+        self._settle()
+        self._publish()
+        self._answer_settled()
+        if time.monotonic() >= self._next_ledger_commit:
+            self._ledger.commit()
+            self._ledger.forget_idle()
+            self._next_ledger_commit = time.monotonic() + _LEDGER_COMMIT_EVERY
+        return handled
+
+    def _dispatch(self, peer: bytes, data: bytes, key: str | None, source: str) -> None:
+        kind = _kind(data)
+        if kind == "batch" and self._held >= self._max_held:
+            # Not taken: the client keeps it and sends it again.
+            self.stats["not_taken"] += 1
+            return
+        if kind == "hello" and self._refused(peer, data):
+            return
+        event = self._ledger.receive(data, key, source, peer)
+        if isinstance(event, Apply | Poisoned):
+            sender_id = event.batch.sender_id if isinstance(event, Apply) else event.error.sender_id
+            outbox = self._outboxes[sender_id]
+            outbox.waiting.append(data)
+            outbox.owed.add(peer)
+            self._held += len(data)
+            self.stats["batches"] += 1
+        elif isinstance(event, Resent):
+            self.stats["duplicate" if event.duplicate else "gap"] += 1
+            outbox = self._outboxes.get(event.sender_id)
+            if outbox is not None:
+                outbox.owed.add(peer)
+        elif isinstance(event, Introduced):
+            hello = event.hello
+            outbox = self._outboxes.get(hello.sender_id)
+            if outbox is None:
+                outbox = Outbox(hello, event.state.committed)
+                self._outboxes[hello.sender_id] = outbox
+            else:  # said again (a reconnect): until its first unit is stored, it still starts
+                outbox.hello = dataclasses.replace(hello, starts=outbox.hello.starts)
+            # The hello is answered at once: what is stored of it (nothing new).
+            self._send(peer, codec.Ack(hello.sender_id, outbox.stored))
+        elif isinstance(event, Closed):
+            outbox = self._outboxes.get(event.bye.sender_id)
+            if outbox is None:
+                self._send(peer, codec.Ack(event.bye.sender_id, event.bye.seq))
+            else:
+                outbox.waiting.append(data)
+                outbox.bye = (peer, event.bye)
+                self._held += len(data)
+        elif isinstance(event, Asked):
+            self._send(peer, self._status_answer(event.query))
+        else:
+            self.stats["bad_frames"] += 1
+            what = type(event).__name__.lower()
+            problem = getattr(event, "problem", what)
+            self._report(peer, what, f"frame from peer {peer.hex()} not taken: {problem}")
+
+    def _settle(self) -> None:
+        """Take in JetStream's answers to the units published."""
+        now = time.monotonic()
+        for outbox in self._outboxes.values():
+            flight = outbox.flight
+            if flight is None or flight.future is None or not flight.future.done():
+                continue
+            flight.future, exc = None, flight.future.exception()
+            if exc is None:
+                outbox.flight = None
+                outbox.stored = flight.upto
+                self._held -= len(flight.data)
+                self.stats["units"] += 1
+                if outbox.hello.starts:  # said: a later unit's hello no longer starts the run
+                    outbox.hello = dataclasses.replace(outbox.hello, starts=False)
+                if self._down_since is not None:
+                    self._back(now)
+                continue
+            if type(exc).__name__ == "MaxPayloadError":
+                self._too_large(outbox, flight)
+                continue
+            flight.tries += 1
+            flight.retry_at = now + min(_MAX_RETRY_PAUSE, 0.1 * 2**flight.tries)
+            self.stats["publish_failures"] += 1
+            if self._down_since is None:
+                self._down_since = now
+                self._diag.warning(
+                    "%s: JetStream (%s) does not store units: %s; holding what clients sent "
+                    "(up to %d MiB, then taking no more: clients keep their records) and "
+                    "acknowledging nothing until it does",
+                    self.name,
+                    ",".join(self._link.urls),
+                    str(exc) or type(exc).__name__,
+                    self._max_held // 2**20,
+                )
+
+    def _publish(self) -> None:
+        """Start the next unit of every sender that has none on its way, and the
+        units whose retry is due."""
+        now = time.monotonic()
+        for sender_id, outbox in self._outboxes.items():
+            flight = outbox.flight
+            if flight is None and outbox.waiting:
+                unit = cut_units(outbox.waiting, self._link.max_payload)[0]
+                del outbox.waiting[: len(unit)]
+                data = pack_unit(outbox.hello, unit)
+                self._held += len(data) - sum(map(len, unit))
+                headers = {"Nats-Msg-Id": unit_id(sender_id, unit), RELAY_HEADER: self._relay_id}
+                upto = codec.decode_envelope(unit[-1]).seq
+                flight = outbox.flight = _Flight(unit, data, headers, upto)
+            elif flight is None or flight.future is not None or flight.retry_at > now:
+                continue
+            subject = sender_subject(self.run_name, sender_id)
+            flight.future = self._link.publish(subject, flight.data, flight.headers, self._timeout)
+
+    def _answer_settled(self) -> None:
+        """Acknowledge every sender whose taken frames are all stored (and a bye
+        once its unit is), to every peer that waits for it."""
+        done = []
+        for sender_id, outbox in self._outboxes.items():
+            if not outbox.settled():
+                continue
+            for peer in outbox.owed:
+                self._send(peer, codec.Ack(sender_id, outbox.stored))
+            outbox.owed.clear()
+            if outbox.bye is not None:
+                peer, bye = outbox.bye
+                self._send(peer, codec.Ack(sender_id, bye.seq))
+                done.append(sender_id)
+        for sender_id in done:
+            del self._outboxes[sender_id]
+        for sender_id in list(self._outboxes):
+            if sender_id not in self._ledger.senders and self._outboxes[sender_id].settled():
+                del self._outboxes[sender_id]  # forgotten by the ledger: idle, nothing held
+
+    # -- what cannot go --------------------------------------------------------------
+
+    def _refused(self, peer: bytes, data: bytes) -> bool:
+        """Refuse (and say why to the client) a hello of another run than this relay's."""
+        try:
+            hello = codec.decode(data)
+        except codec.CodecError:
+            return False  # the ledger says what is wrong with it
+        if not isinstance(hello, codec.Hello) or hello.prefix == self.run_name:
+            return False
+        self.stats["refused_runs"] += 1
+        why = (
+            f"this relay takes run {self.run_name!r} only: use filename_prefix="
+            f"{self.run_name!r}, or a relay of your run"
+        )
+        self._send(peer, codec.Refusal(hello.sender_id, 0, {"reason": why}))
+        self._report(peer, "run", f"refused {hello.host[:64]} (pid {hello.pid}): {why}")
+        return True
+
+    def _too_large(self, outbox: Outbox, flight: _Flight) -> None:
+        """A batch larger than the servers' ``max_payload``: in its place, a batch
+        of the same seq reporting its records as dropped, so the run's log says so."""
+        self._held -= len(flight.data)
+        outbox.flight = None
+        replaced = []
+        for frame in flight.frames:
+            if len(frame) < self._link.max_payload // 2:
+                replaced.append(frame)
+                continue
+            envelope = codec.decode_envelope(frame)
+            metrics, lines = _counts(frame)
+            self.stats["too_large"] += 1
+            self._diag.error(
+                "%s: batch %d of sender %s is %d bytes, more than JetStream's max_payload "
+                "(%d): its %d metrics row(s) and %d line(s) are reported dropped in the "
+                "run's log; raise max_payload on the NATS servers",
+                self.name,
+                envelope.seq,
+                envelope.sender_id.hex(),
+                len(frame),
+                self._link.max_payload,
+                metrics,
+                lines,
+            )
+            body = codec.encode_records([[schema.RECORD_DROPPED, time.time(), metrics, lines]])
+            replaced.append(codec.batch_frame(envelope.sender_id, envelope.seq, body))
+        outbox.waiting[:0] = replaced
+        self._held += sum(map(len, replaced))
+
+    # -- answers and reports ---------------------------------------------------------
+
+    def _send(self, peer: bytes, frame: Any) -> None:
+        self._router.send(peer, frame if isinstance(frame, bytes) else codec.encode(frame))
+
+    def _status_answer(self, query: codec.Query) -> bytes:
+        body = {
+            "relay": True,
+            "run": self.run_name,
+            "endpoint": self.endpoint,
+            "pid": os.getpid(),
+            "jetstream": ",".join(self._link.urls),
+            "connected": self._link.connected,
+            "stream_ready": self._link.stream_ready,
+            "senders": len(self._ledger.senders),
+            "held_bytes": self._held,
+            "stats": dict(self.stats),
+        }
+        return codec.encode(codec.Answer(query.sender_id, query.seq, body))
+
+    def _report(self, who: bytes, what: str, text: str) -> None:
+        """A peer's problem, said once per peer and kind (then only counted)."""
+        if (who, what) in self._reported or len(self._reported) >= 4096:
+            return
+        self._reported.add((who, what))
+        self._diag.warning("%s: %s (reported once)", self.name, text)
+
+    def _problem(self, text: str) -> None:
+        """The link's troubles (from its thread): said as they come, rarely."""
+        self._diag.warning("%s: %s", self.name, text)
+
+    def _back(self, now: float) -> None:
+        assert self._down_since is not None
+        self._diag.warning(
+            "%s: JetStream stores units again (after %.1f s); acknowledging",
+            self.name,
+            now - self._down_since,
+        )
+        self._down_since = None
+
+
+def _waits_retry(outbox: Outbox) -> bool:
+    return outbox.flight is not None and outbox.flight.future is None
+
+
+def _kind(data: bytes) -> str | None:
+    try:
+        return codec.decode_envelope(data).kind
+    except codec.CodecError:
+        return None
+
+
+def _counts(frame: bytes) -> tuple[int, int]:
+    """The metrics rows and the lines a batch frame holds (0, 0 if unreadable)."""
+    try:
+        batch = codec.decode(frame)
+    except codec.CodecError:
+        return 0, 0
+    metrics = lines = 0
+    for record in getattr(batch, "records", []):
+        if record and record[0] in (schema.RECORD_METRICS, schema.RECORD_RANKED_METRICS):
+            metrics += len(record[3]) if len(record) > 3 and isinstance(record[3], list) else 1
+        else:
+            lines += 1
+    return metrics, lines

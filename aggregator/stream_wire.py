@@ -1,0 +1,149 @@
+"""How roxxel's frames travel through a JetStream stream: pure functions, no I/O.
+
+A relay (``roxxel-aggregator --jetstream``) publishes what it takes from a
+sender as *units*, on the subject ``roxxel.{run}.{sender id in hex}`` of the
+stream :data:`STREAM_NAME`. A unit is one msgpack array::
+
+    [UNIT_VERSION, hello frame, [frame, ...]]
+
+the sender's frames (batches, then possibly its bye) in seq order, after
+its hello: a writer (``--from-jetstream``) that never saw the sender --
+started later, or after the stream's retention removed its first units --
+still knows its rank, host and run. The hello's ``acked`` is rewritten to
+the seq before the unit's first frame: everything of the sender before it
+is in the stream already (a relay publishes a sender's units one at a time,
+in order), so a writer that meets the sender first here starts from it.
+
+A unit's ``Nats-Msg-Id`` is ``{sender hex}:{last seq}`` (a bye's
+``{sender hex}:bye:{seq}``): a relay that publishes a unit again (no
+acknowledgement came) is answered ``duplicate`` by JetStream within its
+duplicate window; past it, or when a client resends through a restarted
+relay (other units, other ids), the writer's ledger drops every batch it has
+applied already by its seq, as a collector drops a resent batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+
+import msgpack
+
+from roxxel import codec
+
+__all__ = [
+    "STREAM_NAME",
+    "SUBJECT_ROOT",
+    "UNIT_VERSION",
+    "RELAY_HEADER",
+    "check_run_name",
+    "run_subjects",
+    "sender_subject",
+    "sender_of_subject",
+    "unit_id",
+    "pack_unit",
+    "unpack_unit",
+    "cut_units",
+]
+
+STREAM_NAME = "ROXXEL"
+SUBJECT_ROOT = "roxxel"
+UNIT_VERSION = 1
+# The relay that published a unit (host and pid): what a writer's reports name.
+RELAY_HEADER = "Roxxel-Relay"
+# A run name is one subject token: no '.', '*', '>' or white space.
+_RUN_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}\Z")
+# What a unit adds to its frames: the array's head, the hello, each frame's bin head.
+_UNIT_OVERHEAD = 1024
+_FRAME_OVERHEAD = 5
+
+
+def check_run_name(name: str) -> str | None:
+    """Why ``name`` cannot name a run in the stream (``None``: it can)."""
+    if _RUN_NAME.match(name):
+        return None
+    return (
+        f"--run {name!r}: a run name is 1 to 128 letters, digits, '-' or '_' "
+        "(it is a token of the stream's subjects)"
+    )
+
+
+def run_subjects(run: str) -> str:
+    """The subjects of every sender of ``run``: what its writer reads."""
+    return f"{SUBJECT_ROOT}.{run}.>"
+
+
+def sender_subject(run: str, sender_id: bytes) -> str:
+    return f"{SUBJECT_ROOT}.{run}.{sender_id.hex()}"
+
+
+def sender_of_subject(subject: str) -> bytes | None:
+    """The sender id a subject names (``None``: not a sender's subject)."""
+    token = subject.rsplit(".", 1)[-1]
+    if len(token) != 2 * codec.SENDER_ID_LEN:
+        return None
+    try:
+        return bytes.fromhex(token)
+    except ValueError:
+        return None
+
+
+def unit_id(sender_id: bytes, frames: Sequence[bytes]) -> str:
+    """The unit's ``Nats-Msg-Id``: the sender and the seq its last frame carries."""
+    last = codec.decode_envelope(frames[-1])
+    kind = ":bye" if last.kind == "bye" else ""
+    return f"{sender_id.hex()}{kind}:{last.seq}"
+
+
+def pack_unit(hello: codec.Hello, frames: Sequence[bytes]) -> bytes:
+    """One unit: ``hello`` (its ``acked`` the seq before the first frame), then ``frames``."""
+    if not frames:
+        raise codec.CodecError("a unit holds at least one frame")
+    first = codec.decode_envelope(frames[0])
+    before = first.seq if first.kind == "bye" else first.seq - 1
+    hello = dataclasses.replace(hello, acked=max(0, before))
+    return msgpack.packb([UNIT_VERSION, codec.encode(hello), list(frames)], use_bin_type=True)
+
+
+def unpack_unit(data: bytes) -> list[bytes]:
+    """A unit's frames, its hello first. Raises :class:`roxxel.codec.CodecError`
+    for anything that is not a unit (whatever the bytes)."""
+    try:
+        unit = msgpack.unpackb(
+            data,
+            raw=False,
+            max_bin_len=codec.MAX_FRAME_BYTES,
+            max_str_len=0,
+            max_array_len=codec.MAX_BATCH_RECORDS,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # noqa: BLE001 -- msgpack raises many kinds on garbage
+        raise codec.CodecError(f"not a roxxel unit: {exc}") from None
+    if (
+        not isinstance(unit, list)
+        or len(unit) != 3
+        or unit[0] != UNIT_VERSION
+        or not isinstance(unit[1], bytes)
+        or not isinstance(unit[2], list)
+        or not all(isinstance(frame, bytes) for frame in unit[2])
+    ):
+        raise codec.CodecError(f"not a roxxel unit of version {UNIT_VERSION}")
+    return [unit[1], *unit[2]]
+
+
+def cut_units(frames: Sequence[bytes], max_bytes: int) -> list[list[bytes]]:
+    """``frames`` in order, cut into units of at most ``max_bytes`` (the
+    server's ``max_payload``); a frame too large for any unit is alone in its own."""
+    units: list[list[bytes]] = []
+    size = _UNIT_OVERHEAD
+    for frame in frames:
+        cost = len(frame) + _FRAME_OVERHEAD
+        if units and size + cost <= max_bytes:
+            units[-1].append(frame)
+            size += cost
+        else:
+            units.append([frame])
+            size = _UNIT_OVERHEAD + cost
+    return units

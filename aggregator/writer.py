@@ -1,0 +1,232 @@
+"""The writer: a collector whose frames come from a JetStream stream, not a socket.
+
+``roxxel-aggregator --from-jetstream URLS --run NAME --log-dir DIR --prefix P``.
+It is a :class:`~aggregator.collector.Collector` of the run ``P`` -- the same
+ledger, sinks, group commit, checkpoint, reports, death notices and
+summary -- whose router is a :class:`StreamInbox`: each unit the relays
+published (:mod:`aggregator.stream_wire`) is one message, its frames the
+sender's hello and what followed it.
+
+Exactly once: the units are read in stream order through a durable
+consumer. The stream seq of the last unit read is one more sink's mark
+(:class:`StreamPosition`), so the checkpoint holds it with the files'
+sizes: a writer killed and started again rewinds the files to its
+checkpoint and reads the stream again from the unit after that mark (its
+consumer is made anew there), and a commit that fails and rolls back reads
+again from there too. A unit read twice within one life (JetStream's
+redelivery) is skipped by its stream seq. A batch that is in the stream
+twice (a relay that published it again past the duplicate window, or a
+client that resent it through a restarted relay) is dropped by the
+ledger's seq rules, as a collector drops a resent batch. The stream's
+messages are acknowledged (the consumer acks all before) only after the
+commit that wrote them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import Counter, deque
+from typing import Any
+
+import zmq
+
+from roxxel import codec
+
+from .jetstream import DEFAULT_STREAM, Delivered, JetStreamLink, StreamSettings
+from .ledger import MAX_SENDERS, Ledger
+from .router import Ready, Received
+from .run import Run
+from .sinks import DEFAULT_FILES, FileOptions, Sink
+from .stream_wire import RELAY_HEADER, sender_of_subject, unpack_unit
+
+__all__ = ["StreamPosition", "StreamInbox", "open_writer"]
+
+# Units fetched and not yet handed to the collector, at most (then fetching waits).
+_HELD_UNITS = 4096
+
+
+class StreamPosition(Sink):
+    """The stream seq of the last unit handed to the collector, as a sink's mark:
+    committed with the files, rewound with them. Writes nothing."""
+
+    def __init__(self) -> None:
+        self.read = 0  # the last unit handed out
+        self.rewound = False  # set by a roll back: the inbox reads again from here
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def mark(self) -> int:
+        return self.read
+
+    def rewind(self, mark: Any) -> None:
+        if not isinstance(mark, int) or mark < 0:
+            raise ValueError(f"a stream position is a seq, got {mark!r}")
+        if mark != self.read:
+            self.read = mark
+            self.rewound = True
+
+
+class StreamInbox:
+    """What a :class:`~aggregator.router.Router` is to a collector, over a
+    JetStream consumer of one run: poll, receive, send (an ack: the stream's
+    messages up to the last one read are acknowledged), wake."""
+
+    gate = None
+    is_local = False
+
+    def __init__(self, urls: list[str], run: str, settings: StreamSettings, log: logging.Logger):
+        self.endpoint = f"jetstream:{','.join(urls)}/{run}"
+        self._run = run
+        self._log = log
+        self.position = StreamPosition()
+        self._units: deque[Delivered] = deque()
+        self._lock = threading.Lock()
+        self._woken = threading.Event()
+        self._fetched_upto = 0
+        self._last_read: Delivered | None = None
+        self._acked_upto = 0
+        self._link = JetStreamLink(
+            urls, f"roxxel-writer {run} {os.getpid()}", self.wake, settings, self._problem
+        )
+
+    def start(self) -> None:
+        """Read from the unit after the position (the checkpoint's, once resumed)."""
+        with self._lock:
+            self._units.clear()
+        self._fetched_upto = self.position.read
+        self.position.rewound = False
+        self._link.consume(self._run, self.position.read + 1, self._deliver)
+
+    # -- the link's thread ---------------------------------------------------------
+
+    def _deliver(self, units: list[Delivered]) -> bool:
+        with self._lock:
+            if len(self._units) >= _HELD_UNITS:
+                return False
+            self._units.extend(units)
+        return True
+
+    def _problem(self, text: str) -> None:
+        self._log.warning("roxxel-aggregator: %s", text)
+
+    # -- the collector's thread ----------------------------------------------------
+
+    def poll(self, timeout: float) -> Ready:
+        if self.position.rewound:  # a roll back: what was read since is read again
+            self.start()
+        if not self._units:
+            self._woken.wait(timeout)
+        self._woken.clear()
+        return Ready(bool(self._units), [])
+
+    def wait_for_wake(self, timeout: float) -> None:
+        self._woken.wait(timeout)
+        self._woken.clear()
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    def receive(self) -> Received:
+        """The next unit not read before, as one message (``zmq.Again``: none)."""
+        while True:
+            with self._lock:
+                if not self._units:
+                    raise zmq.Again()
+                unit = self._units.popleft()
+            if unit.stream_seq > self.position.read:
+                break  # else JetStream delivered it again: read already
+        self.position.read = unit.stream_seq
+        self._last_read = unit
+        sender = sender_of_subject(unit.subject)
+        peer = sender if sender is not None else unit.subject.encode()
+        source = unit.headers.get(RELAY_HEADER, "")
+        try:
+            frames = unpack_unit(unit.data)
+        except ValueError as exc:
+            return Received(peer, [], None, source, refused=f"stream seq {unit.stream_seq}: {exc}")
+        return Received(peer, frames, None, source)
+
+    def allows(self, key: str | None) -> bool:
+        return True
+
+    def send(self, peer: bytes, frame: bytes) -> bool:
+        """An ack is due: everything read so far is committed (acks are due only
+        then), so the stream's messages up to the last read are acknowledged.
+        Other answers (a refusal) have nobody to go to."""
+        if codec.decode_envelope(frame).kind != "ack":
+            return True
+        last = self._last_read
+        if last is not None and last.stream_seq > self._acked_upto:
+            self._acked_upto = last.stream_seq
+            self._link.ack(last)
+        return True
+
+    def close(self) -> None:
+        self._link.close()
+
+
+def open_writer(
+    urls: list[str],
+    run: str,
+    log_dir: str,
+    prefix: str,
+    echo: Any,
+    *,
+    commit_interval: float,
+    settings: StreamSettings = DEFAULT_STREAM,
+    files: FileOptions = DEFAULT_FILES,
+    name: str = "roxxel-aggregator",
+) -> Any:
+    """A collector writing run ``prefix`` in ``log_dir`` from the stream's run ``run``.
+
+    Raises ``OSError`` if another collector holds the run's files.
+    """
+    from .collector import Collector, _diagnostics
+
+    log = _diagnostics()
+    inbox = StreamInbox(urls, run, settings, log)
+    try:
+        # Every sender comes through the stream: the per-address and
+        # per-connection bounds of a collector's door are the relays' to apply.
+        ledger = Ledger(
+            max_per_source=MAX_SENDERS, max_per_connection=MAX_SENDERS, follows_stream=True
+        )
+        home = Run.open(
+            log_dir,
+            prefix,
+            echo,
+            ledger,
+            Counter(),
+            log,
+            name=name,
+            files=files,
+            extra_sinks=[inbox.position],
+        )
+    except BaseException:
+        inbox.close()
+        raise
+    try:
+        collector = Collector(
+            inbox.endpoint,
+            home.sinks,
+            commit_interval=commit_interval,
+            name=name,
+            home=home,
+            router=inbox,  # type: ignore[arg-type] -- a router's interface over a stream
+            files=files,
+        )
+    except BaseException:
+        try:
+            home.close()
+        finally:
+            inbox.close()
+        raise
+    collector.runs.takes = run  # the clients' filename_prefix: the stream's run name
+    inbox.start()
+    return collector
