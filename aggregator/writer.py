@@ -12,8 +12,8 @@ consumer. The stream seq of the last unit read is one more sink's mark
 (:class:`StreamPosition`), so the checkpoint holds it with the files'
 sizes: a writer killed and started again rewinds the files to its
 checkpoint and reads the stream again from the unit after that mark (its
-consumer is made anew there), and a commit that fails and rolls back reads
-again from there too. A unit read twice within one life (JetStream's
+consumer is made anew there); a commit that fails and rolls back reads again,
+from memory, the units read since the commit before. A unit read twice within one life (JetStream's
 redelivery) is skipped by its stream seq. A batch that is in the stream
 twice (a relay that published it again past the duplicate window, or a
 client that resent it through a restarted relay) is dropped by the
@@ -88,7 +88,8 @@ class StreamInbox:
         self._units: deque[Delivered] = deque()
         self._lock = threading.Lock()
         self._woken = threading.Event()
-        self._fetched_upto = 0
+        # Handed to the collector since the last ack (what a roll back may undo).
+        self._uncommitted: deque[Delivered] = deque()
         self._last_read: Delivered | None = None
         self._acked_upto = 0
         self._link = JetStreamLink(
@@ -97,9 +98,6 @@ class StreamInbox:
 
     def start(self) -> None:
         """Read from the unit after the position (the checkpoint's, once resumed)."""
-        with self._lock:
-            self._units.clear()
-        self._fetched_upto = self.position.read
         self.position.rewound = False
         self._link.consume(self._run, self.position.read + 1, self._deliver)
 
@@ -118,8 +116,8 @@ class StreamInbox:
     # -- the collector's thread ----------------------------------------------------
 
     def poll(self, timeout: float) -> Ready:
-        if self.position.rewound:  # a roll back: what was read since is read again
-            self.start()
+        if self.position.rewound:
+            self._read_again()
         if not self._units:
             self._woken.wait(timeout)
         self._woken.clear()
@@ -143,6 +141,7 @@ class StreamInbox:
                 break  # else JetStream delivered it again: read already
         self.position.read = unit.stream_seq
         self._last_read = unit
+        self._uncommitted.append(unit)
         sender = sender_of_subject(unit.subject)
         peer = sender if sender is not None else unit.subject.encode()
         source = unit.headers.get(RELAY_HEADER, "")
@@ -161,11 +160,26 @@ class StreamInbox:
         Other answers (a refusal) have nobody to go to."""
         if codec.decode_envelope(frame).kind != "ack":
             return True
+        if self.position.rewound:  # acks after a roll back: of the commit before it
+            self._read_again()
+        self._uncommitted.clear()
         last = self._last_read
         if last is not None and last.stream_seq > self._acked_upto:
             self._acked_upto = last.stream_seq
             self._link.ack(last)
         return True
+
+    def _read_again(self) -> None:
+        """After a roll back to the last commit: the units read since are read
+        again, from memory (all were read since the last ack, which followed
+        that commit), before those fetched after them."""
+        self.position.rewound = False
+        again = [u for u in self._uncommitted if u.stream_seq > self.position.read]
+        self._uncommitted.clear()
+        if again:
+            self._last_read = None  # read past the commit: not to be acknowledged
+        with self._lock:
+            self._units.extendleft(reversed(again))
 
     def close(self) -> None:
         self._link.close()

