@@ -137,6 +137,7 @@ class JetStreamLink:
 
     async def _connect(self) -> None:
         """Connect, trying again until a server answers; then make sure of the stream."""
+
         async def disconnected() -> None:
             self.connected = False
             self._wake()

@@ -42,7 +42,7 @@ from roxxel.security import ServerKeys
 from .jetstream import DEFAULT_STREAM, JetStreamLink, StreamSettings
 from .ledger import Apply, Asked, Closed, Introduced, Ledger, Poisoned, Resent
 from .router import Router
-from .stream_wire import RELAY_HEADER, cut_units, pack_unit, sender_subject, unit_id
+from .stream_wire import RELAY_HEADER, next_unit, pack_unit, sender_subject, unit_id
 
 __all__ = ["Relay", "Outbox", "MAX_HELD_BYTES", "PUBLISH_TIMEOUT"]
 
@@ -159,7 +159,9 @@ class Relay:
         retry = [o.flight.retry_at for o in self._outboxes.values() if _waits_retry(o)]
         if retry:
             timeout = min(timeout, max(0.0, min(retry) - now))
-        ready = self._router.poll(timeout)
+        if not take:  # draining: only JetStream's answers are waited for
+            self._router.wait_for_wake(timeout)
+        ready = self._router.poll(0 if not take else timeout)
         for refusal in ready.refusals:
             self.stats["refused_connections"] += 1
             self._report(
@@ -278,7 +280,7 @@ class Relay:
         for sender_id, outbox in self._outboxes.items():
             flight = outbox.flight
             if flight is None and outbox.waiting:
-                unit = cut_units(outbox.waiting, self._link.max_payload)[0]
+                unit = next_unit(outbox.waiting, self._link.max_payload)
                 del outbox.waiting[: len(unit)]
                 data = pack_unit(outbox.hello, unit)
                 self._held += len(data) - sum(map(len, unit))
@@ -365,6 +367,12 @@ class Relay:
         self._router.send(peer, frame if isinstance(frame, bytes) else codec.encode(frame))
 
     def _status_answer(self, query: codec.Query) -> bytes:
+        if query.body.get("what") != "status":
+            body: dict[str, Any] = {
+                "error": f"a relay writes no files: ask the run's writer's log "
+                f"({codec.wire_repr(query.body.get('what'))} is for a collector)"
+            }
+            return codec.encode(codec.Answer(query.sender_id, query.seq, body))
         body = {
             "relay": True,
             "run": self.run_name,

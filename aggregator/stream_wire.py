@@ -44,7 +44,8 @@ __all__ = [
     "unit_id",
     "pack_unit",
     "unpack_unit",
-    "cut_units",
+    "next_unit",
+    "MAX_UNIT_FRAMES",
 ]
 
 STREAM_NAME = "ROXXEL"
@@ -54,6 +55,8 @@ UNIT_VERSION = 1
 RELAY_HEADER = "Roxxel-Relay"
 # A run name is one subject token: no '.', '*', '>' or white space.
 _RUN_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}\Z")
+# Frames in one unit at most (a client sends at most a window of batches at once).
+MAX_UNIT_FRAMES = 1024
 # What a unit adds to its frames: the array's head, the hello, each frame's bin head.
 _UNIT_OVERHEAD = 1024
 _FRAME_OVERHEAD = 5
@@ -115,7 +118,7 @@ def unpack_unit(data: bytes) -> list[bytes]:
             raw=False,
             max_bin_len=codec.MAX_FRAME_BYTES,
             max_str_len=0,
-            max_array_len=codec.MAX_BATCH_RECORDS,
+            max_array_len=MAX_UNIT_FRAMES,
             max_map_len=0,
             max_ext_len=0,
         )
@@ -133,17 +136,15 @@ def unpack_unit(data: bytes) -> list[bytes]:
     return [unit[1], *unit[2]]
 
 
-def cut_units(frames: Sequence[bytes], max_bytes: int) -> list[list[bytes]]:
-    """``frames`` in order, cut into units of at most ``max_bytes`` (the
-    server's ``max_payload``); a frame too large for any unit is alone in its own."""
-    units: list[list[bytes]] = []
+def next_unit(frames: Sequence[bytes], max_bytes: int) -> list[bytes]:
+    """The first frames of ``frames`` that go in one unit of at most ``max_bytes``
+    (the servers' ``max_payload``) and :data:`MAX_UNIT_FRAMES`; a frame too
+    large for any unit goes alone."""
+    unit: list[bytes] = []
     size = _UNIT_OVERHEAD
     for frame in frames:
-        cost = len(frame) + _FRAME_OVERHEAD
-        if units and size + cost <= max_bytes:
-            units[-1].append(frame)
-            size += cost
-        else:
-            units.append([frame])
-            size = _UNIT_OVERHEAD + cost
-    return units
+        size += len(frame) + _FRAME_OVERHEAD
+        if unit and (size > max_bytes or len(unit) >= MAX_UNIT_FRAMES):
+            break
+        unit.append(frame)
+    return unit

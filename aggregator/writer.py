@@ -41,7 +41,7 @@ from .run import Run
 from .sinks import DEFAULT_FILES, FileOptions, Sink
 from .stream_wire import RELAY_HEADER, sender_of_subject, unpack_unit
 
-__all__ = ["StreamPosition", "StreamInbox", "open_writer"]
+__all__ = ["StreamPosition", "StreamInbox", "Writer", "open_writer"]
 
 # Units fetched and not yet handed to the collector, at most (then fetching waits).
 _HELD_UNITS = 4096
@@ -92,6 +92,7 @@ class StreamInbox:
         self._uncommitted: deque[Delivered] = deque()
         self._last_read: Delivered | None = None
         self._acked_upto = 0
+        self._paused = False
         self._link = JetStreamLink(
             urls, f"roxxel-writer {run} {os.getpid()}", self.wake, settings, self._problem
         )
@@ -115,7 +116,15 @@ class StreamInbox:
 
     # -- the collector's thread ----------------------------------------------------
 
+    def pause(self) -> None:
+        """Hand out nothing more (the writer stops: what is not read yet stays in
+        the stream for the next start). Safe in a signal handler."""
+        self._paused = True
+        self._woken.set()
+
     def poll(self, timeout: float) -> Ready:
+        if self._paused:
+            return Ready(False, [])
         if self.position.rewound:
             self._read_again()
         if not self._units:
@@ -134,7 +143,7 @@ class StreamInbox:
         """The next unit not read before, as one message (``zmq.Again``: none)."""
         while True:
             with self._lock:
-                if not self._units:
+                if not self._units or self._paused:
                     raise zmq.Again()
                 unit = self._units.popleft()
             if unit.stream_seq > self.position.read:
@@ -185,6 +194,29 @@ class StreamInbox:
         self._link.close()
 
 
+class Writer:
+    """A writer's two parts: the collector, and the stream inbox it reads."""
+
+    def __init__(self, collector: Any, inbox: StreamInbox) -> None:
+        self.collector = collector
+        self.inbox = inbox
+
+    def run(self, stats_every: float = 0.0) -> None:
+        """Write until :meth:`stop`; then commit what was read and acknowledge it."""
+        self.collector.run(stats_every=stats_every)
+
+    def stop(self) -> None:
+        """Stop reading the stream and finish (from a signal handler too)."""
+        self.inbox.pause()
+        self.collector.stop()
+
+    def reopen(self) -> None:
+        self.collector.reopen()
+
+    def close(self) -> None:
+        self.collector.close()  # the inbox, and its link, last
+
+
 def open_writer(
     urls: list[str],
     run: str,
@@ -196,7 +228,7 @@ def open_writer(
     settings: StreamSettings = DEFAULT_STREAM,
     files: FileOptions = DEFAULT_FILES,
     name: str = "roxxel-aggregator",
-) -> Any:
+) -> Writer:
     """A collector writing run ``prefix`` in ``log_dir`` from the stream's run ``run``.
 
     Raises ``OSError`` if another collector holds the run's files.
@@ -243,4 +275,4 @@ def open_writer(
         raise
     collector.runs.takes = run  # the clients' filename_prefix: the stream's run name
     inbox.start()
-    return collector
+    return Writer(collector, inbox)

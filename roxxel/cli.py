@@ -146,6 +146,8 @@ def _status(
 
 
 def _status_text(s: dict) -> str:
+    if s.get("relay"):
+        return _relay_status_text(s)
     stats = s.get("stats", {})
     count = s.get("process_count") or "?"
     lines = [
@@ -183,6 +185,24 @@ def _status_text(s: dict) -> str:
             for t in s["senders"]
         ]
     # Line by line: a newline inside a field (a host name) is escaped too.
+    return "\n".join(map(printable, lines))
+
+
+def _relay_status_text(s: dict) -> str:
+    stats = s.get("stats", {})
+    lines = [
+        f"relay at {s['endpoint']} (pid {s['pid']}): run {s['run']} to JetStream "
+        f"{s['jetstream']} ({'connected' if s['connected'] else 'NOT connected'}, stream "
+        f"{'ready' if s['stream_ready'] else 'NOT ready'})",
+        f"senders: {s['senders']}; held until JetStream stores it: {s['held_bytes']:,} bytes",
+        f"batches: {stats.get('batches', 0):,} taken, {stats.get('units', 0):,} units stored, "
+        f"{stats.get('publish_failures', 0):,} publishes failed (tried again), "
+        f"{stats.get('not_taken', 0):,} not taken (holding full)",
+        f"problems: {stats.get('bad_frames', 0):,} bad frames, "
+        f"{stats.get('refused_connections', 0):,} connections refused, "
+        f"{stats.get('refused_runs', 0):,} clients of another run refused, "
+        f"{stats.get('too_large', 0):,} batches over max_payload reported dropped",
+    ]
     return "\n".join(map(printable, lines))
 
 

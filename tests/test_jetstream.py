@@ -349,7 +349,7 @@ def test_jetstream_down_for_10_s_relays_stop_acknowledging_and_nothing_is_lost(
     assert "stores units again" in said
 
 
-def test_a_relay_refuses_a_client_of_another_run_and_says_why(
+def test_a_relay_refuses_a_client_of_another_run_says_why_and_answers_status(
     cluster: NatsCluster, tmp_path: Path
 ) -> None:
     port = free_port()
@@ -363,6 +363,17 @@ def test_a_relay_refuses_a_client_of_another_run_and_says_why(
             "lg.close()\n"
         )
         assert "this relay takes run 'therun' only" in result.stderr, result.stderr
+        status = subprocess.run(
+            [sys.executable, "-m", "roxxel.cli", "status", f"tcp://127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            env=python_env(),
+            timeout=60,
+        )
+        assert status.returncode == 0, status.stderr
+        assert f"relay at tcp://127.0.0.1:{port}" in status.stdout
+        assert "run therun to JetStream" in status.stdout and "(connected" in status.stdout
+        assert "1 clients of another run refused" in status.stdout
         assert server.terminate() == 0
     finally:
         server.kill()

@@ -336,3 +336,22 @@ def test_an_idle_rank_that_never_sent_a_batch_keeps_its_place_unless_crowded() -
     clock.now += NEVER_BATCHED_SECONDS
     assert ledger.forget_idle() == []  # 2 known: not crowded
     assert name(ledger.receive(batch(1, A))) == "Apply"
+
+
+def test_a_ledger_that_follows_a_stream_skips_what_a_units_hello_says_was_lost() -> None:
+    """In a stream a hello is a relay's: what it says came before was stored
+    before it, so batches this ledger never got were lost (removed by the
+    stream's limits), not delayed: counted from there, and said."""
+    ledger = Ledger(follows_stream=True)
+    assert name(ledger.receive(hello(acked=0))) == "Introduced:new"
+    assert name(ledger.receive(batch(1))) == "Apply"
+    event = ledger.receive(hello(acked=4))
+    assert isinstance(event, Introduced) and event.missing == (2, 4) and not event.overclaimed
+    assert name(ledger.receive(batch(5))) == "Apply"
+    assert name(ledger.receive(batch(3))) == "Resent:duplicate"
+    assert ledger.changes()[A.hex()]["committed"] == 5
+    # A collector's ledger believes no such claim.
+    plain = Ledger()
+    plain.receive(hello(acked=0))
+    event = plain.receive(hello(acked=4))
+    assert isinstance(event, Introduced) and event.missing is None and event.overclaimed == 4

@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aggregator.stream_wire import (
+    MAX_UNIT_FRAMES,
     UNIT_VERSION,
     check_run_name,
-    cut_units,
+    next_unit,
     pack_unit,
     run_subjects,
     sender_of_subject,
@@ -84,7 +85,7 @@ def test_any_bytes_are_a_unit_or_a_codec_error(data: bytes) -> None:
         msgpack.packb([UNIT_VERSION, b"h"]),
         msgpack.packb({"v": UNIT_VERSION}),
         msgpack.packb([UNIT_VERSION, b"h", [b"f"]]) + b"trailing",
-        msgpack.packb([UNIT_VERSION, b"h", [b"f"] * (codec.MAX_BATCH_RECORDS + 1)]),
+        msgpack.packb([UNIT_VERSION, b"h", [b"f"] * (MAX_UNIT_FRAMES + 1)]),
     ],
 )
 def test_garbage_is_refused(data: bytes) -> None:
@@ -97,13 +98,25 @@ def test_garbage_is_refused(data: bytes) -> None:
     sizes=st.lists(st.integers(1, 5000), min_size=1, max_size=40),
     limit=st.integers(2000, 20000),
 )
-def test_cutting_keeps_order_and_size(sizes: list[int], limit: int) -> None:
+def test_units_keep_order_and_size(sizes: list[int], limit: int) -> None:
     frames = [bytes([i % 256]) * size for i, size in enumerate(sizes)]
-    units = cut_units(frames, limit)
+    units, rest = [], frames
+    while rest:
+        unit = next_unit(rest, limit)
+        assert unit == rest[: len(unit)]
+        units.append(unit)
+        rest = rest[len(unit) :]
     assert [frame for unit in units for frame in unit] == frames
     for unit in units:
         packed = msgpack.packb([UNIT_VERSION, b"h" * 200, unit])
         assert len(unit) == 1 or len(packed) <= limit
+
+
+def test_a_unit_holds_at_most_max_unit_frames_and_unpacks() -> None:
+    frames = [batch(1 + i) for i in range(MAX_UNIT_FRAMES + 5)]
+    unit = next_unit(frames, 2**30)
+    assert len(unit) == MAX_UNIT_FRAMES
+    assert unpack_unit(pack_unit(HELLO, unit))[1:] == unit
 
 
 @pytest.mark.parametrize("name", ["run", "run_alpha-7", "A" * 128])
