@@ -80,6 +80,7 @@ class Outbox:
     waiting: list[bytes] = field(default_factory=list)
     flight: _Flight | None = None
     owed: set[bytes] = field(default_factory=set)  # peers owed an ack
+    progressed: bool = False  # a unit was stored since the last acks
     bye: tuple[bytes, codec.Bye] | None = None
 
     def held(self) -> int:
@@ -247,7 +248,7 @@ class Relay:
             flight.future, exc = None, flight.future.exception()
             if exc is None:
                 outbox.flight = None
-                outbox.stored = flight.upto
+                outbox.stored, outbox.progressed = flight.upto, True
                 self._held -= len(flight.data)
                 self.stats["units"] += 1
                 if outbox.hello.starts:  # said: a later unit's hello no longer starts the run
@@ -293,16 +294,19 @@ class Relay:
             flight.future = self._link.publish(subject, flight.data, flight.headers, self._timeout)
 
     def _answer_settled(self) -> None:
-        """Acknowledge every sender whose taken frames are all stored (and a bye
-        once its unit is), to every peer that waits for it."""
+        """Acknowledge what is stored to every peer that waits for a sender: once
+        a unit of it was stored, or at once when nothing of it is on its way (a
+        duplicate, a gap); a bye once its unit is stored."""
         done = []
         for sender_id, outbox in self._outboxes.items():
-            if not outbox.settled():
-                continue
-            for peer in outbox.owed:
-                self._send(peer, codec.Ack(sender_id, outbox.stored))
-            outbox.owed.clear()
-            if outbox.bye is not None:
+            settled = outbox.settled()
+            if outbox.owed and (outbox.progressed or settled):
+                for peer in outbox.owed:
+                    self._send(peer, codec.Ack(sender_id, outbox.stored))
+                if settled:  # else they wait for the rest too
+                    outbox.owed.clear()
+            outbox.progressed = False
+            if outbox.bye is not None and settled:
                 peer, bye = outbox.bye
                 self._send(peer, codec.Ack(sender_id, bye.seq))
                 done.append(sender_id)

@@ -275,6 +275,84 @@ def _ours(log_dir: Path, run: str) -> list[str]:
     return [m for m in messages(read(log_dir / f"{run}_system.log")) if m.startswith("c0 ")]
 
 
+# Rank 0 widens its CSV (a key appears at step 5), logs NaN and strings; rank 1
+# logs its rows too (all_ranks), a warning, then dies of an uncaught exception.
+SAME_RUN = """
+import logging, math, sys
+from roxxel import Logger
+rank = int(sys.argv[2])
+lg = Logger(sys.argv[1], "same")
+for step in range(10):
+    row = {"loss": 1 / (step + 1), "tag": f"s,{step}\\"q"}
+    if step >= 5:
+        row["acc"] = math.nan if step == 7 else step / 10
+    lg.log_metrics_summary(step, row, all_ranks=rank == 1)
+    lg.log_message(f"rank {rank} step {step}", level=logging.WARNING if rank else logging.INFO)
+lg.flush()
+if rank == 1:
+    raise RuntimeError("rank 1 fails here")
+lg.close()
+"""
+
+
+def test_the_writer_writes_what_one_collector_writes(cluster: NatsCluster, tmp_path: Path) -> None:
+    """The same two ranks through one collector, and through a relay and a writer:
+    the same CSV, the same lines (times aside), the same death report and summary."""
+    run = "same"
+    outputs = {}
+    for path in ("collector", "stream"):
+        log_dir, port = tmp_path / path, free_port()
+        bind = f"tcp://127.0.0.1:{port}"
+        if path == "collector":
+            argv = ["--bind", bind, "--log-dir", str(log_dir), "--prefix", run, "--no-echo"]
+            servers = [Server(argv, tmp_path / "collector.out")]
+        else:
+            servers = [
+                relay(cluster, run, port, tmp_path / "relay.out"),
+                writer(cluster, run, log_dir, tmp_path / "writer.out"),
+            ]
+        try:
+            for rank in (1, 0):
+                done = subprocess.run(
+                    [sys.executable, "-c", SAME_RUN, str(tmp_path / f"{path}-client"), str(rank)],
+                    env=python_env(
+                        SLURM_PROCID=str(rank), SLURM_NTASKS="2", ROXXEL_AGGREGATOR=bind
+                    ),
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
+                assert done.returncode == (1 if rank else 0), done.stderr
+            system_log = log_dir / f"{run}_system.log"
+            wait_for(
+                lambda log=system_log: (
+                    "rank 1 fails here" in read(log) and "rank 0 step 9" in read(log)
+                ),
+                60,
+                "both ranks' lines",
+            )
+            assert [s.terminate() for s in servers] == [0] * len(servers)
+        finally:
+            for server in servers:
+                server.kill()
+        lines = read(log_dir / f"{run}_system.log").splitlines()
+        outputs[path] = (
+            [re.sub(r"^\[[0-9: -]+\] ", "", line) for line in lines],
+            read(log_dir / f"{run}_metrics.csv"),
+        )
+    (collector_lines, collector_csv), (stream_lines, stream_csv) = outputs.values()
+    assert stream_csv == collector_csv and "acc" in stream_csv.splitlines()[0]
+    strip = [_without_pids_and_times(line) for line in collector_lines]
+    assert [_without_pids_and_times(line) for line in stream_lines] == strip
+    assert any("rank 1 fails here" in line for line in stream_lines)
+
+
+def _without_pids_and_times(line: str) -> str:
+    line = re.sub(r"pid \d+", "pid N", line)
+    line = re.sub(r"\d\d\d\d-\d\d-\d\d \d\d:\d\d:\d\d", "TIME", line)
+    return re.sub(r"/[^ ]*/(collector|stream)-client", "DIR", line)
+
+
 FLUSH_THROUGH_OUTAGE = """
 import logging, sys, time
 from roxxel import Logger
