@@ -41,6 +41,7 @@ RECONNECT_SECONDS = 0.5
 # A consumer's fetch: messages at most per request, and how long it waits for one.
 _FETCH_BATCH = 512
 _FETCH_WAIT = 1.0
+_CAUGHT_UP_PAUSE = 0.02
 # Unacknowledged messages a writer's consumer may have out (acks follow each commit).
 _MAX_ACK_PENDING = 65_536
 # Past this, the server sends the writer's unacknowledged messages again (a
@@ -310,6 +311,11 @@ class JetStreamLink:
                 while not deliver(batch):
                     await asyncio.sleep(0.01)
                 self._wake()
+            if len(batch) < _FETCH_BATCH // 4:
+                # Caught up with a live stream: fetching again at once would ask
+                # for a few units at a time (a request each, and the servers'
+                # work); a commit waits longer than this anyway.
+                await asyncio.sleep(_CAUGHT_UP_PAUSE)
 
     def ack(self, message: Delivered) -> None:
         """Acknowledge ``message`` and, the consumer acking all, every one before it."""

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from .nats_cluster import nats_server_binary
+
 REPO = Path(__file__).resolve().parent.parent
 
 EXPECTED_ROWS = [
@@ -162,4 +166,27 @@ def test_hostile_peers_quick(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2,000 of 2,000 lines written" in proc.stdout, proc.stdout
     assert "multipart memory: 3 messages of 100 x 1 MiB" in proc.stdout, proc.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(nats_server_binary() is None, reason="nats-server is missing")
+def test_scale_out_quick(tmp_path):
+    """Issue 19: single collector vs relays + 3-node JetStream + writer, every record once."""
+    args = ["benchmarks.scale_out", "--quick", "--relays", "2", "--clients", "1"]
+    proc = _run(args, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    for api in ("log_message", "log_metrics_summary"):
+        for row in (
+            "single collector",
+            "scale-out (end to end)",
+            "relay tier (2 relays)",
+            "writer tier (1 writer)",
+        ):
+            assert any(ln.startswith(f"{api} {row} ") for ln in lines), proc.stdout
+        # 2 clients x (500 records + 1 warm-up), in the collector's and the writer's files
+        assert f"{api}: single collector 1,002 records in the files" in proc.stdout, proc.stdout
+        assert "end to end 1,002 in " in proc.stdout and "(1,002 records)" in proc.stdout
+    assert "budget: end to end >= 50% of the single collector's records/s: " in proc.stdout
+    assert "!!" not in proc.stdout
     assert list(tmp_path.iterdir()) == []
