@@ -177,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stream_main(args, echo)
     missing = [flag for flag in ("bind", "log_dir") if getattr(args, flag) is None]
     if missing:
-        names = " and ".join(f"--{flag.replace('_', '-')}" for flag in missing)
+        names = ", ".join(f"--{flag.replace('_', '-')}" for flag in missing)
         parser.error(f"the following arguments are required: {names}")
     if (args.curve_secret is None) != (args.curve_clients is None):
         print("roxxel-aggregator: --curve-secret and --curve-clients go together", file=sys.stderr)

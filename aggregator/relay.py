@@ -35,14 +35,22 @@ from typing import Any
 
 import zmq
 
-from roxxel import codec, schema
+from roxxel import codec
 from roxxel.diagnostics import diagnostics
 from roxxel.security import ServerKeys
 
 from .jetstream import DEFAULT_STREAM, JetStreamLink, StreamSettings
 from .ledger import Apply, Asked, Closed, Introduced, Ledger, Poisoned, Resent
 from .router import Router
-from .stream_wire import RELAY_HEADER, next_unit, pack_unit, sender_subject, unit_id
+from .stream_wire import (
+    RELAY_HEADER,
+    next_unit,
+    pack_parts,
+    pack_unit,
+    part_id,
+    sender_subject,
+    unit_id,
+)
 
 __all__ = ["Relay", "Outbox", "MAX_HELD_BYTES", "PUBLISH_TIMEOUT"]
 
@@ -53,6 +61,8 @@ MAX_HELD_BYTES = 256 * 2**20
 PUBLISH_TIMEOUT = 5.0
 _MAX_RETRY_PAUSE = 2.0
 _MAX_MESSAGES_PER_CYCLE = 256
+# What a unit's headers may take of the servers' max_payload.
+_HEADERS_ROOM = 512
 # The ledger's applied seqs are this relay's only durable ones: its commits
 # only keep the ledger's change set small.
 _LEDGER_COMMIT_EVERY = 1.0
@@ -62,10 +72,9 @@ _LEDGER_COMMIT_EVERY = 1.0
 class _Flight:
     """A unit on its way: published, or waiting to be published again."""
 
-    frames: list[bytes]
     data: bytes
     headers: dict[str, str]
-    upto: int  # the seq its last frame carries
+    upto: int | None  # the seq its last frame carries (None: a part, not the last)
     future: Any = None
     tries: int = 0
     retry_at: float = 0.0
@@ -78,16 +87,14 @@ class Outbox:
     hello: codec.Hello
     stored: int  # every batch up to this seq is in the stream
     waiting: list[bytes] = field(default_factory=list)
+    parts: list[_Flight] = field(default_factory=list)  # of a large frame, in order
     flight: _Flight | None = None
     owed: set[bytes] = field(default_factory=set)  # peers owed an ack
     progressed: bool = False  # a unit was stored since the last acks
     bye: tuple[bytes, codec.Bye] | None = None
 
-    def held(self) -> int:
-        return sum(map(len, self.waiting)) + (len(self.flight.data) if self.flight else 0)
-
     def settled(self) -> bool:
-        return not self.waiting and self.flight is None
+        return not self.waiting and not self.parts and self.flight is None
 
 
 class Relay:
@@ -248,16 +255,14 @@ class Relay:
             flight.future, exc = None, flight.future.exception()
             if exc is None:
                 outbox.flight = None
-                outbox.stored, outbox.progressed = flight.upto, True
+                if flight.upto is not None:
+                    outbox.stored, outbox.progressed = flight.upto, True
                 self._held -= len(flight.data)
                 self.stats["units"] += 1
                 if outbox.hello.starts:  # said: a later unit's hello no longer starts the run
                     outbox.hello = dataclasses.replace(outbox.hello, starts=False)
                 if self._down_since is not None:
                     self._back(now)
-                continue
-            if type(exc).__name__ == "MaxPayloadError":
-                self._too_large(outbox, flight)
                 continue
             flight.tries += 1
             flight.retry_at = now + min(_MAX_RETRY_PAUSE, 0.1 * 2**flight.tries)
@@ -277,21 +282,46 @@ class Relay:
     def _publish(self) -> None:
         """Start the next unit of every sender that has none on its way, and the
         units whose retry is due."""
+        if not self._link.stream_ready:
+            return  # not connected yet: the servers' max_payload is not known
         now = time.monotonic()
         for sender_id, outbox in self._outboxes.items():
             flight = outbox.flight
-            if flight is None and outbox.waiting:
-                unit = next_unit(outbox.waiting, self._link.max_payload)
-                del outbox.waiting[: len(unit)]
-                data = pack_unit(outbox.hello, unit)
-                self._held += len(data) - sum(map(len, unit))
-                headers = {"Nats-Msg-Id": unit_id(sender_id, unit), RELAY_HEADER: self._relay_id}
-                upto = codec.decode_envelope(unit[-1]).seq
-                flight = outbox.flight = _Flight(unit, data, headers, upto)
+            if flight is None and (outbox.parts or outbox.waiting):
+                flight = outbox.flight = self._next_flight(sender_id, outbox)
             elif flight is None or flight.future is not None or flight.retry_at > now:
                 continue
             subject = sender_subject(self.run_name, sender_id)
             flight.future = self._link.publish(subject, flight.data, flight.headers, self._timeout)
+
+    def _next_flight(self, sender_id: bytes, outbox: Outbox) -> _Flight:
+        """The sender's next unit: the next part of a large frame, or its next frames."""
+        if not outbox.parts:
+            limit = self._link.max_payload
+            unit = next_unit(outbox.waiting, limit)
+            del outbox.waiting[: len(unit)]
+            data = pack_unit(outbox.hello, unit)
+            upto = codec.decode_envelope(unit[-1]).seq
+            if len(data) + _HEADERS_ROOM <= limit:
+                self._held += len(data) - sum(map(len, unit))
+                return _Flight(data, self._headers(unit_id(sender_id, unit)), upto)
+            # One frame larger than a message may be: in parts, the last one stores it.
+            (frame,) = unit
+            parts = pack_parts(outbox.hello, frame, limit - _HEADERS_ROOM)
+            outbox.parts = [
+                _Flight(
+                    part,
+                    self._headers(part_id(sender_id, frame, index)),
+                    upto if index == len(parts) - 1 else None,
+                )
+                for index, part in enumerate(parts)
+            ]
+            self._held += sum(map(len, parts)) - len(frame)
+            self.stats["frames_in_parts"] += 1
+        return outbox.parts.pop(0)
+
+    def _headers(self, msg_id: str) -> dict[str, str]:
+        return {"Nats-Msg-Id": msg_id, RELAY_HEADER: self._relay_id}
 
     def _answer_settled(self) -> None:
         """Acknowledge what is stored to every peer that waits for a sender: once
@@ -334,36 +364,6 @@ class Relay:
         self._send(peer, codec.Refusal(hello.sender_id, 0, {"reason": why}))
         self._report(peer, "run", f"refused {hello.host[:64]} (pid {hello.pid}): {why}")
         return True
-
-    def _too_large(self, outbox: Outbox, flight: _Flight) -> None:
-        """A batch larger than the servers' ``max_payload``: in its place, a batch
-        of the same seq reporting its records as dropped, so the run's log says so."""
-        self._held -= len(flight.data)
-        outbox.flight = None
-        replaced = []
-        for frame in flight.frames:
-            if len(frame) < self._link.max_payload // 2:
-                replaced.append(frame)
-                continue
-            envelope = codec.decode_envelope(frame)
-            metrics, lines = _counts(frame)
-            self.stats["too_large"] += 1
-            self._diag.error(
-                "%s: batch %d of sender %s is %d bytes, more than JetStream's max_payload "
-                "(%d): its %d metrics row(s) and %d line(s) are reported dropped in the "
-                "run's log; raise max_payload on the NATS servers",
-                self.name,
-                envelope.seq,
-                envelope.sender_id.hex(),
-                len(frame),
-                self._link.max_payload,
-                metrics,
-                lines,
-            )
-            body = codec.encode_records([[schema.RECORD_DROPPED, time.time(), metrics, lines]])
-            replaced.append(codec.batch_frame(envelope.sender_id, envelope.seq, body))
-        outbox.waiting[:0] = replaced
-        self._held += sum(map(len, replaced))
 
     # -- answers and reports ---------------------------------------------------------
 
@@ -421,18 +421,3 @@ def _kind(data: bytes) -> str | None:
         return codec.decode_envelope(data).kind
     except codec.CodecError:
         return None
-
-
-def _counts(frame: bytes) -> tuple[int, int]:
-    """The metrics rows and the lines a batch frame holds (0, 0 if unreadable)."""
-    try:
-        batch = codec.decode(frame)
-    except codec.CodecError:
-        return 0, 0
-    metrics = lines = 0
-    for record in getattr(batch, "records", []):
-        if record and record[0] in (schema.RECORD_METRICS, schema.RECORD_RANKED_METRICS):
-            metrics += len(record[3]) if len(record) > 3 and isinstance(record[3], list) else 1
-        else:
-            lines += 1
-    return metrics, lines

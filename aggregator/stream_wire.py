@@ -14,12 +14,19 @@ the seq before the unit's first frame: everything of the sender before it
 is in the stream already (a relay publishes a sender's units one at a time,
 in order), so a writer that meets the sender first here starts from it.
 
+A frame too large for one message (the servers' ``max_payload``, 1 MiB by
+default; a batch of 4,096 long lines is more) goes in *parts*: consecutive
+units of the sender ``[UNIT_VERSION, hello frame, [], index, count, piece]``
+whose pieces, joined, are the frame; a writer applies it once it has the
+last one.
+
 A unit's ``Nats-Msg-Id`` is ``{sender hex}:{last seq}`` (a bye's
-``{sender hex}:bye:{seq}``): a relay that publishes a unit again (no
-acknowledgement came) is answered ``duplicate`` by JetStream within its
-duplicate window; past it, or when a client resends through a restarted
-relay (other units, other ids), the writer's ledger drops every batch it has
-applied already by its seq, as a collector drops a resent batch.
+``{sender hex}:bye:{seq}``, a part's ``{sender hex}:{seq}:part{index}``): a
+relay that publishes a unit again (no acknowledgement came) is answered
+``duplicate`` by JetStream within its duplicate window; past it, or when a
+client resends through a restarted relay (other units, other ids), the
+writer's ledger drops every batch it has applied already by its seq, as a
+collector drops a resent batch.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import msgpack
 
@@ -45,6 +53,11 @@ __all__ = [
     "pack_unit",
     "unpack_unit",
     "next_unit",
+    "pack_parts",
+    "part_id",
+    "Part",
+    "Unit",
+    "MAX_PARTS",
     "MAX_UNIT_FRAMES",
 ]
 
@@ -55,6 +68,9 @@ UNIT_VERSION = 1
 RELAY_HEADER = "Roxxel-Relay"
 # A run name is one subject token: no '.', '*', '>' or white space.
 _RUN_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}\Z")
+# Parts of one frame at most (a frame is at most 64 MiB; a server's max_payload
+# is rarely below 1 MiB).
+MAX_PARTS = 4096
 # Frames in one unit at most (a client sends at most a window of batches at once).
 MAX_UNIT_FRAMES = 1024
 # What a unit adds to its frames: the array's head, the hello, each frame's bin head.
@@ -109,9 +125,40 @@ def pack_unit(hello: codec.Hello, frames: Sequence[bytes]) -> bytes:
     return msgpack.packb([UNIT_VERSION, codec.encode(hello), list(frames)], use_bin_type=True)
 
 
-def unpack_unit(data: bytes) -> list[bytes]:
-    """A unit's frames, its hello first. Raises :class:`roxxel.codec.CodecError`
-    for anything that is not a unit (whatever the bytes)."""
+def pack_parts(hello: codec.Hello, frame: bytes, max_bytes: int) -> list[bytes]:
+    """``frame`` as the units of its parts, each at most ``max_bytes``."""
+    seq = codec.decode_envelope(frame).seq
+    hello_frame = codec.encode(dataclasses.replace(hello, acked=max(0, seq - 1)))
+    size = max_bytes - _UNIT_OVERHEAD
+    pieces = [frame[i : i + size] for i in range(0, len(frame), size)]
+    return [
+        msgpack.packb([UNIT_VERSION, hello_frame, [], index, len(pieces), piece], use_bin_type=True)
+        for index, piece in enumerate(pieces)
+    ]
+
+
+def part_id(sender_id: bytes, frame: bytes, index: int) -> str:
+    return f"{sender_id.hex()}:{codec.decode_envelope(frame).seq}:part{index}"
+
+
+class Part(NamedTuple):
+    """One piece of a frame sent in parts: ``index`` of ``count``."""
+
+    index: int
+    count: int
+    piece: bytes
+
+
+class Unit(NamedTuple):
+    """A unit read back: its frames, the hello first; a part's piece with only the hello."""
+
+    frames: list[bytes]
+    part: Part | None = None
+
+
+def unpack_unit(data: bytes) -> Unit:
+    """A unit's frames, its hello first, or its part. Raises
+    :class:`roxxel.codec.CodecError` for anything that is not a unit (whatever the bytes)."""
     try:
         unit = msgpack.unpackb(
             data,
@@ -126,14 +173,25 @@ def unpack_unit(data: bytes) -> list[bytes]:
         raise codec.CodecError(f"not a roxxel unit: {exc}") from None
     if (
         not isinstance(unit, list)
-        or len(unit) != 3
+        or len(unit) not in (3, 6)
         or unit[0] != UNIT_VERSION
         or not isinstance(unit[1], bytes)
         or not isinstance(unit[2], list)
         or not all(isinstance(frame, bytes) for frame in unit[2])
     ):
         raise codec.CodecError(f"not a roxxel unit of version {UNIT_VERSION}")
-    return [unit[1], *unit[2]]
+    if len(unit) == 3:
+        return Unit([unit[1], *unit[2]])
+    _, hello, frames, index, count, piece = unit
+    if (
+        frames
+        or type(index) is not int
+        or type(count) is not int
+        or not 0 <= index < count <= MAX_PARTS
+        or not isinstance(piece, bytes)
+    ):
+        raise codec.CodecError("not a part of a roxxel unit")
+    return Unit([hello], Part(index, count, piece))
 
 
 def next_unit(frames: Sequence[bytes], max_bytes: int) -> list[bytes]:

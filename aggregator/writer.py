@@ -39,7 +39,7 @@ from .ledger import MAX_SENDERS, Ledger
 from .router import Ready, Received
 from .run import Run
 from .sinks import DEFAULT_FILES, FileOptions, Sink
-from .stream_wire import RELAY_HEADER, sender_of_subject, unpack_unit
+from .stream_wire import RELAY_HEADER, Part, sender_of_subject, unpack_unit
 
 __all__ = ["StreamPosition", "StreamInbox", "Writer", "open_writer"]
 
@@ -54,6 +54,9 @@ class StreamPosition(Sink):
     def __init__(self) -> None:
         self.read = 0  # the last unit handed out
         self.rewound = False  # set by a roll back: the inbox reads again from here
+        # The first unit of a frame whose parts are not all read yet: a restart
+        # must read it again, so no mark passes it.
+        self.holding: int | None = None
 
     def flush(self) -> None:
         pass
@@ -62,7 +65,7 @@ class StreamPosition(Sink):
         pass
 
     def mark(self) -> int:
-        return self.read
+        return self.read if self.holding is None else min(self.read, self.holding - 1)
 
     def rewind(self, mark: Any) -> None:
         if not isinstance(mark, int) or mark < 0:
@@ -90,6 +93,9 @@ class StreamInbox:
         self._woken = threading.Event()
         # Handed to the collector since the last ack (what a roll back may undo).
         self._uncommitted: deque[Delivered] = deque()
+        # Per sender (peer), the parts of a large frame read so far, and the
+        # stream seq of its first part.
+        self._parts: dict[bytes, tuple[int, list[bytes]]] = {}
         self._last_read: Delivered | None = None
         self._acked_upto = 0
         self._paused = False
@@ -140,25 +146,55 @@ class StreamInbox:
         self._woken.set()
 
     def receive(self) -> Received:
-        """The next unit not read before, as one message (``zmq.Again``: none)."""
+        """The next unit not read before, as one message (``zmq.Again``: none);
+        a frame sent in parts once its last part is read."""
         while True:
             with self._lock:
                 if not self._units or self._paused:
                     raise zmq.Again()
                 unit = self._units.popleft()
-            if unit.stream_seq > self.position.read:
-                break  # else JetStream delivered it again: read already
-        self.position.read = unit.stream_seq
-        self._last_read = unit
-        self._uncommitted.append(unit)
-        sender = sender_of_subject(unit.subject)
-        peer = sender if sender is not None else unit.subject.encode()
-        source = unit.headers.get(RELAY_HEADER, "")
-        try:
-            frames = unpack_unit(unit.data)
-        except ValueError as exc:
-            return Received(peer, [], None, source, refused=f"stream seq {unit.stream_seq}: {exc}")
-        return Received(peer, frames, None, source)
+            if unit.stream_seq <= self.position.read:
+                continue  # JetStream delivered it again: read already
+            self.position.read = unit.stream_seq
+            self._last_read = unit
+            self._uncommitted.append(unit)
+            sender = sender_of_subject(unit.subject)
+            peer = sender if sender is not None else unit.subject.encode()
+            source = unit.headers.get(RELAY_HEADER, "")
+            try:
+                frames, part = unpack_unit(unit.data)
+            except ValueError as exc:
+                why = f"stream seq {unit.stream_seq}: {exc}"
+                return Received(peer, [], None, source, refused=why)
+            if part is not None:
+                joined = self._joined(peer, unit.stream_seq, part)
+                if joined is None:
+                    continue  # more parts to come
+                if not joined:
+                    why = f"stream seq {unit.stream_seq}: part {part.index} of {part.count} alone"
+                    return Received(peer, [], None, source, refused=why)
+                frames.append(joined)
+            return Received(peer, frames, None, source)
+
+    def _joined(self, peer: bytes, stream_seq: int, part: Part) -> bytes | None:
+        """The frame once ``part`` is its last (``b""``: a part whose first ones
+        were never read), else ``None``."""
+        first, pieces = self._parts.pop(peer, (stream_seq, []))
+        if part.index != len(pieces):  # a frame begun again, or its start missing
+            first, pieces = stream_seq, []
+            if part.index:
+                self._hold()
+                return b""
+        pieces.append(part.piece)
+        if part.index < part.count - 1:
+            self._parts[peer] = (first, pieces)
+            self._hold()
+            return None
+        self._hold()
+        return b"".join(pieces)
+
+    def _hold(self) -> None:
+        self.position.holding = min((first for first, _ in self._parts.values()), default=None)
 
     def allows(self, key: str | None) -> bool:
         return True
@@ -171,7 +207,10 @@ class StreamInbox:
             return True
         if self.position.rewound:  # acks after a roll back: of the commit before it
             self._read_again()
-        self._uncommitted.clear()
+        # Committed: all but the parts of a frame not read whole yet.
+        mark = self.position.mark()
+        while self._uncommitted and self._uncommitted[0].stream_seq <= mark:
+            self._uncommitted.popleft()
         last = self._last_read
         if last is not None and last.stream_seq > self._acked_upto:
             self._acked_upto = last.stream_seq
@@ -185,6 +224,8 @@ class StreamInbox:
         self.position.rewound = False
         again = [u for u in self._uncommitted if u.stream_seq > self.position.read]
         self._uncommitted.clear()
+        self._parts.clear()  # read again with the rest
+        self._hold()
         if again:
             self._last_read = None  # read past the commit: not to be acknowledged
         with self._lock:

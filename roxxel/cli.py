@@ -196,12 +196,12 @@ def _relay_status_text(s: dict) -> str:
         f"{'ready' if s['stream_ready'] else 'NOT ready'})",
         f"senders: {s['senders']}; held until JetStream stores it: {s['held_bytes']:,} bytes",
         f"batches: {stats.get('batches', 0):,} taken, {stats.get('units', 0):,} units stored, "
+        f"{stats.get('frames_in_parts', 0):,} sent in parts (over max_payload), "
         f"{stats.get('publish_failures', 0):,} publishes failed (tried again), "
         f"{stats.get('not_taken', 0):,} not taken (holding full)",
         f"problems: {stats.get('bad_frames', 0):,} bad frames, "
         f"{stats.get('refused_connections', 0):,} connections refused, "
-        f"{stats.get('refused_runs', 0):,} clients of another run refused, "
-        f"{stats.get('too_large', 0):,} batches over max_payload reported dropped",
+        f"{stats.get('refused_runs', 0):,} clients of another run refused",
     ]
     return "\n".join(map(printable, lines))
 

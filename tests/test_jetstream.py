@@ -10,6 +10,7 @@ process a test starts is ended by its PID.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -425,6 +426,47 @@ def test_jetstream_down_for_10_s_relays_stop_acknowledging_and_nothing_is_lost(
     said = servers[0].said()
     assert said.count("does not store units") == 1, said  # said once, not per retry
     assert "stores units again" in said
+
+
+def test_a_batch_larger_than_max_payload_goes_in_parts_and_arrives_whole(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """The servers take 1 MiB a message (NATS's default); ten 200,000-character
+    lines logged at once are one batch of ~2 MB: sent in parts, written once."""
+    run = "large"
+    log_dir, port = tmp_path / "logs", free_port()
+    servers = [
+        relay(cluster, run, port, tmp_path / "relay.out"),
+        writer(cluster, run, log_dir, tmp_path / "writer.out"),
+    ]
+    lines = [f"{i} " + chr(ord("a") + i) * 200_000 for i in range(10)]
+    try:
+        result = run_python(
+            "import sys\n"
+            "from roxxel import Logger\n"
+            f"with Logger({str(tmp_path / 'client')!r}, {run!r},"
+            f" aggregator='tcp://127.0.0.1:{port}') as lg:\n"
+            "    for i in range(10):\n"
+            "        lg.log_message(f'{i} ' + chr(ord('a') + i) * 200_000)\n"
+            "    lg.log_message('after')\n"
+        )
+        assert result.returncode == 0, result.stderr
+        system_log = log_dir / f"{run}_system.log"
+        wait_for(lambda: "after" in messages(read(system_log)), 60, "the lines")
+        status = subprocess.run(
+            [sys.executable, "-m", "roxxel.cli", "status", f"tcp://127.0.0.1:{port}", "--json"],
+            capture_output=True,
+            text=True,
+            env=python_env(),
+            timeout=60,
+        )
+        assert json.loads(status.stdout)["stats"]["frames_in_parts"] >= 1, status.stdout
+        assert [s.terminate() for s in servers] == [0, 0]
+    finally:
+        for server in servers:
+            server.kill()
+    assert messages(read(system_log)) == [*lines, "after"]
+    assert "Traceback" not in servers[0].said() + servers[1].said()
 
 
 def test_a_relay_refuses_a_client_of_another_run_says_why_and_answers_status(
