@@ -317,15 +317,28 @@ class JetStreamLink:
                 # work); a commit waits longer than this anyway.
                 await asyncio.sleep(_CAUGHT_UP_PAUSE)
 
+    def purge(self, run: str, upto: int) -> None:
+        """Remove ``run``'s units up to stream seq ``upto`` from the stream (in the
+        background; one that fails is done by a later one)."""
+
+        async def purge() -> None:
+            try:
+                await self._js.purge_stream(STREAM_NAME, subject=run_subjects(run), seq=upto + 1)
+            except Exception as exc:  # noqa: BLE001 -- down: the next purge covers it
+                self._on_problem(f"purging written units of run {run}: {_text(exc)}")
+
+        self._loop.call_soon_threadsafe(lambda: self._track(self._loop.create_task(purge())))
+
+    def _track(self, task: asyncio.Task) -> None:
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
+
     def ack(self, message: Delivered) -> None:
         """Acknowledge ``message`` and, the consumer acking all, every one before it."""
 
-        def start() -> None:
-            task = self._loop.create_task(_ack(message.handle))
-            self._acks.add(task)
-            task.add_done_callback(self._acks.discard)
-
-        self._loop.call_soon_threadsafe(start)
+        self._loop.call_soon_threadsafe(
+            lambda: self._track(self._loop.create_task(_ack(message.handle)))
+        )
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush what is sent (acknowledgements), close the connection, end the thread."""

