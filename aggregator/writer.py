@@ -228,13 +228,17 @@ class StreamInbox:
         if last is not None and last.stream_seq > self._acked_upto:
             self._acked_upto = last.stream_seq
             self._link.ack(last)
-        now = time.monotonic()
-        if mark > self._purged_upto and now >= self._next_purge:
-            # Written and committed: the run's units up to the mark leave the
-            # stream, so that it holds what no writer has written yet, not days of it.
-            self._link.purge(self._run, mark)
-            self._purged_upto, self._next_purge = mark, now + _PURGE_EVERY
+        if time.monotonic() >= self._next_purge:
+            self.purge_written()
         return True
+
+    def purge_written(self) -> None:
+        """The run's units up to the committed mark leave the stream (written and
+        committed), so that it holds what no writer has written yet, not days of it."""
+        mark = self.position.mark()
+        if mark > self._purged_upto:
+            self._link.purge(self._run, mark)
+            self._purged_upto, self._next_purge = mark, time.monotonic() + _PURGE_EVERY
 
     def _read_again(self) -> None:
         """After a roll back to the last commit: the units read since are read
@@ -272,6 +276,8 @@ class Writer:
         said bye (at most that long), as a collector does."""
         self._drains = drain_senders > 0
         self.collector.run(stats_every=stats_every, drain_senders=drain_senders)
+        if not self.collector.runs.home.commits.dirty:  # the last commit held
+            self.inbox.purge_written()
 
     def stop(self) -> None:
         """Stop reading the stream and finish (from a signal handler too)."""

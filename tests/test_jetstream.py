@@ -120,6 +120,29 @@ def clients(
     ]
 
 
+def units_in_stream(cluster: NatsCluster, run: str) -> int:
+    """How many of ``run``'s units the stream holds (asked of the servers)."""
+    code = (
+        "import asyncio, sys\n"
+        "import nats\n"
+        "async def main():\n"
+        "    nc = await nats.connect(sys.argv[1].split(','))\n"
+        "    info = await nc.jetstream().stream_info('ROXXEL', subjects_filter=sys.argv[2])\n"
+        "    print(sum((info.state.subjects or {}).values()))\n"
+        "    await nc.close()\n"
+        "asyncio.run(main())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, cluster.urls, f"roxxel.{run}.>"],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout)
+
+
 def expected_lines(ranks: int, n: int) -> list[str]:
     return [f"{f'[rank {r}] ' if r else ''}c{r} {i}" for r in range(ranks) for i in range(n)]
 
@@ -157,6 +180,7 @@ def test_two_relays_four_clients_one_writer_write_every_record_once(
             server.kill()
     assert_exactly_once(read(log_dir / f"{run}_system.log"), expected_lines(4, n))
     assert csv_steps(log_dir / f"{run}_metrics.csv") == list(range(n))
+    assert units_in_stream(cluster, run) == 0  # written, committed, purged
     # The relays published, the writer committed: nobody says anything went wrong.
     for server in servers:
         assert "Traceback" not in server.said(), server.said()
