@@ -221,12 +221,12 @@ def test_faults_during_the_stream_lose_and_duplicate_nothing(
         wait_for(lambda: progressed(400), 60, "the first records")
         cluster.kill(0)  # a NATS node, maybe the stream's leader
         wait_for(lambda: progressed(1200), 60, "records after a NATS node died")
-        relays[0].kill()  # its clients' unacknowledged batches are theirs to resend
-        relays[0] = relay(cluster, run, ports[0], tmp_path / "relay0.out")
-        wait_for(lambda: progressed(2400), 60, "records after a relay restarted")
         the_writer.kill()
         at_kill = len(read(system_log).splitlines())
         the_writer = writer(cluster, run, log_dir, tmp_path / "writer.out")
+        clients_running = sum(p.poll() is None for p in procs)
+        relays[0].kill()  # its clients' unacknowledged batches are theirs to resend
+        relays[0] = relay(cluster, run, ports[0], tmp_path / "relay0.out")
         cluster.restart(0)
         results = wait_all(procs)
         assert [code for code, _ in results] == [0] * 4, results
@@ -246,6 +246,7 @@ def test_faults_during_the_stream_lose_and_duplicate_nothing(
             cluster.restart(0)
     assert "closed" in read(proxy_out)  # the proxy did reset connections
     assert at_kill < 4 * n, "the writer was killed after everything was written: no fault tested"
+    assert clients_running, "the relay was killed after every client ended: no fault tested"
     assert_exactly_once(read(log_dir / f"{run}_system.log"), expected_lines(4, n))
     assert csv_steps(log_dir / f"{run}_metrics.csv") == list(range(n))
 
