@@ -15,7 +15,6 @@ on ``{log-dir}/.{prefix}.lock`` keeps a second collector off the same run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
@@ -25,6 +24,7 @@ from roxxel.schema import CSV_FLOATS, DEFAULT_METRICS_FILES, METRICS_FILES, chec
 from roxxel.security import generate_keys, server_keys
 
 from .collector import DAEMON_NAME, DEFAULT_COMMIT_INTERVAL, Collector
+from .pidfile import pid_written
 from .sinks import FileOptions
 from .stream_cli import add_arguments as add_stream_arguments
 from .stream_cli import stream_main
@@ -209,36 +209,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup and friends
             signal.signal(signum, lambda *_: collector.stop())
     signal.signal(signal.SIGHUP, lambda *_: collector.reopen())
-    if args.pidfile:
-        with open(args.pidfile, "w") as pidfile:
-            pidfile.write(f"{os.getpid()}\n")
     parent_alive = None
     parent = args.parent_pid
     if parent is not None:
         parent_alive = lambda: os.getppid() == parent  # noqa: E731
-    if args.ready_fd is not None:
-        with os.fdopen(args.ready_fd, "w") as ready:
-            ready.write(collector.endpoint + "\n")
-    if not args.quiet:
-        print(
-            f"roxxel-aggregator ready on {collector.endpoint} "
-            f"(log dir {os.path.abspath(args.log_dir)}, "
-            f"{f'prefix {args.prefix}' if args.prefix else 'a run per prefix'}, "
-            f"pid {os.getpid()})",
-            flush=True,
-        )
-    try:
-        collector.run(
-            parent_alive,
-            drain_senders=args.drain_senders,
-            stats_every=args.stats_interval,
-            parent_pid=parent,
-        )
-    finally:
-        collector.close()
-        if args.pidfile:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(args.pidfile)
+    with pid_written(args.pidfile):
+        if args.ready_fd is not None:
+            with os.fdopen(args.ready_fd, "w") as ready:
+                ready.write(collector.endpoint + "\n")
+        if not args.quiet:
+            print(
+                f"roxxel-aggregator ready on {collector.endpoint} "
+                f"(log dir {os.path.abspath(args.log_dir)}, "
+                f"{f'prefix {args.prefix}' if args.prefix else 'a run per prefix'}, "
+                f"pid {os.getpid()})",
+                flush=True,
+            )
+        try:
+            collector.run(
+                parent_alive,
+                drain_senders=args.drain_senders,
+                stats_every=args.stats_interval,
+                parent_pid=parent,
+            )
+        finally:
+            collector.close()
     return 0
 
 

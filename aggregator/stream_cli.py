@@ -8,7 +8,6 @@ never needs ``nats-py``. README "Past one collector" shows the topology.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
@@ -17,6 +16,7 @@ from typing import Any
 from roxxel.security import server_keys
 
 from .jetstream import MissingExtra, StreamSettings
+from .pidfile import pid_written
 from .sinks import FileOptions
 from .stream_wire import check_run_name
 
@@ -125,21 +125,16 @@ def stream_main(args: argparse.Namespace, echo: Any) -> int:
             signal.signal(signum, lambda *_: server.stop())
     if not relay:
         signal.signal(signal.SIGHUP, lambda *_: server.reopen())
-    if args.pidfile:
-        with open(args.pidfile, "w") as pidfile:
-            pidfile.write(f"{os.getpid()}\n")
-    if not args.quiet:
-        print(f"{name} {ready}, pid {os.getpid()})", flush=True)
-    try:
-        if relay:
-            server.run()
-        else:
-            server.run(stats_every=args.stats_interval, drain_senders=args.drain_senders)
-    finally:
-        server.close()
-        if args.pidfile:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(args.pidfile)
+    with pid_written(args.pidfile):
+        if not args.quiet:
+            print(f"{name} {ready}, pid {os.getpid()})", flush=True)
+        try:
+            if relay:
+                server.run()
+            else:
+                server.run(stats_every=args.stats_interval, drain_senders=args.drain_senders)
+        finally:
+            server.close()
     return 0
 
 

@@ -77,7 +77,8 @@ def console_script() -> Path:
 
 @contextlib.contextmanager
 def running_daemon(argv: Sequence[str], out: Path, env: dict[str, str]) -> Iterator[str]:
-    """The real daemon run with ``argv``; yields its endpoint; SIGTERM (by pid) at the end."""
+    """The real daemon run with ``argv`` (a collector, relay or writer); yields its
+    endpoint; SIGTERM (by pid) at the end."""
     with open(out, "w") as stdout:
         process = subprocess.Popen(
             [str(console_script()), *argv], stdout=stdout, stderr=subprocess.STDOUT, env=env
@@ -87,10 +88,11 @@ def running_daemon(argv: Sequence[str], out: Path, env: dict[str, str]) -> Itera
         def ready() -> str | None:
             if process.poll() is not None:
                 pytest.fail(f"the daemon exited ({process.returncode}): {read(out)}")
-            return next((ln for ln in read(out).splitlines() if " ready on " in ln), None)
+            return next((ln for ln in read(out).splitlines() if " ready " in ln), None)
 
         line = wait_for(ready, timeout=60, what=f"the daemon's ready line in {out}")
-        yield line.split(" ready on ", 1)[1].split()[0]
+        # A writer (--from-jetstream) binds nothing: "" for it.
+        yield line.split(" ready on ", 1)[1].split()[0] if " ready on " in line else ""
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0, read(out)
     finally:

@@ -19,17 +19,19 @@ from roxxel.lines import parse_line
 from .conftest import REPO, Daemon, free_port, python_env, read, run_python, wait_for
 
 # A client that streams numbered warnings (and, on rank 0, metrics), paced so
-# that faults land in the middle of the stream.
+# that faults land in the middle of the stream: a pause every 10 records
+# (argv[5] seconds, 0.002 by default).
 STREAM = """
 import logging, sys, time
 from roxxel import Logger
 n = int(sys.argv[2])
+pause = float(sys.argv[5]) if len(sys.argv) > 5 else 0.002
 with Logger(sys.argv[1], sys.argv[4], close_timeout=120) as lg:
     for i in range(n):
         lg.log_message(f"{sys.argv[3]} {i}", level=logging.WARNING)
         lg.log_metrics_summary(i, {"i": float(i)})
         if i % 10 == 9:
-            time.sleep(0.002)
+            time.sleep(pause)
 """
 
 

@@ -15,10 +15,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -29,7 +27,6 @@ from aggregator.stream_wire import check_run_name
 from .conftest import python_env, read, wait_for
 from .deploy_helpers import (
     DEPLOY,
-    console_script,
     daemon_args,
     running_daemon,
     tcp_port,
@@ -371,30 +368,6 @@ def test_every_container_runs_unprivileged() -> None:
                 assert context["capabilities"]["drop"] == ["ALL"], where
 
 
-@contextlib.contextmanager
-def running_writer(argv: Sequence[str], out: Path, env: dict[str, str]) -> Iterator[None]:
-    """The real daemon as a writer (``--from-jetstream``); SIGTERM (by pid) at the end."""
-    with open(out, "w") as stdout:
-        process = subprocess.Popen(
-            [str(console_script()), *argv], stdout=stdout, stderr=subprocess.STDOUT, env=env
-        )
-    try:
-
-        def ready() -> bool:
-            if process.poll() is not None:
-                pytest.fail(f"the writer exited ({process.returncode}): {read(out)}")
-            return " writer ready " in read(out)
-
-        wait_for(ready, timeout=60, what=f"the writer's ready line in {out}")
-        yield
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0, read(out)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(30)
-
-
 def test_kubernetes_job_command_runs_through_the_relay_and_writer(tmp_path: Path) -> None:
     """The Job's 4 pods to the DaemonSet's relay command, the Deployment's writer
     command writing the run from a 3-node NATS cluster (the StatefulSet's shape)."""
@@ -409,7 +382,7 @@ def test_kubernetes_job_command_runs_through_the_relay_and_writer(tmp_path: Path
         relay_argv = replace_daemon_option(relay_argv, "--jetstream", cluster.urls)
         writer_argv = replace_daemon_option(writer_argv[1:], "--from-jetstream", cluster.urls)
         writer_argv = replace_daemon_option(writer_argv, "--log-dir", str(logs))
-        daemons.enter_context(running_writer(writer_argv, tmp_path / "writer.out", python_env()))
+        daemons.enter_context(running_daemon(writer_argv, tmp_path / "writer.out", python_env()))
         endpoint = daemons.enter_context(
             running_daemon(relay_argv, tmp_path / "relay.out", python_env())
         )

@@ -33,6 +33,31 @@ JETSTREAM_SBATCH = DEPLOY / "slurm" / "jetstream.sbatch"
 SCRIPTS = [SBATCH, JETSTREAM_SBATCH]
 
 
+def check_run_written(tmp_path: Path, endpoint: str) -> None:
+    """The 4 ranks' lines and rows in $SLURM_SUBMIT_DIR/logs; nothing on the training side."""
+    logs, prefix = tmp_path / "logs", "roxxel-train_4242"
+    system_log = read(logs / f"{prefix}_system.log")
+    for rank in range(4):
+        assert f"rank {rank} of 4 via {endpoint}" in system_log, system_log
+    rows = read(logs / f"{prefix}_metrics.csv").splitlines()
+    assert rows[0] == "step,rank,loss", rows
+    assert sorted(rows[1:]) == [f"{10 + r},{r},0.25000" for r in range(4)], rows
+    # Every rank was a client only: nothing written on the training side.
+    client = tmp_path / "client"
+    assert not client.exists() or not any(client.iterdir())
+
+
+def expand(word: str, sample: dict[str, str], script: object) -> str:
+    """``word`` with the script's ``$name``/``${name}`` replaced by ``sample``'s values."""
+
+    def value(match: re.Match) -> str:
+        name = match.group(1) or match.group(2)
+        assert name in sample, f"{script}: unexpected variable ${name} in a daemon's args"
+        return sample[name]
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, word)
+
+
 def sbatch_lines(script: Path = SBATCH) -> list[str]:
     """The script's logical lines: continuation lines joined, comments dropped."""
     lines, pending = [], ""
@@ -79,16 +104,8 @@ def test_sbatch_daemon_command_line_parses() -> None:
     sample = {"bind_host": "0.0.0.0", "port": "5555", "log_dir": "/logs", "prefix": "run"}
     sample["drain_seconds"] = "20"
 
-    def expand(word: str) -> str:
-        def value(match: re.Match) -> str:
-            name = match.group(1) or match.group(2)
-            assert name in sample, f"{SBATCH}: unexpected variable ${name} in the daemon's args"
-            return sample[name]
-
-        return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, word)
-
     start = words.index("$aggregator_bin") + 1
-    args = daemon_args([expand(w) for w in words[start:]], f"{SBATCH} daemon step")
+    args = daemon_args([expand(w, sample, SBATCH) for w in words[start:]], f"{SBATCH} daemon step")
     assert args.bind == "tcp://0.0.0.0:5555"
     assert re.search(r'(?m)^export ROXXEL_AGGREGATOR="tcp://\$connect_host:\$port"$', text)
     # The training runs on every task: an srun with no --ntasks/--nodes of its own.
@@ -245,16 +262,7 @@ def test_sbatch_script_runs_daemon_training_and_stops_it(tmp_path: Path, exit_co
     assert f"training exited with status {exit_code}" in stdout
     assert "collector exited with status" not in stderr
 
-    logs, prefix = tmp_path / "logs", "roxxel-train_4242"  # $SLURM_SUBMIT_DIR/logs
-    system_log = read(logs / f"{prefix}_system.log")
-    for rank in range(4):
-        assert f"rank {rank} of 4 via tcp://localhost:{port}" in system_log, system_log
-    rows = read(logs / f"{prefix}_metrics.csv").splitlines()
-    assert rows[0] == "step,rank,loss", rows
-    assert sorted(rows[1:]) == [f"{10 + r},{r},0.25000" for r in range(4)], rows
-    # Every rank was a client only: nothing written on the training side.
-    client = tmp_path / "client"
-    assert not client.exists() or not any(client.iterdir())
+    check_run_written(tmp_path, f"tcp://localhost:{port}")
 
 
 def test_sbatch_script_on_sigterm_stops_training_then_daemon(tmp_path: Path) -> None:
@@ -288,17 +296,10 @@ def jetstream_step_args(option: str, sample: dict[str, str]) -> tuple[list[str],
     words = shlex.split(line)
     words = words[: next(i for i, w in enumerate(words) if w.startswith(">") or w == "&")]
 
-    def expand(word: str) -> str:
-        def value(match: re.Match) -> str:
-            name = match.group(1) or match.group(2)
-            assert name in sample, f"{JETSTREAM_SBATCH}: unexpected variable ${name}"
-            return sample[name]
-
-        return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, word)
-
     start = words.index("$aggregator_bin") + 1
     where = f"{JETSTREAM_SBATCH} {option} step"
-    return words[:start], daemon_args([expand(w) for w in words[start:]], where)
+    expanded = [expand(w, sample, JETSTREAM_SBATCH) for w in words[start:]]
+    return words[:start], daemon_args(expanded, where)
 
 
 def test_jetstream_sbatch_command_lines_parse() -> None:
@@ -366,12 +367,4 @@ def test_jetstream_sbatch_runs_relay_writer_and_training(tmp_path: Path) -> None
     check_daemon_stopped(tmp_path, state, stopped, "relays.out", " relay ready on ")
     check_daemon_stopped(tmp_path, state, stopped, "writer.out", " writer ready ")
 
-    logs, prefix = tmp_path / "logs", "roxxel-train_4242"
-    system_log = read(logs / f"{prefix}_system.log")
-    for rank in range(4):
-        assert f"rank {rank} of 4 via {endpoint}" in system_log, system_log
-    rows = read(logs / f"{prefix}_metrics.csv").splitlines()
-    assert rows[0] == "step,rank,loss", rows
-    assert sorted(rows[1:]) == [f"{10 + r},{r},0.25000" for r in range(4)], rows
-    client = tmp_path / "client"
-    assert not client.exists() or not any(client.iterdir())
+    check_run_written(tmp_path, endpoint)

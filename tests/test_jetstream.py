@@ -87,28 +87,19 @@ def writer(
     )
 
 
-# STREAM at a steady pace (~200 records/s per client), so that faults land mid-stream.
-PACED = """
-import logging, sys, time
-from roxxel import Logger
-n = int(sys.argv[2])
-with Logger(sys.argv[1], sys.argv[4], close_timeout=120) as lg:
-    for i in range(n):
-        lg.log_message(f"{sys.argv[3]} {i}", level=logging.WARNING)
-        lg.log_metrics_summary(i, {"i": float(i)})
-        time.sleep(0.005)
-"""
-
-
 def clients(
     endpoints: list[str], n: int, workdir: Path, run: str, paced: bool = False
 ) -> list[subprocess.Popen]:
     """A client process per endpoint (ranks 0..), each logging ``c{rank} i`` n times."""
     world = len(endpoints)
-    code = PACED if paced else STREAM
+    # Paced: ~200 records/s per client, so that faults land mid-stream.
+    pause = "0.05" if paced else "0.002"
     return [
         subprocess.Popen(
-            [sys.executable, "-c", code, str(workdir / f"client{rank}"), str(n), f"c{rank}", run],
+            [
+                *(sys.executable, "-c", STREAM, str(workdir / f"client{rank}")),
+                *(str(n), f"c{rank}", run, pause),
+            ],
             env=python_env(
                 SLURM_PROCID=str(rank), SLURM_NTASKS=str(world), ROXXEL_AGGREGATOR=endpoint
             ),
