@@ -18,6 +18,8 @@ import psutil
 import pytest
 from xprocess import ProcessStarter
 
+from roxxel.security import generate_keys
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -223,3 +225,18 @@ def unstated_differences(module: str, section: str | None = None) -> tuple[int, 
         if name.startswith("test_") and hasattr(test, "differs_on_purpose")
     ]
     return len(marked), [w for w in marked if " ".join(w.split()) not in readme]
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    """CURVE keys: server, alice, mallory (both listed) and bob (not listed); the allowed
+    clients' public keys in keys/clients."""
+    directory = tmp_path / "keys"
+    for name in ("server", "alice", "mallory", "bob"):
+        generate_keys(str(directory), name)
+    (directory / "clients").mkdir()
+    for name in ("alice", "mallory"):
+        (directory / "clients" / f"{name}.key").write_bytes(
+            (directory / f"{name}.key").read_bytes()
+        )
+    return directory

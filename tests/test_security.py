@@ -60,21 +60,6 @@ def test_a_key_name_is_a_plain_file_name(tmp_path: Path, name: str) -> None:
         generate_keys(str(tmp_path), name)
 
 
-@pytest.fixture
-def keys(tmp_path: Path) -> Path:
-    """server, alice, mallory (both listed) and bob (not listed); the allowed
-    clients' public keys in keys/clients."""
-    directory = tmp_path / "keys"
-    for name in ("server", "alice", "mallory", "bob"):
-        generate_keys(str(directory), name)
-    (directory / "clients").mkdir()
-    for name in ("alice", "mallory"):
-        (directory / "clients" / f"{name}.key").write_bytes(
-            (directory / f"{name}.key").read_bytes()
-        )
-    return directory
-
-
 def curve_daemon(start_daemon, tmp_path: Path, keys: Path) -> Daemon:
     return start_daemon(
         tmp_path / "logs",
