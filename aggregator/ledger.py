@@ -220,6 +220,7 @@ class Ledger:
         forgotten_kept: int = FORGOTTEN_KEPT,
         clock: Callable[[], float] = time.monotonic,
         follows_stream: bool = False,
+        reads_bodies: bool = True,
     ) -> None:
         self.max_senders = max_senders
         self.max_per_source = max_per_source
@@ -235,6 +236,9 @@ class Ledger:
         # relay's, whose ``acked`` says what of the sender the stream held before
         # it; batches the ledger never got by then were lost, not delayed.
         self.follows_stream = follows_stream
+        # A relay passes a next batch on unread (its records: an empty list):
+        # the writer reads it, and quarantines one that cannot be applied.
+        self.reads_bodies = reads_bodies
         self.senders: dict[bytes, SenderState] = {}
         self.open: set[bytes] = set()  # said hello, not bye (nor died)
         self.ranks_seen: set[int] = set()
@@ -273,6 +277,10 @@ class Ledger:
                 return Malformed("batch from a sender that has not said hello")
             if envelope.seq != state.committed + 1:
                 return Resent(envelope.sender_id, duplicate=envelope.seq <= state.committed)
+            if not self.reads_bodies:
+                state.committed, state.batched = envelope.seq, True
+                self._changed.add(envelope.sender_id)
+                return Apply(codec.Batch(envelope.sender_id, envelope.seq, []), state)
         try:
             frame = codec.decode(data)
         except codec.BatchError as exc:

@@ -3,8 +3,9 @@
 ``roxxel-aggregator --bind EP --jetstream URLS --run NAME``. Clients connect
 exactly as to a collector (the same frames, CURVE, limits: the
 :class:`~aggregator.router.Router` and :class:`~aggregator.ledger.Ledger`
-of one). What the ledger applies is not written: it waits in the sender's
-:class:`Outbox` and is published as a unit (:mod:`aggregator.stream_wire`)
+of one). What the ledger applies is neither read (a batch's body is the
+writer's to read, and to quarantine if it cannot be applied) nor written: it
+waits in the sender's :class:`Outbox` and is published as a unit (:mod:`aggregator.stream_wire`)
 on the sender's subject; the client is acknowledged only once JetStream
 acknowledged the unit, i.e. a quorum of the stream's replicas stored it.
 
@@ -40,7 +41,7 @@ from roxxel.diagnostics import diagnostics
 from roxxel.security import ServerKeys
 
 from .jetstream import DEFAULT_STREAM, JetStreamLink, StreamSettings
-from .ledger import Apply, Asked, Closed, Introduced, Ledger, Poisoned, Resent
+from .ledger import Apply, Asked, Closed, Introduced, Ledger, Resent
 from .router import Router
 from .stream_wire import (
     RELAY_HEADER,
@@ -118,7 +119,7 @@ class Relay:
         self._diag = log or diagnostics("roxxel.aggregator")
         self._router = Router(bind, curve=curve)
         self.endpoint = self._router.endpoint
-        self._ledger = Ledger()
+        self._ledger = Ledger(reads_bodies=False)  # the writer reads them
         self._outboxes: dict[bytes, Outbox] = {}
         self._held = 0
         self._max_held = max_held_bytes
@@ -207,9 +208,8 @@ class Relay:
         if kind == "hello" and self._refused(peer, data):
             return
         event = self._ledger.receive(data, key, source, peer)
-        if isinstance(event, Apply | Poisoned):
-            sender_id = event.batch.sender_id if isinstance(event, Apply) else event.error.sender_id
-            outbox = self._outboxes[sender_id]
+        if isinstance(event, Apply):
+            outbox = self._outboxes[event.batch.sender_id]
             outbox.waiting.append(data)
             outbox.owed.add(peer)
             self._held += len(data)

@@ -549,6 +549,49 @@ def test_a_curve_relay_takes_listed_clients_only(
     assert read(log_dir / f"{run}_metrics.csv").splitlines() == ["step,loss", "1,0.50000"]
 
 
+def test_a_batch_that_can_never_be_applied_is_acknowledged_and_quarantined_by_the_writer(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """The relay passes batch bodies on unread; the writer reads them: one that
+    can never be applied is acknowledged once and saved to its quarantine."""
+    import zmq
+
+    from roxxel import codec
+
+    run = "poison"
+    log_dir, port = tmp_path / "logs", free_port()
+    servers = [
+        relay(cluster, run, port, tmp_path / "relay.out"),
+        writer(cluster, run, log_dir, tmp_path / "writer.out"),
+    ]
+    sender = os.urandom(codec.SENDER_ID_LEN)
+    context = zmq.Context()
+    client = context.socket(zmq.DEALER)
+    client.linger = 0
+    try:
+        client.connect(f"tcp://127.0.0.1:{port}")
+        hello = codec.Hello(sender, "host", 0, os.getpid(), 1, run)
+        good = codec.encode(codec.Batch(sender, 2, [["l", 1.7e9, 20, "after the poison"]]))
+        client.send_multipart([codec.encode(hello), codec.batch_frame(sender, 1, b"\xc1"), good])
+        acked = 0
+        while acked < 2:
+            assert client.poll(30_000), "no ack from the relay"
+            frame = codec.decode(client.recv())
+            acked = frame.seq if isinstance(frame, codec.Ack) else acked
+        quarantine = log_dir / f".{run}_quarantine.jsonl"
+        wait_for(lambda: "after the poison" in read(log_dir / f"{run}_system.log"), 60, "batch 2")
+        assert [s.terminate() for s in servers] == [0, 0]
+    finally:
+        client.close()
+        context.term()
+        for server in servers:
+            server.kill()
+    saved = [json.loads(line) for line in read(quarantine).splitlines()]
+    assert [(item["seq"], item["sender"]) for item in saved] == [(1, sender.hex())]
+    log = read(log_dir / f"{run}_system.log")
+    assert "batch 1 can never be applied" in log and "after the poison" in log
+
+
 def test_without_the_extra_the_stream_flags_fail_with_one_clear_message(tmp_path: Path) -> None:
     # nats hidden: what a machine without roxxel[jetstream] sees.
     code = (

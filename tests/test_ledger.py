@@ -355,3 +355,15 @@ def test_a_ledger_that_follows_a_stream_skips_what_a_units_hello_says_was_lost()
     plain.receive(hello(acked=0))
     event = plain.receive(hello(acked=4))
     assert isinstance(event, Introduced) and event.missing is None and event.overclaimed == 4
+
+
+def test_a_relays_ledger_passes_a_next_batch_on_unread() -> None:
+    ledger = Ledger(reads_bodies=False)
+    ledger.receive(hello())
+    event = ledger.receive(poison(1))  # a body that can never be applied: the writer's to say
+    assert isinstance(event, Apply) and event.batch.seq == 1 and event.batch.records == []
+    assert name(ledger.receive(batch(1))) == "Resent:duplicate"
+    assert name(ledger.receive(batch(3))) == "Resent:gap"
+    reader = Ledger()  # a collector's reads it, and knows at once
+    reader.receive(hello())
+    assert name(reader.receive(poison(1))) == "Poisoned"
