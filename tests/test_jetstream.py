@@ -183,7 +183,7 @@ def test_faults_during_the_stream_lose_and_duplicate_nothing(
 ) -> None:
     """kill -9 of a NATS node, of a relay (restarted), of the writer (restarted),
     and a client whose connections a proxy keeps resetting, while four clients log."""
-    run, n = "faults", 1500
+    run, n = "faults", 3000  # ~15 s a client: the faults land while they log, even slowed down
     log_dir = tmp_path / "logs"
     ports = [free_port(), free_port()]
     relays = [relay(cluster, run, port, tmp_path / f"relay{i}.out") for i, port in enumerate(ports)]
