@@ -121,6 +121,9 @@ class Relay:
         self.endpoint = self._router.endpoint
         self._ledger = Ledger(reads_bodies=False)  # the writer reads them
         self._outboxes: dict[bytes, Outbox] = {}
+        # The senders with something taken, on its way or owed: the only ones
+        # a cycle looks at (a relay may know thousands, most of them idle).
+        self._active: set[bytes] = set()
         self._held = 0
         self._max_held = max_held_bytes
         self._timeout = publish_timeout
@@ -165,7 +168,7 @@ class Relay:
         """Wait up to ``timeout`` s; take what arrived, settle and start
         publishes, send the acks due. Returns the frames handled."""
         now = time.monotonic()
-        retry = [o.flight.retry_at for o in self._outboxes.values() if _waits_retry(o)]
+        retry = [o.flight.retry_at for o in self._busy() if _waits_retry(o)]
         if retry:
             timeout = min(timeout, max(0.0, min(retry) - now))
         if not take:  # draining: only JetStream's answers are waited for
@@ -195,7 +198,7 @@ class Relay:
         self._answer_settled()
         if time.monotonic() >= self._next_ledger_commit:
             self._ledger.commit()
-            self._ledger.forget_idle()
+            self._forget_idle()
             self._next_ledger_commit = time.monotonic() + _LEDGER_COMMIT_EVERY
         return handled
 
@@ -210,6 +213,7 @@ class Relay:
         event = self._ledger.receive(data, key, source, peer)
         if isinstance(event, Apply):
             outbox = self._outboxes[event.batch.sender_id]
+            self._active.add(event.batch.sender_id)
             outbox.waiting.append(data)
             outbox.owed.add(peer)
             self._held += len(data)
@@ -219,6 +223,7 @@ class Relay:
             outbox = self._outboxes.get(event.sender_id)
             if outbox is not None:
                 outbox.owed.add(peer)
+                self._active.add(event.sender_id)
         elif isinstance(event, Introduced):
             hello = event.hello
             outbox = self._outboxes.get(hello.sender_id)
@@ -236,6 +241,7 @@ class Relay:
             else:
                 outbox.waiting.append(data)
                 outbox.bye = (peer, event.bye)
+                self._active.add(event.bye.sender_id)
                 self._held += len(data)
         elif isinstance(event, Asked):
             self._send(peer, self._status_answer(event.query))
@@ -248,7 +254,7 @@ class Relay:
     def _settle(self) -> None:
         """Take in JetStream's answers to the units published."""
         now = time.monotonic()
-        for outbox in self._outboxes.values():
+        for outbox in self._busy():
             flight = outbox.flight
             if flight is None or flight.future is None or not flight.future.done():
                 continue
@@ -285,7 +291,8 @@ class Relay:
         if not self._link.stream_ready:
             return  # not connected yet: the servers' max_payload is not known
         now = time.monotonic()
-        for sender_id, outbox in self._outboxes.items():
+        for sender_id in self._active:
+            outbox = self._outboxes[sender_id]
             flight = outbox.flight
             if flight is None and (outbox.parts or outbox.waiting):
                 flight = outbox.flight = self._next_flight(sender_id, outbox)
@@ -327,8 +334,9 @@ class Relay:
         """Acknowledge what is stored to every peer that waits for a sender: once
         a unit of it was stored, or at once when nothing of it is on its way (a
         duplicate, a gap); a bye once its unit is stored."""
-        done = []
-        for sender_id, outbox in self._outboxes.items():
+        done, idle = [], []
+        for sender_id in self._active:
+            outbox = self._outboxes[sender_id]
             settled = outbox.settled()
             if outbox.owed and (outbox.progressed or settled):
                 for peer in outbox.owed:
@@ -340,11 +348,22 @@ class Relay:
                 peer, bye = outbox.bye
                 self._send(peer, codec.Ack(sender_id, bye.seq))
                 done.append(sender_id)
+            elif settled and not outbox.owed:
+                idle.append(sender_id)
         for sender_id in done:
             del self._outboxes[sender_id]
-        for sender_id in list(self._outboxes):
-            if sender_id not in self._ledger.senders and self._outboxes[sender_id].settled():
-                del self._outboxes[sender_id]  # forgotten by the ledger: idle, nothing held
+        self._active.difference_update(done)
+        self._active.difference_update(idle)
+
+    def _busy(self) -> list[Outbox]:
+        return [self._outboxes[sender_id] for sender_id in self._active]
+
+    def _forget_idle(self) -> None:
+        """Outboxes of the senders the ledger forgot (idle long), holding nothing."""
+        for sender_id in self._ledger.forget_idle():
+            outbox = self._outboxes.get(sender_id)
+            if outbox is not None and outbox.settled() and sender_id not in self._active:
+                del self._outboxes[sender_id]
 
     # -- what cannot go --------------------------------------------------------------
 
