@@ -112,6 +112,19 @@ def clients(
     ]
 
 
+def relay_status(port: int) -> dict:
+    """``roxxel status --json`` of the relay on ``port``."""
+    status = subprocess.run(
+        [sys.executable, "-m", "roxxel.cli", "status", f"tcp://127.0.0.1:{port}", "--json"],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    return json.loads(status.stdout)
+
+
 def units_in_stream(cluster: NatsCluster, run: str) -> int:
     """How many of ``run``'s units the stream holds (asked of the servers)."""
     code = (
@@ -166,6 +179,8 @@ def test_two_relays_four_clients_one_writer_write_every_record_once(
         results = wait_all(clients(endpoints, n, tmp_path, run))
         assert [code for code, _ in results] == [0] * 4, results
         wait_written(log_dir, run, 4, n)
+        # Every client closed, so every batch is stored: the relays hold nothing.
+        assert [relay_status(port)["held_bytes"] for port in ports] == [0, 0]
         assert [s.terminate() for s in servers] == [0, 0, 0]
     finally:
         for server in servers:
@@ -223,6 +238,7 @@ def test_faults_during_the_stream_lose_and_duplicate_nothing(
         results = wait_all(procs)
         assert [code for code, _ in results] == [0] * 4, results
         wait_written(log_dir, run, 4, n)
+        assert [relay_status(port)["held_bytes"] for port in ports] == [0, 0]
         assert the_writer.terminate() == 0
         assert [r.terminate() for r in relays] == [0, 0]
     finally:
@@ -429,6 +445,8 @@ def test_jetstream_down_for_10_s_relays_stop_acknowledging_and_nothing_is_lost(
             60,
             "the records held through the outage",
         )
+        status = relay_status(port)  # tried again and again, counted once
+        assert status["held_bytes"] == 0 and status["stats"]["publish_failures"] >= 1, status
         assert [s.terminate() for s in servers] == [0, 0]
     finally:
         if client.poll() is None:
@@ -470,14 +488,9 @@ def test_a_batch_larger_than_max_payload_goes_in_parts_and_arrives_whole(
         assert result.returncode == 0, result.stderr
         system_log = log_dir / f"{run}_system.log"
         wait_for(lambda: "after" in messages(read(system_log)), 60, "the lines")
-        status = subprocess.run(
-            [sys.executable, "-m", "roxxel.cli", "status", f"tcp://127.0.0.1:{port}", "--json"],
-            capture_output=True,
-            text=True,
-            env=python_env(),
-            timeout=60,
-        )
-        assert json.loads(status.stdout)["stats"]["frames_in_parts"] >= 1, status.stdout
+        answer = relay_status(port)
+        assert answer["stats"]["frames_in_parts"] >= 1, answer
+        assert answer["held_bytes"] == 0, answer  # everything stored, nothing counted twice
         assert [s.terminate() for s in servers] == [0, 0]
     finally:
         for server in servers:
