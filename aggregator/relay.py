@@ -42,6 +42,7 @@ from roxxel.security import ServerKeys
 
 from .jetstream import DEFAULT_STREAM, JetStreamLink, StreamSettings
 from .ledger import Apply, Asked, Closed, Introduced, Ledger, Resent
+from .reports import Reports
 from .router import Router
 from .stream_wire import (
     RELAY_HEADER,
@@ -62,6 +63,8 @@ MAX_HELD_BYTES = 256 * 2**20
 PUBLISH_TIMEOUT = 5.0
 _MAX_RETRY_PAUSE = 2.0
 _MAX_MESSAGES_PER_CYCLE = 256
+# Problems of peers remembered (each said once); past it, no more are said.
+_REPORTED_KEPT = 4096
 # What a unit's headers may take of the servers' max_payload.
 _HEADERS_ROOM = 512
 # The ledger's applied seqs are this relay's only durable ones: its commits
@@ -131,7 +134,7 @@ class Relay:
         self.stats: Counter[str] = Counter()
         self._stopping = False
         self._down_since: float | None = None  # JetStream not storing since then
-        self._reported: set[tuple[bytes, str]] = set()
+        self._reports = Reports(limit=_REPORTED_KEPT)
         self._next_ledger_commit = 0.0
         try:
             self._link = JetStreamLink(
@@ -412,10 +415,9 @@ class Relay:
 
     def _report(self, who: bytes, what: str, text: str) -> None:
         """A peer's problem, said once per peer and kind (then only counted)."""
-        if (who, what) in self._reported or len(self._reported) >= 4096:
-            return
-        self._reported.add((who, what))
-        self._diag.warning("%s: %s (reported once)", self.name, text)
+        if self._reports.first(who, what):
+            self._reports.commit()  # said on stderr: nothing rewinds it
+            self._diag.warning("%s: %s (reported once)", self.name, text)
 
     def _problem(self, text: str) -> None:
         """The link's troubles (from its thread): said as they come, rarely."""
