@@ -13,6 +13,7 @@ import ctypes.util
 import ipaddress
 import math
 import os
+import select
 from dataclasses import dataclass
 
 import zmq
@@ -22,7 +23,7 @@ from roxxel.security import ServerKeys
 
 from .curve import CurveGate, Refusal
 
-__all__ = ["Router", "Ready", "Received", "MAX_MESSAGE_PARTS"]
+__all__ = ["Router", "Ready", "Received", "WakePipe", "MAX_MESSAGE_PARTS"]
 
 # Messages queued per connection. A client sends at most codec.MESSAGE_BYTES
 # a message and waits for acks past its window: only a client that ignores
@@ -60,6 +61,36 @@ class Ready:
         self.refusals = refusals
 
 
+class WakePipe:
+    """Ends a wait at once: :meth:`wake` writes a byte to a pipe whose read end
+    (``fd``) the waiting thread polls. ``os.write`` is safe from a signal
+    handler and from any thread, unlike a ZeroMQ socket, or a
+    ``threading.Event`` (its ``set`` takes a lock that its ``wait`` may hold)."""
+
+    def __init__(self) -> None:
+        self.fd, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+
+    def wake(self) -> None:
+        try:
+            os.write(self._write, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full: a wake-up is already pending
+
+    def clear(self) -> None:
+        """Take the wake-ups in (``fd`` polled readable)."""
+        os.read(self.fd, 4096)
+
+    def wait(self, timeout: float) -> None:
+        """Until :meth:`wake` or ``timeout`` s."""
+        if select.select([self.fd], [], [], max(0.0, timeout))[0]:
+            self.clear()
+
+    def close(self) -> None:
+        os.close(self.fd)
+        os.close(self._write)
+
+
 class Router:
     """Bound at ``bind``; with ``curve``, only the clients it lists get in."""
 
@@ -84,13 +115,10 @@ class Router:
             self._close_sockets(0)
             raise OSError(f"cannot bind {bind}: {exc}") from None
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        # wake() writes a byte here to end a poll at once; os.write is safe
-        # from a signal handler and from any thread, unlike a ZeroMQ socket.
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_write, False)
+        self._wakes = WakePipe()  # wake() ends a poll at once
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
-        self._poller.register(self._wake_read, zmq.POLLIN)
+        self._poller.register(self._wakes.fd, zmq.POLLIN)
         for gate_socket in self.gate.sockets if self.gate else ():
             self._poller.register(gate_socket, zmq.POLLIN)
 
@@ -111,8 +139,8 @@ class Router:
         """Wait up to ``timeout`` s for a message, a wake-up or the CURVE door."""
         # Rounded up: a poll of 0 ms while a commit is due within 1 ms would spin.
         ready = dict(self._poller.poll(math.ceil(timeout * 1000)))
-        if self._wake_read in ready:
-            os.read(self._wake_read, 4096)
+        if self._wakes.fd in ready:
+            self._wakes.clear()
         refusals: list[Refusal] = []
         if self.gate is not None and any(g in ready for g in self.gate.sockets):
             refusals = self.gate.handle()
@@ -120,16 +148,10 @@ class Router:
 
     def wait_for_wake(self, timeout: float) -> None:
         """Sleep until :meth:`wake` or ``timeout``, reading nothing from the socket."""
-        poller = zmq.Poller()
-        poller.register(self._wake_read, zmq.POLLIN)
-        if poller.poll(math.ceil(timeout * 1000)):
-            os.read(self._wake_read, 4096)
+        self._wakes.wait(timeout)
 
     def wake(self) -> None:
-        try:
-            os.write(self._wake_write, b"\0")
-        except BlockingIOError:
-            pass  # the pipe is full: a wake-up is already pending
+        self._wakes.wake()
 
     def receive(self) -> Received:
         """A waiting message; ``zmq.Again`` if none waits."""
@@ -163,8 +185,7 @@ class Router:
 
     def close(self) -> None:
         self._close_sockets(1000)
-        os.close(self._wake_read)
-        os.close(self._wake_write)
+        self._wakes.close()
         if self.endpoint.startswith("ipc://") and not self.endpoint.startswith("ipc://@"):
             try:
                 os.unlink(self.endpoint[len("ipc://") :])

@@ -24,10 +24,8 @@ commit that wrote them.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import select
 import threading
 import time
 from collections import Counter, deque
@@ -36,10 +34,12 @@ from typing import Any
 import zmq
 
 from roxxel import codec
+from roxxel.diagnostics import diagnostics
 
+from .collector import Collector
 from .jetstream import DEFAULT_STREAM, Delivered, JetStreamLink, StreamSettings
 from .ledger import MAX_SENDERS, Ledger
-from .router import Ready, Received
+from .router import Ready, Received, WakePipe
 from .run import Run
 from .sinks import DEFAULT_FILES, FileOptions, Sink
 from .stream_wire import RELAY_HEADER, Part, sender_of_subject, unpack_unit
@@ -95,12 +95,8 @@ class StreamInbox:
         self.position = StreamPosition()
         self._units: deque[Delivered] = deque()
         self._lock = threading.Lock()
-        # wake() writes a byte here: safe from a signal handler (a
-        # threading.Event's set() could wait forever there on the lock its
-        # wait() holds) and from the link's thread.
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        os.set_blocking(self._wake_write, False)
+        # Woken by the link's thread, and by pause() in a signal handler.
+        self._wakes = WakePipe()
         self._next_purge = 0.0
         self._purged_upto = 0
         # Handed to the collector since the last ack (what a roll back may undo).
@@ -150,13 +146,10 @@ class StreamInbox:
         return Ready(bool(self._units) and not self._paused, [])
 
     def wait_for_wake(self, timeout: float) -> None:
-        if select.select([self._wake_read], [], [], max(0.0, timeout))[0]:
-            with contextlib.suppress(BlockingIOError):
-                os.read(self._wake_read, 4096)
+        self._wakes.wait(timeout)
 
     def wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending already
-            os.write(self._wake_write, b"\0")
+        self._wakes.wake()
 
     def receive(self) -> Received:
         """The next unit not read before, as one message (``zmq.Again``: none);
@@ -258,8 +251,7 @@ class StreamInbox:
         try:
             self._link.close()
         finally:
-            os.close(self._wake_read)
-            os.close(self._wake_write)
+            self._wakes.close()
 
 
 class Writer:
@@ -308,9 +300,7 @@ def open_writer(
 
     Raises ``OSError`` if another collector holds the run's files.
     """
-    from .collector import Collector, _diagnostics
-
-    log = _diagnostics()
+    log = diagnostics("roxxel.aggregator")
     inbox = StreamInbox(urls, run, settings, log)
     try:
         # Every sender comes through the stream: the per-address and
