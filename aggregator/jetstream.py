@@ -123,7 +123,7 @@ class JetStreamLink:
         self._nc: Any = None
         self._js: Any = None
         self._consumer: asyncio.Task | None = None
-        self._acks: set[asyncio.Task] = set()
+        self._sending: set[asyncio.Task] = set()  # acks and purges on their way
         self.connected = False
         self._stream_ready: asyncio.Future = self._call(self._make_future()).result()
         self._call(self._connect())
@@ -330,8 +330,8 @@ class JetStreamLink:
         self._loop.call_soon_threadsafe(lambda: self._track(self._loop.create_task(purge())))
 
     def _track(self, task: asyncio.Task) -> None:
-        self._acks.add(task)
-        task.add_done_callback(self._acks.discard)
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     def ack(self, message: Delivered) -> None:
         """Acknowledge ``message`` and, the consumer acking all, every one before it."""
@@ -344,8 +344,8 @@ class JetStreamLink:
         """Flush what is sent (acknowledgements), close the connection, end the thread."""
 
         async def finish() -> None:
-            if self._acks:  # the last acknowledgements go out first
-                await asyncio.wait(self._acks, timeout=timeout)
+            if self._sending:  # the last acknowledgements and purge go out first
+                await asyncio.wait(self._sending, timeout=timeout)
             others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in others:
                 task.cancel()
