@@ -16,7 +16,8 @@ was there before:
 * ``atexit``: every Logger never closed is closed (the registry holds them,
   so one that went out of scope unclosed is drained too);
 * ``os.register_at_fork``: a forked child's Loggers get a new sender id and
-  fresh sockets, and the child's records are kept; in a ``multiprocessing``
+  fresh sockets (made with the child's first record, so a child that only
+  execs starts no thread), and the child's records are kept; in a ``multiprocessing``
   child (which ends with ``os._exit``, skipping ``atexit``) they are closed
   by ``multiprocessing``'s own exit finalizers.
 

@@ -18,6 +18,7 @@ import operator
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterable, Mapping
@@ -452,7 +453,26 @@ class Logger:
                 f"a forked child (pid {os.getpid()}) cannot reach its parent's thread collector"
             )
             return
-        self._connect()
+        # The child's sender starts with its first record, not here: this hook also
+        # runs between fork and exec (subprocess with preexec_fn), where close_fds
+        # would close a new sender's sockets under libzmq, which then aborts.
+        self._sender = None
+        self._child_start = threading.Lock()
+        self._append_line = self._first_line_in_child
+        self._append_metrics = self._first_metrics_in_child
+
+    def _first_line_in_child(self, record: tuple[Any, ...]) -> None:
+        self._start_in_child()
+        self._append_line(record)
+
+    def _first_metrics_in_child(self, record: tuple[Any, ...]) -> None:
+        self._start_in_child()
+        self._append_metrics(record)
+
+    def _start_in_child(self) -> None:
+        with self._child_start:  # two threads' first records make one sender
+            if self._append_line == self._first_line_in_child:
+                self._connect()
 
     def _lines_to_stderr(self, why: str) -> None:
         """No collector to send to: lines go to this process's stderr, metrics nowhere."""

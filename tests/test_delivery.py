@@ -586,3 +586,41 @@ def test_a_torn_last_line_of_an_undelivered_file_is_ignored(tmp_path: Path) -> N
         f.write('\n{"not": "a batch"}\n')
     with pytest.raises(ValueError, match=r"u\.jsonl:3"):
         read_unsent(str(path))
+
+
+def test_a_forked_child_starts_its_sender_with_its_first_record(tmp_path: Path) -> None:
+    # subprocess's preexec_fn runs the fork hooks between fork and exec: a thread
+    # started there would have its sockets closed under it by close_fds.
+    result = run_python(
+        "import os, threading\n"
+        "from roxxel import Logger\n"
+        f"lg = Logger({str(tmp_path)!r}, 'fork')\n"
+        "lg.log_message('parent')\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    before = threading.active_count()\n"
+        "    lg.log_message('child')\n"
+        "    after = threading.active_count()\n"
+        "    lg.close()\n"
+        "    os._exit(0 if (before, after) == (1, 2) else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "assert status == 0, status\n"
+        "lg.close()\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert messages(read(tmp_path / "fork_system.log")) == ["parent", "child"]
+
+
+def test_subprocesses_with_preexec_fn_start_beside_a_live_logger(tmp_path: Path) -> None:
+    result = run_python(
+        "import os, subprocess, sys\n"
+        "from roxxel import Logger\n"
+        f"with Logger({str(tmp_path)!r}, 'spawn') as lg:\n"
+        "    for i in range(40):\n"
+        "        lg.log_message(f'spawn {i}')\n"
+        "        done = subprocess.run([sys.executable, '-c', 'print(7)'], preexec_fn=os.setpgrp,\n"
+        "                              capture_output=True, text=True)\n"
+        "        assert (done.returncode, done.stdout) == (0, '7\\n'), (i, done)\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert messages(read(tmp_path / "spawn_system.log")) == [f"spawn {i}" for i in range(40)]
