@@ -26,6 +26,7 @@ from roxxel.security import generate_keys, server_keys
 from .collector import DAEMON_NAME, DEFAULT_COMMIT_INTERVAL, Collector
 from .pidfile import pid_written
 from .sinks import FileOptions
+from .sinks.process import ENV_SINK_PROCESSES, MIN_CPUS, MOVE_AT_ROWS_PER_S, SINK_PROCESSES
 from .stream_cli import add_arguments as add_stream_arguments
 from .stream_cli import stream_main
 
@@ -85,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="how the CSV writes floats: 'original', the original roxxel's .5f (six "
         "significant digits below 1e-3), or 'full', every digit (shortest round-trip) "
         "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--sink-processes",
+        choices=SINK_PROCESSES,
+        default=os.environ.get(ENV_SINK_PROCESSES, "auto"),
+        help="format the CSV and the JSONL in a process each, beside the collector, which "
+        "still decides the order and commits: 'auto' once a run writes "
+        f"{MOVE_AT_ROWS_PER_S:,} rows/s on a host with {MIN_CPUS} or more cores, 'on' "
+        f"always, 'off' never (default: ${ENV_SINK_PROCESSES}, else auto)",
     )
     parser.add_argument("--quiet", action="store_true", help="do not print the ready line")
     parser.add_argument("--pidfile", help="write the daemon's pid to this file (removed at exit)")
@@ -172,6 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return keygen_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.sink_processes not in SINK_PROCESSES:  # a default from the environment
+        parser.error(
+            f"{ENV_SINK_PROCESSES}={args.sink_processes!r}: one of {', '.join(SINK_PROCESSES)}"
+        )
     echo = None if args.no_echo else sys.stdout
     if args.jetstream is not None or args.from_jetstream is not None:
         return stream_main(args, echo)
@@ -190,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "commit_interval": args.commit_interval,
             "curve": curve,
             "name": args.name,
-            "files": FileOptions(args.metrics_files, args.csv_floats),
+            "files": FileOptions(args.metrics_files, args.csv_floats, args.sink_processes),
         }
         if args.prefix is None:  # every run that reaches it
             collector = Collector.for_runs(args.bind, args.log_dir, echo, **options)

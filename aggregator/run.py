@@ -121,7 +121,7 @@ class Run:
                 log = SystemLogSink(os.path.join(log_dir, f"{prefix}_system.log"), echo)
                 sinks: Sink = FanOut([log])
             else:
-                sinks = default_sinks(log_dir, prefix, echo, files)
+                sinks = default_sinks(log_dir, prefix, echo, files, (lock.fileno(),))
             if extra_sinks:  # marks of their own in the checkpoint (a writer's stream position)
                 sinks = FanOut([*sinks.sinks, *extra_sinks])
         except BaseException:
@@ -301,14 +301,14 @@ class Run:
 def _where(sinks: Sink) -> codec.Where | None:
     """Where the run's files are, as a client is told (None: no system log)."""
     paths = {
-        type(leaf): os.path.abspath(leaf.path) for leaf in _leaves(sinks) if hasattr(leaf, "path")
+        leaf.name: os.path.abspath(leaf.path) for leaf in _leaves(sinks) if hasattr(leaf, "path")
     }
     try:
         where = codec.Where(
             host=socket.gethostname(),
-            system_log=paths[SystemLogSink],
-            metrics_csv=paths.get(MetricsCsvSink),
-            metrics_jsonl=paths.get(MetricsJsonlSink),
+            system_log=paths[SystemLogSink.__name__],
+            metrics_csv=paths.get(MetricsCsvSink.__name__),
+            metrics_jsonl=paths.get(MetricsJsonlSink.__name__),
         )
         codec.encode(codec.Ack(bytes(codec.SENDER_ID_LEN), 0, where))
     except (KeyError, codec.CodecError):  # no system log, or a path too long to send

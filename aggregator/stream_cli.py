@@ -108,7 +108,7 @@ def stream_main(args: argparse.Namespace, echo: Any) -> int:
                 echo,
                 commit_interval=args.commit_interval,
                 settings=settings,
-                files=FileOptions(args.metrics_files, args.csv_floats),
+                files=FileOptions(args.metrics_files, args.csv_floats, args.sink_processes),
             )
             ready = (
                 f"writer ready (run {args.run} from JetStream {','.join(urls)} into log dir "

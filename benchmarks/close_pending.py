@@ -50,8 +50,10 @@ def _pending(logger: Any) -> int | None:
     return total
 
 
-def _worker(api: str, n: int, out: Any) -> None:
+def _worker(api: str, n: int, out: Any, sink_processes: str | None) -> None:
     forget_roxxel_env()
+    if sink_processes is not None:  # the embedded collector's --sink-processes
+        os.environ["ROXXEL_SINK_PROCESSES"] = sink_processes
     from roxxel import Logger
 
     tmp = tempfile.mkdtemp(prefix="roxxel-bench-close-")
@@ -91,10 +93,10 @@ def _worker(api: str, n: int, out: Any) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def measure(api: str, n: int) -> dict[str, Any]:
+def measure(api: str, n: int, sink_processes: str | None = None) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    proc = ctx.Process(target=_worker, args=(api, n, out))
+    proc = ctx.Process(target=_worker, args=(api, n, out, sink_processes))
     proc.start()
     result = out.get(timeout=900)
     proc.join(60)
@@ -102,10 +104,10 @@ def measure(api: str, n: int) -> dict[str, Any]:
     return result
 
 
-def format_table(results: dict[str, Any], n: int) -> str:
+def format_table(results: dict[str, Any], n: int, sink_processes: str | None = None) -> str:
     lines = [
-        f"close() with {n:,} records pending (embedded collector, default options), "
-        f"{os.cpu_count()} CPUs",
+        f"close() with {n:,} records pending (embedded collector, default options; sink "
+        f"processes: {sink_processes or 'auto'}), {os.cpu_count()} CPUs",
         "",
         f"{'case':<34}{'roxxel':>10}{'limit':>9}{'ratio':>8}{'budget':>10}",
     ]
@@ -138,13 +140,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.close_pending")
     parser.add_argument("--records", type=int, help=f"calls per case (default {DEFAULT_RECORDS:,})")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_RECORDS:,} calls per case")
+    parser.add_argument(
+        "--sink-processes",
+        choices=("auto", "on", "off"),
+        help="the embedded collector's (ROXXEL_SINK_PROCESSES; default: its own, auto)",
+    )
     args = parser.parse_args(argv)
     n = args.records or (QUICK_RECORDS if args.quick else DEFAULT_RECORDS)
     results = {}
     for api in APIS:
         progress(api)
-        results[api] = measure(api, n)
-    print(format_table(results, n))
+        results[api] = measure(api, n, args.sink_processes)
+    print(format_table(results, n, args.sink_processes))
     bad = any(r["on_disk"] != r["n"] or r["exit_code"] for r in results.values())
     return 1 if bad else 0
 

@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .harness import cpu_seconds, forget_roxxel_env, progress, start_daemon
+from .harness import collector_usage, forget_roxxel_env, progress, start_daemon
 
 __all__ = ["main", "measure"]
 
@@ -41,9 +41,8 @@ PREFIX = "names"
 
 
 def _written_and_cpu(pid: int) -> tuple[int, float]:
-    with open(f"/proc/{pid}/io") as f:
-        io = dict(line.split(": ") for line in f.read().splitlines())
-    return int(io["wchar"]), cpu_seconds(pid)
+    cpu, written = collector_usage(pid)
+    return written, cpu
 
 
 def measure(rows: int, new_names: bool) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import pytest
 
 from roxxel import CRASH_HEADLINE
@@ -99,6 +100,13 @@ def start_clients(
     ]
 
 
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def wait_all(procs: list[subprocess.Popen], timeout: float = 180) -> list[tuple[int, str]]:
     try:
         return [(p.wait(timeout), p.stderr.read()) for p in procs]
@@ -109,20 +117,25 @@ def wait_all(procs: list[subprocess.Popen], timeout: float = 180) -> list[tuple[
                 p.wait()
 
 
+@pytest.mark.parametrize("sink_processes", ["off", "on"])
 def test_kill_9_of_the_daemon_and_restart_lose_and_duplicate_nothing(
-    tmp_path: Path, start_daemon
+    tmp_path: Path, start_daemon, sink_processes: str
 ) -> None:
     n, ranks = 3000, 3
     bind = f"tcp://127.0.0.1:{free_port()}"
     log_dir = tmp_path / "logs"
-    first = start_daemon(log_dir, "run", bind)
+    extra = ("--sink-processes", sink_processes)
+    first = start_daemon(log_dir, "run", bind, extra)
     clients = start_clients(first.endpoint, n, ranks, tmp_path)
     try:
         wait_for(lambda: len(first.file("system.log").splitlines()) >= 300, 60, "300 lines")
+        sink_pids = [child.pid for child in first.process.children()]
+        assert len(sink_pids) == (2 if sink_processes == "on" else 0)
         first.process.send_signal(signal.SIGKILL)
         first.process.wait(30)
         at_kill = len(first.file("system.log").splitlines())
-        second = start_daemon(log_dir, "run", bind)
+        second = start_daemon(log_dir, "run", bind, extra)  # once the sink processes let go
+        assert not any(map(alive, sink_pids))  # they died with the collector
         try:
             results = wait_all(clients)
             assert [code for code, _ in results] == [0] * ranks, results

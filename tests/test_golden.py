@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from aggregator.batch import sort_batch
-from aggregator.sinks import Origin, default_sinks
+from aggregator.sinks import FileOptions, Origin, default_sinks
 from roxxel import codec, schema
 from roxxel.values import to_wire
 
@@ -93,8 +93,11 @@ def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     time.tzset()
 
 
-def test_the_collector_writes_the_golden_files(tmp_path: Path, utc: None) -> None:
-    sinks = default_sinks(str(tmp_path), "golden", None)
+@pytest.mark.parametrize("sink_processes", ["off", "on"])
+def test_the_collector_writes_the_golden_files(
+    tmp_path: Path, utc: None, sink_processes: str
+) -> None:
+    sinks = default_sinks(str(tmp_path), "golden", None, FileOptions(sink_processes=sink_processes))
     rank0, rank2 = Origin(0, "host-a", 100), Origin(2, "host-b", 200)
     for origin, records in (
         (rank0, _lines() + schema.metrics_records(_rows()[:5])),
@@ -104,6 +107,9 @@ def test_the_collector_writes_the_golden_files(tmp_path: Path, utc: None) -> Non
         assert not batch.notices and not batch.non_scalars
         sinks.write_lines(origin, batch.lines)
         sinks.write_metrics(origin, batch.runs)
+    assert [type(sink).__name__ for sink in sinks.sinks][1:] == ["Offloaded"] * 2 or (
+        sink_processes == "off"
+    )
     sinks.close()
     names = ("golden_system.log", "golden_metrics.csv", "golden_metrics.jsonl")
     if os.environ.get("ROXXEL_WRITE_GOLDEN") == "1":

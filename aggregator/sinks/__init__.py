@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -11,6 +12,7 @@ from roxxel.schema import CSV_FLOATS, DEFAULT_METRICS_FILES, METRICS_FILES, chec
 from .base import FanOut, Origin, Sink
 from .metrics_csv import MetricsCsvSink
 from .metrics_jsonl import MetricsJsonlSink
+from .process import MOVE_AT_ROWS_PER_S, SINK_PROCESSES, Offloaded, SinkSpec, processes_pay
 from .system_log import SystemLogSink
 from .tensorboard import TensorBoardSink
 
@@ -27,6 +29,7 @@ __all__ = [
     "DEFAULT_FILES",
     "METRICS_FILES",
     "CSV_FLOATS",
+    "SINK_PROCESSES",
 ]
 
 
@@ -39,28 +42,51 @@ class FileOptions:
 
     metrics_files: tuple[str, ...] = DEFAULT_METRICS_FILES
     csv_floats: str = "original"
+    # Whether the CSV and JSONL are formatted in processes of their own
+    # (:mod:`aggregator.sinks.process`): "auto" once a run writes
+    # MOVE_AT_ROWS_PER_S on a host with cores to spare, "on" always, "off" never.
+    sink_processes: str = "auto"
 
     def __post_init__(self) -> None:
         problem = check_file_options(self.metrics_files, self.csv_floats)
+        if problem is None and self.sink_processes not in SINK_PROCESSES:
+            problem = (
+                f"sink processes are one of {', '.join(SINK_PROCESSES)}, "
+                f"not {self.sink_processes!r}"
+            )
         if problem is not None:
             raise ValueError(problem)
+
+    def metrics_sink(self, spec: SinkSpec, keep_fds: Sequence[int]) -> Sink:
+        """The sink ``spec``, in the collector or (see :attr:`sink_processes`) not."""
+        if self.sink_processes == "off" or (self.sink_processes == "auto" and not processes_pay()):
+            return spec.local()
+        move_at = 0 if self.sink_processes == "on" else MOVE_AT_ROWS_PER_S
+        return Offloaded(spec, move_at, keep_fds)
 
 
 DEFAULT_FILES = FileOptions()
 
 
 def default_sinks(
-    log_dir: str, prefix: str, echo: TextIO | None, options: FileOptions = DEFAULT_FILES
+    log_dir: str,
+    prefix: str,
+    echo: TextIO | None,
+    options: FileOptions = DEFAULT_FILES,
+    keep_fds: Sequence[int] = (),
 ) -> FanOut:
     """The run's files in ``log_dir`` (created if missing): the system log and
-    the metrics files of ``options``."""
+    the metrics files of ``options``; a sink process holds ``keep_fds`` (the
+    run's lock) open as long as it lives."""
     os.makedirs(log_dir, exist_ok=True)
     base = os.path.join(log_dir, prefix)
     sinks: list[Sink] = [SystemLogSink(f"{base}_system.log", echo)]
     if "csv" in options.metrics_files:
-        sinks.append(MetricsCsvSink(f"{base}_metrics.csv", options.csv_floats))
+        csv = SinkSpec("MetricsCsvSink", (f"{base}_metrics.csv", options.csv_floats))
+        sinks.append(options.metrics_sink(csv, keep_fds))
     if "jsonl" in options.metrics_files:
-        sinks.append(MetricsJsonlSink(f"{base}_metrics.jsonl"))
+        jsonl = SinkSpec("MetricsJsonlSink", (f"{base}_metrics.jsonl",))
+        sinks.append(options.metrics_sink(jsonl, keep_fds))
     if "tensorboard" in options.metrics_files:
         sinks.append(TensorBoardSink(f"{base}_tensorboard"))
     return FanOut(sinks)

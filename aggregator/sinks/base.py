@@ -81,6 +81,11 @@ class Sink(abc.ABC):
     def write_metrics(self, origin: Origin, runs: Sequence[MetricsRun]) -> None:  # noqa: B027
         """Take runs of metrics rows; a sink of log lines ignores them."""
 
+    @property
+    def name(self) -> str:
+        """What the sink is, as its checkpoint mark is filed under (its class's name)."""
+        return type(self).__name__
+
     @abc.abstractmethod
     def flush(self) -> None:
         """Hand everything written so far to the operating system."""
@@ -88,6 +93,9 @@ class Sink(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Flush and release the sink's files."""
+
+    def begin_sync(self) -> None:  # noqa: B027 -- only a sink in another process starts early
+        """Start what :meth:`sync` finishes, so that sinks in other processes sync together."""
 
     def sync(self) -> None:
         """Flush, then make what was written durable."""
@@ -250,7 +258,7 @@ class FanOut(Sink):
 
     def __init__(self, sinks: Sequence[Sink]):
         self.sinks = list(sinks)
-        names = [type(sink).__name__ for sink in self.sinks]
+        names = [sink.name for sink in self.sinks]
         if len(set(names)) != len(names):  # two sinks of one kind: told apart by place
             names = [f"{name}#{i}" for i, name in enumerate(names)]
         self._names = names
@@ -269,7 +277,12 @@ class FanOut(Sink):
     def close(self) -> None:
         call_each(sink.close for sink in self.sinks)
 
+    def begin_sync(self) -> None:
+        for sink in self.sinks:
+            sink.begin_sync()
+
     def sync(self) -> None:
+        self.begin_sync()
         for sink in self.sinks:
             sink.sync()
 
