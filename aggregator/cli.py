@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Set by an embedding Logger: exit (after writing what arrived) when that
     # process ends, and report the bound endpoint on this file descriptor.
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    # The parent has no watcher: no death notice to wait for when it dies.
+    parser.add_argument("--parent-unwatched", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     # A Logger's own collector signs its messages with the name the user knows.
     parser.add_argument("--name", default=DAEMON_NAME, help=argparse.SUPPRESS)
@@ -245,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 drain_senders=args.drain_senders,
                 stats_every=args.stats_interval,
                 parent_pid=parent,
+                parent_watched=not args.parent_unwatched,
             )
         finally:
             collector.close()

@@ -314,11 +314,13 @@ class Collector:
         stats_every: float = 0.0,
         stats_out: TextIO | None = None,
         parent_pid: int | None = None,
+        parent_watched: bool = True,
     ) -> None:
         """Serve until :meth:`stop` (or until ``parent_alive()`` turns false), then drain.
 
         When the parent (process ``parent_pid``) died, its watcher's death
-        notice is waited for, at most a few seconds.
+        notice is waited for, at most a few seconds (without ``parent_watched``,
+        only a quiet spell).
 
         With ``drain_senders``, a stop request keeps serving until every rank
         of the run has said bye (see :meth:`senders_done`), at most that long.
@@ -345,7 +347,7 @@ class Collector:
                         logging.WARNING,
                         "parent process ended; writing what arrived",
                     )
-                    self._await_death_notices(parent_pid)
+                    self._await_death_notices(parent_pid if parent_watched else None)
                     break
         else:
             deadline = time.monotonic() + drain_senders
@@ -574,12 +576,14 @@ class Collector:
         return all(run.ledger.done() for run in self.runs.all())
 
     def _await_death_notices(self, parent_pid: int | None) -> None:
-        """After the parent died: serve until its watcher's notice has come and
-        then a quiet spell has passed (other ranks die with it), a few seconds at most."""
+        """After the parent died: serve until its watcher's notice has come (none
+        to wait for when ``parent_pid`` is None: it had no watcher) and then a
+        quiet spell has passed (other ranks die with it), a few seconds at most."""
         now = time.monotonic()
         deadline, last_heard = now + _AFTER_PARENT_DEATH, now
         while (now := time.monotonic()) < deadline:
-            if self._home.deaths.heard_from(parent_pid) and now - last_heard >= 0.5:
+            heard = parent_pid is None or self._home.deaths.heard_from(parent_pid)
+            if heard and now - last_heard >= 0.5:
                 return
             if self.serve_once(0.05):
                 last_heard = time.monotonic()

@@ -38,9 +38,10 @@ IDLE_RUN_SECONDS = 60.0
 # A run whose senders never said goodbye (killed without a watcher, a replay,
 # a client that said hello only) is closed after this long without a frame.
 _SILENT_RUN_SECONDS = 3600.0
-# File descriptors a run may hold (its files, lock, checkpoint being replaced,
-# quarantine), and those kept for everything else (sockets, connections).
-_FDS_PER_RUN = 8
+# File descriptors a run may hold (its files, or two pipes for a sink in a
+# process of its own, and the one starting it; lock, checkpoint being
+# replaced, quarantine), and those kept for everything else (sockets, connections).
+_FDS_PER_RUN = 12
 _FDS_KEPT = 256
 
 

@@ -81,6 +81,7 @@ class ProcessCollector:
         drain_senders: float,
         curve: ServerKeys | None = None,
         files: Files = DEFAULT_FILES,
+        parent_watched: bool = True,
     ):
         self._drain = drain_senders
         env = dict(os.environ)
@@ -102,6 +103,7 @@ class ProcessCollector:
                     f"--prefix={prefix}",
                     "--parent-pid",
                     str(os.getpid()),
+                    *([] if parent_watched else ["--parent-unwatched"]),
                     "--ready-fd",
                     str(ready_write),
                     "--drain-senders",
@@ -235,12 +237,15 @@ def start_embedded(
     drain_senders: float = 0.0,
     curve: ServerKeys | None = None,
     files: Files = DEFAULT_FILES,
+    parent_watched: bool = True,
 ) -> EmbeddedCollector:
     """``curve``: the collector lets in only the clients it lists (its own must
-    be); ``files``: its metrics files and how its CSV writes floats."""
+    be); ``files``: its metrics files and how its CSV writes floats;
+    ``parent_watched``: this process will have a watcher (its death notice is
+    worth waiting for)."""
     bind = bind or private_endpoint()
     if mode == "process":
-        return ProcessCollector(log_dir, prefix, bind, drain_senders, curve, files)
+        return ProcessCollector(log_dir, prefix, bind, drain_senders, curve, files, parent_watched)
     if mode == "thread":
         return ThreadCollector(log_dir, prefix, bind, drain_senders, curve, files)
     raise ValueError(f"collector must be 'process' or 'thread', not {mode!r}")

@@ -230,6 +230,7 @@ def open_route(options: RouteOptions) -> Route:
         drain_senders=o.close_timeout if multi else 0.0,
         curve=_collector_keys(o.keys, o.curve_server_secret, o.curve_clients),
         files=(o.metrics_files, o.csv_floats),
+        parent_watched=watcher_enabled(o.watcher),
     )
     route = Route(o, embedded.local_endpoint, discover=False, embedded=embedded)
     if multi and embedded.endpoint.startswith("tcp://"):

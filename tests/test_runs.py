@@ -200,7 +200,7 @@ def test_the_runs_open_at_once_fit_the_open_files_limit(monkeypatch: pytest.Monk
     from aggregator.runs import MAX_RUNS, max_runs_for_fds
 
     monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
-    assert max_runs_for_fds() == (1024 - 256) // 8
+    assert max_runs_for_fds() == (1024 - 256) // 12
     monkeypatch.setattr(resource, "getrlimit", lambda _: (65536, 65536))
     assert max_runs_for_fds() == MAX_RUNS
     monkeypatch.setattr(resource, "getrlimit", lambda _: (100, 100))
