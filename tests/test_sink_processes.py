@@ -5,6 +5,7 @@ SIGKILL); the files as one process would write them, each row once."""
 from __future__ import annotations
 
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -188,3 +189,30 @@ def test_kill_9_of_a_sink_process_under_load_loses_and_duplicates_nothing(
     assert f"MetricsCsvSink process (pid {csv_child.pid})" in log
     assert "it works again" in log
     assert not [c for c in psutil.Process().children(recursive=True) if c.pid == csv_child.pid]
+
+
+def test_sigterm_to_the_collector_s_process_group_drains_through_its_sink_processes(
+    tmp_path: Path, start_daemon
+) -> None:
+    # systemd and a terminal's Ctrl-C signal every process of the group: the
+    # sink processes must outlive the collector's last commit.
+    n = 3000
+    log_dir = tmp_path / "logs"
+    extra = ("--sink-processes", "on")
+    first: Daemon = start_daemon(log_dir, "run", extra=extra)
+    clients = start_clients(first.endpoint, n, 1, tmp_path)
+    try:
+        children = first.process.children()
+        assert len(children) == 2
+        wait_for(lambda: len(first.file("metrics.csv").splitlines()) >= 300, 60, "300 rows")
+        os.killpg(first.pid, signal.SIGTERM)
+        assert first.process.wait(30) == 0
+        assert not any(map(alive, (child.pid for child in children)))
+        assert "failed" not in first.stdout + first.file("system.log")
+        second = start_daemon(log_dir, "run", first.endpoint, extra)
+        results = wait_all(clients)
+        assert [code for code, _ in results] == [0], results
+        assert second.terminate() == 0
+    finally:
+        wait_all(clients, 1)
+    assert sorted(csv_steps(log_dir / "run_metrics.csv")) == list(range(n))

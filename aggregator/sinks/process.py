@@ -14,7 +14,8 @@ The child is the collector's own: a private pipe each way, requests pickled
 the run's lock (inherited), so no new collector can open the run's files
 while a child of an old one may still write them. It ends when the
 collector closes it, when its pipe closes (the collector died, however),
-and by ``PR_SET_PDEATHSIG`` when the collector is killed.
+and by ``PR_SET_PDEATHSIG`` when the collector is killed; signals meant for
+the collector (SIGTERM, SIGINT, SIGHUP to its group or service) it ignores.
 
 A child that dies (or a request that fails) is an ``OSError`` of the sink,
 as a full disk is: the collector rolls back, and rewinding starts a new
@@ -31,6 +32,7 @@ import errno
 import fcntl
 import os
 import pickle
+import signal
 import struct
 import subprocess
 import sys
@@ -433,7 +435,6 @@ def _die_with(parent: int) -> None:
     """SIGKILL when the collector's thread that started this ends (Linux)."""
     try:
         import ctypes
-        import signal
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -445,6 +446,11 @@ def _die_with(parent: int) -> None:
 
 def main() -> None:
     _die_with(int(sys.argv[1]))
+    # A signal to the collector's process group or service (Ctrl-C, systemd's
+    # SIGTERM to every process of the unit) is the collector's to act on: it
+    # drains, and its last commit still needs this process.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     requests = os.fdopen(os.dup(0), "rb")
     replies = os.fdopen(os.dup(1), "wb")
     # Nothing but answers on the pipe: stray prints go to stderr.
