@@ -25,12 +25,13 @@ DEAD_OWNER_WAIT = 10.0
 
 def _alive(pid_text: str) -> bool:
     try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
+        with open(f"/proc/{int(pid_text)}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
         return False
-    except (ValueError, PermissionError):
-        return True  # no pid to tell by, or another user's live process
-    return True
+    except (ValueError, OSError, IndexError):
+        return True  # no pid to tell by, or no /proc: as if alive (refused)
+    return state != "Z"  # a zombie has ended, not yet waited for
 
 
 def lock_path(log_dir: str, prefix: str) -> str:

@@ -141,8 +141,10 @@ class Run:
             )
             run.commits.resume()
         except BaseException:
-            sinks.close()
-            lock.release()
+            try:
+                sinks.close()
+            finally:
+                lock.release()
             raise
         run.lock = lock
         return run

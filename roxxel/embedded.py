@@ -202,7 +202,8 @@ class ThreadCollector:
             sys.stdout,
             curve=curve,
             name=COLLECTOR_NAME,
-            files=FileOptions(*files),
+            # No child processes of the training process: its sinks stay here.
+            files=FileOptions(*files, sink_processes="off"),
         )
         self.endpoint = self.collector.endpoint
         self.pid = os.getpid()

@@ -106,12 +106,24 @@ def test_pod_throughput_counts_every_rank_record(tmp_path):
 
 
 def test_collector_throughput_quick(tmp_path):
-    proc = _run(["benchmarks.collector_throughput", "--quick", "--records", "2000"], tmp_path)
+    proc = _run(
+        [
+            "benchmarks.collector_throughput",
+            "--quick",
+            "--records",
+            "2000",
+            "--sink-processes",
+            "on",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for row in ("log_metrics_summary records/s", "log_message records/s"):
         assert any(ln.startswith(row) for ln in proc.stdout.splitlines()), proc.stdout
     assert "16,000 of 16,000 records in the files" in proc.stdout, proc.stdout
-    assert "collector CPU per metrics row: " in proc.stdout and "; floor " in proc.stdout
+    assert "collector CPU per metrics row (its sink processes included): " in proc.stdout
+    assert "; floor " in proc.stdout and "sink processes: on" in proc.stdout
+    assert "log_metrics_summary: the collector process alone " in proc.stdout
     assert "!!" not in proc.stdout
     assert list(tmp_path.iterdir()) == []
 

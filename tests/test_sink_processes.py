@@ -4,6 +4,7 @@ SIGKILL); the files as one process would write them, each row once."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import resource
@@ -26,6 +27,14 @@ ORIGIN = Origin(0, "host", 1)
 
 def runs(first: int, count: int, key: str = "loss") -> list:
     return metrics_runs([("m", step, {key: step / 8}) for step in range(first, first + count)])
+
+
+def loss_steps(path: Path) -> list[int]:
+    """The steps of a CSV written from :func:`runs`, each row's loss checked."""
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert all(float(row["loss"]) == int(row["step"]) / 8 for row in rows)
+    return [int(row["step"]) for row in rows]
 
 
 def test_a_sink_process_writes_what_the_sink_writes_and_rewinds_to_its_marks(
@@ -186,7 +195,7 @@ def test_kill_9_of_a_sink_process_under_load_loses_and_duplicates_nothing(
     assert sorted(jsonl) == list(range(n))
     tags = [f"[rank {r}] " if r else "" for r in range(ranks)]
     assert_exactly_once(log, [f"{tags[r]}c{r} {i}" for r in range(ranks) for i in range(n)])
-    assert f"MetricsCsvSink process (pid {csv_child.pid})" in log
+    assert f"MetricsCsvSink process for {log_dir / 'run_metrics.csv'} (pid {csv_child.pid}) " in log
     assert "it works again" in log
     assert not [c for c in psutil.Process().children(recursive=True) if c.pid == csv_child.pid]
 
@@ -216,3 +225,63 @@ def test_sigterm_to_the_collector_s_process_group_drains_through_its_sink_proces
     finally:
         wait_all(clients, 1)
     assert sorted(csv_steps(log_dir / "run_metrics.csv")) == list(range(n))
+
+
+def test_a_child_restarted_after_a_rotation_rewinds_the_file_its_mark_names(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "p.jsonl"
+    process = SinkProcess(SinkSpec("MetricsJsonlSink", (str(path),)))
+    try:
+        process.write_metrics(ORIGIN, runs(0, 2))
+        process.sync()
+        mark = process.checkpoint_mark()
+        process.write_metrics(ORIGIN, runs(2, 3))  # never committed
+        process.sync()
+        path.rename(tmp_path / "p.jsonl.1")  # logrotate, before the SIGHUP
+        child = psutil.Process(process.pid)
+        child.kill()
+        child.wait(30)
+        process.rewind(mark)  # a new child: the renamed file is cut back to the mark
+        process.write_metrics(ORIGIN, runs(2, 1))
+        process.sync()
+    finally:
+        process.close()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "p.jsonl.1").read_text().splitlines()]
+    assert steps == [0, 1]
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [2]
+
+
+def test_a_sink_is_not_moved_while_its_file_was_renamed_and_not_reopened(tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    offloaded = Offloaded(SinkSpec("MetricsCsvSink", (str(path), "original")), move_at=1)
+    try:
+        offloaded.write_metrics(ORIGIN, runs(0, 10))
+        path.rename(tmp_path / "p.csv.1")
+        offloaded._since -= 2.0
+        offloaded.sync()
+        assert not offloaded.moved  # a child would open a new file by the name
+        offloaded.reopen()
+        offloaded.write_metrics(ORIGIN, runs(10, 10))
+        offloaded._since -= 2.0
+        offloaded.sync()
+        assert offloaded.moved
+        offloaded.write_metrics(ORIGIN, runs(20, 1))
+    finally:
+        offloaded.close()
+    assert loss_steps(tmp_path / "p.csv.1") == list(range(10))
+    assert loss_steps(path) == list(range(10, 21))
+
+
+def test_rows_written_while_a_sync_was_due_are_synced_and_marked(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    process = SinkProcess(SinkSpec("MetricsJsonlSink", (str(path),)))
+    try:
+        process.write_metrics(ORIGIN, runs(0, 2))
+        process.begin_sync()  # a commit that failed elsewhere before its sync was read
+        process.write_metrics(ORIGIN, runs(2, 2))
+        process.sync()
+        assert process.mark() == {"size": path.stat().st_size}
+    finally:
+        process.close()
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 1, 2, 3]

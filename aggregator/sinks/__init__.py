@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -80,13 +80,20 @@ def default_sinks(
     run's lock) open as long as it lives."""
     os.makedirs(log_dir, exist_ok=True)
     base = os.path.join(log_dir, prefix)
-    sinks: list[Sink] = [SystemLogSink(f"{base}_system.log", echo)]
+    makers: list[Callable[[], Sink]] = [lambda: SystemLogSink(f"{base}_system.log", echo)]
     if "csv" in options.metrics_files:
         csv = SinkSpec("MetricsCsvSink", (f"{base}_metrics.csv", options.csv_floats))
-        sinks.append(options.metrics_sink(csv, keep_fds))
+        makers.append(lambda: options.metrics_sink(csv, keep_fds))
     if "jsonl" in options.metrics_files:
         jsonl = SinkSpec("MetricsJsonlSink", (f"{base}_metrics.jsonl",))
-        sinks.append(options.metrics_sink(jsonl, keep_fds))
+        makers.append(lambda: options.metrics_sink(jsonl, keep_fds))
     if "tensorboard" in options.metrics_files:
-        sinks.append(TensorBoardSink(f"{base}_tensorboard"))
+        makers.append(lambda: TensorBoardSink(f"{base}_tensorboard"))
+    sinks: list[Sink] = []
+    try:
+        for make in makers:
+            sinks.append(make())
+    except BaseException:
+        FanOut(sinks).close()  # those opened (a sink process holds the run's lock)
+        raise
     return FanOut(sinks)

@@ -137,6 +137,16 @@ class FileSink(Sink):
     # (inode, size) of the file at the last sync: what is on disk for good.
     synced: tuple[int, int] | None = None
 
+    def holds_path(self) -> bool:
+        """Whether :attr:`path` still names the file this sink writes (not after a
+        rename rotation before :meth:`reopen`)."""
+        try:
+            at_path = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        open_file = os.fstat(self._file.fileno())
+        return (at_path.st_dev, at_path.st_ino) == (open_file.st_dev, open_file.st_ino)
+
     def flush(self) -> None:
         self._file.flush()
 

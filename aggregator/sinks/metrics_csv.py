@@ -291,7 +291,7 @@ class MetricsCsvSink(FileSink):
         self._file.flush()
         if self._widen_in_place(old):
             return
-        if not self._names_open_file():
+        if not self.holds_path():
             # Renamed by a rotation, not reopened yet: the old rows stay in the
             # rotated file, the new header starts the file at the path.
             self._rewrite([])
@@ -321,15 +321,6 @@ class MetricsCsvSink(FileSink):
             os.close(fd)
         self._synced_size = -1
         return True
-
-    def _names_open_file(self) -> bool:
-        """Whether ``self.path`` is still the file this sink writes."""
-        try:
-            at_path = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        open_file = os.fstat(self._file.fileno())
-        return (at_path.st_dev, at_path.st_ino) == (open_file.st_dev, open_file.st_ino)
 
     def _rewrite(self, rows: list[list[str]]) -> None:
         """Replace the file atomically with the current header and ``rows`` padded to it."""

@@ -43,7 +43,7 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from roxxel.diagnostics import diagnostics
 
-from .base import Origin, Sink
+from .base import FileSink, Origin, Sink
 from .metrics_csv import MetricsCsvSink
 from .metrics_jsonl import MetricsJsonlSink
 
@@ -61,7 +61,8 @@ __all__ = [
 ]
 
 SINK_PROCESSES = ("auto", "on", "off")
-# The daemon's --sink-processes when not given (an embedded collector's too).
+# The daemon's --sink-processes when not given (a Logger's collector process's
+# too; a collector thread never has sink processes).
 ENV_SINK_PROCESSES = "ROXXEL_SINK_PROCESSES"
 # A run that writes this many rows a second has its metrics sinks moved into
 # processes of their own (with "auto", on a host with MIN_CPUS or more):
@@ -75,11 +76,14 @@ _KINDS: dict[str, Callable[..., Sink]] = {
     "MetricsJsonlSink": MetricsJsonlSink,
 }
 _LENGTH = struct.Struct(">I")
-_PIPE_BYTES = 1 << 20  # fewer wake-ups between collector and child
+# Fewer wake-ups between collector and child; small enough that many children
+# stay under the kernel's per-user budget of pipe pages.
+_PIPE_BYTES = 256 << 10
 _F_SETPIPE_SZ = 1031
 _PR_SET_PDEATHSIG = 1
 # Not "-m": the package imports this module before runpy would run it.
 _CHILD = "from aggregator.sinks.process import main; main()"
+_SYNC = pickle.dumps(("sync",))
 
 
 class SinkSpec(NamedTuple):
@@ -95,7 +99,8 @@ class SinkSpec(NamedTuple):
 def processes_pay(cpus: int | None = None) -> bool:
     """Whether this host has cores to spare for sink processes ("auto")."""
     if cpus is None:
-        cpus = len(os.sched_getaffinity(0))
+        usable = getattr(os, "sched_getaffinity", None)  # Linux only
+        cpus = len(usable(0)) if usable is not None else (os.cpu_count() or 1)
     return cpus >= MIN_CPUS
 
 
@@ -110,8 +115,8 @@ class SinkProcess(Sink):
         self.path: str = spec.args[0]
         self._keep_fds = tuple(keep_fds)
         self._marks: tuple[Any, Any] | None = None  # (mark, checkpoint mark) while clean
-        self._syncing = False
-        self._child: subprocess.Popen[bytes] | None = None
+        self._syncing = False  # a sync's answer is due
+        self._child: _Child | None = None
         self._start()
 
     @property
@@ -120,17 +125,19 @@ class SinkProcess(Sink):
 
     @property
     def pid(self) -> int | None:
-        return None if self._child is None else self._child.pid
+        return None if self._child is None else self._child.process.pid
 
     # -- the Sink interface -------------------------------------------------------
 
     def write_metrics(self, origin: Origin, runs: Sequence[MetricsRun]) -> None:
+        if self._syncing:  # what follows must not pass for synced
+            self.sync()
         self._marks = None
         self._send(_pickled(origin, runs))
 
     def begin_sync(self) -> None:
         if not self._syncing:
-            self._send(pickle.dumps(("sync",)))
+            self._send(_SYNC)
             self._syncing = True
 
     def sync(self) -> None:
@@ -154,56 +161,60 @@ class SinkProcess(Sink):
         return self._marks[1]
 
     def rewind(self, mark: Any) -> None:
-        if self._child is None or self._child.poll() is not None:
+        self._settle()
+        if self._child is None or self._child.process.poll() is not None:
+            # A new child opens the file by name, which may be another file by
+            # now (renamed by rotation): resuming at the mark finds the one it names.
             self._restart()
-        self._call("rewind", mark)
+            for note in self._call("resume", mark):
+                diagnostics("roxxel.aggregator").warning("roxxel-aggregator: %s", note)
+        else:
+            self._call("rewind", mark)
 
     def resume(self, mark: Any) -> list[str]:
+        self._settle()
         return self._call("resume", mark)
 
     def reopen(self) -> None:
         self._call("reopen")
 
     def close(self) -> None:
-        child, self._child = self._child, None
-        if child is None:
+        if self._child is None:
             return
         try:
-            self._child = child
-            self._call("close")
+            self._settle()
+            if self._child.process.poll() is None:  # a dead child has nothing left to close
+                self._call("close")
         finally:
+            self._child.end()
             self._child = None
-            _end(child)
 
-    # -- the pipe -----------------------------------------------------------------
+    # -- the pipes ----------------------------------------------------------------
 
     def _start(self) -> None:
-        child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(os.getpid())],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            pass_fds=self._keep_fds,
-            env={**os.environ, "PYTHONPATH": _import_path()},
-        )
-        for pipe in (child.stdin, child.stdout):
-            try:
-                fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, _PIPE_BYTES)  # type: ignore[union-attr]
-            except OSError:
-                pass  # a smaller pipe only means more wake-ups
-        self._child = child
+        self._child = _Child(self._keep_fds)
         try:
             self._call("open", tuple(self.spec))
         except BaseException:
+            self._child.end()
             self._child = None
-            _end(child)
             raise
 
     def _restart(self) -> None:
         if self._child is not None:
-            _end(self._child)
+            self._child.end()
             self._child = None
         self._syncing = False
         self._start()
+
+    def _settle(self) -> None:
+        """Read a sync's answer still due: the request that follows supersedes its error."""
+        if self._syncing:
+            self._syncing = False
+            try:
+                self._reply()
+            except OSError:
+                pass  # said when the commit failed; a rewind or close follows
 
     def _call(self, op: str, *args: Any) -> Any:
         if self._syncing:  # a sync's answer comes first
@@ -212,57 +223,117 @@ class SinkProcess(Sink):
         return self._reply()
 
     def _send(self, data: bytes) -> None:
-        pipe = self._pipe("stdin")
+        if self._child is None:
+            raise self._gone(None)
         try:
-            pipe.write(_LENGTH.pack(len(data)))
-            pipe.write(data)
-            pipe.flush()
+            self._child.send(data)
         except OSError as exc:
             raise self._gone(exc) from None
 
     def _reply(self) -> Any:
-        pipe = self._pipe("stdout")
+        if self._child is None:
+            raise self._gone(None)
         try:
-            head = pipe.read(_LENGTH.size)
-            body = pipe.read(_LENGTH.unpack(head)[0]) if len(head) == _LENGTH.size else b""
+            body = self._child.receive()
         except OSError as exc:
             raise self._gone(exc) from None
-        if not body:
+        if body is None:
             raise self._gone(None)
         status, value, marks = pickle.loads(body)
         self._marks = marks
         if status == "oserror":
-            raise OSError(*value)
+            number, text, filename = value
+            raise OSError(number, text, filename) if number is not None else OSError(text)
         if status == "error":
             raise RuntimeError(f"the {self.spec.kind} process failed:\n{value}")
         return value
 
-    def _pipe(self, name: str) -> IO[bytes]:
-        pipe = None if self._child is None else getattr(self._child, name)
-        if pipe is None:
-            raise OSError(
-                errno.EPIPE, f"the {self.spec.kind} process for {self.path} is not running"
-            )
-        return pipe
-
     def _gone(self, exc: OSError | None) -> OSError:
-        assert self._child is not None
-        try:
+        if self._child is None:
+            why = "is not running"
+        else:
             code = self._child.wait(5)
+            why = f"(pid {self._child.process.pid}) " + (
+                f"exited with code {code}" if code is not None else f"stopped answering ({exc})"
+            )
+        return OSError(errno.EPIPE, f"the {self.spec.kind} process for {self.path} {why}")
+
+
+class _Child:
+    """A sink process and its two pipes: requests on its stdin, answers on a
+    pipe of their own (what it prints goes to the collector's stderr)."""
+
+    def __init__(self, keep_fds: tuple[int, ...]):
+        answers, answers_there = os.pipe()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _CHILD, str(os.getpid()), str(answers_there)],
+                stdin=subprocess.PIPE,
+                stdout=sys.stderr.fileno() if _has_fd(sys.stderr) else subprocess.DEVNULL,
+                pass_fds=(answers_there, *keep_fds),
+                env={**os.environ, "PYTHONPATH": _import_path()},
+            )
+        except BaseException:
+            os.close(answers)
+            raise
+        finally:
+            os.close(answers_there)
+        assert self.process.stdin is not None
+        self._requests = self.process.stdin
+        self._answers = os.fdopen(answers, "rb")
+        for fd in (self._requests.fileno(), answers):
+            try:
+                fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
+            except OSError:
+                pass  # a smaller pipe only means more wake-ups
+
+    def send(self, data: bytes) -> None:
+        self._requests.write(_LENGTH.pack(len(data)))
+        self._requests.write(data)
+        self._requests.flush()
+
+    def receive(self) -> bytes | None:
+        """The next answer; ``None`` if the child closed its end."""
+        head = self._answers.read(_LENGTH.size)
+        if len(head) < _LENGTH.size:
+            return None
+        (size,) = _LENGTH.unpack(head)
+        body = self._answers.read(size)
+        return body if len(body) == size else None
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            code = None
-        why = f"exited with code {code}" if code is not None else f"stopped answering ({exc})"
-        return OSError(
-            errno.EPIPE,
-            f"the {self.spec.kind} process (pid {self._child.pid}) for {self.path} {why}",
-        )
+            return None
+
+    def end(self) -> None:
+        """Close its pipes (it exits), and wait for it; kill it after 10 s."""
+        for pipe in (self._requests, self._answers):
+            try:
+                pipe.close()
+            except OSError:
+                pass  # a dead child's pipe: nothing left to flush
+        if self.wait(10) is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def _has_fd(stream: Any) -> bool:
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False  # replaced by an object without one (pytest's capture)
+    return True
 
 
 class Offloaded(Sink):
     """The sink ``spec`` in the collector until the run writes ``move_at``
     rows a second, then (at a commit) in a :class:`SinkProcess`; ``move_at=0``
     moves it at once. A process that cannot start is said once, and the
-    sink stays in the collector."""
+    sink stays in the collector.
+
+    Raises ``OSError`` if the sink cannot open its file."""
 
     def __init__(self, spec: SinkSpec, move_at: float, keep_fds: Sequence[int] = ()):
         self.spec = spec
@@ -271,7 +342,9 @@ class Offloaded(Sink):
         self._keep_fds = tuple(keep_fds)
         self._rows = 0
         self._since = time.monotonic()
-        self.sink: Sink = spec.local() if move_at else SinkProcess(spec, keep_fds)
+        self.sink: Sink = spec.local()
+        if not move_at:
+            self._move()
 
     @property
     def name(self) -> str:
@@ -321,8 +394,15 @@ class Offloaded(Sink):
             return
         busy = self._rows >= self._move_at * elapsed
         self._rows, self._since = 0, time.monotonic()
-        if not busy:
-            return
+        if busy:
+            self._move()
+
+    def _move(self) -> None:
+        """Into a process, which opens the file by name: only while that names
+        the file written so far (all of it written: just opened or synced)."""
+        local = self.sink
+        if isinstance(local, FileSink) and not local.holds_path():
+            return  # renamed by rotation and not yet reopened: after the reopen
         try:
             moved = SinkProcess(self.spec, self._keep_fds)
         except OSError as exc:
@@ -333,7 +413,7 @@ class Offloaded(Sink):
                 exc,
             )
             return
-        local, self.sink = self.sink, moved
+        self.sink = moved
         local.close()
 
 
@@ -347,8 +427,9 @@ def _pickled(origin: Origin, runs: Sequence[MetricsRun]) -> bytes:
     (they get the same list in a row: ``FanOut``). It holds the list, so its
     identity cannot pass to another while cached."""
     global _last_pickled
-    if _last_pickled is not None and _last_pickled[0] is runs and _last_pickled[1] is origin:
-        return _last_pickled[2]
+    last = _last_pickled  # read once: two thread collectors may share this
+    if last is not None and last[0] is runs and last[1] is origin:
+        return last[2]
     data = pickle.dumps(("metrics", origin, runs), protocol=pickle.HIGHEST_PROTOCOL)
     _last_pickled = (runs, origin, data)
     return data
@@ -359,20 +440,6 @@ def _import_path() -> str:
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     rest = os.environ.get("PYTHONPATH")
     return root if not rest else f"{root}{os.pathsep}{rest}"
-
-
-def _end(child: subprocess.Popen[bytes]) -> None:
-    for pipe in (child.stdin, child.stdout):
-        if pipe is not None:
-            try:
-                pipe.close()
-            except OSError:
-                pass  # a dead child's pipe: nothing left to flush
-    try:
-        child.wait(10)  # its pipe closed: it exits
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
 
 
 # -- the child -------------------------------------------------------------------
@@ -407,7 +474,7 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
                 value = _SERVE[op](sink, *args)
             answer: tuple[str, Any] = ("ok", value)
         except OSError as exc:
-            answer = ("oserror", (exc.errno, f"{exc.strerror or exc}"))
+            answer = ("oserror", (exc.errno, exc.strerror or str(exc), exc.filename))
         except BaseException:  # noqa: BLE001 -- the collector raises it
             answer = ("error", traceback.format_exc())
         marks = None
@@ -452,9 +519,6 @@ def main() -> None:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     requests = os.fdopen(os.dup(0), "rb")
-    replies = os.fdopen(os.dup(1), "wb")
-    # Nothing but answers on the pipe: stray prints go to stderr.
-    os.dup2(2, 1)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
-    serve(requests, replies)
+    serve(requests, os.fdopen(int(sys.argv[2]), "wb"))
