@@ -42,6 +42,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from . import codec, schema
@@ -50,7 +51,7 @@ from .exchange import exchange
 from .lines import printable
 from .transport import Transport
 from .unsent import Unsent, UnsentBatch
-from .values import to_wire
+from .values import NotReady, first_not_ready, to_wire, to_wire_when_ready
 
 __all__ = ["Sender"]
 
@@ -307,7 +308,18 @@ class Sender:
             # starmap calls popleft() from C: no Python loop per record.
             take = min(len(source), self._max_batch)
             records = list(itertools.starmap(source.popleft, itertools.repeat((), take)))
-            for body, count in self._encode(records, is_metrics):
+            try:
+                # Until stopping (the process is ending), an array that the
+                # device is still computing is not waited for.
+                read = to_wire if self._stopping or not is_metrics else to_wire_when_ready
+                encoded, waiting = self._encode(records, is_metrics, read), False
+            except NotReady:
+                encoded, waiting = self._encode(self._ready_part(records, source), True), True
+            for body, count in encoded:
+                if not body:  # a record too large for any frame
+                    self._unreported[0 if is_metrics else 1] += count
+                    self.dropped_total += count
+                    continue
                 batch = _Batch(
                     body,
                     metrics=count if is_metrics else 0,
@@ -316,22 +328,39 @@ class Sender:
                 )
                 pending.append(batch)
                 self._bytes += len(body)
+            if waiting:
+                return  # the rest waits for the device: a later cycle
 
-    def _encode(self, records: list, is_metrics: bool) -> list[tuple[bytes, int]]:
-        """Bodies for ``records``, split until each fits in a frame."""
+    @staticmethod
+    def _ready_part(rows: list, source: deque) -> list:
+        """The rows before the first one holding a ``jax.Array`` the device is
+        still computing; that one and the rest go back to the front of
+        ``source``, for a later cycle (the deque's cap bounds them)."""
+        cut = first_not_ready(rows)
+        if cut is None:  # computed since
+            return rows
+        source.extendleft(reversed(rows[cut:]))
+        return rows[:cut]
+
+    def _encode(
+        self, records: list, is_metrics: bool, read: Callable[[Any], Any] = to_wire
+    ) -> list[tuple[bytes, int]]:
+        """Bodies for ``records`` and how many records each holds, split until
+        each fits in a frame (an empty body: a record too large for any, dropped);
+        ``read`` turns what msgpack cannot pack itself into what it can."""
+        if not records:
+            return []
         try:
             wire = schema.metrics_records(records) if is_metrics else records
-            return [(codec.encode_records(wire, to_wire), len(records))]
+            return [(codec.encode_records(wire, read), len(records))]
         except codec.CodecError:
             if len(records) > 1:
                 half = len(records) // 2
-                return self._encode(records[:half], is_metrics) + self._encode(
-                    records[half:], is_metrics
+                return self._encode(records[:half], is_metrics, read) + self._encode(
+                    records[half:], is_metrics, read
                 )
-            # One record too large for any frame: dropped, and counted.
-            self._unreported[0 if is_metrics else 1] += 1
-            self.dropped_total += 1
-            return []
+            # One record too large for any frame: dropped (counted by the caller).
+            return [(b"", 1)]
 
     def _bound(self) -> None:
         with self._changed:

@@ -1,8 +1,11 @@
 """Turning the caller's metric values into what travels on the wire.
 
 :func:`to_wire` is the msgpack ``default`` hook of the client's sender
-thread, so a ``jax.Array`` that the device is still computing is waited for
-there, never on the training loop's thread. Python ``int``/``float``/``bool``/
+thread, so a ``jax.Array`` is read there, never on the training loop's
+thread; :func:`to_wire_when_ready`, the hook while the sender runs, does
+not wait for one the device is still computing either: it raises
+:class:`NotReady`, and the sender keeps that row, and the rows after it,
+for a later cycle. Python ``int``/``float``/``bool``/
 ``str``/``None`` (and ``float`` subclasses such as ``numpy.float64``) never
 reach it: msgpack packs them itself.
 
@@ -21,7 +24,40 @@ from typing import Any
 
 from .schema import BIG_INT, NON_SCALAR
 
-__all__ = ["to_wire", "describe_value"]
+__all__ = ["to_wire", "to_wire_when_ready", "NotReady", "first_not_ready", "describe_value"]
+
+
+class NotReady(Exception):
+    """A ``jax.Array`` the device is still computing (from :func:`to_wire_when_ready`)."""
+
+
+def to_wire_when_ready(value: Any) -> Any:
+    """:func:`to_wire`, but a ``jax.Array`` not yet computed raises :class:`NotReady`
+    instead of waiting for the device."""
+    if not _is_ready(value):
+        raise NotReady
+    return to_wire(value)
+
+
+def first_not_ready(rows: list[tuple]) -> int | None:
+    """The index of the first metrics entry ``(kind, keys, ts, step, values)``
+    holding an array not yet computed; ``None`` if every value can be read now."""
+    for i, row in enumerate(rows):
+        if not all(map(_is_ready, row[4])):
+            return i
+    return None
+
+
+def _is_ready(value: Any) -> bool:
+    if not type(value).__module__.startswith("jax"):
+        return True
+    try:
+        # is_ready() of a deleted (donated) array crashes jaxlib 0.10: asked first.
+        if value.is_deleted():
+            return True  # to_wire says it could not be read, at once
+        return bool(value.is_ready())
+    except Exception:
+        return True  # not an array that says: to_wire reads it as it can
 
 
 def to_wire(value: Any) -> Any:

@@ -751,3 +751,58 @@ with roxxel.Logger({str(tmp_path)!r}, "ex") as logger:
     else:
         assert lines[0] == ("INFO", "before") and lines[1][0] == "WARNING"
         assert lines[1][1].startswith(f"{said} (sys.exit) at <string>:5 in <module>")
+
+
+def test_a_row_waits_for_its_array_without_holding_up_what_was_logged_around_it(
+    tmp_path: Path,
+) -> None:
+    # The sender reads a jax.Array only once the device has computed it: the
+    # line logged after the slow step's row reaches the file while the device
+    # still computes, the rows before it too; the row and those after it follow.
+    result = run_python(
+        "import time, jax, jax.numpy as jnp\n"
+        "from roxxel import Logger\n"
+        "x = jnp.ones((2000, 2000), jnp.float32) / 2000\n"
+        "slow = jax.jit(lambda x: jnp.sum(x @ x @ x @ x @ x @ x @ x @ x @ x @ x) / 2000)\n"
+        "slow(x).block_until_ready()\n"
+        f"with Logger({str(tmp_path)!r}, 'ready', watcher=False) as lg:\n"
+        "    lg.log_metrics_summary(0, {'loss': 1.0})\n"
+        "    y = slow(x)\n"
+        "    lg.log_metrics_summary(1, {'loss': y})\n"
+        "    lg.log_metrics_summary(2, {'loss': 3.0})\n"
+        "    lg.log_message('after the slow step')\n"
+        "    deadline = time.monotonic() + 60\n"
+        "    while ('after the slow step' not in open(lg.sys_log_path).read()\n"
+        "           or '0,1.00000' not in open(lg.metrics_csv_path).read()):\n"
+        "        assert time.monotonic() < deadline, 'the line and row 0 did not arrive'\n"
+        "        time.sleep(0.002)\n"
+        "    print('computed when the line was written:', y.is_ready())\n"
+        "    print('rows then:', open(lg.metrics_csv_path).read().split())\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "computed when the line was written: False" in result.stdout, result.stdout
+    assert "rows then: ['step,loss', '0,1.00000']" in result.stdout, result.stdout
+    rows = csv_rows(str(tmp_path / "ready_metrics.csv"))
+    assert [row[0] for row in rows] == ["step", "0", "1", "2"]
+    assert (rows[1][1], rows[3][1]) == ("1.00000", "3.00000")
+    assert abs(float(rows[2][1]) - 1.0) < 1e-3  # the array's value (float32 sums)
+
+
+def test_a_deleted_array_is_reported_and_the_rest_of_its_row_written(tmp_path: Path) -> None:
+    result = run_python(
+        "import jax.numpy as jnp\n"
+        "from roxxel import Logger\n"
+        f"with Logger({str(tmp_path)!r}, 'gone', watcher=False) as lg:\n"
+        "    gone = jnp.float32(2.0)\n"
+        "    gone.delete()  # as a donated buffer is\n"
+        "    lg.log_metrics_summary(1, {'gone': gone, 'kept': 0.5})\n"
+        "    lg.log_metrics_summary(2, {'gone': jnp.float32(3.0), 'kept': 0.25})\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert csv_rows(str(tmp_path / "gone_metrics.csv")) == [
+        ["step", "gone", "kept"],
+        ["1", "", "0.50000"],
+        ["2", "3.00000", "0.25000"],
+    ]
+    log = read(tmp_path / "gone_system.log")
+    assert "metric 'gone' is not a scalar" in log and "could not be read" in log, log
