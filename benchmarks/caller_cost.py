@@ -67,7 +67,7 @@ from .caller_cost_report import (
     format_table,
     records_missing,
 )
-from .caller_cost_worker import DEAD_IMPL, DEFAULT_BUFFER, IMPLS, MODES, worker
+from .caller_cost_worker import DEAD_IMPL, DEFAULT_BUFFER, FLOOR_IMPL, IMPLS, MODES, worker
 from .harness import forget_roxxel_env, roxxel_free_env
 from .harness import progress as stderr_progress
 from .workload import APIS, log_calls
@@ -176,6 +176,11 @@ def run(n: int, progress: Callable[[str], None] | None = None) -> dict[str, Any]
                 if progress is not None:
                     progress(f"{impl} {api} {mode} ({n:,} calls)")
                 results[impl][api][mode] = _run_worker(impl, api, mode, n)
+    results["floor"] = {}
+    for api in APIS:
+        if progress is not None:
+            progress(f"deque-append floor {api} ({n:,} calls)")
+        results["floor"][api] = _run_worker(FLOOR_IMPL, api, "throughput", n)
     results["collector_dead"] = []
     for buffer in dead_buffers(n):
         dead: dict[str, Any] = {"max_buffer_bytes": buffer}
@@ -215,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--n must be positive")
     if args.worker:
         impl, api, mode = args.worker
-        if impl not in (*IMPLS, DEAD_IMPL) or api not in APIS or mode not in MODES:
+        if impl not in (*IMPLS, DEAD_IMPL, FLOOR_IMPL) or api not in APIS or mode not in MODES:
             parser.error(f"bad --worker {args.worker}")
         worker(impl, api, mode, n, args.log_dir, args.result, args.max_buffer_bytes)
         return 0

@@ -50,6 +50,8 @@ DEAD_ROWS = (
 )
 DEAD_ROW_NAMES = tuple(f"{api} {row}" for api in APIS for row in DEAD_ROWS)
 DEAD_SECTION = "collector dead (roxxel)"
+# Issue 17: roxxel's loop at most this many times the deque-append floor.
+LOOP_BUDGET = 1.4
 
 
 # -- units --------------------------------------------------------------------
@@ -127,6 +129,16 @@ def format_table(results: dict[str, Any]) -> str:
             lines.append(
                 f"{api + ' ' + row:<42}{_us(ours[row]):>12}{_us(ref[row]):>13}"
                 f"{_ratio(ours[row], ref[row]):>16}"
+            )
+        floor = results.get("floor", {}).get(api)
+        if floor:
+            floor_us = floor["loop_ns"] / floor["n"] / 1e3
+            loop = ours["mean loop only"] / floor_us
+            budget = "met" if loop <= LOOP_BUDGET else "MISSED"
+            lines.append(
+                f"{api + ' deque-append floor, loop':<42}{_us(floor_us):>12}"
+                f"{'':>13}{'':>16}  roxxel's loop {loop:.2f}x it "
+                f"(budget <= {LOOP_BUDGET}x: {budget})"
             )
         lines.append("")
     lines.append("notes:")

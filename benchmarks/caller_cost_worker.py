@@ -18,6 +18,7 @@ import json
 import os
 import resource
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,12 +38,39 @@ from .workload import (
     records_on_disk,
 )
 
-__all__ = ["IMPLS", "DEAD_IMPL", "DEFAULT_BUFFER", "MODES", "worker"]
+__all__ = ["IMPLS", "DEAD_IMPL", "FLOOR_IMPL", "DEFAULT_BUFFER", "MODES", "worker"]
 
 IMPLS = ("roxxel", "reference")
 MODES = ("throughput", "latency")
 # The collector-dead case (roxxel only).
 DEAD_IMPL = "roxxel-dead"
+# The least a call can cost (issue 17): appending the record a Logger queues to a deque.
+FLOOR_IMPL = "deque-floor"
+
+
+class DequeFloor:
+    """What a Logger's call does at the least: the tuple it queues
+    (``(kind, names, time, step, values)`` or ``(kind, time, level, text)``),
+    appended to a deque; no thread takes them."""
+
+    def __init__(self) -> None:
+        self.records: deque[tuple] = deque()
+
+    def log_metrics_summary(self, step: int, metrics: dict[str, Any]) -> None:
+        self.records.append(("m", tuple(metrics), time.time(), step, tuple(metrics.values())))
+
+    def log_message(self, message: str, level: int = 20) -> None:
+        self.records.append(("l", time.time(), level, message))
+
+
+def _floor(api: str, n: int) -> dict[str, Any]:
+    floor = DequeFloor()
+    gc.collect()
+    t0 = time.perf_counter_ns()
+    log_calls(floor, api, 0, n)
+    return {"loop_ns": time.perf_counter_ns() - t0, "n": n}
+
+
 DEFAULT_BUFFER = 256 * 1024 * 1024  # roxxel.Logger's default max_buffer_bytes
 
 
@@ -208,6 +236,10 @@ def worker(
 ) -> None:
     """One pass (``mode``) of ``n`` calls of ``api`` on ``impl``; the numbers go to
     ``result_path`` as JSON."""
+    if impl == FLOOR_IMPL:
+        with open(result_path, "w", encoding="utf-8") as f:
+            json.dump(_floor(api, n), f)
+        return
     # The timer's own cost, sampled before the Logger (and its threads) exist.
     overhead = timer_overhead(n) if mode == "latency" else []
     dead = impl == DEAD_IMPL

@@ -68,6 +68,9 @@ def test_benchmarks_quick_prints_the_tables(tmp_path):
     assert "roxxel" in header and "reference" in header and "ratio" in header, proc.stdout
     for row in EXPECTED_ROWS:
         assert any(ln.startswith(row + " ") for ln in lines), f"no row {row!r} in:\n{proc.stdout}"
+    for api in ("log_metrics_summary", "log_message"):
+        floor = [ln for ln in lines if ln.startswith(f"{api} deque-append floor, loop ")]
+        assert len(floor) == 1 and "roxxel's loop " in floor[0], proc.stdout
 
     # The collector-dead sections: a small bound and the default (256 MiB).
     starts = [i for i, ln in enumerate(lines) if ln.startswith(DEAD_SECTION)]
