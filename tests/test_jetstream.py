@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -152,16 +152,32 @@ def expected_lines(ranks: int, n: int) -> list[str]:
     return [f"{f'[rank {r}] ' if r else ''}c{r} {i}" for r in range(ranks) for i in range(n)]
 
 
-def wait_written(log_dir: Path, run: str, ranks: int, n: int, timeout: float = 90) -> None:
-    """Until the writer has every line and (rank 0's) every metrics row."""
+def wait_written(
+    log_dir: Path,
+    run: str,
+    ranks: int,
+    n: int,
+    timeout: float = 90,
+    servers: Sequence[Server] = (),
+) -> None:
+    """Until the writer has every line and (rank 0's) every metrics row; if not
+    within ``timeout``, the failure says what is missing and what ``servers`` said."""
     system_log, csv_path = log_dir / f"{run}_system.log", log_dir / f"{run}_metrics.csv"
 
-    def complete() -> bool:
+    def missing() -> tuple[int, list[str]]:
         lines = set(messages(read(system_log)))
         rows = read(csv_path).count("\n") - 1
-        return rows >= n and all(e in lines for e in expected_lines(ranks, n))
+        return max(0, n - rows), [e for e in expected_lines(ranks, n) if e not in lines]
 
-    wait_for(complete, timeout, "every record in the writer's files")
+    try:
+        wait_for(lambda: not any(missing()), timeout, "every record in the writer's files")
+    except AssertionError:
+        rows, lines = missing()
+        said = "\n".join(f"--- {s.out.name}:\n{s.said()[-3000:]}" for s in servers)
+        raise AssertionError(
+            f"after {timeout} s the writer's files lack {rows} row(s) and {len(lines)} "
+            f"line(s) (e.g. {lines[:3]})\n{said}"
+        ) from None
 
 
 def test_two_relays_four_clients_one_writer_write_every_record_once(
@@ -237,7 +253,7 @@ def test_faults_during_the_stream_lose_and_duplicate_nothing(
         cluster.restart(0)
         results = wait_all(procs)
         assert [code for code, _ in results] == [0] * 4, results
-        wait_written(log_dir, run, 4, n)
+        wait_written(log_dir, run, 4, n, servers=[the_writer, *relays])
         assert [relay_status(port)["held_bytes"] for port in ports] == [0, 0]
         assert the_writer.terminate() == 0
         assert [r.terminate() for r in relays] == [0, 0]
