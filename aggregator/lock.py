@@ -14,6 +14,8 @@ import fcntl
 import os
 import time
 
+from roxxel.pids import pid_alive
+
 from .dotfiles import open_private
 
 __all__ = ["RunLock", "lock_path"]
@@ -25,13 +27,9 @@ DEAD_OWNER_WAIT = 10.0
 
 def _alive(pid_text: str) -> bool:
     try:
-        with open(f"/proc/{int(pid_text)}/stat") as stat:
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    except (ValueError, OSError, IndexError):
-        return True  # no pid to tell by, or no /proc: as if alive (refused)
-    return state != "Z"  # a zombie has ended, not yet waited for
+        return pid_alive(int(pid_text))
+    except ValueError:
+        return True  # no pid to tell by: as if alive (refused)
 
 
 def lock_path(log_dir: str, prefix: str) -> str:

@@ -37,7 +37,8 @@ import json
 import os
 import re
 import socket
-import sys
+
+from .pids import pid_alive
 
 __all__ = [
     "COLLECTOR",
@@ -216,7 +217,7 @@ def running_collector(source: str, prefix: str | None = None) -> str:
             f"the collector of {path} runs on {host} (pid {pid}) and listens on {endpoint}, "
             "which only that host reaches: run the command there"
         )
-    if not _alive(pid):
+    if not pid_alive(pid):
         raise RunFilesError(
             f"the collector of {path} (pid {pid}) is no longer running (it did not end "
             "cleanly, or its Logger's process was killed); the file is left from it"
@@ -230,23 +231,6 @@ def _read_collector(path: str) -> dict:
     if not isinstance(entry, dict):
         raise ValueError("not a JSON object")
     return entry
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: there all the same
-        pass
-    if sys.platform.startswith("linux"):
-        # An ended process not yet reaped (a zombie) still takes signal 0.
-        try:
-            with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-                return f.read().rpartition(")")[2].split()[0] != "Z"
-        except (OSError, IndexError):
-            return False
-    return True
 
 
 def _name(prefix: str, kind: str) -> str:

@@ -13,7 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("roxxel", "aggregator")
 # What client and collector share: frames, records, the log line, terminal
-# detection, key files, the diagnostics logger. They import nothing else of ours.
+# detection, key files, the diagnostics logger, whether a pid runs. They import
+# nothing else of ours.
 WIRE = {
     "roxxel.codec",
     "roxxel.schema",
@@ -21,6 +22,7 @@ WIRE = {
     "roxxel.terminal",
     "roxxel.security",
     "roxxel.diagnostics",
+    "roxxel.pids",
 }
 # The documented reverse edge: a thread-mode collector runs in the client's process.
 THREAD_MODE = ("roxxel.embedded", "aggregator")
