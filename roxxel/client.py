@@ -51,7 +51,7 @@ from .exchange import exchange
 from .lines import printable
 from .transport import Transport
 from .unsent import Unsent, UnsentBatch
-from .values import NotReady, first_not_ready, to_wire, to_wire_when_ready
+from .values import NotReady, split_ready, to_wire, to_wire_when_ready
 
 __all__ = ["Sender"]
 
@@ -314,7 +314,9 @@ class Sender:
                 read = to_wire if self._stopping or not is_metrics else to_wire_when_ready
                 encoded, waiting = self._encode(records, is_metrics, read), False
             except NotReady:
-                encoded, waiting = self._encode(self._ready_part(records, source), True), True
+                records, later = split_ready(records)
+                source.extendleft(reversed(later))  # for a later cycle; the cap bounds them
+                encoded, waiting = self._encode(records, True), True
             for body, count in encoded:
                 if not body:  # a record too large for any frame
                     self._unreported[0 if is_metrics else 1] += count
@@ -330,17 +332,6 @@ class Sender:
                 self._bytes += len(body)
             if waiting:
                 return  # the rest waits for the device: a later cycle
-
-    @staticmethod
-    def _ready_part(rows: list, source: deque) -> list:
-        """The rows before the first one holding a ``jax.Array`` the device is
-        still computing; that one and the rest go back to the front of
-        ``source``, for a later cycle (the deque's cap bounds them)."""
-        cut = first_not_ready(rows)
-        if cut is None:  # computed since
-            return rows
-        source.extendleft(reversed(rows[cut:]))
-        return rows[:cut]
 
     def _encode(
         self, records: list, is_metrics: bool, read: Callable[[Any], Any] = to_wire

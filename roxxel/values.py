@@ -24,7 +24,7 @@ from typing import Any
 
 from .schema import BIG_INT, NON_SCALAR
 
-__all__ = ["to_wire", "to_wire_when_ready", "NotReady", "first_not_ready", "describe_value"]
+__all__ = ["to_wire", "to_wire_when_ready", "NotReady", "split_ready", "describe_value"]
 
 
 class NotReady(Exception):
@@ -39,13 +39,14 @@ def to_wire_when_ready(value: Any) -> Any:
     return to_wire(value)
 
 
-def first_not_ready(rows: list[tuple]) -> int | None:
-    """The index of the first metrics entry ``(kind, keys, ts, step, values)``
-    holding an array not yet computed; ``None`` if every value can be read now."""
+def split_ready(rows: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+    """Metrics entries ``(kind, keys, ts, step, values)`` split before the first
+    one holding an array the device is still computing: those that can be read
+    now, and that one with the rest (in order, for later)."""
     for i, row in enumerate(rows):
         if not all(map(_is_ready, row[4])):
-            return i
-    return None
+            return rows[:i], rows[i:]
+    return rows, []
 
 
 def _is_ready(value: Any) -> bool:
