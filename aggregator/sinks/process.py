@@ -149,23 +149,20 @@ class SinkProcess(Sink):
         self._call("flush")
 
     def mark(self) -> Any:
-        if self._marks is None:
-            self._call("mark")
-        assert self._marks is not None
-        return self._marks[0]
+        return self._current_marks()[0]
 
     def checkpoint_mark(self) -> Any:
-        if self._marks is None:
-            self._call("mark")
-        assert self._marks is not None
-        return self._marks[1]
+        return self._current_marks()[1]
 
     def rewind(self, mark: Any) -> None:
         self._settle()
         if self._child is None or self._child.process.poll() is not None:
             # A new child opens the file by name, which may be another file by
             # now (renamed by rotation): resuming at the mark finds the one it names.
-            self._restart()
+            if self._child is not None:
+                self._child.end()
+                self._child = None
+            self._start()
             for note in self._call("resume", mark):
                 diagnostics("roxxel.aggregator").warning("roxxel-aggregator: %s", note)
         else:
@@ -200,12 +197,12 @@ class SinkProcess(Sink):
             self._child = None
             raise
 
-    def _restart(self) -> None:
-        if self._child is not None:
-            self._child.end()
-            self._child = None
-        self._syncing = False
-        self._start()
+    def _current_marks(self) -> tuple[Any, Any]:
+        """(mark, checkpoint mark): those of the last answer, unless written since."""
+        if self._marks is None:
+            self._call("mark")
+        assert self._marks is not None
+        return self._marks
 
     def _settle(self) -> None:
         """Read a sync's answer still due: the request that follows supersedes its error."""
