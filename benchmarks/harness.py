@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 
+from .stats import child_pids, stat_ticks
+
 __all__ = [
     "roxxel_free_env",
     "forget_roxxel_env",
@@ -63,44 +65,24 @@ def start_daemon(log_dir: str, prefix: str, *extra: str) -> tuple[subprocess.Pop
 
 def cpu_seconds(pid: int) -> float:
     """User and system CPU of process ``pid`` so far (that process alone)."""
-    return sum(_stat_ticks(pid, 11, 13)) / os.sysconf("SC_CLK_TCK")
+    return sum(stat_ticks(pid, 11, 13)) / os.sysconf("SC_CLK_TCK")
 
 
 def collector_usage(pid: int) -> tuple[float, int]:
     """CPU seconds and bytes written so far by collector ``pid`` and its sink
     processes (aggregator.sinks.process): the live ones, and the CPU of those
     it has ended and waited for."""
-    ticks = sum(_stat_ticks(pid, 11, 15))  # its own, and its waited-for children's
+    ticks = sum(stat_ticks(pid, 11, 15))  # its own, and its waited-for children's
     written = _wchar(pid)
-    for child in _children(pid):
+    for child in child_pids(pid):
         try:
-            ticks += sum(_stat_ticks(child, 11, 13))
+            ticks += sum(stat_ticks(child, 11, 13))
             written += _wchar(child)
         except FileNotFoundError:
             pass  # ended since the listing: its CPU is in the parent's count
     return ticks / os.sysconf("SC_CLK_TCK"), written
 
 
-def _stat_ticks(pid: int, start: int, stop: int) -> list[int]:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return [int(value) for value in fields[start:stop]]
-
-
 def _wchar(pid: int) -> int:
     with open(f"/proc/{pid}/io") as f:
         return int(next(line for line in f if line.startswith("wchar:")).split()[1])
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if ppid == pid:
-                found.append(int(entry))
-    return found

@@ -16,6 +16,8 @@ __all__ = [
     "timer_overhead",
     "percentile",
     "children_cpu_s",
+    "child_pids",
+    "stat_ticks",
     "reaped_children_cpu_s",
     "peak_rss_mib",
 ]
@@ -72,24 +74,37 @@ def percentile(ordered: Sequence[int], q: float) -> int:
 def children_cpu_s() -> float:
     """CPU seconds used so far by this process's live children (Linux /proc; else 0)."""
     total_ticks = 0
+    for pid in child_pids("self"):
+        try:
+            total_ticks += sum(stat_ticks(pid, 11, 13))  # utime, stime
+        except OSError:
+            continue  # ended since the listing
+    return total_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(pid: int | str) -> list[int]:
+    """The live children of process ``pid`` (``"self"``: this one), from every
+    thread's ``/proc/PID/task/TID/children``; none where /proc cannot tell."""
     try:
-        tasks = os.listdir("/proc/self/task")
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return 0.0
+        return []
+    found = []
     for tid in tasks:
         try:
-            with open(f"/proc/self/task/{tid}/children") as f:
-                pids = f.read().split()
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found += map(int, f.read().split())
         except OSError:
             continue
-        for pid in pids:
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total_ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return total_ticks / os.sysconf("SC_CLK_TCK")
+    return found
+
+
+def stat_ticks(pid: int | str, start: int, stop: int) -> list[int]:
+    """Fields ``start`` to ``stop`` of ``/proc/PID/stat`` after the command
+    (11-12: user and system ticks; 13-14: those of the children waited for)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return [int(value) for value in fields[start:stop]]
 
 
 def reaped_children_cpu_s() -> float:
