@@ -85,6 +85,9 @@ class ReferenceLogger:
             item = self._metrics_queue.get()
             if item is _STOP:
                 return
+            if isinstance(item, threading.Event):
+                item.set()  # flush(): every row queued before it is written
+                continue
             step, metrics = item
             try:
                 self._write_row(step, metrics)
@@ -100,6 +103,13 @@ class ReferenceLogger:
                 f.write("step," + ",".join(self._keys) + "\n")
             values = [metrics.get(k) for k in self._keys]
             f.write(f"{step}," + ",".join("" if v is None else f"{v:.5f}" for v in values) + "\n")
+
+    def flush(self) -> None:
+        """Wait until every metrics row queued so far is written (benchmarks
+        use it between runs; the original had no such call)."""
+        written = threading.Event()
+        self._metrics_queue.put(written)
+        written.wait()
 
     def close(self) -> None:
         """Write everything queued, stop both threads. Idempotent."""

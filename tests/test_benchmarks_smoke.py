@@ -150,10 +150,15 @@ def test_memory_quick(tmp_path):
 
 
 def test_train_step_quick(tmp_path):
-    proc = _run(["benchmarks.train_step", "--quick", "--steps", "50"], tmp_path)
+    proc = _run(["benchmarks.train_step", "--quick", "--steps", "20"], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "mean step time" in proc.stdout, proc.stdout
-    assert "150 of 150 rows in the CSV" in proc.stdout, proc.stdout
+    for case in ("off", "roxxel", "reference", "float"):
+        assert f"\n{case} " in proc.stdout, proc.stdout
+    assert "roxxel's overhead: median" in proc.stdout, proc.stdout
+    # An untimed round and 2 timed ones of 20 steps: roxxel's Logger gets
+    # the roxxel and float cases' rows, the reference its own.
+    assert "roxxel: 120 of 120 rows in the CSV" in proc.stdout, proc.stdout
+    assert "reference: 60 of 60 rows in the CSV" in proc.stdout, proc.stdout
     assert list(tmp_path.iterdir()) == []
 
 
