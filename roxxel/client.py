@@ -26,7 +26,12 @@ step, values)``, names and values as tuples); ``collections.deque``:
    says so once (the endpoint, what it does with the records meanwhile), and
    once more when the collector answers: a wrong or dead endpoint is seen at
    the start of a run, not when ``close()`` gives up;
-6. *says where*: the collector's answer to the hello names the host and
+6. *sleeps when idle*: with nothing to send and nothing unacknowledged, a
+   sender given an ``on_idle`` hook calls it (the Logger then makes its hot
+   path ring the sender's doorbell for the next record, and says so), takes one more pass
+   at the tick, then waits for a ring or a reply instead of waking every
+   ``flush_interval``;
+7. *says where*: the collector's answer to the hello names the host and
    paths of the run's files (:attr:`Sender.where`); with ``announce`` (rank
    0 of a run whose collector is a daemon) it prints them once on stderr.
 
@@ -49,14 +54,17 @@ from . import codec, schema
 from .diagnostics import diagnostics
 from .exchange import exchange
 from .lines import printable
-from .transport import Transport
+from .transport import Doorbell, Transport
 from .unsent import Unsent, UnsentBatch
-from .values import NotReady, split_ready, to_wire, to_wire_when_ready
+from .values import NotReady, ReadWhenReady, split_ready, to_wire
 
 __all__ = ["Sender"]
 
 
 _RECORD_OBJECT_BYTES = 700
+# How long an idle sender with an ``on_idle`` hook waits between looks when
+# nothing rings for it (nothing should need it: a bound, not a tick).
+IDLE_WAIT = 1.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -87,6 +95,7 @@ class Sender:
         no_answer_warning: float | None = None,
         undelivered_file: str | None = None,
         announce: bool = False,
+        on_idle: Callable[[Sender], bool] | None = None,
     ) -> None:
         self._diag = log or diagnostics("roxxel.client")
         # Where the collector writes this run's files, once it has said (its
@@ -137,6 +146,11 @@ class Sender:
         self._waiting_since: float | None = None
         self._warned_at: float | None = None
         self._delivered_since_warning = 0
+        # Idle, the thread sleeps until rung instead of waking every
+        # flush_interval, once ``on_idle`` (called on it) says that the next
+        # record rings for it. Without the hook: the tick, always.
+        self._on_idle = on_idle
+        self._doorbell = Doorbell()
         if resume is not None:
             self._resume(resume)
         self._thread = threading.Thread(target=self._run, name="roxxel-sender", daemon=True)
@@ -175,6 +189,14 @@ class Sender:
             or any(self._unreported)
         )
 
+    def _sleepy(self) -> bool:
+        """Nothing to send, nothing to wait for: only a new record needs the thread."""
+        return self._idle() and not self._need_hello and not self._held_back
+
+    def ring(self) -> None:
+        """Wake the thread now (it may be sleeping until a record comes: see ``on_idle``)."""
+        self._doorbell.ring()
+
     def flush(self, timeout: float) -> bool:
         """Wait until every record appended so far is acknowledged.
 
@@ -204,6 +226,7 @@ class Sender:
         finally:
             with self._changed:
                 self._stopping = True
+            self.ring()
             self._thread.join()
         # Checked after the join: nothing can be cut or sent after this bye.
         if bye and self._idle():
@@ -268,6 +291,7 @@ class Sender:
     def _run(self) -> None:
         try:
             next_cut = time.monotonic()
+            idle_passes, rings = 0, False  # rings: the next record rings (on_idle said)
             while not self._stopping:
                 # One cut per flush_interval, however often acks wake us:
                 # fewer, fuller batches, and fewer GIL hand-overs with the caller.
@@ -277,8 +301,18 @@ class Sender:
                     next_cut = time.monotonic() + self._flush_interval
                 self._send()
                 wait = max(0.0, next_cut - time.monotonic())
+                if not self._sleepy():
+                    idle_passes, rings = 0, False
+                elif self._on_idle is not None:
+                    idle_passes += 1
+                    if rings:
+                        # One pass at the tick since the hook: a call that was
+                        # appending as it ran has landed by now.
+                        wait = IDLE_WAIT
+                    elif idle_passes >= 2:
+                        rings = self._on_idle(self)
                 if self._answered:
-                    for frame in self._transport.receive(wait):
+                    for frame in self._transport.receive(wait, self._doorbell.fileno()):
                         self._on_reply(frame)
                 else:
                     self._receive_watching(wait)
@@ -311,12 +345,12 @@ class Sender:
             try:
                 # Until stopping (the process is ending), an array that the
                 # device is still computing is not waited for.
-                read = to_wire if self._stopping or not is_metrics else to_wire_when_ready
+                read = to_wire if self._stopping or not is_metrics else ReadWhenReady()
                 encoded, waiting = self._encode(records, is_metrics, read), False
             except NotReady:
-                records, later = split_ready(records)
+                records, later = split_ready(records, read.is_ready)
                 source.extendleft(reversed(later))  # for a later cycle; the cap bounds them
-                encoded, waiting = self._encode(records, True), True
+                encoded, waiting = self._encode(records, True, read), True
             for body, count in encoded:
                 if not body:  # a record too large for any frame
                     self._unreported[0 if is_metrics else 1] += count
@@ -518,7 +552,7 @@ class Sender:
         then: the watch costs a look at the buffers each pass)."""
         progress = self._last_progress
         held = self._in_flight_records() if self._warned_at is not None else 0
-        for frame in self._transport.receive(wait):
+        for frame in self._transport.receive(wait, self._doorbell.fileno()):
             self._on_reply(frame)
         if self._told_refusal:  # an answer, already said: nothing more to say
             self._answered = True

@@ -125,9 +125,9 @@ class DiscoveringTransport:
     def send_many(self, frames: list[bytes]) -> bool:
         return self._inner is not None and self._inner.send_many(frames)
 
-    def receive(self, timeout: float) -> list[bytes]:
+    def receive(self, timeout: float, wake_fd: int | None = None) -> list[bytes]:
         if self._inner is not None:
-            frames = self._inner.receive(timeout)
+            frames = self._inner.receive(timeout, wake_fd)
             self.connects = self._inner.connects
             return frames
         self._look(timeout)
@@ -135,7 +135,9 @@ class DiscoveringTransport:
 
     def _look(self, timeout: float) -> None:
         if self._gave_up:
-            time.sleep(timeout)  # the sender keeps cutting and bounding its batches
+            # The sender keeps cutting and bounding its batches (and, idle, is
+            # not woken by a record: at most a lookup's time late, to nowhere).
+            time.sleep(min(timeout, _LOOKUP_MS / 1000))
             return
         if time.monotonic() > self._deadline:
             self._gave_up = True

@@ -205,6 +205,8 @@ class Logger:
         self._known_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._close_timeout = close_timeout
         self._closed = False
+        # Held while the hot path's appends are swapped, by any thread.
+        self._hot_path = threading.Lock()
         self.truncated_messages = 0  # messages cut at MAX_MESSAGE_CHARS
         self._last_crash: BaseException | None = None
         self._capture: Capture | None = None
@@ -290,10 +292,41 @@ class Logger:
                 f"{ENV_AGGREGATOR}, or jax.distributed)"
             )
             return
-        self._sender = self._route.start_sender()
+        self._sender = self._route.start_sender(on_idle=self._sender_sleeps)
         self._pid = os.getpid()
         self._append_line = self._sender.lines.append
         self._append_metrics = self._sender.metrics.append
+
+    def _sender_sleeps(self, sender: Sender) -> bool:
+        """Called on the sender's thread when it is idle: whether the next
+        record rings for it (then it may sleep until one does). A busy loop
+        keeps the plain appends (the sender is never idle then): no cost per call."""
+        with self._hot_path:
+            # Not yet pointed at this sender (its thread runs before _connect
+            # is done), or pointed elsewhere since (closed): no ring, no sleep.
+            current = getattr(self, "_append_line", None)
+            if current == sender.lines.append:
+                self._append_line = self._line_wakes_sender
+                self._append_metrics = self._metrics_wakes_sender
+                return True
+            return current == self._line_wakes_sender
+
+    def _line_wakes_sender(self, record: tuple[Any, ...]) -> None:
+        sender = self._sender
+        sender.lines.append(record)  # before the ring: the woken sender finds it
+        self._sender_woken(sender)
+
+    def _metrics_wakes_sender(self, record: tuple[Any, ...]) -> None:
+        sender = self._sender
+        sender.metrics.append(record)
+        self._sender_woken(sender)
+
+    def _sender_woken(self, sender: Sender) -> None:
+        with self._hot_path:  # not over a close() or a fork that swapped them since
+            if self._append_line == self._line_wakes_sender:
+                self._append_line = sender.lines.append
+                self._append_metrics = sender.metrics.append
+        sender.ring()
 
     # -- the hot path ---------------------------------------------------------
 
@@ -458,6 +491,7 @@ class Logger:
         # would close a new sender's sockets under libzmq, which then aborts.
         self._sender = None
         self._child_start = threading.Lock()
+        self._hot_path = threading.Lock()  # the parent's sender may have held it at the fork
         self._append_line = self._first_line_in_child
         self._append_metrics = self._first_metrics_in_child
 
@@ -521,7 +555,8 @@ class Logger:
             self._progress.close()
         # Every call from now on reaches _closed and raises (the level last:
         # another thread's call must not pass it on its way to the sender).
-        self._append_line = self._append_metrics = _closed
+        with self._hot_path:
+            self._append_line = self._append_metrics = _closed
         self._own_rows = True
         self._level = _BELOW_EVERY_LEVEL
         with exits.closing():

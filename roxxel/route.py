@@ -32,6 +32,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import __version__, codec, schema
@@ -110,8 +111,9 @@ class Route:
         """Whether records have somewhere to go (or will, once discovery finds it)."""
         return self.endpoint is not None or self.discover
 
-    def start_sender(self) -> Sender:
-        """A new client, with a new sender id (a forked child calls this again)."""
+    def start_sender(self, on_idle: Callable[[Sender], bool] | None = None) -> Sender:
+        """A new client, with a new sender id (a forked child calls this again);
+        ``on_idle``: see :class:`~roxxel.client.Sender`."""
         o = self.options
         sender_id = secrets.token_bytes(codec.SENDER_ID_LEN)
         hello = codec.Hello(
@@ -146,6 +148,7 @@ class Route:
             no_answer_warning=o.no_answer_warning,
             undelivered_file=undelivered_path(o.log_dir, o.prefix, o.rank),
             announce=self.announce,
+            on_idle=on_idle,
         )
 
     def start_watcher(self) -> None:

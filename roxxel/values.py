@@ -20,11 +20,19 @@ nothing for it. :func:`to_wire` never raises.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from .schema import BIG_INT, NON_SCALAR
 
-__all__ = ["to_wire", "to_wire_when_ready", "NotReady", "split_ready", "describe_value"]
+__all__ = [
+    "to_wire",
+    "to_wire_when_ready",
+    "ReadWhenReady",
+    "NotReady",
+    "split_ready",
+    "describe_value",
+]
 
 
 class NotReady(Exception):
@@ -39,12 +47,44 @@ def to_wire_when_ready(value: Any) -> Any:
     return to_wire(value)
 
 
-def split_ready(rows: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+class ReadWhenReady:
+    """:func:`to_wire_when_ready` for one cut of rows, remembering what it read.
+
+    A cut is encoded once; when an array is not ready, it is split
+    (:func:`split_ready`) and its ready part encoded again: the values read
+    the first time are not asked or read again. The cut's rows keep them
+    alive meanwhile, so their ids are theirs.
+    """
+
+    def __init__(self) -> None:
+        self._read: dict[int, Any] = {}
+        self._late = 0  # the id of the array found not ready, if one was
+
+    def __call__(self, value: Any) -> Any:
+        key = id(value)
+        if key in self._read:
+            return self._read[key]
+        if not _is_ready(value):
+            self._late = key
+            raise NotReady
+        wire = self._read[key] = to_wire(value)
+        return wire
+
+    def is_ready(self, value: Any) -> bool:
+        key = id(value)
+        return key in self._read or (key != self._late and _is_ready(value))
+
+
+def split_ready(
+    rows: list[tuple], is_ready: Callable[[Any], bool] | None = None
+) -> tuple[list[tuple], list[tuple]]:
     """Metrics entries ``(kind, keys, ts, step, values)`` split before the first
-    one holding an array the device is still computing: those that can be read
-    now, and that one with the rest (in order, for later)."""
+    one holding an array the device is still computing (``is_ready``, default:
+    ask the array): those that can be read now, and that one with the rest
+    (in order, for later)."""
+    ready = is_ready or _is_ready
     for i, row in enumerate(rows):
-        if not all(map(_is_ready, row[4])):
+        if not all(map(ready, row[4])):
             return rows[:i], rows[i:]
     return rows, []
 
@@ -78,16 +118,18 @@ def to_wire(value: Any) -> Any:
 
 
 def _to_wire(value: Any) -> Any:
-    if isinstance(value, int) and not isinstance(value, bool):
-        # msgpack packs every other int itself. Python refuses the digits of
-        # an int past sys.get_int_max_str_digits(): that one is not a scalar.
-        return {BIG_INT: str(int(value))}
     array = value
     numpy = sys.modules.get("numpy")
     if numpy is not None and type(value).__module__.startswith("jax"):
-        # A jax.Array: through numpy.asarray it costs about 0.8 of the generic
-        # path below (whose properties and item() go through JAX's Python).
+        # A jax.Array: read once, through numpy.asarray (about 0.8 of JAX's
+        # own item()); one number, the common case, in a few C-level calls.
         array = numpy.asarray(value)
+        if array.size == 1:
+            return _python_scalar(array.item())
+    elif isinstance(value, int) and not isinstance(value, bool):
+        # msgpack packs every other int itself. Python refuses the digits of
+        # an int past sys.get_int_max_str_digits(): that one is not a scalar.
+        return {BIG_INT: str(int(value))}
     shape = getattr(array, "shape", None)
     item = getattr(array, "item", None)
     if shape is not None and item is not None:

@@ -210,3 +210,13 @@ def test_scale_out_quick(tmp_path):
     assert "budget: end to end >= 50% of the single collector's records/s: " in proc.stdout
     assert "!!" not in proc.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_background_cpu_quick(tmp_path):
+    proc = _run(["benchmarks.background_cpu", "--quick", "--rates", "0,50"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for label in ("      0 roxxel", "      0 reference", "     50 roxxel", "     50 reference"):
+        assert label in proc.stdout, proc.stdout
+    assert "one wake-up of a sleeping thread" in proc.stdout, proc.stdout
+    assert "!!" not in proc.stdout, proc.stdout
+    assert list(tmp_path.iterdir()) == []

@@ -792,3 +792,32 @@ def test_a_row_waits_for_its_array_without_holding_up_what_was_logged_around_it(
     assert [row[0] for row in rows] == ["step", "0", "1", "2"]
     assert (rows[1][1], rows[3][1]) == ("1.00000", "3.00000")
     assert abs(float(rows[2][1]) - 1.0) < 1e-3  # the array's value (float32 sums)
+
+
+def test_an_idle_logger_sleeps_and_any_threads_next_records_wake_it(tmp_path, monkeypatch):
+    # An hour between an idle sender's looks: a record that did not ring for
+    # it would miss flush()'s deadline.
+    monkeypatch.setattr(roxxel.client, "IDLE_WAIT", 3600.0)
+    expected = []
+    with Logger(str(tmp_path), "idle") as lg:
+        asleep = lg._line_wakes_sender  # what the hot path calls while the sender sleeps
+        for burst in range(4):
+            wait_for(lambda: lg._append_line == asleep, timeout=10, what="the sender asleep")
+
+            def log(thread: int, burst: int = burst) -> None:
+                for i in range(50):
+                    lg.log_message(f"burst {burst} thread {thread} line {i}")
+                    lg.log_metrics_summary(burst * 1000 + thread * 100 + i, {"x": float(i)})
+
+            threads = [threading.Thread(target=log, args=(t,)) for t in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            expected += [f"burst {burst} thread {t} line {i}" for t in range(4) for i in range(50)]
+            assert lg.flush(timeout=30)
+    messages = [message for _, message in log_lines(str(tmp_path / "idle_system.log"))]
+    assert sorted(m for m in messages if m.startswith("burst ")) == sorted(expected)
+    assert len(csv_rows(str(tmp_path / "idle_metrics.csv"))) == 1 + len(expected)
+    with pytest.raises(RuntimeError):
+        lg.log_message("after close")  # close() swapped the hot path over the ringing one

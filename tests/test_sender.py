@@ -8,6 +8,8 @@ a deadline (the sender cuts every 5 ms here).
 
 from __future__ import annotations
 
+import os
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +17,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from roxxel import codec
+from roxxel import client, codec
 from roxxel.client import Sender
 
 from .conftest import wait_for
@@ -64,10 +66,19 @@ class FakeTransport:
                     self._cond.notify_all()
             return self.accepting
 
-    def receive(self, timeout: float) -> list[bytes]:
+    def receive(self, timeout: float, wake_fd: int | None = None) -> list[bytes]:
         with self._cond:
             self._receives += 1
-            self._cond.wait_for(lambda: self._replies, timeout)
+            deadline = time.monotonic() + timeout
+            # A ring of the sender's doorbell (a pipe) also ends the wait:
+            # looked at every 5 ms, since it cannot notify the condition.
+            while not self._cond.wait_for(lambda: self._replies, min(timeout, 0.005)):
+                if wake_fd is not None and select.select([wake_fd], [], [], 0)[0]:
+                    os.read(wake_fd, 4096)
+                    break
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
             replies, self._replies = self._replies, []
             if replies:
                 self._handed = max(self._handed, *(codec.decode(d).seq for d in replies))
@@ -355,4 +366,75 @@ def test_no_message_holds_more_than_message_bytes_and_a_long_resend_goes_in_seve
         batches = [f for f in message.frames if isinstance(f, codec.Batch)]
         assert len(batches) <= 2, [b.seq for b in batches]
     fake.ack(6)
+    assert sender.flush(10)
+
+
+def test_an_idle_sender_with_a_hook_sleeps_until_rung_then_sends_at_once(
+    start, monkeypatch
+) -> None:
+    # An hour between looks: only the ring can bring the record out in time.
+    monkeypatch.setattr(client, "IDLE_WAIT", 3600.0)
+    transport = FakeTransport()
+    transport.auto_ack = True
+    slept: list[int] = []  # the sender's passes when its hook was called
+
+    def on_idle(idle: Sender) -> bool:
+        assert idle is sender
+        slept.append(transport._receives)
+        return True  # "the next record rings": the sender may sleep
+
+    sender = start(transport, on_idle=on_idle)
+    wait_for(lambda: slept, timeout=10, what="the hook called once the hello is acknowledged")
+    # The hook's pass, one more at the tick, then the sleep begins.
+    wait_for(lambda: transport._receives >= slept[0] + 2, timeout=10, what="the sleep begun")
+    threading.Event().wait(0.2)  # 40 ticks of 5 ms: not one more pass
+    assert transport._receives == slept[0] + 2
+    sender.lines.append(("l", time.time(), 20, "after the sleep"))
+    sender.ring()
+    wait_for(lambda: transport.batches(), timeout=10, what="the rung record sent")
+    assert [content(b.records) for b in transport.batches()] == [[("l", "after the sleep")]]
+    assert sender.flush(10)
+    wait_for(lambda: len(slept) == 2, timeout=10, what="asleep again, the hook called again")
+
+
+def test_a_sender_without_a_hook_keeps_its_tick(start, monkeypatch) -> None:
+    # Who does not ring (a resend of an undelivered file, a bare Sender) is not left waiting.
+    monkeypatch.setattr(client, "IDLE_WAIT", 3600.0)
+    transport = FakeTransport()
+    transport.auto_ack = True
+    sender = start(transport)
+    transport.settle()
+    transport.settle()
+    line(sender, "on the tick")
+    assert sender.flush(10)
+
+
+def test_close_wakes_a_sleeping_sender(start, monkeypatch) -> None:
+    monkeypatch.setattr(client, "IDLE_WAIT", 3600.0)
+    transport = FakeTransport()
+    transport.auto_ack = True
+    slept: list[int] = []
+    sender = Sender(
+        transport,
+        HELLO,
+        flush_interval=0.005,
+        on_idle=lambda _: slept.append(transport._receives) or True,
+    )
+    wait_for(lambda: slept, timeout=10, what="the hook")
+    wait_for(lambda: transport._receives >= slept[0] + 2, timeout=10, what="the sleep begun")
+    unsent = sender.close(10)  # joins the thread: returns only if the ring woke it
+    assert unsent.batches == [] and sender.failure is None
+
+
+def test_an_idle_sender_whose_hook_cannot_ring_yet_keeps_its_tick_and_asks_again(
+    start, monkeypatch
+) -> None:
+    # A Logger not yet pointed at its new sender answers False: no sleep.
+    monkeypatch.setattr(client, "IDLE_WAIT", 3600.0)
+    transport = FakeTransport()
+    transport.auto_ack = True
+    asked: list[int] = []
+    sender = start(transport, on_idle=lambda _: asked.append(1) and False)
+    wait_for(lambda: len(asked) >= 3, timeout=10, what="the hook asked on every idle pass")
+    line(sender, "on the tick, unrung")
     assert sender.flush(10)

@@ -262,3 +262,45 @@ def test_to_wire_converts_jax_scalars_in_a_subprocess():
     assert list(out["vector"]) == [NON_SCALAR]
     assert "(3,)" in out["vector"][NON_SCALAR]
     assert out["decoded"] == {"loss": 0.25}
+
+
+class _DeviceScalar:
+    """Stands for a jax.Array (the module is what roxxel.values looks at):
+    says whether it is ready, and counts the questions and the reads."""
+
+    __module__ = "jax_stand_in"
+
+    def __init__(self, value: float, ready: bool = True) -> None:
+        self.value, self.ready = value, ready
+        self.asked = self.read = 0
+
+    def is_deleted(self) -> bool:
+        return False
+
+    def is_ready(self) -> bool:
+        self.asked += 1
+        return self.ready
+
+    def __array__(self, dtype=None, copy=None):
+        self.read += 1
+        return np.asarray(self.value, dtype=dtype)
+
+
+def test_a_cut_split_at_an_array_not_ready_reads_each_ready_array_once():
+    from roxxel import codec, schema
+    from roxxel.values import NotReady, ReadWhenReady, split_ready
+
+    keys = ("loss", "lr")
+    ready = [_DeviceScalar(float(i)) for i in range(3)]
+    late = _DeviceScalar(9.0, ready=False)
+    rows = [("m", keys, 1.0 + i, i, (array, 0.5)) for i, array in enumerate([*ready, late])]
+    read = ReadWhenReady()
+    with pytest.raises(NotReady):
+        codec.encode_records(schema.metrics_records(rows), read)
+    now, later = split_ready(rows, read.is_ready)
+    assert now == rows[:3] and later == rows[3:]
+    body = codec.encode_records(schema.metrics_records(now), read)
+    assert [(a.asked, a.read) for a in ready] == [(1, 1)] * 3
+    assert (late.asked, late.read) == (1, 0)
+    [record] = codec.decode(codec.batch_frame(bytes(codec.SENDER_ID_LEN), 1, body)).records
+    assert record[3:] == [[0, 1, 2], [[0.0, 0.5], [1.0, 0.5], [2.0, 0.5]]]
