@@ -13,17 +13,17 @@ import ctypes.util
 import ipaddress
 import math
 import os
-import select
 from dataclasses import dataclass
 
 import zmq
 
 from roxxel import codec
 from roxxel.security import ServerKeys
+from roxxel.wakepipe import WakePipe
 
 from .curve import CurveGate, Refusal
 
-__all__ = ["Router", "Ready", "Received", "WakePipe", "MAX_MESSAGE_PARTS"]
+__all__ = ["Router", "Ready", "Received", "MAX_MESSAGE_PARTS"]
 
 # Messages queued per connection. A client sends at most codec.MESSAGE_BYTES
 # a message and waits for acks past its window: only a client that ignores
@@ -59,36 +59,6 @@ class Ready:
     def __init__(self, messages: bool, refusals: list[Refusal]) -> None:
         self.messages = messages
         self.refusals = refusals
-
-
-class WakePipe:
-    """Ends a wait at once: :meth:`wake` writes a byte to a pipe whose read end
-    (``fd``) the waiting thread polls. ``os.write`` is safe from a signal
-    handler and from any thread, unlike a ZeroMQ socket, or a
-    ``threading.Event`` (its ``set`` takes a lock that its ``wait`` may hold)."""
-
-    def __init__(self) -> None:
-        self.fd, self._write = os.pipe()
-        os.set_blocking(self._write, False)
-
-    def wake(self) -> None:
-        try:
-            os.write(self._write, b"\0")
-        except BlockingIOError:
-            pass  # the pipe is full: a wake-up is already pending
-
-    def clear(self) -> None:
-        """Take the wake-ups in (``fd`` polled readable)."""
-        os.read(self.fd, 4096)
-
-    def wait(self, timeout: float) -> None:
-        """Until :meth:`wake` or ``timeout`` s."""
-        if select.select([self.fd], [], [], max(0.0, timeout))[0]:
-            self.clear()
-
-    def close(self) -> None:
-        os.close(self.fd)
-        os.close(self._write)
 
 
 class Router:

@@ -35,11 +35,12 @@ import zmq
 
 from roxxel import codec
 from roxxel.diagnostics import diagnostics
+from roxxel.wakepipe import WakePipe
 
 from .collector import Collector
 from .jetstream import DEFAULT_STREAM, Delivered, JetStreamLink, StreamSettings
 from .ledger import MAX_SENDERS, Ledger
-from .router import Ready, Received, WakePipe
+from .router import Ready, Received
 from .run import Run
 from .sinks import DEFAULT_FILES, FileOptions, Sink
 from .stream_wire import RELAY_HEADER, Part, sender_of_subject, unpack_unit

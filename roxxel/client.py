@@ -54,9 +54,10 @@ from . import codec, schema
 from .diagnostics import diagnostics
 from .exchange import exchange
 from .lines import printable
-from .transport import Doorbell, Transport
+from .transport import Transport
 from .unsent import Unsent, UnsentBatch
 from .values import NotReady, ReadWhenReady, split_ready, to_wire
+from .wakepipe import WakePipe
 
 __all__ = ["Sender"]
 
@@ -150,7 +151,7 @@ class Sender:
         # flush_interval, once ``on_idle`` (called on it) says that the next
         # record rings for it. Without the hook: the tick, always.
         self._on_idle = on_idle
-        self._doorbell = Doorbell()
+        self._doorbell = WakePipe()  # never closed here: see WakePipe
         if resume is not None:
             self._resume(resume)
         self._thread = threading.Thread(target=self._run, name="roxxel-sender", daemon=True)
@@ -195,7 +196,7 @@ class Sender:
 
     def ring(self) -> None:
         """Wake the thread now (it may be sleeping until a record comes: see ``on_idle``)."""
-        self._doorbell.ring()
+        self._doorbell.wake()
 
     def flush(self, timeout: float) -> bool:
         """Wait until every record appended so far is acknowledged.
@@ -312,7 +313,7 @@ class Sender:
                     elif idle_passes >= 2:
                         rings = self._on_idle(self)
                 if self._answered:
-                    for frame in self._transport.receive(wait, self._doorbell.fileno()):
+                    for frame in self._transport.receive(wait, self._doorbell):
                         self._on_reply(frame)
                 else:
                     self._receive_watching(wait)
@@ -552,7 +553,7 @@ class Sender:
         then: the watch costs a look at the buffers each pass)."""
         progress = self._last_progress
         held = self._in_flight_records() if self._warned_at is not None else 0
-        for frame in self._transport.receive(wait, self._doorbell.fileno()):
+        for frame in self._transport.receive(wait, self._doorbell):
             self._on_reply(frame)
         if self._told_refusal:  # an answer, already said: nothing more to say
             self._answered = True

@@ -24,6 +24,7 @@ from typing import Any
 from .diagnostics import diagnostics
 from .security import ClientKeys
 from .transport import DealerTransport
+from .wakepipe import WakePipe
 
 __all__ = [
     "kv_client",
@@ -125,9 +126,9 @@ class DiscoveringTransport:
     def send_many(self, frames: list[bytes]) -> bool:
         return self._inner is not None and self._inner.send_many(frames)
 
-    def receive(self, timeout: float, wake_fd: int | None = None) -> list[bytes]:
+    def receive(self, timeout: float, wake: WakePipe | None = None) -> list[bytes]:
         if self._inner is not None:
-            frames = self._inner.receive(timeout, wake_fd)
+            frames = self._inner.receive(timeout, wake)
             self.connects = self._inner.connects
             return frames
         self._look(timeout)

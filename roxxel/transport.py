@@ -13,14 +13,12 @@ for the whole run.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import re
 import socket
 import threading
-import weakref
 from typing import Protocol
 
 import zmq
@@ -28,11 +26,11 @@ from zmq.utils.monitor import recv_monitor_message
 
 from .diagnostics import diagnostics
 from .security import ClientKeys
+from .wakepipe import WakePipe
 
 __all__ = [
     "Transport",
     "DealerTransport",
-    "Doorbell",
     "EndpointError",
     "check_endpoint",
     "is_host_port",
@@ -145,37 +143,9 @@ class Transport(Protocol):
 
     def send_many(self, frames: list[bytes]) -> bool: ...
 
-    def receive(self, timeout: float, wake_fd: int | None = None) -> list[bytes]: ...
+    def receive(self, timeout: float, wake: WakePipe | None = None) -> list[bytes]: ...
 
     def close(self) -> None: ...
-
-
-class Doorbell:
-    """Wakes a thread that waits in :meth:`DealerTransport.receive` with
-    ``wake_fd=doorbell.fileno()``: a pipe, rung from any thread.
-
-    Its descriptors live as long as the object: a late ring from another
-    thread never writes into a descriptor number that was reused.
-    """
-
-    def __init__(self) -> None:
-        read, write = os.pipe()
-        os.set_blocking(read, False)
-        os.set_blocking(write, False)
-        self._read, self._write = read, write
-        weakref.finalize(self, _close_both, read, write)
-
-    def fileno(self) -> int:
-        return self._read
-
-    def ring(self) -> None:
-        with contextlib.suppress(BlockingIOError):  # full: rung already
-            os.write(self._write, b"\0")
-
-
-def _close_both(read: int, write: int) -> None:
-    os.close(read)
-    os.close(write)
 
 
 class DealerTransport:
@@ -252,19 +222,17 @@ class DealerTransport:
             return False
         return True
 
-    def receive(self, timeout: float, wake_fd: int | None = None) -> list[bytes]:
+    def receive(self, timeout: float, wake: WakePipe | None = None) -> list[bytes]:
         """Every frame that arrives within ``timeout`` seconds (at least one
-        wait), or none once ``wake_fd`` (a :class:`Doorbell`'s) is rung; its
-        rings are read away here."""
+        wait), or none once ``wake`` is woken (its wake-ups taken in here)."""
         frames: list[bytes] = []
-        if wake_fd is not None and wake_fd not in self._wake_fds:
-            self._wake_fds.add(wake_fd)
-            self._poller.register(wake_fd, zmq.POLLIN)
+        if wake is not None and wake.fd not in self._wake_fds:
+            self._wake_fds.add(wake.fd)
+            self._poller.register(wake.fd, zmq.POLLIN)
         # Rounded up: a 0 ms poll for a wait under 1 ms would spin.
         ready = dict(self._poller.poll(max(0, math.ceil(timeout * 1000))))
-        if wake_fd in ready:
-            with contextlib.suppress(BlockingIOError):
-                os.read(wake_fd, 4096)
+        if wake is not None and wake.fd in ready:
+            wake.clear()
         if self._monitor in ready:
             while self._monitor.poll(0):
                 message = recv_monitor_message(self._monitor)

@@ -13,7 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("roxxel", "aggregator")
 # What client and collector share: frames, records, the log line, terminal
-# detection, key files, the diagnostics logger, whether a pid runs. They import
+# detection, key files, the diagnostics logger, whether a pid runs, a wake-up
+# pipe. They import
 # nothing else of ours.
 WIRE = {
     "roxxel.codec",
@@ -23,6 +24,7 @@ WIRE = {
     "roxxel.security",
     "roxxel.diagnostics",
     "roxxel.pids",
+    "roxxel.wakepipe",
 }
 # The documented reverse edge: a thread-mode collector runs in the client's process.
 THREAD_MODE = ("roxxel.embedded", "aggregator")

@@ -8,7 +8,6 @@ a deadline (the sender cuts every 5 ms here).
 
 from __future__ import annotations
 
-import os
 import select
 import threading
 import time
@@ -19,6 +18,7 @@ import pytest
 
 from roxxel import client, codec
 from roxxel.client import Sender
+from roxxel.wakepipe import WakePipe
 
 from .conftest import wait_for
 
@@ -66,15 +66,15 @@ class FakeTransport:
                     self._cond.notify_all()
             return self.accepting
 
-    def receive(self, timeout: float, wake_fd: int | None = None) -> list[bytes]:
+    def receive(self, timeout: float, wake: WakePipe | None = None) -> list[bytes]:
         with self._cond:
             self._receives += 1
             deadline = time.monotonic() + timeout
-            # A ring of the sender's doorbell (a pipe) also ends the wait:
-            # looked at every 5 ms, since it cannot notify the condition.
+            # A wake-up of the sender's pipe also ends the wait: looked at
+            # every 5 ms, since it cannot notify the condition.
             while not self._cond.wait_for(lambda: self._replies, min(timeout, 0.005)):
-                if wake_fd is not None and select.select([wake_fd], [], [], 0)[0]:
-                    os.read(wake_fd, 4096)
+                if wake is not None and select.select([wake.fd], [], [], 0)[0]:
+                    wake.clear()
                     break
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
