@@ -92,6 +92,12 @@ _AFTER_PARENT_DEATH = 5.0
 # A cycle takes at most this many frames (a message may carry many) before
 # it may commit and ack, so acks keep flowing under a flood.
 _MAX_MESSAGES_PER_CYCLE = 256
+# A cycle that took at most this many frames and records (and at least one)
+# is a trickle (a training loop's batches of a row or two): the next one
+# sleeps until a commit may be due and takes all that came meanwhile. Many
+# small senders, or big batches, are not one.
+_TRICKLE_FRAMES = 16
+_TRICKLE_RECORDS = 64
 DAEMON_NAME = "roxxel-aggregator"
 # Refused senders remembered, so their other frames are not reported as malformed.
 _REFUSED_KEPT = 4096
@@ -155,6 +161,7 @@ class Collector:
         self._commit_interval = commit_interval
         self._commit_due: float | None = None
         self._last_commit = -math.inf
+        self._nap_until: float | None = None  # after a trickle (see _TRICKLE_FRAMES)
         self._acks = Acks()
         self._reopen = self._reload_keys = False
         if home is None:
@@ -365,7 +372,15 @@ class Collector:
     def serve_once(self, timeout: float) -> int:
         """Wait up to ``timeout`` s (less when a commit is due), apply what
         arrived; commit and acknowledge when a commit is due: at once, unless
-        the last one was less than ``commit_interval`` ago. Returns messages handled."""
+        the last one was less than ``commit_interval`` ago. After a trickle,
+        sleep until a commit may be due, then take all that came meanwhile.
+        Returns messages handled."""
+        if self._nap_until is not None:
+            # A trickle: nothing it brings would be acknowledged before the
+            # next commit anyway. Woken once then, for all of it, instead of
+            # once per batch (a wake-up costs more than a batch of one row).
+            self._router.wait_for_wake(min(timeout, self._nap_until - time.monotonic()))
+            timeout = 0.0
         if self._commit_due is not None:
             timeout = min(timeout, max(0.0, self._commit_due - time.monotonic()))
         if any(r.commits.needs_rewind and not r.commits.roll_back() for r in self.runs.all()):
@@ -374,7 +389,7 @@ class Collector:
             self._router.wait_for_wake(max(timeout, 0.1))
             return 0
         ready = self._router.poll(timeout)
-        handled = 0
+        handled, records = 0, self.stats["records"]
         try:
             self._writing = self._home
             for refusal in ready.refusals:
@@ -416,6 +431,15 @@ class Collector:
             self._forget_idle(run)
         self._close_idle_runs(now)
         self._rate.sample(now, self.stats["records"])
+        trickle = (
+            0 < handled <= _TRICKLE_FRAMES and self.stats["records"] - records <= _TRICKLE_RECORDS
+        )
+        if not trickle:
+            self._nap_until = None
+        elif self._commit_due is not None:
+            self._nap_until = self._commit_due
+        else:
+            self._nap_until = self._last_commit + self._commit_interval
         return handled
 
     def _dispatch(self, peer: bytes, data: bytes, key: str | None, source: str) -> None:

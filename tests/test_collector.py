@@ -348,3 +348,49 @@ def test_drop_reports_become_one_warning_line(collector: Collector, client: RawC
     (line,) = messages(collector)
     assert line.startswith("[rank 1] roxxel dropped 7 metrics row(s) and 2 log line(s)")
     assert collector.stats["client_dropped"] == 9
+
+
+def test_a_trickle_of_small_batches_is_taken_once_per_commit_not_once_per_batch(
+    tmp_path: Path,
+) -> None:
+    # A training loop's row per step: a wake-up each costs more than the row.
+    c = Collector(
+        f"ipc://{tmp_path}/c.sock",
+        default_sinks(str(tmp_path / "logs"), "run", None),
+        commit_interval=0.5,
+    )
+    took: list[int] = []  # per cycle that found messages waiting, how many it took
+    serve_once = c.serve_once
+
+    def counted(timeout: float) -> int:
+        handled = serve_once(timeout)
+        if handled:
+            took.append(handled)
+        return handled
+
+    c.serve_once = counted  # type: ignore[method-assign]
+    # The loop's own bound on a wait (1 s) above the commit interval, as in the
+    # daemon (0.1 s above 0.05 s).
+    thread = threading.Thread(target=c.run, kwargs={"poll": 1.0})
+    thread.start()
+    client = RawClient(c.endpoint)
+    try:
+        assert client.hello() == 0
+        # 40 batches of one line, 10 ms apart: over 0.4 s, within one commit interval.
+        for seq in range(1, 41):
+            records = [["l", 1.0, 20, f"line {seq}"]]
+            client.sock.send(codec.encode(codec.Batch(client.sender_id, seq, records)))
+            threading.Event().wait(0.01)
+        acked = 0
+        while acked < 40:
+            acked = client.ack()  # cumulative: the last ack covers every batch
+        assert messages(c)[-40:] == [f"line {seq}" for seq in range(1, 41)]
+    finally:
+        client.close()
+        c.stop()
+        thread.join(30)
+    assert not thread.is_alive()
+    # The hello's cycle, the first batch's (after a quiet spell), then the
+    # rest in a cycle or two per commit, not forty.
+    assert len(took) <= 8, took
+    assert sum(took) == 41
