@@ -369,26 +369,28 @@ def test_no_message_holds_more_than_message_bytes_and_a_long_resend_goes_in_seve
     assert sender.flush(10)
 
 
-def test_an_idle_sender_with_a_hook_sleeps_until_rung_then_sends_at_once(
-    start, monkeypatch
-) -> None:
-    # An hour between looks: only the ring can bring the record out in time.
+def sleeping_sender(start, monkeypatch) -> tuple[FakeTransport, Sender, list[tuple]]:
+    """A sender whose ``on_idle`` hook says that records ring, once its sleep
+    has begun; an hour between its looks: only a ring brings a record out."""
     monkeypatch.setattr(client, "IDLE_WAIT", 3600.0)
     transport = FakeTransport()
     transport.auto_ack = True
-    slept: list[int] = []  # the sender's passes when its hook was called
-
-    def on_idle(idle: Sender) -> bool:
-        assert idle is sender
-        slept.append(transport._receives)
-        return True  # "the next record rings": the sender may sleep
-
-    sender = start(transport, on_idle=on_idle)
+    slept: list[tuple] = []  # per call of the hook: the sender, its passes so far
+    sender = start(transport, on_idle=lambda s: slept.append((s, transport._receives)) or True)
     wait_for(lambda: slept, timeout=10, what="the hook called once the hello is acknowledged")
     # The hook's pass, one more at the tick, then the sleep begins.
-    wait_for(lambda: transport._receives >= slept[0] + 2, timeout=10, what="the sleep begun")
+    passes = slept[0][1]
+    wait_for(lambda: transport._receives >= passes + 2, timeout=10, what="the sleep begun")
+    return transport, sender, slept
+
+
+def test_an_idle_sender_with_a_hook_sleeps_until_rung_then_sends_at_once(
+    start, monkeypatch
+) -> None:
+    transport, sender, slept = sleeping_sender(start, monkeypatch)
     threading.Event().wait(0.2)  # 40 ticks of 5 ms: not one more pass
-    assert transport._receives == slept[0] + 2
+    assert transport._receives == slept[0][1] + 2
+    assert slept == [(sender, slept[0][1])]
     sender.lines.append(("l", time.time(), 20, "after the sleep"))
     sender.ring()
     wait_for(lambda: transport.batches(), timeout=10, what="the rung record sent")
@@ -410,18 +412,7 @@ def test_a_sender_without_a_hook_keeps_its_tick(start, monkeypatch) -> None:
 
 
 def test_close_wakes_a_sleeping_sender(start, monkeypatch) -> None:
-    monkeypatch.setattr(client, "IDLE_WAIT", 3600.0)
-    transport = FakeTransport()
-    transport.auto_ack = True
-    slept: list[int] = []
-    sender = Sender(
-        transport,
-        HELLO,
-        flush_interval=0.005,
-        on_idle=lambda _: slept.append(transport._receives) or True,
-    )
-    wait_for(lambda: slept, timeout=10, what="the hook")
-    wait_for(lambda: transport._receives >= slept[0] + 2, timeout=10, what="the sleep begun")
+    _, sender, _ = sleeping_sender(start, monkeypatch)
     unsent = sender.close(10)  # joins the thread: returns only if the ring woke it
     assert unsent.batches == [] and sender.failure is None
 
