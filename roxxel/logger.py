@@ -205,8 +205,9 @@ class Logger:
         self._known_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._close_timeout = close_timeout
         self._closed = False
-        # Held while the hot path's appends are swapped, by any thread.
-        self._hot_path = threading.Lock()
+        # Held while the hot path's appends are swapped, by any thread; an
+        # RLock: a signal handler that logs may run inside the holder.
+        self._hot_path = threading.RLock()
         self.truncated_messages = 0  # messages cut at MAX_MESSAGE_CHARS
         self._last_crash: BaseException | None = None
         self._capture: Capture | None = None
@@ -294,8 +295,9 @@ class Logger:
             return
         self._sender = self._route.start_sender(on_idle=self._sender_sleeps)
         self._pid = os.getpid()
-        self._append_line = self._sender.lines.append
-        self._append_metrics = self._sender.metrics.append
+        with self._hot_path:  # the sender's thread may already ask (_sender_sleeps)
+            self._append_line = self._sender.lines.append
+            self._append_metrics = self._sender.metrics.append
 
     def _sender_sleeps(self, sender: Sender) -> bool:
         """Called on the sender's thread when it is idle: whether the next
@@ -304,12 +306,13 @@ class Logger:
         with self._hot_path:
             # Not yet pointed at this sender (its thread runs before _connect
             # is done), or pointed elsewhere since (closed): no ring, no sleep.
-            current = getattr(self, "_append_line", None)
-            if current == sender.lines.append:
+            line = getattr(self, "_append_line", None)
+            metrics = getattr(self, "_append_metrics", None)
+            if line == sender.lines.append and metrics == sender.metrics.append:
                 self._append_line = self._line_wakes_sender
                 self._append_metrics = self._metrics_wakes_sender
                 return True
-            return current == self._line_wakes_sender
+            return line == self._line_wakes_sender and metrics == self._metrics_wakes_sender
 
     def _line_wakes_sender(self, record: tuple[Any, ...]) -> None:
         sender = self._sender
@@ -323,7 +326,7 @@ class Logger:
 
     def _sender_woken(self, sender: Sender) -> None:
         with self._hot_path:  # not over a close() or a fork that swapped them since
-            if self._append_line == self._line_wakes_sender:
+            if not self._closed and self._append_line == self._line_wakes_sender:
                 self._append_line = sender.lines.append
                 self._append_metrics = sender.metrics.append
         sender.ring()
@@ -491,7 +494,7 @@ class Logger:
         # would close a new sender's sockets under libzmq, which then aborts.
         self._sender = None
         self._child_start = threading.Lock()
-        self._hot_path = threading.Lock()  # the parent's sender may have held it at the fork
+        self._hot_path = threading.RLock()  # the parent's sender may have held it at the fork
         self._append_line = self._first_line_in_child
         self._append_metrics = self._first_metrics_in_child
 

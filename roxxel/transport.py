@@ -229,6 +229,12 @@ class DealerTransport:
         if wake is not None and wake.fd not in self._wake_fds:
             self._wake_fds.add(wake.fd)
             self._poller.register(wake.fd, zmq.POLLIN)
+        elif wake is None and self._wake_fds:
+            # A wait that does not take the wake-ups in (a bye's) must not
+            # return at once for one left in the pipe, again and again.
+            for fd in self._wake_fds:
+                self._poller.unregister(fd)
+            self._wake_fds.clear()
         # Rounded up: a 0 ms poll for a wait under 1 ms would spin.
         ready = dict(self._poller.poll(max(0, math.ceil(timeout * 1000))))
         if wake is not None and wake.fd in ready:

@@ -5,6 +5,7 @@ signal handlers)."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
 import weakref
@@ -28,6 +29,9 @@ class WakePipe:
         os.set_blocking(write, False)
         self._write = write
         self._close = weakref.finalize(self, _close_both, self.fd, write)
+        # Not at exit: an atexit hook that drains a Logger may still wake it
+        # then (the process's end closes the descriptors anyway).
+        self._close.atexit = False
 
     def wake(self) -> None:
         with contextlib.suppress(BlockingIOError):  # the pipe is full: a wake-up is pending
@@ -39,7 +43,10 @@ class WakePipe:
 
     def wait(self, timeout: float) -> None:
         """Until :meth:`wake` or ``timeout`` s."""
-        if select.select([self.fd], [], [], max(0.0, timeout))[0]:
+        # poll(), not select(): a descriptor past 1023 is fine.
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        if poller.poll(math.ceil(max(0.0, timeout) * 1000)):
             self.clear()
 
     def close(self) -> None:
