@@ -28,13 +28,7 @@ from .diagnostics import diagnostics
 from .security import ClientKeys
 from .wakepipe import WakePipe
 
-__all__ = [
-    "Transport",
-    "DealerTransport",
-    "EndpointError",
-    "check_endpoint",
-    "is_host_port",
-]
+__all__ = ["Transport", "DealerTransport", "EndpointError", "check_endpoint", "is_host_port"]
 
 # How long a host name may take to resolve before it is let through: a
 # resolver that is slow now is not proof that the name does not exist (the

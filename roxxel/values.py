@@ -2,7 +2,7 @@
 
 :func:`to_wire` is the msgpack ``default`` hook of the client's sender
 thread, so a ``jax.Array`` is read there, never on the training loop's
-thread; :func:`to_wire_when_ready`, the hook while the sender runs, does
+thread; :class:`ReadWhenReady`, the hook while the sender runs, does
 not wait for one the device is still computing either: it raises
 :class:`NotReady`, and the sender keeps that row, and the rows after it,
 for a later cycle. Python ``int``/``float``/``bool``/
@@ -27,7 +27,6 @@ from .schema import BIG_INT, NON_SCALAR
 
 __all__ = [
     "to_wire",
-    "to_wire_when_ready",
     "ReadWhenReady",
     "NotReady",
     "split_ready",
@@ -36,19 +35,13 @@ __all__ = [
 
 
 class NotReady(Exception):
-    """A ``jax.Array`` the device is still computing (from :func:`to_wire_when_ready`)."""
-
-
-def to_wire_when_ready(value: Any) -> Any:
-    """:func:`to_wire`, but a ``jax.Array`` not yet computed raises :class:`NotReady`
-    instead of waiting for the device."""
-    if not _is_ready(value):
-        raise NotReady
-    return to_wire(value)
+    """A ``jax.Array`` the device is still computing (from :class:`ReadWhenReady`)."""
 
 
 class ReadWhenReady:
-    """:func:`to_wire_when_ready` for one cut of rows, remembering what it read.
+    """:func:`to_wire` for one cut of rows, but a ``jax.Array`` not yet
+    computed raises :class:`NotReady` instead of waiting for the device; it
+    remembers what it read.
 
     A cut is encoded once; when an array is not ready, it is split
     (:func:`split_ready`) and its ready part encoded again: the values read
@@ -76,15 +69,14 @@ class ReadWhenReady:
 
 
 def split_ready(
-    rows: list[tuple], is_ready: Callable[[Any], bool] | None = None
+    rows: list[tuple], is_ready: Callable[[Any], bool]
 ) -> tuple[list[tuple], list[tuple]]:
     """Metrics entries ``(kind, keys, ts, step, values)`` split before the first
-    one holding an array the device is still computing (``is_ready``, default:
-    ask the array): those that can be read now, and that one with the rest
-    (in order, for later)."""
-    ready = is_ready or _is_ready
+    one holding an array the device is still computing (``is_ready``: e.g.
+    :meth:`ReadWhenReady.is_ready`): those that can be read now, and that one
+    with the rest (in order, for later)."""
     for i, row in enumerate(rows):
-        if not all(map(ready, row[4])):
+        if not all(map(is_ready, row[4])):
             return rows[:i], rows[i:]
     return rows, []
 
