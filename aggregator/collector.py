@@ -44,7 +44,6 @@ collector holds) gets a ``refusal`` frame saying why.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import time
@@ -73,6 +72,7 @@ from .ledger import (
     Resent,
     TooMany,
 )
+from .pacing import CommitPacing
 from .router import Router
 from .run import Run
 from .runs import Refused, Runs
@@ -80,10 +80,8 @@ from .sinks import DEFAULT_FILES, FileOptions, Sink, default_sinks
 
 __all__ = ["Collector", "default_sinks", "DAEMON_NAME"]
 
-# A commit (fsync of the files, checkpoint replaced: ~0.9 ms of CPU on a
-# 2-vCPU VM) happens at most this often, except when a client says bye; acks
-# wait for it. With a commit per batch (every flush_interval of every client)
-# a steady trickle of records would cost more in commits than in records.
+# At most one commit per this many seconds, except when a client says bye
+# (see aggregator.pacing).
 DEFAULT_COMMIT_INTERVAL = 0.05
 # How long an embedded collector whose parent died waits for that process's
 # watcher to report how it ended (it does within about 0.6 s), and for the
@@ -92,12 +90,6 @@ _AFTER_PARENT_DEATH = 5.0
 # A cycle takes at most this many frames (a message may carry many) before
 # it may commit and ack, so acks keep flowing under a flood.
 _MAX_MESSAGES_PER_CYCLE = 256
-# A cycle that took at most this many frames and records (and at least one)
-# is a trickle (a training loop's batches of a row or two): the next one
-# sleeps until a commit may be due and takes all that came meanwhile. Many
-# small senders, or big batches, are not one.
-_TRICKLE_FRAMES = 16
-_TRICKLE_RECORDS = 64
 DAEMON_NAME = "roxxel-aggregator"
 # Refused senders remembered, so their other frames are not reported as malformed.
 _REFUSED_KEPT = 4096
@@ -158,10 +150,7 @@ class Collector:
         self._refused_ids: dict[bytes, None] = {}  # senders refused lately, oldest first
         self._rate = RateMeter()
         self._started = time.time()
-        self._commit_interval = commit_interval
-        self._commit_due: float | None = None
-        self._last_commit = -math.inf
-        self._nap_until: float | None = None  # after a trickle (see _TRICKLE_FRAMES)
+        self._pacing = CommitPacing(commit_interval)
         self._acks = Acks()
         self._reopen = self._reload_keys = False
         if home is None:
@@ -375,14 +364,11 @@ class Collector:
         the last one was less than ``commit_interval`` ago. After a trickle,
         sleep until a commit may be due, then take all that came meanwhile.
         Returns messages handled."""
-        if self._nap_until is not None:
-            # A trickle: nothing it brings would be acknowledged before the
-            # next commit anyway. Woken once then, for all of it, instead of
-            # once per batch (a wake-up costs more than a batch of one row).
-            self._router.wait_for_wake(min(timeout, self._nap_until - time.monotonic()))
+        nap = self._pacing.nap()
+        if nap is not None:
+            self._router.wait_for_wake(min(timeout, nap))
             timeout = 0.0
-        if self._commit_due is not None:
-            timeout = min(timeout, max(0.0, self._commit_due - time.monotonic()))
+        timeout = self._pacing.poll_timeout(timeout)
         if any(r.commits.needs_rewind and not r.commits.roll_back() for r in self.runs.all()):
             # The files cannot be rewound yet: read nothing (it could not be
             # written), wait for the disk or a stop instead of spinning.
@@ -416,30 +402,16 @@ class Collector:
                     self._dispatch(peer, data, message.key, message.source)
         except OSError as exc:
             self._writing.commits.failed(exc)
-        now = time.monotonic()
-        dirty = any(r.commits.dirty for r in self.runs.all())
-        if dirty and self._commit_due is None:
-            # At most one commit per interval: at once after a quiet spell.
-            self._commit_due = max(now, self._last_commit + self._commit_interval)
-        if self._commit_due is not None and now >= self._commit_due:
+        if self._pacing.commit_now(any(r.commits.dirty for r in self.runs.all())):
             for run in self.runs.all():
                 run.commit()
-            self._last_commit = now
-            self._commit_due = None
         self._send_acks()
         for run in self.runs.all():
             self._forget_idle(run)
+        now = time.monotonic()
         self._close_idle_runs(now)
         self._rate.sample(now, self.stats["records"])
-        trickle = (
-            0 < handled <= _TRICKLE_FRAMES and self.stats["records"] - records <= _TRICKLE_RECORDS
-        )
-        if not trickle:
-            self._nap_until = None
-        elif self._commit_due is not None:
-            self._nap_until = self._commit_due
-        else:
-            self._nap_until = self._last_commit + self._commit_interval
+        self._pacing.cycle_done(handled, self.stats["records"] - records)
         return handled
 
     def _dispatch(self, peer: bytes, data: bytes, key: str | None, source: str) -> None:
@@ -476,7 +448,7 @@ class Collector:
             run.commits.dirty |= event.known
             self.runs.left(event.bye.sender_id)
             self._acks.owe_bye(peer, event.bye, run)
-            self._commit_due = time.monotonic()  # a closing client waits for this ack
+            self._pacing.soon()  # a closing client waits for this ack
         elif isinstance(event, Poisoned):
             run.poisoned(event.error, data, event.state)
             self._acks.owe(peer, run, event.error.sender_id)
