@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from .deploy_helpers import tool
 from .nats_cluster import nats_server_binary
 
 REPO = Path(__file__).resolve().parent.parent
@@ -220,3 +221,40 @@ def test_background_cpu_quick(tmp_path):
     assert "one wake-up of a sleeping thread" in proc.stdout, proc.stdout
     assert "!!" not in proc.stdout, proc.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_stack_summary_counts_each_thread_and_our_functions(tmp_path):
+    raw = tmp_path / "profile.raw"
+    raw.write_text(
+        'process 7:"python -m benchmarks.train_step --size medium";thread (8): roxxel-sender;'
+        "Sender._run (roxxel/client.py:300);Sender._send (roxxel/client.py:420);"
+        "send (zmq/sugar/socket.py:600) 30\n"
+        'process 7:"python -m benchmarks.train_step --size medium";thread (8): roxxel-sender;'
+        "Sender._run (roxxel/client.py:301);Poller.poll (zmq/sugar/poll.py:80) 10\n"
+        'process 7:"python -m benchmarks.train_step --size medium";thread (7): MainThread;'
+        "<module> (train.py:3) 60\n"
+        "not a stack line\n"
+    )
+    proc = _run(["benchmarks.stack_summary", str(raw), "--top", "3"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    sender = "process 7 (python -m benchmarks.train_step) / thread (8): roxxel-sender: 40 samples"
+    assert lines.index(sender) > lines.index(
+        "process 7 (python -m benchmarks.train_step) / thread (7): MainThread: 60 samples"
+    )
+    block = lines[lines.index(sender) + 1 :]
+    assert "  self   75.0 %  send (zmq/sugar/socket.py)" in block
+    assert "  under 100.0 %  Sender._run (roxxel/client.py)" in block  # line numbers merged
+    assert "  under  75.0 %  Sender._send (roxxel/client.py)" in block
+    assert not any("poll.py" in line and "under" in line for line in block)  # not ours
+
+
+def test_device_check_script_is_valid_bash():
+    script = REPO / "benchmarks" / "device_check.sh"
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    shellcheck = tool("shellcheck")
+    result = subprocess.run(
+        [shellcheck, "--shell=bash", str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
