@@ -55,7 +55,7 @@ def measure(max_buffer_bytes: int, api: str) -> dict[str, float]:
             time.sleep(0.02)  # let the sender thread cut and bound what is queued
         loop_s = time.perf_counter() - t0
         time.sleep(0.2)
-        held, dropped = sender._bytes, sender.dropped_total
+        held, dropped = sender._outbox.held_bytes, sender.dropped_total
         rss_before = peak_rss_mib()
         stderr = io.StringIO()
         t1 = time.perf_counter()

@@ -7,7 +7,8 @@ step, values)``, names and values as tuples); ``collections.deque``:
 
 1. *cuts*: every ``flush_interval`` it takes what the deques hold and encodes
    it (converting NumPy/JAX values there, never on the caller's thread) into
-   batch bodies of one kind each -- *pending* batches, not yet numbered;
+   batch bodies of one kind each -- *pending* batches, not yet numbered (the
+   deques and the batches, 1. and 2.: :mod:`roxxel.outbox`);
 2. *bounds*: while pending and in-flight batches hold more than
    ``max_buffer_bytes``, it drops the oldest pending metrics batch (then the
    oldest pending log batch) and counts the records; a deque that outgrows
@@ -42,7 +43,6 @@ re-raised by :meth:`Sender.flush` and :meth:`Sender.close`.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import threading
 import time
@@ -50,32 +50,21 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from . import codec, schema
+from . import codec
 from .diagnostics import diagnostics
 from .exchange import exchange
 from .lines import printable
+from .outbox import Outbox
 from .transport import Transport
-from .unsent import Unsent, UnsentBatch
-from .values import NotReady, ReadWhenReady, split_ready, to_wire
+from .unsent import Unsent
 from .wakepipe import WakePipe
 
 __all__ = ["Sender"]
 
 
-_RECORD_OBJECT_BYTES = 700
 # How long an idle sender with an ``on_idle`` hook waits between looks when
 # nothing rings for it (nothing should need it: a bound, not a tick).
 IDLE_WAIT = 1.0
-
-
-@dataclasses.dataclass(slots=True)
-class _Batch:
-    body: bytes
-    metrics: int
-    lines: int
-    order: int
-    frame: bytes = b""  # set once numbered
-    frame_seq: int = 0  # the seq ``frame`` was built with
 
 
 class Sender:
@@ -103,29 +92,16 @@ class Sender:
         # answer to the hello); ``announce``: say so on stderr, once.
         self.where: codec.Where | None = None
         self._announce = announce
-        self.lines: deque[tuple[Any, ...]] = deque()
-        self.metrics: deque[tuple[Any, ...]] = deque()
-        self.dropped_total = 0
+        # What is not acknowledged yet: the records (the hot path appends to
+        # lines and metrics) and the batches cut from them.
+        self._outbox = Outbox(max_buffer_bytes, max_batch, window)
+        self.lines: deque[tuple[Any, ...]] = self._outbox.lines
+        self.metrics: deque[tuple[Any, ...]] = self._outbox.metrics
         self._transport = transport
         self._hello = hello
         self._sender_id = hello.sender_id
         self._flush_interval = flush_interval
         self._resend_after = resend_after
-        self._max_bytes = max_buffer_bytes
-        # Records waiting in a deque take ~10x their encoded size in Python
-        # objects: cap them at about half the buffer's worth.
-        self._deque_cap = max(10_000, max_buffer_bytes // _RECORD_OBJECT_BYTES)
-        # A batch at most ~1/8 of the buffer (records take 25-60 bytes encoded),
-        # so that the bound drops in small steps.
-        self._max_batch = max(64, min(max_batch, max_buffer_bytes // 512))
-        self._window = window
-        self._order = itertools.count()
-        self._pending_metrics: deque[_Batch] = deque()
-        self._pending_lines: deque[_Batch] = deque()
-        self._in_flight: dict[int, _Batch] = {}
-        self._bytes = 0  # pending and in flight
-        self._flight_bytes = 0
-        self._unreported = [0, 0]  # dropped metrics, lines not yet reported
         self._next_seq = 1
         self._sent_upto = 0
         self._acked = 0
@@ -162,33 +138,26 @@ class Sender:
         self._acked = self._sent_upto = unsent.hello.acked
         self._next_seq = self._acked + 1
         for seq, body, metrics, lines in unsent.batches:
-            batch = _Batch(body, metrics, lines, next(self._order))
             if seq is None:
-                (self._pending_metrics if metrics else self._pending_lines).append(batch)
+                self._outbox.add(body, metrics, lines)
             elif seq >= self._next_seq:
                 self._next_seq = seq + 1
+                batch = self._outbox.add(body, metrics, lines, seq)
                 batch.frame = codec.batch_frame(self._sender_id, seq, body)
                 batch.frame_seq = seq
-                self._in_flight[seq] = batch
-                self._flight_bytes += len(body)
-            else:
-                continue  # acknowledged already
-            self._bytes += len(body)
+            # else: acknowledged already
 
     @property
     def endpoint(self) -> str:
         return self._transport.endpoint
 
+    @property
+    def dropped_total(self) -> int:
+        """Records dropped by the buffer bound, its deques' caps, or as too large for a frame."""
+        return self._outbox.dropped_total
+
     def _idle(self) -> bool:
-        # A drop not yet reported is a record the collector still has to get.
-        return not (
-            self.lines
-            or self.metrics
-            or self._pending_metrics
-            or self._pending_lines
-            or self._in_flight
-            or any(self._unreported)
-        )
+        return self._outbox.empty()
 
     def _sleepy(self) -> bool:
         """Nothing to send, nothing to wait for: only a new record needs the thread."""
@@ -263,25 +232,11 @@ class Sender:
 
     def _unsent(self) -> Unsent:
         self._cut()  # the deques' leftovers, as batches
-        batches = [
-            UnsentBatch(seq, b.body, b.metrics, b.lines)
-            for seq, b in sorted(self._in_flight.items())
-        ]
-        pending = sorted(
-            itertools.chain(self._pending_metrics, self._pending_lines), key=lambda b: b.order
-        )
-        batches += [UnsentBatch(None, b.body, b.metrics, b.lines) for b in pending]
-        dropped = sum(self._unreported)
-        if dropped:
-            batches.append(UnsentBatch(None, self._drop_report(), 0, 0))
+        batches, dropped = self._outbox.unsent()
         return Unsent(self._hello_now(), batches, dropped)
 
     def _hello_now(self) -> codec.Hello:
         return dataclasses.replace(self._hello, acked=self._acked)
-
-    def _drop_report(self) -> bytes:
-        """A batch body reporting the records dropped and not yet reported."""
-        return codec.encode_records([(schema.RECORD_DROPPED, time.time(), *self._unreported)])
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -327,79 +282,12 @@ class Sender:
     def _cut(self) -> None:
         # Held from popleft to append, so flush() never sees a record in neither place.
         with self._changed:
-            self._cut_kind(self.metrics, self._pending_metrics, is_metrics=True)
-            self._cut_kind(self.lines, self._pending_lines, is_metrics=False)
-
-    def _cut_kind(self, source: deque, pending: deque[_Batch], is_metrics: bool) -> None:
-        # A caller faster than encoding would grow the deque without bound:
-        # past its cap the oldest records go uncoded (a popleft each), counted.
-        excess = len(source) - self._deque_cap
-        if excess > 0:
-            for _ in range(excess):
-                source.popleft()
-            self._unreported[0 if is_metrics else 1] += excess
-            self.dropped_total += excess
-        while source:
-            # starmap calls popleft() from C: no Python loop per record.
-            take = min(len(source), self._max_batch)
-            records = list(itertools.starmap(source.popleft, itertools.repeat((), take)))
-            try:
-                # Until stopping (the process is ending), an array that the
-                # device is still computing is not waited for.
-                read = to_wire if self._stopping or not is_metrics else ReadWhenReady()
-                encoded, waiting = self._encode(records, is_metrics, read), False
-            except NotReady:
-                records, later = split_ready(records, read.is_ready)
-                source.extendleft(reversed(later))  # for a later cycle; the cap bounds them
-                encoded, waiting = self._encode(records, True, read), True
-            for body, count in encoded:
-                if not body:  # a record too large for any frame
-                    self._unreported[0 if is_metrics else 1] += count
-                    self.dropped_total += count
-                    continue
-                batch = _Batch(
-                    body,
-                    metrics=count if is_metrics else 0,
-                    lines=0 if is_metrics else count,
-                    order=next(self._order),
-                )
-                pending.append(batch)
-                self._bytes += len(body)
-            if waiting:
-                return  # the rest waits for the device: a later cycle
-
-    def _encode(
-        self, records: list, is_metrics: bool, read: Callable[[Any], Any] = to_wire
-    ) -> list[tuple[bytes, int]]:
-        """Bodies for ``records`` and how many records each holds, split until
-        each fits in a frame (an empty body: a record too large for any, dropped);
-        ``read`` turns what msgpack cannot pack itself into what it can."""
-        if not records:
-            return []
-        try:
-            wire = schema.metrics_records(records) if is_metrics else records
-            return [(codec.encode_records(wire, read), len(records))]
-        except codec.CodecError:
-            if len(records) > 1:
-                half = len(records) // 2
-                return self._encode(records[:half], is_metrics, read) + self._encode(
-                    records[half:], is_metrics, read
-                )
-            # One record too large for any frame: dropped (counted by the caller).
-            return [(b"", 1)]
+            self._outbox.cut(self._stopping)
 
     def _bound(self) -> None:
         with self._changed:
-            while self._bytes > self._max_bytes:
-                pending = self._pending_metrics or self._pending_lines
-                if not pending:
-                    return  # only in-flight batches left: they are never dropped
-                batch = pending.popleft()
-                self._bytes -= len(batch.body)
-                self._unreported[0] += batch.metrics
-                self._unreported[1] += batch.lines
-                self.dropped_total += batch.metrics + batch.lines
-            self._changed.notify_all()
+            if self._outbox.bound():
+                self._changed.notify_all()
 
     def _send(self) -> None:
         """Send what may go now -- the hello, resends in seq order, then new
@@ -423,14 +311,14 @@ class Sender:
         # batches after it.
         size, upto = 0, self._sent_upto
         for seq in range(self._sent_upto + 1, self._next_seq):
-            batch = self._in_flight.get(seq)
+            batch = self._outbox.in_flight.get(seq)
             if batch is not None:
                 if size and size + len(batch.frame) > codec.MESSAGE_BYTES:
                     break
                 frames.append(batch.frame)
                 size += len(batch.frame)
             upto = seq
-        report, new = (None, []) if upto < self._next_seq - 1 else self._next_batches(size)
+        report, new = (None, []) if upto < self._next_seq - 1 else self._outbox.next_batches(size)
         seq = self._next_seq
         for batch in new:
             if batch.frame_seq != seq:  # built already if the last attempt failed
@@ -445,46 +333,10 @@ class Sender:
         self._need_hello = False
         self._sent_upto = upto
         with self._changed:
-            for batch in new:
-                if batch is report:
-                    self._unreported = [0, 0]
-                    self._bytes += len(batch.body)
-                else:
-                    (self._pending_metrics if batch.metrics else self._pending_lines).popleft()
-                self._in_flight[self._next_seq] = batch
-                self._flight_bytes += len(batch.body)
-                self._next_seq += 1
+            self._outbox.sent(report, new, self._next_seq)
+            self._next_seq += len(new)
         if new:
             self._sent_upto = self._next_seq - 1
-
-    def _next_batches(self, size: int) -> tuple[_Batch | None, list[_Batch]]:
-        """The pending batches to send now (oldest first), within the window and
-        half the buffer (so pending keeps room to drop from); first, once the
-        collector takes frames again, one report of what was dropped (also
-        returned on its own)."""
-        new: list[_Batch] = []
-        report = None
-        room = self._window - len(self._in_flight)
-        flight_bytes = self._flight_bytes
-        if any(self._unreported) and room > 0:
-            report = _Batch(self._drop_report(), 0, 0, next(self._order))
-            new.append(report)
-        metrics, lines = self._pending_metrics, self._pending_lines
-        m = n = 0
-        while len(new) < room and flight_bytes < self._max_bytes // 2:
-            if m < len(metrics) and (n >= len(lines) or metrics[m].order < lines[n].order):
-                batch, is_metrics = metrics[m], True
-            elif n < len(lines):
-                batch, is_metrics = lines[n], False
-            else:
-                break
-            if size and size + len(batch.body) > codec.MESSAGE_BYTES:
-                break  # the next pass sends it
-            m, n = m + is_metrics, n + (not is_metrics)
-            new.append(batch)
-            flight_bytes += len(batch.body)
-            size += len(batch.body)
-        return report, new
 
     def _on_reply(self, data: bytes) -> None:
         try:
@@ -506,13 +358,10 @@ class Sender:
             self._located(frame.where)
         # Every in-flight seq up to the ack, including any numbered after an
         # ack that ran ahead of us (a replay the collector had seen).
-        done = [seq for seq in self._in_flight if seq <= frame.seq]
+        done = [seq for seq in self._outbox.in_flight if seq <= frame.seq]
         if done or frame.seq > self._acked:
             with self._changed:
-                for seq in done:
-                    batch = self._in_flight.pop(seq)
-                    self._bytes -= len(batch.body)
-                    self._flight_bytes -= len(batch.body)
+                self._outbox.acknowledged(done)
                 self._acked = max(self._acked, frame.seq)
                 self._changed.notify_all()
         self._last_progress = time.monotonic()
@@ -552,7 +401,7 @@ class Sender:
         """Receive and handle replies while no collector has answered yet (only
         then: the watch costs a look at the buffers each pass)."""
         progress = self._last_progress
-        held = self._in_flight_records() if self._warned_at is not None else 0
+        held = self._outbox.in_flight_records() if self._warned_at is not None else 0
         for frame in self._transport.receive(wait, self._doorbell):
             self._on_reply(frame)
         if self._told_refusal:  # an answer, already said: nothing more to say
@@ -573,10 +422,10 @@ class Sender:
             elif now - self._waiting_since >= self._no_answer_warning:
                 self._warn_no_answer(now)
             return
-        self._delivered_since_warning += held - self._in_flight_records()
+        self._delivered_since_warning += held - self._outbox.in_flight_records()
         # The hello's ack comes before the batches' acks: said once records
         # are delivered (or when there is nothing left to deliver).
-        if answered and (self._delivered_since_warning or not self._in_flight):
+        if answered and (self._delivered_since_warning or not self._outbox.in_flight):
             self._answered = True
             self._diag.warning(
                 "roxxel: the collector at %s answers now (after %.1f s); %d record(s) delivered",
@@ -584,9 +433,6 @@ class Sender:
                 now - self._waiting_since,
                 self._delivered_since_warning,
             )
-
-    def _in_flight_records(self) -> int:
-        return sum(b.metrics + b.lines for b in self._in_flight.values())
 
     def _warn_no_answer(self, now: float) -> None:
         self._warned_at = now
@@ -601,7 +447,7 @@ class Sender:
             "the oldest unsent metrics, then lines, are dropped and counted), and %s",
             self.endpoint,
             now - self._waiting_since,
-            _size(self._max_bytes),
+            _size(self._outbox.max_bytes),
             after_close,
         )
 
@@ -614,7 +460,7 @@ class Sender:
                 self._sent_upto = self._acked
                 self._last_progress = time.monotonic()
             return
-        if not self._in_flight:
+        if not self._outbox.in_flight:
             self._last_progress = time.monotonic()
             if not reconnected:
                 return

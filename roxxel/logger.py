@@ -18,7 +18,6 @@ import operator
 import os
 import signal
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Iterable, Mapping
@@ -28,8 +27,8 @@ from typing import Any
 from . import codec, exits, schema
 from .client import Sender
 from .handler import Capture
+from .hotpath import HotPath
 from .levels import STANDARD_LEVELS, level_number, with_level_name
-from .lines import NamedLevel, format_line, rank_tag
 from .progress import Progress
 from .ranks import detect_rank
 from .route import ENV_AGGREGATOR, RouteOptions, open_route
@@ -205,9 +204,6 @@ class Logger:
         self._known_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._close_timeout = close_timeout
         self._closed = False
-        # Held while the hot path's appends are swapped, by any thread; an
-        # RLock: a signal handler that logs may run inside the holder.
-        self._hot_path = threading.RLock()
         self.truncated_messages = 0  # messages cut at MAX_MESSAGE_CHARS
         self._last_crash: BaseException | None = None
         self._capture: Capture | None = None
@@ -237,7 +233,9 @@ class Logger:
         self.endpoint = self._route.endpoint
         if self._route.collector_endpoint is not None:
             self.collector_endpoint = self._route.collector_endpoint
-        self._sender: Sender | None = None
+        # What log_message and log_metrics_summary append through (_append_line,
+        # _append_metrics), and every swap of it (roxxel.hotpath).
+        self._hot_path = HotPath(self, self.rank, self._route.log)
         self._connect()
         if self._route.reachable:
             self._route.start_watcher()
@@ -283,53 +281,25 @@ class Logger:
         where = self._where()
         return None if where is None else getattr(where, field)
 
+    @property
+    def _sender(self) -> Sender | None:
+        """The sender the hot path appends to (``None``: stderr, or a forked
+        child's not started yet)."""
+        return self._hot_path.sender
+
     def _connect(self) -> None:
         """Point the hot path at a new sender, or at stderr when there is nowhere to send."""
         if not self._route.reachable:
             # A rank other than 0 with nowhere to send: its forwarded lines go
             # to its own stderr rather than nowhere.
-            self._lines_to_stderr(
+            self._hot_path.to_stderr(
                 f"rank {self.rank} has no collector endpoint (aggregator= or "
                 f"{ENV_AGGREGATOR}, or jax.distributed)"
             )
             return
-        self._sender = self._route.start_sender(on_idle=self._sender_sleeps)
+        sender = self._route.start_sender(on_idle=self._hot_path.sender_sleeps)
         self._pid = os.getpid()
-        with self._hot_path:  # the sender's thread may already ask (_sender_sleeps)
-            self._append_line = self._sender.lines.append
-            self._append_metrics = self._sender.metrics.append
-
-    def _sender_sleeps(self, sender: Sender) -> bool:
-        """Called on the sender's thread when it is idle: whether the next
-        record rings for it (then it may sleep until one does). A busy loop
-        keeps the plain appends (the sender is never idle then): no cost per call."""
-        with self._hot_path:
-            # Not yet pointed at this sender (its thread runs before _connect
-            # is done), or pointed elsewhere since (closed): no ring, no sleep.
-            line = getattr(self, "_append_line", None)
-            metrics = getattr(self, "_append_metrics", None)
-            if line == sender.lines.append and metrics == sender.metrics.append:
-                self._append_line = self._line_wakes_sender
-                self._append_metrics = self._metrics_wakes_sender
-                return True
-            return line == self._line_wakes_sender and metrics == self._metrics_wakes_sender
-
-    def _line_wakes_sender(self, record: tuple[Any, ...]) -> None:
-        sender = self._sender
-        sender.lines.append(record)  # before the ring: the woken sender finds it
-        self._sender_woken(sender)
-
-    def _metrics_wakes_sender(self, record: tuple[Any, ...]) -> None:
-        sender = self._sender
-        sender.metrics.append(record)
-        self._sender_woken(sender)
-
-    def _sender_woken(self, sender: Sender) -> None:
-        with self._hot_path:  # not over a close() or a fork that swapped them since
-            if not self._closed and self._append_line == self._line_wakes_sender:
-                self._append_line = sender.lines.append
-                self._append_metrics = sender.metrics.append
-        sender.ring()
+        self._hot_path.point_at(sender)
 
     # -- the hot path ---------------------------------------------------------
 
@@ -485,37 +455,14 @@ class Logger:
         self._route.after_fork()  # the collector belongs to the parent
         if self.endpoint is not None and self.endpoint.startswith("inproc://"):
             # A thread collector lives in the parent's memory: unreachable from here.
-            self._lines_to_stderr(
+            self._hot_path.to_stderr(
                 f"a forked child (pid {os.getpid()}) cannot reach its parent's thread collector"
             )
             return
         # The child's sender starts with its first record, not here: this hook also
         # runs between fork and exec (subprocess with preexec_fn), where close_fds
         # would close a new sender's sockets under libzmq, which then aborts.
-        self._sender = None
-        self._child_start = threading.Lock()
-        self._hot_path = threading.RLock()  # the parent's sender may have held it at the fork
-        self._append_line = self._first_line_in_child
-        self._append_metrics = self._first_metrics_in_child
-
-    def _first_line_in_child(self, record: tuple[Any, ...]) -> None:
-        self._start_in_child()
-        self._append_line(record)
-
-    def _first_metrics_in_child(self, record: tuple[Any, ...]) -> None:
-        self._start_in_child()
-        self._append_metrics(record)
-
-    def _start_in_child(self) -> None:
-        with self._child_start:  # two threads' first records make one sender
-            if self._append_line == self._first_line_in_child:
-                self._connect()
-
-    def _lines_to_stderr(self, why: str) -> None:
-        """No collector to send to: lines go to this process's stderr, metrics nowhere."""
-        self._route.log.warning("roxxel: %s; its warnings go to stderr", why)
-        self._sender = None
-        self._append_line = self._append_metrics = self._to_stderr
+        self._hot_path.after_fork(self._connect)
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -556,10 +503,9 @@ class Logger:
             self._capture.release()
         if self._progress is not None:
             self._progress.close()
-        # Every call from now on reaches _closed and raises (the level last:
-        # another thread's call must not pass it on its way to the sender).
-        with self._hot_path:
-            self._append_line = self._append_metrics = _closed
+        # Every call from now on reaches the hot path's _closed and raises (the
+        # level last: another thread's call must not pass it on its way to the sender).
+        self._hot_path.close()
         self._own_rows = True
         self._level = _BELOW_EVERY_LEVEL
         with exits.closing():
@@ -614,19 +560,8 @@ class Logger:
         finally:
             self.close()
 
-    def _to_stderr(self, record: tuple[Any, ...]) -> None:
-        if record[0] == schema.RECORD_LOG:
-            _, ts, level, text = record[:4]
-            if len(record) == 5:
-                level = NamedLevel(level, record[4])
-            sys.stderr.write(format_line(ts, level, text, rank_tag(self.rank)))
-
 
 _BELOW_EVERY_LEVEL = -(2**63)
-
-
-def _closed(record: tuple[Any, ...]) -> None:
-    raise RuntimeError("this roxxel Logger is closed")
 
 
 def _step_number(step: Any) -> int:

@@ -800,7 +800,7 @@ def test_an_idle_logger_sleeps_and_any_threads_next_records_wake_it(tmp_path, mo
     monkeypatch.setattr(roxxel.client, "IDLE_WAIT", 3600.0)
     expected = []
     with Logger(str(tmp_path), "idle") as lg:
-        asleep = lg._line_wakes_sender  # what the hot path calls while the sender sleeps
+        asleep = lg._hot_path._line_wakes_sender  # what it calls while the sender sleeps
         for burst in range(4):
             wait_for(lambda: lg._append_line == asleep, timeout=10, what="the sender asleep")
 
