@@ -14,8 +14,8 @@ states:
   hook): the next record, from any thread, rings the sender's doorbell, and
   that call swaps the plain appends back; a busy loop keeps the plain appends
   (the sender is never idle then): no cost per call;
-* *forked child* (:meth:`HotPath.after_fork`): the first record starts the
-  child's own sender;
+* *forked child* (:meth:`HotPath.start_on_first_record`): the first record
+  starts the child's own sender;
 * *stderr* (:meth:`HotPath.to_stderr`): no collector to send to: lines go to
   this process's stderr, metrics nowhere;
 * *closed* (:meth:`HotPath.close`): every call raises ``RuntimeError``.
@@ -30,14 +30,14 @@ Threading guarantees:
 * :meth:`~HotPath.point_at` swaps under the lock too: the sender's thread may
   already ask (:meth:`~HotPath.sender_sleeps`) before the hot path points at
   it; until then, or once pointed elsewhere (closed), it gets no ring and so
-  does not sleep.
+  does not sleep. It never points a closed hot path at a sender.
 * A ringing call appends its record before the ring, so the woken sender
   finds it; it swaps the plain appends back only if nothing swapped them
   since (a close() or a fork), and never after close(): a closed hot path
   stays closed.
-* A forked child gets a new lock (the parent's sender thread may have held it
-  at the fork, and that thread does not exist in the child); two threads'
-  first records in the child start one sender.
+* A forked child gets new locks (:meth:`HotPath.forked`: the parent's sender
+  thread may have held them at the fork, and that thread does not exist in
+  the child); two threads' first records in the child start one sender.
 * The swap to *stderr* is made without the lock: only where no sender thread
   runs (before one has started, or in a forked child).
 """
@@ -82,17 +82,22 @@ class HotPath:
         # Held while the hot path's appends are swapped, by any thread; an
         # RLock: a signal handler that logs may run inside the holder.
         self._lock = threading.RLock()
-        # A forked child's: starts its sender (see after_fork).
+        # A forked child's: starts its sender (see start_on_first_record).
         self._start: Callable[[], None] | None = None
         self._child_start = threading.Lock()
 
-    def point_at(self, sender: Sender) -> None:
-        """Point the hot path at ``sender``'s deques."""
-        self.sender = sender
+    def point_at(self, sender: Sender) -> bool:
+        """Point the hot path at ``sender``'s deques; False (and nothing
+        changes) once it is closed: a forked child's first record may start a
+        sender while another thread closes the Logger."""
         owner = self._owner
         with self._lock:  # the sender's thread may already ask (sender_sleeps)
+            if self._closed:
+                return False
+            self.sender = sender
             owner._append_line = sender.lines.append
             owner._append_metrics = sender.metrics.append
+            return True
 
     def sender_sleeps(self, sender: Sender) -> bool:
         """Called on the sender's thread when it is idle: whether the next
@@ -128,13 +133,19 @@ class HotPath:
                 owner._append_metrics = sender.metrics.append
         sender.ring()
 
-    def after_fork(self, start: Callable[[], None]) -> None:
-        """In a forked child: no sender until its first record, which calls
-        ``start`` (that points the hot path again, at a new sender or stderr)."""
+    def forked(self) -> None:
+        """In a forked child: the parent's sender is not its own, and the
+        parent's sender thread, which does not exist here, may have held the
+        locks at the fork: new ones."""
         self.sender = None
-        self._start = start
+        self._lock = threading.RLock()
         self._child_start = threading.Lock()
-        self._lock = threading.RLock()  # the parent's sender may have held it at the fork
+
+    def start_on_first_record(self, start: Callable[[], None]) -> None:
+        """In a forked child (after :meth:`forked`): no sender until its first
+        record, which calls ``start`` (that points the hot path again, at a
+        new sender or stderr)."""
+        self._start = start
         self._owner._append_line = self._first_line_in_child
         self._owner._append_metrics = self._first_metrics_in_child
 

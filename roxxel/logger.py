@@ -299,7 +299,10 @@ class Logger:
             return
         sender = self._route.start_sender(on_idle=self._hot_path.sender_sleeps)
         self._pid = os.getpid()
-        self._hot_path.point_at(sender)
+        if not self._hot_path.point_at(sender):
+            # Closed meanwhile (a forked child's first record racing close()):
+            # this sender took no record; its caller's record raises.
+            sender.close(0, bye=False)
 
     # -- the hot path ---------------------------------------------------------
 
@@ -453,6 +456,7 @@ class Logger:
         if self._closed or self._sender is None or os.getpid() == self._pid:
             return  # nothing to do, or not a child (a live sender is never replaced)
         self._route.after_fork()  # the collector belongs to the parent
+        self._hot_path.forked()
         if self.endpoint is not None and self.endpoint.startswith("inproc://"):
             # A thread collector lives in the parent's memory: unreachable from here.
             self._hot_path.to_stderr(
@@ -462,7 +466,7 @@ class Logger:
         # The child's sender starts with its first record, not here: this hook also
         # runs between fork and exec (subprocess with preexec_fn), where close_fds
         # would close a new sender's sockets under libzmq, which then aborts.
-        self._hot_path.after_fork(self._connect)
+        self._hot_path.start_on_first_record(self._connect)
 
     # -- lifecycle --------------------------------------------------------------
 

@@ -624,6 +624,41 @@ def test_a_forked_child_starts_its_sender_with_its_first_record(tmp_path: Path) 
     assert messages(read(tmp_path / "fork_system.log")) == ["parent", "child"]
 
 
+def test_a_child_forked_while_the_hot_path_lock_was_held_closes(tmp_path: Path) -> None:
+    # The parent's sender thread may hold the hot path's lock at the fork; that
+    # thread does not exist in the child, so a lock it held would never be let go.
+    for collector in ("thread", "process"):
+        result = run_python(
+            "import os, signal, threading\n"
+            "from roxxel import Logger\n"
+            f"lg = Logger({str(tmp_path)!r}, 'held_{collector}', collector={collector!r})\n"
+            "lg.log_message('parent')\n"
+            "taken, fork_done = threading.Event(), threading.Event()\n"
+            "def hold():\n"
+            "    with lg._hot_path._lock:\n"
+            "        taken.set()\n"
+            "        fork_done.wait()\n"
+            "holder = threading.Thread(target=hold)\n"
+            "holder.start()\n"
+            "taken.wait()\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    signal.alarm(20)  # a child that hangs ends, failing the test\n"
+            "    lg.log_message('child')\n"
+            "    lg.close()\n"
+            "    os._exit(0)\n"
+            "fork_done.set()\n"
+            "holder.join()\n"
+            "_, status = os.waitpid(pid, 0)\n"
+            "assert status == 0, status\n"
+            "lg.close()\n",
+            timeout=60,
+        )
+        assert result.returncode == 0, (collector, result.stderr)
+        expected = ["parent"] if collector == "thread" else ["parent", "child"]
+        assert messages(read(tmp_path / f"held_{collector}_system.log")) == expected
+
+
 def test_subprocesses_with_preexec_fn_start_beside_a_live_logger(tmp_path: Path) -> None:
     result = run_python(
         "import os, subprocess, sys\n"
