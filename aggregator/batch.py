@@ -87,18 +87,20 @@ def sort_batch(records: list[Any], now: float | None = None) -> SortedBatch:
         elif kind == schema.RECORD_DEATH:
             # Its time also dates the run's summary of failures.
             _, ts, level, text = record
-            ts, text = within_time(ts, text, now)
-            sorted_batch.notices.append(DeathNotice(ts, level, text))
+            ts, text = within_time(ts, schema.cut_text(text), now)
+            sorted_batch.notices.append(DeathNotice(ts, schema.big_int(level), text))
         elif len(record) == 5:  # a log line at a level its sender named
             kind, ts, level, text, name = record
-            sorted_batch.lines.append([kind, ts, NamedLevel(level, name), text])
+            level = NamedLevel(schema.big_int(level), name)
+            sorted_batch.lines.append([kind, ts, level, schema.cut_text(text)])
         elif kind == schema.RECORD_DROPPED:
             sorted_batch.client_dropped += record[2] + record[3]
             sorted_batch.lines.append(
                 [schema.RECORD_LOG, record[1], logging.WARNING, _dropped_text(record)]
             )
-        else:
-            sorted_batch.lines.append(record)
+        else:  # a log line (a level beyond 64 bits came as its digits)
+            kind, ts, level, text = record
+            sorted_batch.lines.append([kind, ts, schema.big_int(level), schema.cut_text(text)])
     return sorted_batch
 
 

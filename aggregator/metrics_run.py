@@ -3,8 +3,10 @@
 A client sends consecutive rows with the same keys as one record
 (``[kind, keys, ts, steps, values]``, see :mod:`roxxel.codec`). The
 collector turns each into a :class:`MetricsRun`: the values column by
-column, every value a scalar (a non-scalar becomes ``None``, an empty cell),
-and for each key what its column holds. A sink zips the columns back into
+column, every value a scalar (a non-scalar becomes ``None``, an empty cell;
+a text past :data:`roxxel.schema.MAX_TEXT_CHARS` is cut there), each step an
+int (one beyond 64 bits came as its digits), and for each key what its
+column holds. A sink zips the columns back into
 rows and formats a column of finite floats or of integers through one
 %-format for the whole run, instead of judging each value.
 
@@ -15,11 +17,17 @@ the collector's time; the run keeps the time it was sent with
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any, NamedTuple
 
-from roxxel.schema import BIG_INT, NON_SCALAR, in_time_range, times_in_range
+from roxxel.schema import (
+    MAX_TEXT_CHARS,
+    NON_SCALAR,
+    big_int,
+    cut_text,
+    in_time_range,
+    times_in_range,
+)
 
 __all__ = ["MetricsRun", "FLOATS", "INTS", "MIXED", "metrics_run", "is_constant", "problem"]
 
@@ -56,6 +64,8 @@ def metrics_run(
     column); other non-scalar values become ``None``.
     """
     kind, keys, ts, steps, values = record
+    if set(map(type, steps)) != _INT:  # a step beyond 64 bits came as its digits
+        steps = list(map(big_int, steps))
     ts, sent_ts = _times(ts, time.time() if now is None else now)
     columns = list(zip(*values, strict=True))
     types: list[str] = []
@@ -64,7 +74,7 @@ def metrics_run(
     for i, column in enumerate(columns):
         found = set(map(type, column))
         if dict in found:
-            column = columns[i] = tuple(map(_big_int, column))
+            column = columns[i] = tuple(map(big_int, column))
             found = set(map(type, column))
         if found == _FLOAT:
             total = sum(column)  # finite only if every value is
@@ -72,6 +82,8 @@ def metrics_run(
         elif found == _INT:
             types.append(INTS)
         elif found.issubset(_SCALARS):
+            if str in found:
+                columns[i] = _cut_texts(column)
             types.append(MIXED)
         else:
             bad = [v for v in column if type(v) not in _SCALARS]
@@ -81,7 +93,7 @@ def metrics_run(
                 dropped[keys[i], kind_of_value] = (first_why, count + 1)
             if len(bad) == len(column):
                 continue
-            columns[i] = tuple(v if type(v) in _SCALARS else None for v in column)
+            columns[i] = _cut_texts(tuple(v if type(v) in _SCALARS else None for v in column))
             types.append(MIXED)
         kept.append(i)
     if dropped:
@@ -90,6 +102,14 @@ def metrics_run(
     constant = tuple(map(is_constant, types, columns))
     run = MetricsRun(kind, tuple(keys), ts, steps, columns, tuple(types), constant, sent_ts)
     return run, dropped
+
+
+def _cut_texts(column: tuple) -> tuple:
+    """A column with its texts past :data:`~roxxel.schema.MAX_TEXT_CHARS` cut
+    (a client sends a metric's text whole; a message it cuts itself)."""
+    if any(type(v) is str and len(v) > MAX_TEXT_CHARS for v in column):
+        return tuple(cut_text(v) if type(v) is str else v for v in column)
+    return column
 
 
 def _times(ts: list, now: float) -> tuple[list, tuple | None]:
@@ -112,18 +132,6 @@ def is_constant(kind: str, column: tuple) -> bool:
         and column[0] == column[-1]  # most columns vary: no pass over them
         and column.count(column[0]) == len(column)
     )
-
-
-_DIGITS = re.compile(r"-?[0-9]{1,4300}")  # what int() reads at Python's default limit
-
-
-def _big_int(value: Any) -> Any:
-    """The int a ``{BIG_INT: digits}`` map stands for; any other value as it is."""
-    if type(value) is dict and len(value) == 1:
-        digits = value.get(BIG_INT)
-        if type(digits) is str and _DIGITS.fullmatch(digits):
-            return int(digits)
-    return value
 
 
 def problem(value: Any) -> tuple[str, str]:

@@ -72,6 +72,8 @@ MAX_FRAME_BYTES = 64 * 1024 * 1024
 # unless one frame alone is larger; a collector drops larger messages unread.
 MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_MESSAGE_BYTES = MAX_FRAME_BYTES + 64 * 1024
+# The longest text a client sends whole (a message is cut to fit it; see
+# roxxel.schema.MAX_TEXT_CHARS).
 MAX_STR_LEN = 1024 * 1024
 MAX_BIN_LEN = 1024
 MAX_ARRAY_LEN = 65536
@@ -335,7 +337,10 @@ def _open_frame(data: bytes) -> tuple[Envelope, msgpack.Unpacker]:
         # Non-text metric keys are the collector's to report, key by key.
         strict_map_key=False,
         max_buffer_size=max(len(data), 1),
-        max_str_len=MAX_STR_LEN,
+        # A text is bounded by the frame: one longer than MAX_STR_LEN (a
+        # metric's text value) is the collector's to cut, not a reason to
+        # refuse the batch around it.
+        max_str_len=MAX_FRAME_BYTES,
         max_bin_len=MAX_BIN_LEN,
         max_array_len=MAX_ARRAY_LEN,
         max_map_len=MAX_MAP_LEN,

@@ -39,11 +39,8 @@ from .undelivered import undelivered_path, write_unsent
 __all__ = ["Logger", "CRASH_HEADLINE", "MAX_MESSAGE_CHARS"]
 
 CRASH_HEADLINE = "❌ CRITICAL: Uncaught exception occurred during execution!"
-_TRUNCATED = " …[truncated by roxxel]"
-# A message longer than this is cut there and ends with _TRUNCATED: what one
-# string of a frame (codec.MAX_STR_LEN bytes) holds whatever its characters,
-# since UTF-8 takes up to 4 bytes a character.
-MAX_MESSAGE_CHARS = codec.MAX_STR_LEN // 4 - len(_TRUNCATED)
+# A message longer than this is cut there and ends with schema.TRUNCATED.
+MAX_MESSAGE_CHARS = schema.MAX_TEXT_CHARS
 # Module-level names for the hot path: one dict lookup instead of two.
 _now = time.time
 _LOG = schema.RECORD_LOG
@@ -348,11 +345,11 @@ class Logger:
                     _now(),
                     logging.WARNING,
                     f"roxxel: a message of {len(text):,} characters was cut to "
-                    f"{MAX_MESSAGE_CHARS:,} (the limit), ending with '{_TRUNCATED.strip()}'; "
+                    f"{MAX_MESSAGE_CHARS:,} (the limit), ending with '{schema.TRUNCATED.strip()}'; "
                     "Logger.truncated_messages counts such cuts",
                 )
             )
-        return text[:MAX_MESSAGE_CHARS] + _TRUNCATED
+        return schema.cut_text(text)
 
     def log_metrics_summary(
         self, step: int, metrics: Mapping[str, Any], *, all_ranks: bool = False

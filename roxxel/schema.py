@@ -26,8 +26,11 @@ Records inside a batch are small arrays:
 
 A metric value that is not a scalar travels as ``{NON_SCALAR: description}``
 (:mod:`roxxel.values` makes it); the collector reports it once per key and
-writes nothing for it. An int beyond msgpack's 64 bits travels as
-``{BIG_INT: its decimal digits}``, so that it is written exactly.
+writes nothing for it. An int beyond msgpack's 64 bits -- a value, a step, a
+level -- travels as ``{BIG_INT: its decimal digits}``, so that it is written
+exactly. A text longer than :data:`MAX_TEXT_CHARS` characters is written cut
+there, ending with :data:`TRUNCATED` (:func:`cut_text`): a message by the
+client, a metric's text value by the collector.
 
 A record's timestamp is any number (seconds since 1970). The collector
 writes one outside :func:`in_time_range` -- not finite, before 1970, or more
@@ -39,11 +42,12 @@ cannot date a line to year -1168, and no record is lost for its date.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterable, Sequence
 from operator import itemgetter
 from typing import Any
 
-from .codec import wire_repr
+from .codec import MAX_STR_LEN, wire_repr
 
 __all__ = [
     "RECORD_LOG",
@@ -54,6 +58,10 @@ __all__ = [
     "METRICS_KINDS",
     "NON_SCALAR",
     "BIG_INT",
+    "TRUNCATED",
+    "MAX_TEXT_CHARS",
+    "cut_text",
+    "big_int",
     "MIN_TIMESTAMP",
     "MAX_AHEAD",
     "RESERVED_METRIC_NAMES",
@@ -83,6 +91,10 @@ RECORD_DEATH = "x"
 METRICS_KINDS = (RECORD_METRICS, RECORD_RANKED_METRICS)
 NON_SCALAR = "__roxxel_non_scalar__"
 BIG_INT = "__roxxel_int__"
+TRUNCATED = " …[truncated by roxxel]"
+# What one string of a frame (codec.MAX_STR_LEN bytes) holds whatever its
+# characters (UTF-8 takes up to 4 bytes a character), with TRUNCATED.
+MAX_TEXT_CHARS = MAX_STR_LEN // 4 - len(TRUNCATED)
 STANDARD_LEVELS = frozenset(range(0, 60, 10))  # NOTSET .. CRITICAL: no name sent
 MAX_LEVEL_NAME = 64  # characters of a level's name
 # A run's metrics files (besides its system log), and those it gets by
@@ -180,6 +192,26 @@ def times_in_range(ts: Sequence[float], now: float) -> bool:
     return total == total and MIN_TIMESTAMP <= min(ts) and max(ts) <= now + MAX_AHEAD
 
 
+def cut_text(text: str) -> str:
+    """``text`` cut to :data:`MAX_TEXT_CHARS` characters, ending with
+    :data:`TRUNCATED`; a shorter text as it is."""
+    if len(text) <= MAX_TEXT_CHARS:
+        return text
+    return text[:MAX_TEXT_CHARS] + TRUNCATED
+
+
+_DIGITS = re.compile(r"-?[0-9]{1,4300}")  # what int() reads at Python's default limit
+
+
+def big_int(value: Any) -> Any:
+    """The int a ``{BIG_INT: digits}`` map stands for; any other value as it is."""
+    if type(value) is dict and len(value) == 1:
+        digits = value.get(BIG_INT)
+        if type(digits) is str and _DIGITS.fullmatch(digits):
+            return int(digits)
+    return value
+
+
 def check_record(record: Any) -> str | None:
     """Return why ``record`` is not a valid record, or ``None`` when it is.
 
@@ -202,7 +234,7 @@ def check_record(record: Any) -> str | None:
     if type(ts) not in _NUMBERS:
         return "record timestamp is not a number"
     if kind in (RECORD_LOG, RECORD_DEATH):
-        if type(a) is not int:
+        if type(big_int(a)) is not int:
             return "log level is not an integer"
         if not isinstance(b, str):
             return "log text is not a string"
@@ -225,6 +257,7 @@ def all_log_lines(records: list) -> bool:
         and set(map(type, ts)) <= _NUMBERS
         and set(map(type, levels)) == {int}
         and set(map(type, texts)) == {str}
+        and max(map(len, texts)) <= MAX_TEXT_CHARS
     )
 
 
@@ -240,7 +273,10 @@ def _check_metrics(record: list) -> str | None:
         return problem
     if not set(map(type, ts)) <= _NUMBERS:
         return "record timestamp is not a number"
-    if set(map(type, steps)) != {int}:
+    step_types = set(map(type, steps))
+    if step_types != {int} and (
+        not step_types <= {int, dict} or any(type(big_int(s)) is not int for s in steps)
+    ):
         return "metrics step is not an integer"
     if set(map(type, values)) != {list} or set(map(len, values)) != {len(keys)}:
         return "the values of a metrics row are an array of one value per key"

@@ -6,7 +6,7 @@ import logging
 import math
 
 from aggregator.batch import DeathNotice, Invalid, sort_batch
-from roxxel.schema import NON_SCALAR
+from roxxel.schema import BIG_INT, MAX_TEXT_CHARS, NON_SCALAR, TRUNCATED
 
 
 def test_a_batch_of_log_lines_goes_whole_to_the_lines() -> None:
@@ -87,3 +87,20 @@ def test_times_out_of_range_become_the_receive_time() -> None:
     assert (second.ts, second.sent_ts) == ([now, now + 86_400], None)
     assert part.rows_out_of_range == 3
     assert part.lines == [records[-1]]
+
+
+def test_long_texts_are_cut_and_big_int_levels_and_steps_read_as_ints() -> None:
+    big = {BIG_INT: str(2**70)}
+    records = [
+        ["l", 1.0, 20, "x" * (MAX_TEXT_CHARS + 1)],
+        ["l", 2.0, big, "a level beyond 64 bits"],
+        ["m", ["note"], [1.0, 2.0], [{BIG_INT: str(2**64)}, 7], [["y" * MAX_TEXT_CHARS], [None]]],
+        ["l", 3.0, {BIG_INT: "12x"}, "not digits: invalid"],
+    ]
+    part = sort_batch(records)
+    assert part.lines[0][3] == "x" * MAX_TEXT_CHARS + TRUNCATED
+    assert part.lines[1][2] == 2**70 and len(part.lines) == 2
+    (run,) = part.runs
+    assert run.steps == [2**64, 7] and run.columns == [("y" * MAX_TEXT_CHARS, None)]
+    (invalid,) = part.notices
+    assert isinstance(invalid, Invalid) and invalid.problem == "log level is not an integer"

@@ -674,6 +674,40 @@ def test_a_message_past_the_limit_is_cut_said_once_and_counted(tmp_path: Path) -
     assert cut[0].startswith("é" * 100) and lines[-1] == ("INFO", "short")
 
 
+def test_a_text_value_past_the_limit_is_cut_and_its_batch_written(tmp_path: Path) -> None:
+    from roxxel.schema import MAX_TEXT_CHARS, TRUNCATED
+
+    with Logger(tmp_path, "longtext") as logger:
+        for i in range(1000):
+            logger.log_metrics_summary(i, {"loss": 1 / (i + 1)})
+            if i == 500:  # 1 MiB + 1: the longest string a frame's text may hold, and one more
+                logger.log_metrics_summary(i, {"note": "x" * (1024 * 1024 + 1)})
+    csv.field_size_limit(max(csv.field_size_limit(), 2 * MAX_TEXT_CHARS))  # the default: 128 KiB
+    rows = csv_rows(logger.metrics_csv_path)
+    assert rows[0] == ["step", "loss", "note"]
+    assert [int(r[0]) for r in rows[1:]] == [*range(501), *range(500, 1000)]
+    (note,) = [r[2] for r in rows[1:] if len(r) > 2 and r[2]]
+    assert note == "x" * MAX_TEXT_CHARS + TRUNCATED
+    jsonl = [json.loads(line) for line in open(logger.metrics_jsonl_path, encoding="utf-8")]
+    assert len(jsonl) == 1001 and jsonl[501]["note"] == note
+
+
+def test_steps_and_levels_beyond_64_bits_are_written_exactly(tmp_path: Path) -> None:
+    huge, low = 2**64, -(2**63) - 1
+    with Logger(tmp_path, "bigstep") as logger:
+        for step in [*range(100), huge, low, *range(101, 200)]:
+            logger.log_metrics_summary(step, {"loss": 0.5})
+        logger.log_message("a big level", 2**70)
+        logger.log_message("after it")
+    steps = [int(r[0]) for r in csv_rows(logger.metrics_csv_path)[1:]]
+    assert steps == [*range(100), huge, low, *range(101, 200)]
+    jsonl = [json.loads(line) for line in open(logger.metrics_jsonl_path, encoding="utf-8")]
+    assert [row["step"] for row in jsonl] == steps
+    lines = log_lines(logger.sys_log_path)
+    assert ("Level 1180591620717411303424", "a big level") in lines
+    assert lines[-1] == ("INFO", "after it")
+
+
 def test_a_level_named_in_the_training_process_keeps_its_name(tmp_path: Path) -> None:
     result = run_python(
         f"""

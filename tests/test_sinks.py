@@ -169,6 +169,28 @@ def test_jsonl_lines_are_what_the_general_path_writes(tmp_path_factory, rows) ->
                 assert parsed[k] == v
 
 
+def test_jsonl_keeps_percent_signs_of_names_hosts_and_values(tmp_path: Path) -> None:
+    # A run's lines go through a %-format: its constant pieces are escaped.
+    path = tmp_path / "m.jsonl"
+    sink = MetricsJsonlSink(str(path))
+    rows = [("m", step, {"acc%": 0.5 + step, "%s": "%d%%", "lr %": 0.1}) for step in range(3)]
+    sink.write_metrics(Origin(1, "h%s%%", 9), metrics_runs(rows, ts=2.5))
+    sink.close()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {
+            "ts": 2.5,
+            "step": s,
+            "rank": 1,
+            "host": "h%s%%",
+            "acc%": 0.5 + s,
+            "%s": "%d%%",
+            "lr %": 0.1,
+        }
+        for s in range(3)
+    ]
+
+
 # Where orjson and repr write floats differently (exponents, 1e-5 <= |x| < 1e-4)
 # and the edges of the range.
 EDGES = [
