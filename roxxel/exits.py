@@ -3,12 +3,17 @@
 Installed once, the first time a Logger is created, and chained to whatever
 was there before:
 
-* ``SIGTERM`` (how TPU/Kubernetes preemption arrives): a WARNING line, every
-  Logger closed (drained), then the previous handler runs -- or, if there was
-  none, the signal is re-delivered with the default action so the process
-  ends *by SIGTERM*, as it would have. Installed only from the main thread
-  (Python allows no other), and only for a Logger created with
-  ``handle_sigterm=True`` (the default);
+* ``SIGTERM`` (how TPU/Kubernetes preemption arrives): a WARNING line on
+  every Logger, then what SIGTERM would have done without us. With no
+  handler of the program's (the default action), every Logger is closed
+  (drained) and the signal re-delivered with the default action, so the
+  process ends *by SIGTERM*, as it would have. With the program's own
+  handler (a preemption handler that saves a checkpoint and goes on), or
+  SIGTERM ignored, every Logger is flushed (drained, left open), then that
+  handler runs: a process that goes on keeps logging, and one that ends
+  (``sys.exit`` in its handler) closes its Loggers on the way out as usual.
+  Installed only from the main thread (Python allows no other), and only
+  for a Logger created with ``handle_sigterm=True`` (the default);
 * ``sys.excepthook`` / ``threading.excepthook``: the CRITICAL line and the
   traceback of an uncaught exception, from any rank, then the previous hook
   (a ``KeyboardInterrupt``: one WARNING line saying where, see
@@ -47,7 +52,9 @@ class Drained(Protocol):
 
     def close(self) -> None: ...
 
-    def log_signal(self, signum: int) -> None: ...
+    def log_signal(self, signum: int, then: str) -> None: ...
+
+    def flush(self, timeout: float | None = None) -> bool: ...
 
     def log_crash(
         self,
@@ -131,21 +138,42 @@ def _close_all() -> None:
             diagnostics("roxxel.client").error("roxxel: closing a Logger failed: %r", exc)
 
 
+def _flush_all() -> None:
+    for logger in _live():
+        try:
+            logger.flush()
+        except Exception as exc:  # one failing Logger must not keep the others undrained
+            diagnostics("roxxel.client").error("roxxel: flushing a Logger failed: %r", exc)
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     global _deferred_signal
     if _closing:
         _deferred_signal = signum  # handled when that close() returns
         return
-    for logger in _live():
-        logger.log_signal(signum)
-    _close_all()
     previous = _previous_sigterm
-    if callable(previous):
-        previous(signum, frame)
-    elif previous != signal.SIG_IGN:
-        # Nothing else wanted SIGTERM: end the process by it, as without us.
+    # Nothing else wanted SIGTERM (the default action, or a handler set from C):
+    # the process ends by it, as without us.
+    ends = not callable(previous) and previous != signal.SIG_IGN
+    if ends:
+        then = "before the process ends"
+    elif callable(previous):
+        then = "(the program's own handler follows)"
+    else:
+        then = "(SIGTERM is ignored here: the process goes on)"
+    for logger in _live():
+        logger.log_signal(signum, then)
+    if ends:
+        _close_all()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
+        return
+    # The program's own handler decides whether the process ends: everything
+    # logged so far is on disk first, and the Loggers stay open for a process
+    # that goes on.
+    _flush_all()
+    if callable(previous):
+        previous(signum, frame)
 
 
 def _excepthook(

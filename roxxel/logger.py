@@ -440,11 +440,12 @@ class Logger:
         text = "".join(traceback.format_exception(exc_type, exc, tb)).rstrip("\n")
         self._append_line((_LOG, _now(), logging.CRITICAL, f"{headline}\n{text}"))
 
-    def log_signal(self, signum: int) -> None:
-        """Log (on every rank) that the process received ``signum`` and is draining."""
+    def log_signal(self, signum: int, then: str = "before the process ends") -> None:
+        """Log (on every rank) that the process received ``signum`` and is
+        draining; ``then`` says what follows."""
         if not self._closed:
             name = signal.Signals(signum).name
-            text = f"received {name}; draining the log before the process ends"
+            text = f"received {name}; draining the log {then}"
             self._append_line((_LOG, _now(), logging.WARNING, text))
 
     def after_fork(self) -> None:

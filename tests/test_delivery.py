@@ -280,22 +280,71 @@ def test_ctrl_c_is_one_warning_line_saying_where_not_a_crash(tmp_path: Path, how
     assert errors.count("Traceback") == 1 and errors.rstrip().endswith("KeyboardInterrupt"), errors
 
 
-def test_sigterm_handler_chains_to_the_previous_handler(tmp_path: Path) -> None:
+def test_sigterm_handler_chains_to_the_previous_handler_and_the_process_goes_on(
+    tmp_path: Path,
+) -> None:
+    # A preemption handler that sets a flag (and saves a checkpoint) and returns:
+    # the log is drained before it runs, and stays open for the training that goes on.
     result = run_python(
         "import os, signal\n"
         "from roxxel import Logger\n"
         "seen = []\n"
-        "signal.signal(signal.SIGTERM, lambda *a: seen.append('mine'))\n"
+        "def mine(signum, frame):\n"
+        "    seen.append(open(lg.sys_log_path).read().count('before'))\n"
+        "signal.signal(signal.SIGTERM, mine)\n"
         f"lg = Logger({str(tmp_path)!r}, 'chain')\n"
         "lg.log_message('before')\n"
         "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "lg.log_message('after the handler')\n"
+        "lg.close()\n"
         "print('handlers ran:', seen, flush=True)\n"
     )
     assert result.returncode == 0, result.stderr
-    assert "handlers ran: ['mine']" in result.stdout
+    assert "handlers ran: [1]" in result.stdout  # on disk before the handler ran
     assert messages(read(tmp_path / "chain_system.log")) == [
         "before",
-        "received SIGTERM; draining the log before the process ends",
+        "received SIGTERM; draining the log (the program's own handler follows)",
+        "after the handler",
+    ]
+
+
+def test_a_previous_handler_that_exits_ends_the_process_with_everything_written(
+    tmp_path: Path,
+) -> None:
+    result = run_python(
+        "import os, signal, sys\n"
+        "from roxxel import Logger\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\n"
+        f"with Logger({str(tmp_path)!r}, 'exits') as lg:\n"
+        "    lg.log_metrics_summary(1, {'loss': 0.5})\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    lg.log_message('never reached')\n"
+    )
+    assert result.returncode == 7, result.stderr
+    lines = messages(read(tmp_path / "exits_system.log"))
+    assert lines[0] == "received SIGTERM; draining the log (the program's own handler follows)"
+    assert lines[1].startswith("exiting with status 7 (sys.exit)") and len(lines) == 2
+    assert read(tmp_path / "exits_metrics.csv").splitlines() == ["step,loss", "1,0.50000"]
+
+
+def test_an_ignored_sigterm_is_logged_and_drained_and_the_process_goes_on(
+    tmp_path: Path,
+) -> None:
+    result = run_python(
+        "import os, signal\n"
+        "from roxxel import Logger\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"lg = Logger({str(tmp_path)!r}, 'ign')\n"
+        "lg.log_message('before')\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "lg.log_message('after')\n"
+        "lg.close()\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert messages(read(tmp_path / "ign_system.log")) == [
+        "before",
+        "received SIGTERM; draining the log (SIGTERM is ignored here: the process goes on)",
+        "after",
     ]
 
 
