@@ -222,7 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ready.write(f"{error}\n")
         return 2
     for signum in (signal.SIGTERM, signal.SIGINT):
-        if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup and friends
+        # A daemon keeps an ignored signal ignored (nohup and friends); a
+        # Logger's own collector is stopped by its parent's SIGTERM, whatever
+        # the parent's parent left ignored.
+        embedded = args.parent_pid is not None and signum == signal.SIGTERM
+        if embedded or signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, lambda *_: collector.stop())
     signal.signal(signal.SIGHUP, lambda *_: collector.reopen())
     parent_alive = None

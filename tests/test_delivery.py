@@ -348,6 +348,27 @@ def test_an_ignored_sigterm_is_logged_and_drained_and_the_process_goes_on(
     ]
 
 
+def test_an_inherited_ignored_sigterm_still_stops_the_embedded_collector(tmp_path: Path) -> None:
+    # Some launchers' wrapper scripts run the training with SIGTERM ignored
+    # (`trap '' TERM`); exec keeps that, and the collector child inherits it.
+    code = (
+        "from roxxel import Logger\n"
+        f"with Logger({str(tmp_path)!r}, 'inherit', close_timeout=2) as lg:\n"
+        "    lg.log_message('kept')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=python_env(),
+        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "exited with code" not in result.stderr  # stopped, not killed after the timeout
+    assert messages(read(tmp_path / "inherit_system.log")) == ["kept"]
+
+
 def test_unreachable_collector_at_close_writes_a_file_replayed_exactly_once(
     tmp_path: Path, start_daemon
 ) -> None:
