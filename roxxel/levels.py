@@ -9,6 +9,7 @@ not know it (:mod:`roxxel.schema`, the log record's fifth item).
 from __future__ import annotations
 
 import logging
+import operator
 from typing import Any
 
 from .schema import MAX_LEVEL_NAME, STANDARD_LEVELS
@@ -17,9 +18,13 @@ __all__ = ["STANDARD_LEVELS", "level_number", "with_level_name"]
 
 
 def level_number(level: int | str) -> int:
-    """The number of ``level``; ``ValueError`` for a name ``logging`` does not know."""
+    """The number of ``level`` (an int, or an int-like such as an ``IntEnum`` or
+    a NumPy integer, or a name); ``ValueError`` for anything else, or a name
+    ``logging`` does not know."""
     if type(level) is int:
         return level
+    if not isinstance(level, (str, bool)) and hasattr(type(level), "__index__"):
+        return operator.index(level)
     if isinstance(level, str):
         # As registered ("Sociable"), or a standard name in any case ("warning").
         number = logging.getLevelName(level)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import numbers
 import operator
 import os
 import signal
@@ -165,10 +167,10 @@ class Logger:
             )
         if collector not in ("process", "thread"):
             raise ValueError(f"collector must be 'process' or 'thread', not {collector!r}")
-        if close_timeout < 0 or flush_interval < 0.001 or max_buffer_bytes <= 0:
-            raise ValueError(
-                "close_timeout must be >= 0, flush_interval >= 0.001 s, max_buffer_bytes > 0"
-            )
+        _check_number("close_timeout", close_timeout, 0.0, " seconds")
+        _check_number("flush_interval", flush_interval, 0.001, " seconds")
+        _check_number("max_buffer_bytes", max_buffer_bytes, 1)
+        _check_number("discovery_timeout", discovery_timeout, 0.0, " seconds")
         if no_answer_warning is not None and not no_answer_warning > 0:
             raise ValueError(
                 f"no_answer_warning must be > 0 seconds or None, not {no_answer_warning!r}"
@@ -191,11 +193,13 @@ class Logger:
         self.rank = rank.rank
         self.world_size = rank.world_size
         self.is_rank_zero = rank.rank == 0
-        self._level = level_number(level)
+        self._level = _option_level("level", level)
+        # Checked on every rank: a bad one must not wait for a multi-host run to show.
+        forward = _option_level("forward_level", forward_level)
         # Rows logged without all_ranks: only rank 0's are sent.
         self._own_rows = self.is_rank_zero
         if not self.is_rank_zero:
-            self._level = max(self._level, level_number(forward_level))
+            self._level = max(self._level, forward)
         self._all_ranks = metrics_from_all_ranks
         self._checked_keys: tuple[str, ...] | None = None
         self._known_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -564,6 +568,24 @@ class Logger:
 
 
 _BELOW_EVERY_LEVEL = -(2**63)
+
+
+def _check_number(name: str, value: Any, minimum: float, unit: str = "") -> None:
+    """``ValueError``, naming the option, unless ``value`` is a finite number >= ``minimum``."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value < minimum
+    ):
+        raise ValueError(f"{name} must be a finite number >= {minimum:g}{unit}, not {value!r}")
+
+
+def _option_level(name: str, level: Any) -> int:
+    try:
+        return level_number(level)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
 def _step_number(step: Any) -> int:

@@ -7,10 +7,12 @@ embedded collector in a child process (or a thread where the test says so).
 from __future__ import annotations
 
 import csv
+import enum
 import json
 import logging
 import math
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -335,6 +337,44 @@ def test_thread_mode_collector_writes_the_same_files(tmp_path: Path) -> None:
         logger.log_metrics_summary(1, {"loss": 0.5})
     assert log_lines(logger.sys_log_path) == [("INFO", "from a thread collector")]
     assert read(logger.metrics_csv_path) == "step,loss\n1,0.50000\n"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        (
+            "flush_interval",
+            math.inf,
+            "flush_interval must be a finite number >= 0.001 seconds, not inf",
+        ),
+        ("flush_interval", 0.0, "flush_interval must be a finite number >= 0.001 seconds, not 0.0"),
+        ("max_buffer_bytes", math.nan, "max_buffer_bytes must be a finite number >= 1, not nan"),
+        ("max_buffer_bytes", "1G", "max_buffer_bytes must be a finite number >= 1, not '1G'"),
+        ("close_timeout", -1, "close_timeout must be a finite number >= 0 seconds, not -1"),
+        ("close_timeout", math.nan, "close_timeout must be a finite number >= 0 seconds, not nan"),
+        ("discovery_timeout", None, "discovery_timeout must be a finite number >= 0 seconds"),
+        # Every rank checks it, rank 0 (this test) too: not only at scale.
+        ("forward_level", "BOGUS", "forward_level: unknown logging level 'BOGUS'"),
+        ("forward_level", None, "forward_level: unknown logging level None"),
+        ("level", 2.5, "level: unknown logging level 2.5"),
+    ],
+)
+def test_a_bad_option_is_refused_naming_it(
+    tmp_path: Path, option: str, value: object, message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Logger(tmp_path, "opts", **{option: value})
+    assert not list(tmp_path.iterdir())  # refused before anything was made
+
+
+def test_int_like_levels_are_levels(tmp_path: Path) -> None:
+    class Verbosity(enum.IntEnum):
+        LOUD = 35
+
+    with Logger(tmp_path, "intlike", level=np.int64(20)) as logger:
+        logger.log_message("an IntEnum", Verbosity.LOUD)
+        logger.log_message("a NumPy int", np.int32(40))
+    assert log_lines(logger.sys_log_path) == [("Level 35", "an IntEnum"), ("ERROR", "a NumPy int")]
 
 
 def test_bad_arguments_fail_clearly_at_the_caller(tmp_path: Path) -> None:
