@@ -20,7 +20,14 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from roxxel.schema import CSV_FLOATS, DEFAULT_METRICS_FILES, METRICS_FILES, check_file_options
+from roxxel.schema import (
+    CSV_FLOATS,
+    DEFAULT_METRICS_FILES,
+    MAX_PREFIX_BYTES,
+    METRICS_FILES,
+    check_file_options,
+    is_run_name,
+)
 from roxxel.security import generate_keys, server_keys
 
 from .collector import DAEMON_NAME, DEFAULT_COMMIT_INTERVAL, Collector
@@ -63,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-dir", help="directory of the runs' files")
     parser.add_argument(
         "--prefix",
+        type=_run_name,
         help="serve this run only (file name prefix, as Logger's filename_prefix); without "
         "it, every run that reaches the daemon gets its own files, named by its clients' "
         "filename_prefix",
@@ -100,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pidfile", help="write the daemon's pid to this file (removed at exit)")
     parser.add_argument(
         "--stats-interval",
-        type=float,
+        type=_non_negative,
         default=60.0,
         metavar="SECONDS",
         help="print a one-line stats report (records/s, senders, drops) on stderr this often; "
@@ -108,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--drain-senders",
-        type=float,
+        type=_non_negative,
         default=0.0,
         metavar="SECONDS",
         help="on SIGTERM/SIGINT, keep serving until every rank of the run has closed its "
@@ -153,11 +161,24 @@ def _metrics_files(text: str) -> tuple[str, ...]:
     return names
 
 
+def _run_name(text: str) -> str:
+    if not is_run_name(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a run's prefix: a file name of 1 to {MAX_PREFIX_BYTES} bytes, "
+            "without a path separator and not starting with '.' (as Logger's filename_prefix)"
+        )
+    return text
+
+
 def _non_negative(text: str) -> float:
     value = float(text)
     if not value >= 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
     return value
+
+
+def _writable_dir(path: str) -> bool:
+    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
 
 
 def keygen_main(argv: Sequence[str]) -> int:
@@ -197,6 +218,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"the following arguments are required: {names}")
     if (args.curve_secret is None) != (args.curve_clients is None):
         print("roxxel-aggregator: --curve-secret and --curve-clients go together", file=sys.stderr)
+        return 2
+    if args.pidfile is not None and not _writable_dir(os.path.dirname(args.pidfile) or "."):
+        print(
+            f"roxxel-aggregator: cannot write the pidfile {args.pidfile}: its directory "
+            "is not a writable directory",
+            file=sys.stderr,
+        )
         return 2
     try:
         curve = None

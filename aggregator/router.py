@@ -67,6 +67,7 @@ class Router:
     def __init__(
         self, bind: str, context: zmq.Context | None = None, curve: ServerKeys | None = None
     ) -> None:
+        _check_port(bind)
         # ZeroMQ asks one authenticator per context: a CURVE collector gets its own.
         self._own_context = context is None and curve is not None
         self._context = context or (zmq.Context() if curve else zmq.Context.instance())
@@ -199,3 +200,12 @@ def _load_libc() -> ctypes.CDLL | None:
 
 
 _LIBC = _load_libc()
+
+
+def _check_port(bind: str) -> None:
+    """Refuse a TCP port past 65535: ZeroMQ would bind it modulo 65536, where
+    no client (which refuses such a port) would look."""
+    scheme, _, address = bind.partition("://")
+    port = address.rpartition(":")[2]
+    if scheme == "tcp" and port.isascii() and port.isdigit() and int(port) > 65535:
+        raise OSError(f"cannot bind {bind}: the port {port} is out of range (0 to 65535)")

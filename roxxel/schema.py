@@ -285,9 +285,15 @@ def _check_metrics(record: list) -> str | None:
 
 def is_run_name(prefix: str) -> bool:
     """Whether ``prefix`` can name a run's files inside a log dir: a file name
-    of 1 to :data:`MAX_PREFIX_BYTES` UTF-8 bytes, not a dot-file, not a path."""
+    of 1 to :data:`MAX_PREFIX_BYTES` UTF-8 bytes, not a dot-file, not a path.
+    A lone surrogate (an undecodable byte of a file name, as ``os.listdir``
+    gives it) is not text a frame can carry."""
+    try:
+        size = len(prefix.encode("utf-8"))
+    except UnicodeEncodeError:
+        return False
     return (
-        0 < len(prefix.encode("utf-8", "surrogatepass")) <= MAX_PREFIX_BYTES
+        0 < size <= MAX_PREFIX_BYTES
         and not prefix.startswith(".")  # the run's own dot-files (checkpoint, lock) start so
         and not any(c in prefix for c in "/\\\0")
     )

@@ -58,6 +58,46 @@ def test_a_bad_commit_interval_is_refused_by_the_parser(value: str, capsys) -> N
     assert "--commit-interval" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("--prefix", "a/b", "is not a run's prefix"),
+        ("--prefix", ".x", "is not a run's prefix"),
+        ("--prefix", "a\udcff", "is not a run's prefix"),  # an undecodable file-name byte
+        ("--drain-senders", "-1", "expected a number of seconds >= 0"),
+        ("--stats-interval", "-5", "expected a number of seconds >= 0"),
+        ("--stats-interval", "nan", "expected a number of seconds >= 0"),
+    ],
+)
+def test_bad_daemon_options_are_refused_by_the_parser(
+    option: str, value: str, said: str, capsys
+) -> None:
+    from aggregator.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--log-dir", "d", option, value])
+    assert info.value.code == 2
+    assert option in (err := capsys.readouterr().err) and said in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (("--bind", "tcp://127.0.0.1:99999"), "the port 99999 is out of range (0 to 65535)"),
+        (("--pidfile", "/nonexistent-dir/x.pid"), "cannot write the pidfile"),
+    ],
+)
+def test_a_daemon_that_cannot_serve_as_asked_exits_2_having_made_nothing(
+    tmp_path: Path, extra: tuple[str, str], said: str
+) -> None:
+    argv = [sys.executable, "-m", "aggregator", "--bind", "tcp://127.0.0.1:0"]
+    argv += ["--log-dir", str(tmp_path / "logs"), "--quiet", *extra]
+    result = subprocess.run(argv, capture_output=True, text=True, env=python_env(), timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert said in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "logs").exists()
+
+
 def test_unusable_log_dir_fails_with_a_clear_message(tmp_path: Path) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")

@@ -380,7 +380,7 @@ def test_int_like_levels_are_levels(tmp_path: Path) -> None:
 def test_bad_arguments_fail_clearly_at_the_caller(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="collector"):
         Logger(tmp_path, collector="fork")
-    for prefix in ("", "../escape", "a/b", "a\\b", ".hidden", "..", "x" * 256, "nul\0"):
+    for prefix in ("", "../escape", "a/b", "a\\b", ".hidden", "..", "x" * 256, "nul\0", "a\udcff"):
         with pytest.raises(ValueError, match="filename_prefix must be a file name"):
             Logger(tmp_path, filename_prefix=prefix)
     with pytest.raises(ValueError, match="aggregator='tcp:/x' is not a ZeroMQ endpoint"):
