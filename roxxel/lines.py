@@ -98,11 +98,18 @@ def within_time(ts: float, text: str, now: float | None = None) -> tuple[float, 
 
 
 # Control characters other than tab and newline could rewrite what a
-# terminal shows (ANSI escapes, backspace, carriage return): written as \xNN.
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F) if c not in (0x09, 0x0A)}
-# On one line, a newline too; and the C1 controls (U+0080 to U+009F), which
-# some terminals run (U+009B is CSI, as ESC [ is).
-_ONE_LINE = {**_CONTROLS, 0x0A: "\\x0a", **{c: f"\\x{c:02x}" for c in range(0x80, 0xA0)}}
+# terminal shows (ANSI escapes, backspace, carriage return), and so could
+# the C1 controls (U+0080 to U+009F), which some terminals run (U+009B is
+# CSI, as ESC [ is): written as \xNN. U+0085 (a C1 control), U+2028 and
+# U+2029 end a line for str.splitlines() and some editors: a message holding
+# one could forge a record for such a reader; as \xNN and \uNNNN.
+_CONTROLS = {
+    **{c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c not in (0x09, 0x0A)},
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+# On one line, a newline too.
+_ONE_LINE = {**_CONTROLS, 0x0A: "\\x0a"}
 
 
 def escape_controls(text: str) -> str:

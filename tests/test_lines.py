@@ -194,8 +194,24 @@ _LEVELS = st.one_of(st.sampled_from([0, 10, 20, 30, 40, 50]), st.integers(0, 100
 def _first_line_as_written(text: str) -> str:
     """The formatter's rule for the first line, written out independently."""
     first = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")[0]
-    return "".join(
-        f"\\x{ord(c):02x}" if (ord(c) < 0x20 and c != "\t") or c == "\x7f" else c for c in first
+    return "".join(map(_as_written, first))
+
+
+def _as_written(c: str) -> str:
+    code = ord(c)
+    if (code < 0x20 and c != "\t") or 0x7F <= code < 0xA0:  # C0, DEL and C1 controls
+        return f"\\x{code:02x}"
+    if c in "\u2028\u2029":  # line ends to str.splitlines()
+        return f"\\u{code:04x}"
+    return c
+
+
+def test_no_text_makes_a_line_that_splitlines_would_split() -> None:
+    text = "a\x85b\u2028[2026-01-01 00:00:00] [CRITICAL] forged\u2029c\x1cd\x9b[2J"
+    written = format_line(1_764_086_400.0, 20, text)
+    assert written.splitlines() == [written.rstrip("\n")]
+    assert written.endswith(
+        "] [INFO] a\\x85b\\u2028[2026-01-01 00:00:00] [CRITICAL] forged\\u2029c\\x1cd\\x9b[2J\n"
     )
 
 
