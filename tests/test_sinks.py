@@ -191,6 +191,30 @@ def test_jsonl_keeps_percent_signs_of_names_hosts_and_values(tmp_path: Path) -> 
     ]
 
 
+@pytest.mark.parametrize("kind", ["jsonl", "log"])
+def test_a_file_whose_last_line_has_no_end_gets_one_before_the_next_record(
+    tmp_path: Path, kind: str
+) -> None:
+    path = tmp_path / f"run.{kind}"
+    path.write_text('{"step": 0, "loss": 1.0' if kind == "jsonl" else "[a note saved by hand")
+    if kind == "jsonl":
+        sink = MetricsJsonlSink(str(path))
+        sink.write_metrics(ORIGIN, metrics_runs([("m", 1, {"loss": 0.5})], ts=1.5))
+    else:
+        sink = SystemLogSink(str(path))
+        sink.write_lines(ORIGIN, [["l", 1_764_086_400.0, 20, "next"]])
+    sink.close()
+    first, second = path.read_text(encoding="utf-8").splitlines()
+    assert first in ('{"step": 0, "loss": 1.0', "[a note saved by hand")
+    if kind == "jsonl":
+        assert json.loads(second)["loss"] == 0.5
+    else:
+        assert second.endswith("[rank 3] next")
+    sink = SystemLogSink(str(path)) if kind == "log" else MetricsJsonlSink(str(path))
+    sink.close()  # an ended file is left as it is
+    assert len(path.read_text(encoding="utf-8").splitlines()) == 2
+
+
 # Where orjson and repr write floats differently (exponents, 1e-5 <= |x| < 1e-4)
 # and the edges of the range.
 EDGES = [

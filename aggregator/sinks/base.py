@@ -134,6 +134,7 @@ class FileSink(Sink):
     _file: IO[str]
 
     _synced_size = -1
+    _unended = False  # see _note_last_line
     # (inode, size) of the file at the last sync: what is on disk for good.
     synced: tuple[int, int] | None = None
 
@@ -167,12 +168,33 @@ class FileSink(Sink):
         self._file.flush()
         truncate_to(self.path, self._file.fileno(), mark["size"])
         self._synced_size = -1
+        self._note_last_line()
 
     def reopen(self) -> None:
         new = self._open()  # first: if it fails, the old file stays in use
         self._file.close()
         self._file = new
         self._synced_size = -1
+        self._note_last_line()
+
+    def _note_last_line(self) -> None:
+        """Whether the file's last line has no line end (a file written by
+        hand, or cut short), read when the file is opened or rewound: the next
+        write ends it first (:meth:`_end_last_line`), or what is appended
+        would run on from it (CSV rows ``0,1,22`` and ``1,2,3`` read as
+        ``0,1,221,2,3``; two JSONL lines as one, which is no JSON). Nothing is
+        written before then: a file the checkpoint then refuses stays as found."""
+        self._file.flush()
+        size = os.fstat(self._file.fileno()).st_size
+        self._unended = False
+        if size:
+            with open(self.path, "rb") as existing:
+                self._unended = os.pread(existing.fileno(), 1, size - 1) != b"\n"
+
+    def _end_last_line(self) -> None:
+        if self._unended:
+            self._file.write("\n")
+            self._unended = False
 
     def checkpoint_mark(self) -> Any:
         """The mark with the file it is a position in: its inode, and the CRC-32

@@ -164,11 +164,10 @@ class MetricsCsvSink(FileSink):
         # (the header line and the blank lines kept after it).
         self.keys: list[str] = []
         self._region = 0
-        self._unended = False
         self._read_header()
         self._cells: dict[str, str] = {}  # a metric's name: its header cell
         self._file = self._open()
-        self._end_last_line()
+        self._note_last_line()
         self._headed = os.fstat(self._file.fileno()).st_size > 0
         self._writer = csv.writer(self._file, lineterminator="\n")
         # One %-format per row of a run, cached per keys and column formats
@@ -183,10 +182,8 @@ class MetricsCsvSink(FileSink):
             line = _csv_line(header) if header else b""
             with open(self.path, "rb") as existing:
                 self._region = _room_end(existing, line)
-                end = existing.seek(0, os.SEEK_END)
-                self._unended = end > 0 and os.pread(existing.fileno(), 1, end - 1) != b"\n"
         except FileNotFoundError:
-            header, self._region, self._unended = None, 0, False
+            header, self._region = None, 0
         if header and header[0] != "step":
             # Another program's CSV (Lightning's sorts "step" among its names):
             # appended to, its columns would be taken for ours, shifted.
@@ -195,15 +192,6 @@ class MetricsCsvSink(FileSink):
                 f"{printable(header[0])!r}, not 'step'; move it away or choose another prefix"
             )
         self.keys = list(header[1:]) if header else []
-
-    def _end_last_line(self) -> None:
-        """End a last line that has no line end (a file written by hand or cut
-        short): appended rows would run on from it, ``0,1,22`` and ``1,2,3``
-        read as ``0,1,221,2,3``. The files this sink writes end every row."""
-        if self._unended:
-            self._file.write("\n")
-            self._file.flush()
-            self._unended = False
 
     def _cell(self, key: str) -> str:
         cell = self._cells.get(key)
@@ -214,6 +202,7 @@ class MetricsCsvSink(FileSink):
         return cell
 
     def write_metrics(self, origin: Origin, runs: Sequence[MetricsRun]) -> None:
+        self._end_last_line()
         known = set(self.keys)
         new_keys: list[str] = []
         for run in runs:
@@ -349,6 +338,7 @@ class MetricsCsvSink(FileSink):
             self._file = self._open()
             self._writer = csv.writer(self._file, lineterminator="\n")
             self._synced_size = -1
+            self._note_last_line()
         self._region = len(header) + room
 
     def _open(self) -> IO[str]:
@@ -357,7 +347,6 @@ class MetricsCsvSink(FileSink):
     def reopen(self) -> None:
         super().reopen()
         self._read_header()
-        self._end_last_line()
         self._formats.clear()
         self._headed = os.fstat(self._file.fileno()).st_size > 0
         self._writer = csv.writer(self._file, lineterminator="\n")
@@ -384,6 +373,7 @@ class MetricsCsvSink(FileSink):
             if not size:
                 self.keys, self._region = [], 0
             self._headed = size > 0
+            self._note_last_line()
             return
         if self.keys[: len(keys)] != keys:
             raise OSError(f"{self.path}: header {self.keys} does not extend {keys}")

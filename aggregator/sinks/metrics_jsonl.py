@@ -69,6 +69,7 @@ class MetricsJsonlSink(FileSink):
     def __init__(self, path: str):
         self.path = path
         self._file = self._open()
+        self._note_last_line()
         self._keys: dict[str, str] = {}
         self._layouts: dict[tuple, list[str | int]] = {}
 
@@ -132,6 +133,7 @@ class MetricsJsonlSink(FileSink):
             pieces = [repeat(p) if type(p) is str else texts[p] for p in layout]
             rows = zip(*pieces, strict=False)
             lines.append("".join(chain.from_iterable(rows)))
+        self._end_last_line()
         self._file.write("".join(lines))
 
 

@@ -18,6 +18,7 @@ class SystemLogSink(FileSink):
     def __init__(self, path: str, echo: TextIO | None = None):
         self.path = path
         self._file = self._open()
+        self._note_last_line()
         self._echo = echo
         # On a terminal: clear the line first (a Logger's progress line sits there).
         self._clear = "\r\033[K" if is_terminal(echo) else ""
@@ -28,6 +29,7 @@ class SystemLogSink(FileSink):
     def write_lines(self, origin: Origin, records: Sequence[Sequence[Any]]) -> None:
         text = format_lines(records, origin.tag)
         if text:
+            self._end_last_line()
             self._file.write(text)
             if self._echo is not None:
                 try:
