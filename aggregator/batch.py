@@ -108,5 +108,6 @@ def _dropped_text(record: list) -> str:
     _, _, metrics, lines = record
     return (
         f"roxxel dropped {metrics} metrics row(s) and {lines} log line(s): the client's buffer "
-        "was full while the collector did not acknowledge them"
+        "was full while the collector did not acknowledge them, or a record was larger "
+        "than a frame (64 MiB)"
     )

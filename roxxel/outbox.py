@@ -254,5 +254,28 @@ def _encode(
             return _encode(records[:half], is_metrics, read) + _encode(
                 records[half:], is_metrics, read
             )
+        valid = _with_valid_text(records[0])
+        if valid is not records[0]:
+            return _encode([valid], is_metrics, read)
         # One record too large for any frame: dropped (counted by the caller).
         return [(b"", 1)]
+
+
+def _with_valid_text(record: tuple) -> tuple:
+    """``record`` with each text UTF-8 cannot encode -- a lone surrogate, as
+    ``os.listdir`` gives an undecodable byte of a file name -- written with
+    ``\\u`` escapes (``\\udcff``); ``record`` itself when it has none."""
+    valid = tuple(map(_valid_text, record))
+    changed = any(new is not old for new, old in zip(valid, record, strict=True))
+    return valid if changed else record
+
+
+def _valid_text(part: Any) -> Any:
+    if type(part) is tuple:
+        return _with_valid_text(part)
+    if type(part) is str:
+        try:
+            part.encode("utf-8")
+        except UnicodeEncodeError:
+            return part.encode("utf-8", "backslashreplace").decode("utf-8")
+    return part

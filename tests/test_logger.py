@@ -732,6 +732,21 @@ def test_a_text_value_past_the_limit_is_cut_and_its_batch_written(tmp_path: Path
     assert len(jsonl) == 1001 and jsonl[501]["note"] == note
 
 
+def test_texts_with_lone_surrogates_are_written_escaped_not_dropped(tmp_path: Path) -> None:
+    # os.listdir gives a file name's undecodable byte as a lone surrogate: no UTF-8.
+    with Logger(tmp_path, "surrogate") as logger:
+        logger.log_message("file \udcff.txt")
+        for step in range(3):
+            logger.log_metrics_summary(step, {"loss": 0.5, "name \udcfe": 1.0, "v": "x\udcff"})
+        logger.log_message("after")
+    assert log_lines(logger.sys_log_path) == [("INFO", "file \\udcff.txt"), ("INFO", "after")]
+    assert csv_rows(logger.metrics_csv_path) == [
+        ["step", "loss", "name \\udcfe", "v"],
+        *[[str(step), "0.50000", "1.00000", "x\\udcff"] for step in range(3)],
+    ]
+    assert "dropped" not in open(logger.sys_log_path, encoding="utf-8").read()
+
+
 def test_steps_and_levels_beyond_64_bits_are_written_exactly(tmp_path: Path) -> None:
     huge, low = 2**64, -(2**63) - 1
     with Logger(tmp_path, "bigstep") as logger:
