@@ -108,8 +108,9 @@ class Sender:
         self._connects_seen = 0
         self._need_hello = True
         self._told_refusal = False
-        # Refused by the collector: only the hello goes, every resend_after, until an ack.
-        self._held_back = False
+        # Why the collector refused this client (None: it did not): only the
+        # hello goes then, every resend_after, until an ack.
+        self.refusal: str | None = None
         self._last_progress = time.monotonic()
         self._changed = threading.Condition()
         self._stopping = False
@@ -161,7 +162,7 @@ class Sender:
 
     def _sleepy(self) -> bool:
         """Nothing to send, nothing to wait for: only a new record needs the thread."""
-        return self._idle() and not self._need_hello and not self._held_back
+        return self._idle() and not self._need_hello and self.refusal is None
 
     def ring(self) -> None:
         """Wake the thread now (it may be sleeping until a record comes: see ``on_idle``)."""
@@ -298,7 +299,7 @@ class Sender:
         (5 ms). If ZeroMQ cannot take the message, nothing changes.
         """
         frames: list[bytes] = []
-        if self._held_back:
+        if self.refusal is not None:
             # Refused: the records stay pending (never numbered, so still droppable).
             hello = [codec.encode(self._hello_now())] if self._need_hello else []
             if hello and self._transport.send_many(hello):
@@ -351,7 +352,7 @@ class Sender:
             return
         if not isinstance(frame, codec.Ack):
             return
-        self._held_back = False  # taken (again)
+        self.refusal = None  # taken (again)
         if self._hello.starts:  # said: a later hello is this run's, not its start
             self._hello = dataclasses.replace(self._hello, starts=False)
         if frame.where is not None and frame.where != self.where:
@@ -386,15 +387,16 @@ class Sender:
 
     def _refused(self, refusal: codec.Refusal) -> None:
         """Said once; the records stay here (and end in the undelivered file at close)."""
+        reason = refusal.body.get("reason")
+        self.refusal = reason if isinstance(reason, str) and reason else "no reason given"
         if not self._told_refusal:
             self._told_refusal = True
             self._diag.warning(
                 "roxxel: the collector at %s refused this client: %s; its records stay in "
                 "this process",
                 self.endpoint,
-                refusal.body.get("reason", "no reason given"),
+                printable(self.refusal),
             )
-        self._held_back = True
         self._last_progress = time.monotonic()  # asked again after resend_after, not at once
 
     def _receive_watching(self, wait: float) -> None:
@@ -454,7 +456,7 @@ class Sender:
     def _resend_if_needed(self) -> None:
         reconnected = self._transport.connects > max(self._connects_seen, 1)
         self._connects_seen = self._transport.connects
-        if self._held_back:
+        if self.refusal is not None:
             if reconnected or time.monotonic() - self._last_progress >= self._resend_after:
                 self._need_hello = True  # asked again: the run may be served by now
                 self._sent_upto = self._acked

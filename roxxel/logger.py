@@ -31,6 +31,7 @@ from .client import Sender
 from .handler import Capture
 from .hotpath import HotPath
 from .levels import STANDARD_LEVELS, level_number, with_level_name
+from .lines import printable
 from .progress import Progress
 from .ranks import detect_rank
 from .route import ENV_AGGREGATOR, RouteOptions, open_route
@@ -491,8 +492,7 @@ class Logger:
             # Short waits, so a dead embedded collector is noticed in time.
             if self._sender.flush(max(0.0, min(left, 0.25))):
                 return True
-            embedded = self._route.embedded
-            if left <= 0 or (embedded is not None and not embedded.running()):
+            if left <= 0 or self._undeliverable() is not None:
                 return False
 
     def close(self) -> None:
@@ -528,6 +528,16 @@ class Logger:
                 exits.unregister(self)
                 self._route.close()
 
+    def _undeliverable(self) -> str | None:
+        """Why no wait would deliver more (``None``: waiting may): the collector
+        refused this client, or the run's own collector no longer runs."""
+        if self._sender is not None and self._sender.refusal is not None:
+            return f"the collector at {self.endpoint} refused them ({self._sender.refusal})"
+        embedded = self._route.embedded
+        if embedded is not None and not embedded.running():
+            return "the run's own collector is no longer running"
+        return None
+
     def _save_unsent(self, unsent: Any) -> None:
         path = undelivered_path(self.log_dir, self.filename_prefix, self.rank)
         write_unsent(path, unsent)
@@ -536,15 +546,21 @@ class Logger:
             if unsent.dropped
             else ""
         )
-        # A daemon's endpoint is where they belong; a run's own collector has ended.
-        to = self.endpoint if self._route.remote and self.endpoint else "ENDPOINT"
+        why = self._undeliverable()
+        if why is None:
+            why = (
+                f"the collector at {self.endpoint} did not acknowledge them within "
+                f"close_timeout={self._close_timeout} s"
+            )
+            # A daemon's endpoint is where they belong; a run's own collector has ended.
+            to = self.endpoint if self._route.remote and self.endpoint else "ENDPOINT"
+        else:
+            to = "ENDPOINT"  # one that serves this run
         self._route.log.warning(
-            "roxxel: %d record(s) were not acknowledged by the collector at %s when close() "
-            "gave up (close_timeout=%s s)%s; they are in %s "
+            "roxxel: %d record(s) were not delivered: %s%s; they are in %s "
             "(deliver them with: roxxel replay %s --aggregator %s)",
             unsent.records,
-            self.endpoint,
-            self._close_timeout,
+            printable(why),
             dropped,
             path,
             path,

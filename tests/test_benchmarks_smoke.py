@@ -91,7 +91,7 @@ def test_benchmarks_quick_prints_the_tables(tmp_path):
     # The loggers' stdout echo must not leak into the table, nor close()'s
     # expected undelivered notices into stderr; temporary dirs are removed.
     assert "step finished" not in proc.stdout
-    assert "were not acknowledged" not in proc.stdout + proc.stderr
+    assert "were not delivered" not in proc.stdout + proc.stderr
     assert list(tmp_path.iterdir()) == []
 
 

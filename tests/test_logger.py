@@ -599,7 +599,7 @@ def test_close_reports_records_a_dead_embedded_collector_never_wrote(
     logger.log_message("never written")
     logger.close()  # returns once it sees the collector is gone, not after 60 s
     err = capfd.readouterr().err
-    assert "1 record(s) were not acknowledged" in err
+    assert "1 record(s) were not delivered: the run's own collector is no longer running" in err
     assert "--aggregator ENDPOINT)" in err  # its own collector is gone: the user names one
     assert "exited with code -9" in err
     assert log_lines(logger.sys_log_path) == [("INFO", "written")]

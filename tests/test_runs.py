@@ -182,6 +182,10 @@ def test_a_one_run_daemon_refuses_a_client_of_another_run(tmp_path: Path, start_
     result = log_once(tmp_path / "c", "jobB", daemon.endpoint, "from run B")
     assert "refused this client: this collector writes run 'jobA' only" in result.stderr
     assert "use filename_prefix='jobA'" in result.stderr
+    # close() says why, and points to a collector that serves the run, not this one.
+    (said,) = [ln for ln in result.stderr.splitlines() if "were not delivered" in ln]
+    assert f"the collector at {daemon.endpoint} refused them (this collector writes" in said
+    assert said.endswith("--aggregator ENDPOINT)")
     assert list((tmp_path / "c").glob("jobB_undelivered_rank0.jsonl"))
     wait_for(
         lambda: "refused a client of run 'jobB'" in daemon.file("system.log"), 30, "the report"

@@ -133,7 +133,7 @@ def test_a_curve_daemon_writes_listed_clients_and_refuses_the_others(
     )
     assert bob.returncode == plain.returncode == 0, (bob.stderr, plain.stderr)
     # Both kept what they could not deliver: nothing of theirs was acknowledged.
-    assert "not acknowledged" in bob.stderr and "not acknowledged" in plain.stderr
+    assert "were not delivered" in bob.stderr and "were not delivered" in plain.stderr
     assert "refused this client's CURVE key" in bob.stderr
     assert (keys / "bob-undelivered" / "run_undelivered_rank0.jsonl").exists()
     assert "could not complete a handshake" in plain.stderr
