@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -119,7 +120,8 @@ def _replay(
         except HandshakeError as exc:  # the same for every file: said once
             return _refused("replay", exc, keys)
         except (OSError, ValueError, TimeoutError) as exc:
-            print(f"roxxel replay: {printable(str(exc))}", file=sys.stderr)
+            said = str(exc) if path in str(exc) else f"{path}: {exc}"
+            print(f"roxxel replay: {printable(said)}", file=sys.stderr)
             failed += 1
             continue
         done = f"{path}.replayed"
@@ -206,11 +208,20 @@ def _relay_status_text(s: dict) -> str:
     return "\n".join(map(printable, lines))
 
 
+def _tail_level(text: str) -> int:
+    """``--level``: a name (``WARNING``, ``Level 25``, any case) or a number."""
+    for candidate in (text, text.upper(), text.removeprefix("Level ").removeprefix("level ")):
+        level = logging.getLevelName(candidate)
+        if isinstance(level, int):
+            return level
+        if candidate.lstrip("-").isdigit():
+            return int(candidate)
+    raise ValueError(f"unknown level {text!r}: a name such as WARNING, or a number such as 25")
+
+
 def _tail(args: argparse.Namespace, keys: ClientKeys | None) -> int:
     try:
-        level = logging.getLevelName(args.level.upper())
-        if not isinstance(level, int):
-            raise ValueError(f"unknown level {args.level!r}")
+        level = _tail_level(args.level)
         colour = args.color == "always" or (
             args.color == "auto"
             and sys.stdout.isatty()
@@ -236,13 +247,23 @@ def _tail(args: argparse.Namespace, keys: ClientKeys | None) -> int:
     return 0
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="roxxel", description="Tools for roxxel runs.")
     parser.add_argument("--version", action="version", version=f"roxxel {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="check that a collector answers")
     add_run_arguments(check, "endpoint", _ENDPOINT_OR_RUN)
-    check.add_argument("--timeout", type=float, default=5.0, help="seconds (default: 5)")
+    check.add_argument("--timeout", type=_seconds, default=5.0, help="seconds (default: 5)")
     again = commands.add_parser(
         "replay", help="deliver Loggers' undelivered-records files to a collector"
     )
@@ -259,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     again.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=60.0,
         help="seconds to wait for acknowledgements (default: 60)",
     )
@@ -271,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_run_arguments(status, "endpoint", _ENDPOINT_OR_RUN)
     status.add_argument("--json", action="store_true", help="the raw answer, as JSON")
-    status.add_argument("--timeout", type=float, default=5.0, help="seconds (default: 5)")
+    status.add_argument("--timeout", type=_seconds, default=5.0, help="seconds (default: 5)")
     tail = commands.add_parser("tail", help="follow a run's system log")
     add_run_arguments(
         tail,

@@ -117,6 +117,40 @@ def test_tail_of_a_directory_filters_and_exits_without_follow(tmp_path: Path) ->
     assert bad.returncode == 1 and "unknown level 'LOUD'" in bad.stderr
 
 
+@pytest.mark.parametrize("level", ["35", "Level 35", "level 35"])
+def test_tail_takes_a_level_as_a_number_too(tmp_path: Path, level: str) -> None:
+    (tmp_path / "run_system.log").write_text(LOG + "[2026-01-01 00:00:05] [Level 35] custom\n")
+    result = roxxel("tail", str(tmp_path), "--no-follow", "--level", level)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "[2026-01-01 00:00:02] [ERROR] [rank 3] step failed",
+        "Traceback (most recent call last):",
+        "    [not a record] ValueError: bad",
+        "[2026-01-01 00:00:04] [CRITICAL] rank 0 gives up",
+        "[2026-01-01 00:00:05] [Level 35] custom",
+    ]
+
+
+@pytest.mark.parametrize("command", ["check", "status", "replay"])
+@pytest.mark.parametrize("timeout", ["-1", "0", "nan", "inf", "soon"])
+def test_a_timeout_that_is_no_number_of_seconds_is_refused(command: str, timeout: str) -> None:
+    args = (
+        ["x.jsonl", "--aggregator", "tcp://127.0.0.1:1"] if command == "replay" else ["tcp://h:1"]
+    )
+    result = roxxel(command, *args, "--timeout", timeout)
+    assert result.returncode == 2
+    assert f"--timeout: expected a number of seconds > 0, got '{timeout}'" in result.stderr
+
+
+def test_replay_of_a_file_that_is_not_text_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "run_undelivered_rank0.jsonl"
+    path.write_bytes(b"\xff\xfe not UTF-8")
+    result = roxxel("replay", str(path), "--aggregator", "tcp://127.0.0.1:1", "--timeout", "1")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"roxxel replay: {path}: 'utf-8' codec can't decode")
+    assert path.exists()  # not renamed: nothing was delivered
+
+
 @pytest.mark.parametrize("source", ["dir", "endpoint"])
 def test_tail_follows_a_live_run(tmp_path: Path, start_daemon, source: str) -> None:
     daemon: Daemon = start_daemon(tmp_path / "logs")
