@@ -568,6 +568,8 @@ class Logger:
         )
 
     def __enter__(self) -> Logger:
+        if self._closed:
+            raise RuntimeError("this roxxel Logger is closed")
         return self
 
     def __exit__(

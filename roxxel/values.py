@@ -122,6 +122,8 @@ def _to_wire(value: Any) -> Any:
         # msgpack packs every other int itself. Python refuses the digits of
         # an int past sys.get_int_max_str_digits(): that one is not a scalar.
         return {BIG_INT: str(int(value))}
+    if type(value).__name__ == "MaskedConstant":  # numpy.ma.masked: no value, not 0.0
+        return None
     shape = getattr(array, "shape", None)
     item = getattr(array, "item", None)
     if shape is not None and item is not None:

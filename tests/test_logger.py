@@ -367,6 +367,13 @@ def test_a_bad_option_is_refused_naming_it(
     assert not list(tmp_path.iterdir())  # refused before anything was made
 
 
+def test_a_closed_logger_cannot_be_entered_again(tmp_path: Path) -> None:
+    logger = Logger(tmp_path, "again")
+    logger.close()
+    with pytest.raises(RuntimeError, match="closed"), logger:
+        pass
+
+
 def test_int_like_levels_are_levels(tmp_path: Path) -> None:
     class Verbosity(enum.IntEnum):
         LOUD = 35

@@ -67,6 +67,12 @@ def test_to_wire_turns_a_zero_d_array_into_a_python_scalar(value, expected):
     _exact(to_wire(value), expected)
 
 
+def test_a_masked_numpy_value_is_no_value_not_zero():
+    assert to_wire(np.ma.masked) is None  # float() of it is 0.0, with a warning
+    assert to_wire(np.ma.array([1.5, 2.5], mask=[True, False])[0]) is None
+    assert to_wire(np.ma.array([1.5, 2.5], mask=[True, False])[1]) == 2.5
+
+
 def test_to_wire_keeps_non_finite_floats():
     assert to_wire(np.float32("inf")) == math.inf
     assert math.isnan(to_wire(np.float64("nan")))
