@@ -126,7 +126,11 @@ def _replay(
             continue
         done = f"{path}.replayed"
         os.replace(path, done)
-        print(f"delivered {delivered} record(s) from {path} to {endpoint}; the file is now {done}")
+        if delivered:
+            said = f"delivered {delivered} record(s) from {path} to {endpoint}"
+        else:  # the collector was not asked anything
+            said = f"{path} holds no records: nothing to deliver"
+        print(f"{said}; the file is now {done}")
     return 1 if failed else 0
 
 

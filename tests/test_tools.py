@@ -142,6 +142,14 @@ def test_a_timeout_that_is_no_number_of_seconds_is_refused(command: str, timeout
     assert f"--timeout: expected a number of seconds > 0, got '{timeout}'" in result.stderr
 
 
+def test_replay_of_an_empty_file_does_not_claim_a_delivery(tmp_path: Path) -> None:
+    path = tmp_path / "run_undelivered_rank0.jsonl"
+    path.write_bytes(b"")
+    result = roxxel("replay", str(path), "--aggregator", "tcp://127.0.0.1:1", "--timeout", "1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{path} holds no records: nothing to deliver;")
+
+
 def test_replay_of_a_file_that_is_not_text_names_it(tmp_path: Path) -> None:
     path = tmp_path / "run_undelivered_rank0.jsonl"
     path.write_bytes(b"\xff\xfe not UTF-8")
