@@ -288,11 +288,16 @@ def draw(
 
 
 def _key_list(text: str) -> list[str]:
-    """``--keys a,b``: the names in order, once each (empty names cannot be metrics)."""
-    keys = list(dict.fromkeys(key for key in text.split(",") if key))
+    """``--keys a,b``: the names in order, once each (empty names cannot be
+    metrics); ``\\,`` is a comma of a name (``--keys 'acc\\,top5,loss'``)."""
+    names = (key.replace("\\,", ",") for key in _UNESCAPED_COMMA.split(text))
+    keys = list(dict.fromkeys(key for key in names if key))
     if not keys:
         raise argparse.ArgumentTypeError("expected metric names separated by commas, e.g. loss,lr")
     return keys
+
+
+_UNESCAPED_COMMA = re.compile(r"(?<!\\),")
 
 
 def add_plot_command(commands: argparse._SubParsersAction) -> None:
@@ -306,7 +311,8 @@ def add_plot_command(commands: argparse._SubParsersAction) -> None:
         "--keys",
         type=_key_list,
         metavar="KEY,KEY",
-        help="the metrics to draw, in this order (default: every column)",
+        help="the metrics to draw, in this order (default: every column); a comma "
+        "in a name is written \\,",
     )
     plot.add_argument(
         "--log-y",

@@ -303,3 +303,15 @@ def png_size_of_one_panel(tmp_path: Path) -> tuple[int, int]:
     one.write_text("step,loss\n0,1.0\n1,2.0\n", encoding="utf-8")
     assert plot(str(one)).returncode == 0
     return png_size(one.with_suffix(".png"))
+
+
+def test_keys_with_a_comma_are_written_with_a_backslash(tmp_path: Path) -> None:
+    with Logger(tmp_path, "comma") as logger:
+        for step in range(3):
+            logger.log_metrics_summary(step, {"acc,top5": 0.5 + step / 10, "loss": 1.0})
+    out = tmp_path / "acc.png"
+    result = plot(str(tmp_path), "--keys", "acc\\,top5", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.exists()
+    missing = plot(str(tmp_path), "--keys", "acc,top5", "--out", str(out))
+    assert missing.returncode == 1 and "no metric 'acc'" in missing.stderr
