@@ -131,19 +131,21 @@ def _install_sigterm() -> None:
 
 
 def _close_all() -> None:
-    for logger in _live():
-        try:
-            logger.close()
-        except Exception as exc:  # one failing Logger must not keep the others open
-            diagnostics("roxxel.client").error("roxxel: closing a Logger failed: %r", exc)
+    _each_logger("close")
 
 
 def _flush_all() -> None:
+    _each_logger("flush")
+
+
+def _each_logger(method: str) -> None:
+    """Call ``method`` of every live Logger: one that fails does not keep the
+    others from being closed or drained."""
     for logger in _live():
         try:
-            logger.flush()
-        except Exception as exc:  # one failing Logger must not keep the others undrained
-            diagnostics("roxxel.client").error("roxxel: flushing a Logger failed: %r", exc)
+            getattr(logger, method)()
+        except Exception as exc:
+            diagnostics("roxxel.client").error("roxxel: %s() of a Logger failed: %r", method, exc)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

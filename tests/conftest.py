@@ -240,3 +240,19 @@ def keys(tmp_path: Path) -> Path:
             (directory / f"{name}.key").read_bytes()
         )
     return directory
+
+
+class Clock:
+    """A clock the test moves (a float assignment: safe across threads), for
+    the sans-IO parts that take one (the ledger, the commit pacing)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()

@@ -18,22 +18,7 @@ from aggregator.ledger import IDLE_SENDER_SECONDS, Ledger
 from aggregator.sinks import MetricsCsvSink, Origin
 from roxxel import codec
 
-from .conftest import metrics_runs, read, wait_for
-
-
-class Clock:
-    """The ledger's clock, moved by the test (a float assignment: safe across threads)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+from .conftest import Clock, metrics_runs, read, wait_for
 
 
 @pytest.fixture

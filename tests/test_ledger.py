@@ -26,17 +26,11 @@ from aggregator.ledger import (
 )
 from roxxel import codec
 
+from .conftest import Clock
+
 A = bytes(range(16))
 B = bytes(range(1, 17))
 LINE = ["l", 1.0, 20, "text"]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def hello(sid: bytes = A, acked: int = 0, rank: int = 0, count: int = 1) -> bytes:

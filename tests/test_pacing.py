@@ -6,18 +6,7 @@ import pytest
 
 from aggregator.pacing import TRICKLE_FRAMES, TRICKLE_RECORDS, CommitPacing
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+from .conftest import Clock
 
 
 def test_the_first_commit_is_at_once_then_at_most_one_per_interval(clock: Clock) -> None:
