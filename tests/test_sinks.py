@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -213,6 +214,39 @@ def test_a_file_whose_last_line_has_no_end_gets_one_before_the_next_record(
     sink = SystemLogSink(str(path)) if kind == "log" else MetricsJsonlSink(str(path))
     sink.close()  # an ended file is left as it is
     assert len(path.read_text(encoding="utf-8").splitlines()) == 2
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl", "log"])
+def test_a_rewind_works_when_the_file_s_name_is_gone(tmp_path: Path, kind: str) -> None:
+    # Renamed by a rotation with nocreate, or its directory moved, while a
+    # write was failing: the rewind before the next commit is by descriptor.
+    path = tmp_path / f"run.{kind}"
+    sink = {"csv": MetricsCsvSink, "jsonl": MetricsJsonlSink, "log": SystemLogSink}[kind](str(path))
+
+    def write(step: int) -> None:
+        if kind == "log":
+            sink.write_lines(ORIGIN, [["l", 1_764_086_400.0, 20, f"line {step}"]])
+        else:
+            sink.write_metrics(ORIGIN, metrics_runs([("m", step, {"loss": 0.5})]))
+
+    write(0)
+    sink.sync()
+    mark = sink.mark()
+    write(1)
+    sink.flush()
+    moved = tmp_path / "rotated"
+    os.rename(path, moved)
+    sink.rewind(mark)
+    write(2)
+    sink.close()
+    lines = moved.read_text(encoding="utf-8").splitlines()
+    if kind == "csv":
+        assert lines == ["step,loss", "0,0.50000", "2,0.50000"]
+    elif kind == "jsonl":
+        assert [json.loads(line)["step"] for line in lines] == [0, 2]
+    else:
+        assert [line.rpartition("] ")[2] for line in lines] == ["line 0", "line 2"]
+    assert not path.exists()
 
 
 # Where orjson and repr write floats differently (exponents, 1e-5 <= |x| < 1e-4)

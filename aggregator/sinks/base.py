@@ -188,8 +188,12 @@ class FileSink(Sink):
         size = os.fstat(self._file.fileno()).st_size
         self._unended = False
         if size:
-            with open(self.path, "rb") as existing:
-                self._unended = os.pread(existing.fileno(), 1, size - 1) != b"\n"
+            fd = self._reader()
+            if fd is not None:  # without /proc: not known, taken as ended
+                try:
+                    self._unended = os.pread(fd, 1, size - 1) != b"\n"
+                finally:
+                    os.close(fd)
 
     def _end_last_line(self) -> None:
         if self._unended:
@@ -257,17 +261,24 @@ class FileSink(Sink):
         return _replaced_notes(self.path, mark, size, old)
 
     def _end_crc32(self, size: int) -> int | None:
-        # The file is open write-only (append): opened again through /proc, by
-        # descriptor, since its name may be another file's by now (rotation).
-        # Not kept open: a run's descriptors are counted (aggregator.runs).
-        try:
-            fd = os.open(f"/proc/self/fd/{self._file.fileno()}", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+        fd = self._reader()
+        if fd is None:
             return None  # no /proc: a rotated file is then never cut back on restart
         try:
             return end_crc32(fd, size)
         finally:
             os.close(fd)
+
+    def _reader(self) -> int | None:
+        """The open file, opened again for reading (``None`` where that cannot
+        be done). It is open write-only (append), and opened through /proc, by
+        descriptor: its name may be another file's by now, or gone (rotation,
+        the directory moved). The caller closes it: a run's descriptors are
+        counted (aggregator.runs)."""
+        try:
+            return os.open(f"/proc/self/fd/{self._file.fileno()}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
 
     def _open(self) -> IO[str]:
         return open(self.path, "a", encoding="utf-8")  # noqa: SIM115
