@@ -400,7 +400,10 @@ def replay(path: str, endpoint: str, timeout: float = 60.0, keys: ClientKeys | N
         transport = DealerTransport(endpoint, unsent.hello.sender_id, keys=keys, log=QUIET)
         # Nothing of a file may be dropped: no bound but the file's own size.
         held = sum(len(batch.body) for batch in unsent.batches) + 1
-        sender = Sender(transport, unsent.hello, resume=unsent, max_buffer_bytes=2 * held)
+        # Its refusal is raised here (the sender would say the records stay in the process).
+        sender = Sender(
+            transport, unsent.hello, resume=unsent, max_buffer_bytes=2 * held, log=QUIET
+        )
         try:
             _acknowledged(sender, transport, timeout)
         finally:
@@ -431,3 +434,6 @@ def _acknowledged(sender: Sender, transport: DealerTransport, timeout: float) ->
         except RuntimeError:  # the sender thread failed: sender.failure says why
             return
         raise_if_refused(transport)
+        if sender.refusal is not None:  # no wait would help
+            refused = f"the collector at {transport.endpoint} refused them: {sender.refusal}"
+            raise ValueError(refused)

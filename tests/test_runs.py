@@ -186,7 +186,19 @@ def test_a_one_run_daemon_refuses_a_client_of_another_run(tmp_path: Path, start_
     (said,) = [ln for ln in result.stderr.splitlines() if "were not delivered" in ln]
     assert f"the collector at {daemon.endpoint} refused them (this collector writes" in said
     assert said.endswith("--aggregator ENDPOINT)")
-    assert list((tmp_path / "c").glob("jobB_undelivered_rank0.jsonl"))
+    (undelivered,) = (tmp_path / "c").glob("jobB_undelivered_rank0.jsonl")
+    # Replayed there, it is refused at once, saying why, and the file is kept.
+    replayed = subprocess.run(
+        [sys.executable, "-m", "roxxel.cli", "replay", str(undelivered)]
+        + ["--aggregator", daemon.endpoint],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=120,
+    )
+    assert replayed.returncode == 1
+    assert "refused them: this collector writes run 'jobA' only" in replayed.stderr
+    assert "did not acknowledge" not in replayed.stderr and undelivered.exists()
     wait_for(
         lambda: "refused a client of run 'jobB'" in daemon.file("system.log"), 30, "the report"
     )
