@@ -43,6 +43,7 @@ re-raised by :meth:`Sender.flush` and :meth:`Sender.close`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import threading
 import time
@@ -232,9 +233,16 @@ class Sender:
         return self._error
 
     def _unsent(self) -> Unsent:
+        """What the collector did not acknowledge, for the undelivered file:
+        the batches never sent numbered now, after those sent. So every copy
+        of the file replays each batch under the same seq, and the collector
+        writes each once: a copy edited or cut short leaves a gap it waits
+        at, instead of other records renumbered under a batch's seq."""
         self._cut()  # the deques' leftovers, as batches
         batches, dropped = self._outbox.unsent()
-        return Unsent(self._hello_now(), batches, dropped)
+        seqs = itertools.count(self._next_seq)
+        numbered = [b if b.seq is not None else b._replace(seq=next(seqs)) for b in batches]
+        return Unsent(self._hello_now(), numbered, dropped)
 
     def _hello_now(self) -> codec.Hello:
         return dataclasses.replace(self._hello, acked=self._acked)

@@ -12,10 +12,10 @@ metrics rows travel in batches of their own kind, each kind in the order
 logged)::
 
     {"batch": 1, "seq": 7, "ts": 1764086400.5, "level": "WARNING", "text": "slow host"}
-    {"batch": 2, "seq": null, "ts": 1764086400.6, "step": 10, "metrics": {"loss": 1.2}}
-    {"batch": 2, "seq": null, "ts": 1764086400.7, "step": 11, "metrics": {"loss": "nan"},
+    {"batch": 2, "seq": 8, "ts": 1764086400.6, "step": 10, "metrics": {"loss": 1.2}}
+    {"batch": 2, "seq": 8, "ts": 1764086400.7, "step": 11, "metrics": {"loss": "nan"},
      "exact": "kcv/+AAAAAAAAA=="}
-    {"batch": 3, "seq": null, "ts": 1764086400.8, "dropped_metrics": 120, "dropped_lines": 0}
+    {"batch": 3, "seq": 9, "ts": 1764086400.8, "dropped_metrics": 120, "dropped_lines": 0}
 
 ``level`` is the stdlib's name (``"Level 25"`` for an unnamed level);
 ``all_ranks: true`` marks a row logged with ``all_ranks=True``; metric
@@ -26,12 +26,16 @@ also carries ``exact``: its values as base64 msgpack, which replay uses. A
 record of any other shape is ``{"batch": ..., "seq": ..., "record": BASE64}``.
 
 ``batch`` numbers the batches of a section: the records of one batch are
-delivered together, under its ``seq`` when it has one (it was sent, maybe
-written, and not acknowledged); the others are numbered after them on
-replay. Replaying sends every section under its original sender id and
-seqs, so a collector that had written some of it (its ack was lost) skips
-those: replaying twice, or a batch that did arrive, never writes twice -- as
-long as the collector's checkpoint in that log dir still knows the sender.
+delivered together, under its ``seq``: the seq it was sent with (maybe
+written, and not acknowledged), or, for a batch never sent, the one the
+closing client gave it after those (a file of an older client has ``null``
+there, numbered after them on replay). Replaying sends every section under
+its original sender id and seqs, so a collector that had written some of it
+(its ack was lost) skips those: replaying twice, or a batch that did
+arrive, never writes twice -- as long as the collector's checkpoint in that
+log dir still knows the sender. A copy with a batch taken out leaves a gap:
+the collector writes nothing past it, and the replay fails without
+renaming the file.
 
 Files of the first format (``"roxxel_undelivered": 1``, a batch a line as
 ``{"seq", "metrics", "lines", "msgpack": BASE64}``) are still replayed.

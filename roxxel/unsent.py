@@ -15,7 +15,7 @@ __all__ = ["Unsent", "UnsentBatch"]
 
 
 class UnsentBatch(NamedTuple):
-    seq: int | None  # None: never sent, numbered on replay
+    seq: int | None  # None (files of older clients): never sent, numbered on replay
     body: bytes  # encoded records (codec.encode_records)
     metrics: int
     lines: int

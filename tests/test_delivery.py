@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import signal
@@ -367,6 +368,49 @@ def test_an_inherited_ignored_sigterm_still_stops_the_embedded_collector(tmp_pat
     assert result.returncode == 0, result.stderr
     assert "exited with code" not in result.stderr  # stopped, not killed after the timeout
     assert messages(read(tmp_path / "inherit_system.log")) == ["kept"]
+
+
+def test_a_copy_with_a_batch_taken_out_then_the_whole_file_replay_exactly_once(
+    tmp_path: Path, start_daemon
+) -> None:
+    port = free_port()
+    client_dir = tmp_path / "client"
+    result = run_python(
+        "from roxxel import Logger\n"
+        f"lg = Logger({str(client_dir)!r}, 'run', aggregator='tcp://127.0.0.1:{port}',"
+        " close_timeout=0.2, max_buffer_bytes=64 * 1024 * 1024)\n"
+        "for i in range(40):\n"
+        "    lg.log_message(f'line {i}')\n"
+        "    lg.flush(0.02)\n"  # a batch or a few each
+        "lg.close()\n"
+    )
+    assert result.returncode == 0, result.stderr
+    path = client_dir / "run_undelivered_rank0.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    batches = sorted({json.loads(line)["batch"] for line in lines[1:]})
+    assert len(batches) >= 3, batches
+    edited = client_dir / "edited_undelivered_rank0.jsonl"
+    edited.write_text(
+        "".join(ln for ln in lines if json.loads(ln).get("batch") != batches[1]), "utf-8"
+    )
+    daemon = start_daemon(tmp_path / "logs", "run", f"tcp://127.0.0.1:{port}")
+    try:
+        cut = subprocess.run(
+            [sys.executable, "-m", "roxxel.cli", "replay", str(edited)]
+            + ["--aggregator", daemon.endpoint, "--timeout", "3"],
+            capture_output=True,
+            text=True,
+            env=python_env(),
+            timeout=120,
+        )
+        assert cut.returncode == 1 and "did not acknowledge" in cut.stderr, cut.stderr
+        assert edited.exists()  # not renamed: not all delivered
+        whole = roxxel_replay(path, daemon.endpoint)
+        assert whole.returncode == 0, whole.stderr
+        assert daemon.terminate() == 0
+    finally:
+        daemon.kill()
+    assert messages(daemon.file("system.log")) == [f"line {i}" for i in range(40)]
 
 
 def test_unreachable_collector_at_close_writes_a_file_replayed_exactly_once(

@@ -297,7 +297,7 @@ def test_a_silence_of_resend_after_brings_the_same_resend(start) -> None:
     assert (hello.acked, [b.seq for b in resent]) == (1, [2])
 
 
-def test_close_returns_in_flight_batches_with_their_seq_and_unsent_ones_without(
+def test_close_returns_in_flight_batches_with_their_seq_and_unsent_ones_numbered_after(
     start,
 ) -> None:
     fake = FakeTransport()
@@ -313,8 +313,8 @@ def test_close_returns_in_flight_batches_with_their_seq_and_unsent_ones_without(
     assert unsent.hello.acked == 1 and unsent.dropped == 0
     assert [(b.seq, b.metrics, b.lines) for b in unsent.batches] == [
         (2, 0, 1),
-        (None, 0, 1),
-        (None, 1, 0),
+        (3, 0, 1),  # never sent: numbered at close, so every copy of the file agrees
+        (4, 1, 0),
     ]
     bodies = [codec.decode(codec.batch_frame(SENDER_ID, 1, b.body)) for b in unsent.batches]
     assert [content(b.records) for b in bodies] == [[("l", "two")], [("l", "three")], [("m", 4)]]
@@ -346,7 +346,7 @@ def test_a_drop_report_not_yet_delivered_keeps_flush_waiting_and_close_from_sayi
     assert sender.flush(0) is False  # the report is not delivered
     unsent = sender.close(0)
     assert unsent.dropped == 1
-    assert [(b.seq, b.metrics, b.lines) for b in unsent.batches] == [(None, 0, 0)]  # the report
+    assert [(b.seq, b.metrics, b.lines) for b in unsent.batches] == [(1, 0, 0)]  # the report
     assert not any(isinstance(f, codec.Bye) for m in fake.messages(False) for f in m.frames)
 
 
