@@ -115,7 +115,7 @@ def dead_buffers(n: int) -> tuple[int, ...]:
 # -- the driver ----------------------------------------------------------------
 
 
-_NOTICE = re.compile(r"^roxxel: (\d+) record\(s\) were not acknowledged by the collector at ")
+_NOTICE = re.compile(r"^roxxel: (\d+) record\(s\) were not delivered: ")
 
 
 def _run_worker(

@@ -63,7 +63,7 @@ def measure(max_buffer_bytes: int, api: str) -> dict[str, float]:
             logger.close()
         close_s = time.perf_counter() - t1
         rss_after = peak_rss_mib()
-        match = re.search(r"roxxel: (\d+) record\(s\) were not acknowledged", stderr.getvalue())
+        match = re.search(r"roxxel: (\d+) record\(s\) were not delivered", stderr.getvalue())
         path = os.path.join(tmp, f"{PREFIX}_undelivered_rank{logger.rank}.jsonl")
         file_bytes = os.path.getsize(path) if os.path.exists(path) else 0
         return {
