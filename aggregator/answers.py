@@ -99,7 +99,8 @@ def answer(query: codec.Query, runs: Runs, serves_log: bool, **collector: Any) -
 def status_answer(runs: Runs, run: Run | None, **collector: Any) -> dict[str, Any]:
     """What ``roxxel status`` shows of ``run`` (``None``: every run): the
     ``collector``'s own fields (endpoint, pid, uptime, rate, stats...), then
-    its senders; a collector of many runs also lists them."""
+    its senders; a collector of many runs also lists them; of a run named,
+    also the records it wrote (``run_records``)."""
     served = [run] if run is not None else runs.all()
     body = {
         **collector,
@@ -109,6 +110,8 @@ def status_answer(runs: Runs, run: Run | None, **collector: Any) -> dict[str, An
     }
     if runs.root is not None and run is None:
         body["runs"] = sorted(runs.by_prefix)[:100]
+    if run is not None:
+        body["run_records"] = run.written  # the other figures are the collector's
     return body
 
 

@@ -92,6 +92,7 @@ class Run:
         self._run_before = self.system_log is not None and self.system_log.holds_lines()
         self.active = time.monotonic()  # its last frame
         self.stats = stats  # the collector's, shared by its runs
+        self.written = 0  # records this run's sinks took (lines and metrics rows)
 
     @classmethod
     def open(
@@ -221,6 +222,7 @@ class Run:
                     "(reported once per key and kind of value; roxxel status counts them all)",
                 )
         state.records += part.written
+        self.written += part.written
         stats["batches"] += 1
         stats["records"] += part.written
 

@@ -163,9 +163,15 @@ def _status_text(s: dict) -> str:
         *([f"runs open: {', '.join(s['runs']) or 'none'}"] if "runs" in s else []),
         f"senders: {s['open_senders']} open, {s['known_senders']} known; "
         f"ranks seen {s['ranks_seen']} of {count}",
-        f"records: {stats.get('records', 0):,} written, {s['records_per_second']:,.0f}/s "
+        *(
+            [f"records of run {s.get('prefix')}: {s['run_records']:,} written"]
+            if "run_records" in s
+            else []
+        ),
+        f"records{' (every run)' if 'run_records' in s else ''}: "
+        f"{stats.get('records', 0):,} written, {s['records_per_second']:,.0f}/s "
         "over the last 10 s",
-        "problems: "
+        f"problems{' (every run)' if 'run_records' in s else ''}: "
         + ", ".join(
             f"{stats.get(key, 0):,} {label}"
             for key, label in (

@@ -144,13 +144,14 @@ def test_a_client_of_a_run_that_cannot_be_opened_is_told_and_keeps_its_records(
 
 def test_status_and_tail_name_the_run(tmp_path: Path, start_daemon) -> None:
     daemon = start_daemon(tmp_path / "logs", None)
-    for prefix in ("alpha", "beta"):
+    for prefix, lines in (("alpha", 1), ("beta", 3)):
         result = run_python(
             "from roxxel import Logger\n"
             f"with Logger({str(tmp_path / 'c')!r}, {prefix!r}, aggregator={daemon.endpoint!r}, "
             "watcher=False)"
             " as lg:\n"
-            f"    lg.log_message('hello from {prefix}')\n",
+            f"    for _ in range({lines}):\n"
+            f"        lg.log_message('hello from {prefix}')\n",
             timeout=60,
         )
         assert result.returncode == 0, result.stderr
@@ -175,6 +176,15 @@ def test_status_and_tail_name_the_run(tmp_path: Path, start_daemon) -> None:
         [*cli, "status", daemon.endpoint], capture_output=True, text=True, env=python_env()
     )
     assert "a run per prefix" in status.stdout and "runs open: alpha, beta" in status.stdout
+    # A run's status gives its own records, and says which figures are every run's.
+    beta = subprocess.run(
+        [*cli, "status", daemon.endpoint, "--run", "beta"],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+    )
+    assert "records of run beta: 3 written" in beta.stdout, beta.stdout
+    assert "records (every run): 4 written" in beta.stdout, beta.stdout
 
 
 def test_a_one_run_daemon_refuses_a_client_of_another_run(tmp_path: Path, start_daemon) -> None:
