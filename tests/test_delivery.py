@@ -65,9 +65,10 @@ def csv_steps(path: Path) -> list[int]:
     return [int(r[0]) for r in rows[1:]]
 
 
-def roxxel_replay(path: Path, endpoint: str) -> subprocess.CompletedProcess:
+def roxxel_replay(path: Path, endpoint: str, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "roxxel.cli", "replay", str(path), "--aggregator", endpoint],
+        [sys.executable, "-m", "roxxel.cli", "replay", str(path), "--aggregator", endpoint]
+        + list(extra),
         capture_output=True,
         text=True,
         env=python_env(),
@@ -370,22 +371,33 @@ def test_an_inherited_ignored_sigterm_still_stops_the_embedded_collector(tmp_pat
     assert messages(read(tmp_path / "inherit_system.log")) == ["kept"]
 
 
+def undelivered_by_a_client_of_nobody(client_dir: Path, port: int, body: str) -> Path:
+    """Run ``body`` (logging through ``lg``) in a client of run 'run' whose
+    collector at ``port`` is not there; the undelivered file its close() wrote."""
+    result = run_python(
+        "from roxxel import Logger\n"
+        f"lg = Logger({str(client_dir)!r}, 'run', aggregator='tcp://127.0.0.1:{port}',"
+        " close_timeout=0.2, max_buffer_bytes=64 * 1024 * 1024)\n" + body + "lg.close()\n"
+    )
+    assert result.returncode == 0, result.stderr
+    path = client_dir / "run_undelivered_rank0.jsonl"
+    assert str(path) in result.stderr and "roxxel replay" in result.stderr
+    assert path.exists()
+    return path
+
+
 def test_a_copy_with_a_batch_taken_out_then_the_whole_file_replay_exactly_once(
     tmp_path: Path, start_daemon
 ) -> None:
     port = free_port()
     client_dir = tmp_path / "client"
-    result = run_python(
-        "from roxxel import Logger\n"
-        f"lg = Logger({str(client_dir)!r}, 'run', aggregator='tcp://127.0.0.1:{port}',"
-        " close_timeout=0.2, max_buffer_bytes=64 * 1024 * 1024)\n"
+    path = undelivered_by_a_client_of_nobody(
+        client_dir,
+        port,
         "for i in range(40):\n"
         "    lg.log_message(f'line {i}')\n"
-        "    lg.flush(0.02)\n"  # a batch or a few each
-        "lg.close()\n"
+        "    lg.flush(0.02)\n",  # a batch or a few each
     )
-    assert result.returncode == 0, result.stderr
-    path = client_dir / "run_undelivered_rank0.jsonl"
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     batches = sorted({json.loads(line)["batch"] for line in lines[1:]})
     assert len(batches) >= 3, batches
@@ -395,14 +407,7 @@ def test_a_copy_with_a_batch_taken_out_then_the_whole_file_replay_exactly_once(
     )
     daemon = start_daemon(tmp_path / "logs", "run", f"tcp://127.0.0.1:{port}")
     try:
-        cut = subprocess.run(
-            [sys.executable, "-m", "roxxel.cli", "replay", str(edited)]
-            + ["--aggregator", daemon.endpoint, "--timeout", "3"],
-            capture_output=True,
-            text=True,
-            env=python_env(),
-            timeout=120,
-        )
+        cut = roxxel_replay(edited, daemon.endpoint, "--timeout", "3")
         assert cut.returncode == 1 and "did not acknowledge" in cut.stderr, cut.stderr
         assert edited.exists()  # not renamed: not all delivered
         whole = roxxel_replay(path, daemon.endpoint)
@@ -418,19 +423,13 @@ def test_unreachable_collector_at_close_writes_a_file_replayed_exactly_once(
 ) -> None:
     port = free_port()
     client_dir = tmp_path / "client"
-    result = run_python(
-        "from roxxel import Logger\n"
-        f"lg = Logger({str(client_dir)!r}, 'run', aggregator='tcp://127.0.0.1:{port}',"
-        " close_timeout=0.5)\n"
+    path = undelivered_by_a_client_of_nobody(
+        client_dir,
+        port,
         "for i in range(500):\n"
         "    lg.log_message(f'kept {i}')\n"
-        "    lg.log_metrics_summary(i, {'i': float(i), 'nan': float('nan')})\n"
-        "lg.close()\n"
+        "    lg.log_metrics_summary(i, {'i': float(i), 'nan': float('nan')})\n",
     )
-    assert result.returncode == 0, result.stderr
-    path = client_dir / "run_undelivered_rank0.jsonl"
-    assert str(path) in result.stderr and "roxxel replay" in result.stderr
-    assert path.exists()
     daemon = start_daemon(tmp_path / "logs", "run", f"tcp://127.0.0.1:{port}")
     try:
         first = roxxel_replay(path, daemon.endpoint)
