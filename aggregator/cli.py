@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from roxxel.schema import (
     CSV_FLOATS,
     DEFAULT_METRICS_FILES,
-    MAX_PREFIX_BYTES,
     METRICS_FILES,
+    RUN_NAME_RULE,
     check_file_options,
     is_run_name,
 )
@@ -164,8 +164,7 @@ def _metrics_files(text: str) -> tuple[str, ...]:
 def _run_name(text: str) -> str:
     if not is_run_name(text):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a run's prefix: a file name of 1 to {MAX_PREFIX_BYTES} bytes, "
-            "without a path separator and not starting with '.' (as Logger's filename_prefix)"
+            f"{text!r} is not a run's prefix: {RUN_NAME_RULE} (as Logger's filename_prefix)"
         )
     return text
 

@@ -148,8 +148,7 @@ class Runs:
     def _cannot_serve(self, prefix: str) -> str | None:
         if not schema.is_run_name(prefix) or prefix == self._name:
             return (
-                f"{prefix!r} cannot name a run's files (1 to {schema.MAX_PREFIX_BYTES} bytes, "
-                f"no path separator, not starting with '.', not {self._name!r})"
+                f"{prefix!r} cannot name a run's files ({schema.RUN_NAME_RULE}, not {self._name!r})"
             )
         if len(self.by_prefix) >= self.max_runs:
             return f"this collector has {self.max_runs} runs open already"

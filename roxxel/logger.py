@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import numbers
-import operator
 import os
 import signal
 import sys
@@ -27,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from . import codec, exits, schema
+from .arguments import check_number, metrics_dict, option_level, step_number
 from .client import Sender
 from .handler import Capture
 from .hotpath import HotPath
@@ -163,15 +161,14 @@ class Logger:
             raise TypeError(f"log_dir must be a path, not {type(log_dir).__name__}")
         if not isinstance(filename_prefix, str) or not schema.is_run_name(filename_prefix):
             raise ValueError(
-                f"filename_prefix must be a file name of 1 to {schema.MAX_PREFIX_BYTES} bytes, "
-                f"without a path separator and not starting with '.', not {filename_prefix!r}"
+                f"filename_prefix must be {schema.RUN_NAME_RULE}, not {filename_prefix!r}"
             )
         if collector not in ("process", "thread"):
             raise ValueError(f"collector must be 'process' or 'thread', not {collector!r}")
-        _check_number("close_timeout", close_timeout, 0.0, " seconds")
-        _check_number("flush_interval", flush_interval, 0.001, " seconds")
-        _check_number("max_buffer_bytes", max_buffer_bytes, 1)
-        _check_number("discovery_timeout", discovery_timeout, 0.0, " seconds")
+        check_number("close_timeout", close_timeout, 0.0, " seconds")
+        check_number("flush_interval", flush_interval, 0.001, " seconds")
+        check_number("max_buffer_bytes", max_buffer_bytes, 1)
+        check_number("discovery_timeout", discovery_timeout, 0.0, " seconds")
         if no_answer_warning is not None and not no_answer_warning > 0:
             raise ValueError(
                 f"no_answer_warning must be > 0 seconds or None, not {no_answer_warning!r}"
@@ -194,9 +191,9 @@ class Logger:
         self.rank = rank.rank
         self.world_size = rank.world_size
         self.is_rank_zero = rank.rank == 0
-        self._level = _option_level("level", level)
+        self._level = option_level("level", level)
         # Checked on every rank: a bad one must not wait for a multi-host run to show.
-        forward = _option_level("forward_level", forward_level)
+        forward = option_level("forward_level", forward_level)
         # Rows logged without all_ranks: only rank 0's are sent.
         self._own_rows = self.is_rank_zero
         if not self.is_rank_zero:
@@ -370,9 +367,9 @@ class Logger:
         otherwise, checked when the names change, on every rank alike.
         """
         if type(step) is not int:
-            step = _step_number(step)
+            step = step_number(step)
         if type(metrics) is not dict:
-            metrics = _metrics_dict(metrics)
+            metrics = metrics_dict(metrics)
         # Tuples of names and of values, not a copy of the dict: queued
         # tuples of scalars are untracked by the garbage collector, and the
         # sender turns runs of rows with the same names into one record.
@@ -586,34 +583,3 @@ class Logger:
 
 
 _BELOW_EVERY_LEVEL = -(2**63)
-
-
-def _check_number(name: str, value: Any, minimum: float, unit: str = "") -> None:
-    """``ValueError``, naming the option, unless ``value`` is a finite number >= ``minimum``."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value < minimum
-    ):
-        raise ValueError(f"{name} must be a finite number >= {minimum:g}{unit}, not {value!r}")
-
-
-def _option_level(name: str, level: Any) -> int:
-    try:
-        return level_number(level)
-    except ValueError as exc:
-        raise ValueError(f"{name}: {exc}") from None
-
-
-def _step_number(step: Any) -> int:
-    try:
-        return operator.index(step)
-    except TypeError:
-        raise TypeError(f"step must be an integer, not {type(step).__name__}") from None
-
-
-def _metrics_dict(metrics: Any) -> dict[str, Any]:
-    if not isinstance(metrics, Mapping):
-        raise TypeError(f"metrics must be a mapping of name to value, not {type(metrics).__name__}")
-    return dict(metrics)

@@ -75,6 +75,7 @@ __all__ = [
     "CSV_FLOATS",
     "check_file_options",
     "is_run_name",
+    "RUN_NAME_RULE",
     "check_record",
     "all_log_lines",
     "check_metric_keys",
@@ -281,6 +282,13 @@ def _check_metrics(record: list) -> str | None:
     if set(map(type, values)) != {list} or set(map(len, values)) != {len(keys)}:
         return "the values of a metrics row are an array of one value per key"
     return None
+
+
+# What is_run_name asks, in words, for the errors of whoever refuses a prefix.
+RUN_NAME_RULE = (
+    f"a file name of 1 to {MAX_PREFIX_BYTES} bytes, without a path separator and not "
+    "starting with '.'"
+)
 
 
 def is_run_name(prefix: str) -> bool:
