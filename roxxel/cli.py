@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import sys
@@ -67,7 +66,7 @@ from .runfiles import (
     running_collector,
 )
 from .security import ENV_CLIENT_KEY, ENV_SERVER_KEY, ClientKeys, client_keys
-from .tail import RecordFilter, follow_collector, follow_file
+from .tail import RecordFilter, follow_collector, follow_file, level_of
 from .transport import EndpointError, check_endpoint, is_host_port
 from .undelivered import replay
 
@@ -220,12 +219,11 @@ def _relay_status_text(s: dict) -> str:
 
 def _tail_level(text: str) -> int:
     """``--level``: a name (``WARNING``, ``Level 25``, any case) or a number."""
-    for candidate in (text, text.upper(), text.removeprefix("Level ").removeprefix("level ")):
-        level = logging.getLevelName(candidate)
-        if isinstance(level, int):
+    number = text.removeprefix("Level ").removeprefix("level ")
+    for candidate in (text, text.upper(), f"Level {number}"):
+        level = level_of(candidate)
+        if level is not None:
             return level
-        if candidate.lstrip("-").isdigit():
-            return int(candidate)
     raise ValueError(f"unknown level {text!r}: a name such as WARNING, or a number such as 25")
 
 

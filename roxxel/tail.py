@@ -22,7 +22,7 @@ from typing import TextIO
 from .lines import parse_line, printable
 from .query import CollectorQuery
 
-__all__ = ["RecordFilter", "follow_collector", "follow_file"]
+__all__ = ["RecordFilter", "follow_collector", "follow_file", "level_of"]
 
 _COLOURS = {
     "DEBUG": "\033[2m",
@@ -62,7 +62,7 @@ class RecordFilter:
         for line in lines:
             head = parse_line(line)
             if head is not None:
-                level = _level_number(head.level)
+                level = level_of(head.level)
                 # An untagged record is rank 0's.
                 self._keep = (self._every_level or level is None or level >= self.level) and (
                     self.rank is None or (head.rank or 0) == self.rank
@@ -74,7 +74,7 @@ class RecordFilter:
         return kept
 
 
-def _level_number(name: str) -> int | None:
+def level_of(name: str) -> int | None:
     """The number of a level as the system log names it (``"WARNING"``,
     ``"Level 25"``, ``"Level -5"``); ``None`` for a name this process does not know."""
     number = logging.getLevelName(name)
