@@ -371,9 +371,12 @@ def test_an_inherited_ignored_sigterm_still_stops_the_embedded_collector(tmp_pat
     assert messages(read(tmp_path / "inherit_system.log")) == ["kept"]
 
 
-def undelivered_by_a_client_of_nobody(client_dir: Path, port: int, body: str) -> Path:
+def undelivered_by_a_client_of_nobody(tmp_path: Path, body: str) -> tuple[Path, int]:
     """Run ``body`` (logging through ``lg``) in a client of run 'run' whose
-    collector at ``port`` is not there; the undelivered file its close() wrote."""
+    collector, at a free port, is not there: the undelivered file its close()
+    wrote, and the port."""
+    port = free_port()
+    client_dir = tmp_path / "client"
     result = run_python(
         "from roxxel import Logger\n"
         f"lg = Logger({str(client_dir)!r}, 'run', aggregator='tcp://127.0.0.1:{port}',"
@@ -383,17 +386,14 @@ def undelivered_by_a_client_of_nobody(client_dir: Path, port: int, body: str) ->
     path = client_dir / "run_undelivered_rank0.jsonl"
     assert str(path) in result.stderr and "roxxel replay" in result.stderr
     assert path.exists()
-    return path
+    return path, port
 
 
 def test_a_copy_with_a_batch_taken_out_then_the_whole_file_replay_exactly_once(
     tmp_path: Path, start_daemon
 ) -> None:
-    port = free_port()
-    client_dir = tmp_path / "client"
-    path = undelivered_by_a_client_of_nobody(
-        client_dir,
-        port,
+    path, port = undelivered_by_a_client_of_nobody(
+        tmp_path,
         "for i in range(40):\n"
         "    lg.log_message(f'line {i}')\n"
         "    lg.flush(0.02)\n",  # a batch or a few each
@@ -401,7 +401,7 @@ def test_a_copy_with_a_batch_taken_out_then_the_whole_file_replay_exactly_once(
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     batches = sorted({json.loads(line)["batch"] for line in lines[1:]})
     assert len(batches) >= 3, batches
-    edited = client_dir / "edited_undelivered_rank0.jsonl"
+    edited = path.parent / "edited_undelivered_rank0.jsonl"
     edited.write_text(
         "".join(ln for ln in lines if json.loads(ln).get("batch") != batches[1]), "utf-8"
     )
@@ -421,11 +421,8 @@ def test_a_copy_with_a_batch_taken_out_then_the_whole_file_replay_exactly_once(
 def test_unreachable_collector_at_close_writes_a_file_replayed_exactly_once(
     tmp_path: Path, start_daemon
 ) -> None:
-    port = free_port()
-    client_dir = tmp_path / "client"
-    path = undelivered_by_a_client_of_nobody(
-        client_dir,
-        port,
+    path, port = undelivered_by_a_client_of_nobody(
+        tmp_path,
         "for i in range(500):\n"
         "    lg.log_message(f'kept {i}')\n"
         "    lg.log_metrics_summary(i, {'i': float(i), 'nan': float('nan')})\n",
